@@ -1,0 +1,3 @@
+from alicode_gw.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,165 @@
+"""Wiring: builds the one :class:`~alicode_gw.state.State`, the request handler around
+the route table, and runs the low-level ``aiohttp.web.Server`` with graceful shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+from collections.abc import Awaitable, Callable
+
+import aiohttp
+import uvloop
+from aiohttp import web
+
+from alicode_gw.backends import Backends, create_pool, create_redis, start_backends
+from alicode_gw.config import Config
+from alicode_gw.errors import ApiError, GatewayError, render
+from alicode_gw.ids import new_request_id
+from alicode_gw.routes import build_router
+from alicode_gw.state import RequestContext, State
+from alicode_gw.tasks import TaskTracker
+
+log = logging.getLogger(__name__)
+
+RequestHandler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
+
+
+def upstream_session(config: Config) -> aiohttp.ClientSession:
+    """The one pooled HTTP client for upstream calls (keep-alive, no decompression:
+    bytes are relayed exactly as received)."""
+    connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=60)
+    timeout = aiohttp.ClientTimeout(
+        total=None,
+        connect=config.upstream_connect_timeout,
+        sock_read=config.upstream_idle_timeout,
+    )
+    return aiohttp.ClientSession(
+        connector=connector, timeout=timeout, auto_decompress=False, raise_for_status=False
+    )
+
+
+async def open_state(config: Config, backends: Backends) -> State:
+    """Connect to PostgreSQL, Redis and prepare the upstream client."""
+    db = await create_pool(backends.database_url, config.db_pool_size)
+    redis = create_redis(backends.redis_url)
+    return State(
+        config=config,
+        db=db,
+        redis=redis,
+        http=upstream_session(config),
+        router=build_router(),
+        tasks=TaskTracker(),
+    )
+
+
+async def close_state(state: State) -> None:
+    """Drain background work, then close every connection."""
+    await state.tasks.drain(state.config.shutdown_timeout)
+    await state.http.close()
+    await state.redis.aclose()
+    await state.db.close()
+
+
+def make_handler(state: State) -> RequestHandler:
+    """The root handler: request id, routing, error rendering, in-flight count."""
+
+    async def handle(request: web.BaseRequest) -> web.StreamResponse:
+        ctx = RequestContext(state, request, new_request_id())
+        state.in_flight += 1
+        try:
+            match = state.router.resolve(request.method, request.path)
+            ctx.route = match.route.name
+            ctx.flavor = match.route.flavor
+            ctx.params = match.params
+            response = await match.handler(ctx)
+        except GatewayError as err:
+            response = render(err, ctx.request_id, ctx.flavor)
+        except Exception:
+            log.exception("unhandled error in %s (request %s)", ctx.route, ctx.request_id)
+            response = render(
+                ApiError(f"Internal error. Quote request id {ctx.request_id} to support."),
+                ctx.request_id,
+                ctx.flavor,
+            )
+        finally:
+            state.in_flight -= 1
+        if not response.prepared:
+            response.headers["request-id"] = ctx.request_id
+        return response
+
+    return handle
+
+
+class Gateway:
+    """The HTTP server around a :class:`State`: start, report the port, stop gracefully."""
+
+    def __init__(self, state: State) -> None:
+        self.state = state
+        self._server = web.Server(make_handler(state), access_log=None)
+        self._runner = web.ServerRunner(
+            self._server, handle_signals=False, shutdown_timeout=state.config.shutdown_timeout
+        )
+        self._site: web.TCPSite | None = None
+
+    async def start(self, host: str | None = None, port: int | None = None) -> None:
+        config = self.state.config
+        await self._runner.setup()
+        self._site = web.TCPSite(
+            self._runner,
+            host or config.listen_host,
+            config.listen_port if port is None else port,
+            reuse_port=True,
+            backlog=1024,
+        )
+        await self._site.start()
+
+    @property
+    def port(self) -> int:
+        server = self._site._server if self._site else None
+        for sock in getattr(server, "sockets", None) or ():
+            if sock.family in (socket.AF_INET, socket.AF_INET6):
+                return int(sock.getsockname()[1])
+        raise RuntimeError("the gateway is not listening")
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.state.config.listen_host}:{self.port}"
+
+    async def stop(self) -> None:
+        """Stop accepting, let in-flight requests finish (up to the shutdown timeout)."""
+        self.state.draining = True
+        await self._runner.cleanup()
+
+
+async def run_until_signalled(config: Config, backends: Backends) -> None:
+    """Serve until SIGTERM or SIGINT, then drain and close."""
+    state = await open_state(config, backends)
+    gateway = Gateway(state)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await gateway.start()
+        log.info("alicode_gw listening on %s", gateway.url)
+        await stop.wait()
+        log.info("shutting down: draining %d in-flight request(s)", state.in_flight)
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        with contextlib.suppress(Exception):
+            await gateway.stop()
+        await close_state(state)
+
+
+def serve(config: Config) -> None:
+    """Blocking entry point of ``alicode-gw serve``."""
+    backends = start_backends(config)
+    try:
+        uvloop.run(run_until_signalled(config, backends))
+    finally:
+        backends.stop()

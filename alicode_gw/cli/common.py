@@ -1,0 +1,50 @@
+"""Shared plumbing of the CLI commands: a database/Redis session and output."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import asyncpg
+import uvloop
+from redis.asyncio import Redis
+
+from alicode_gw.backends import create_redis, start_backends
+from alicode_gw.config import Config
+
+T = TypeVar("T")
+
+
+def with_db(config: Config, work: Callable[[asyncpg.Connection, Redis], Awaitable[T]]) -> T:
+    """Run ``work(conn, redis)`` against the configured (or embedded) servers."""
+    backends = start_backends(config)
+
+    async def session() -> T:
+        conn = await asyncpg.connect(backends.database_url)
+        redis = create_redis(backends.redis_url)
+        try:
+            return await work(conn, redis)
+        finally:
+            await redis.aclose()
+            await conn.close()
+
+    try:
+        return uvloop.run(session())
+    finally:
+        backends.stop()
+
+
+def emit(data: Any, as_json: bool, text: str | None = None) -> None:
+    """Print ``data`` as JSON (``--json``) or ``text`` for a person."""
+    if as_json:
+        json.dump(data, sys.stdout, indent=2, default=str)
+        sys.stdout.write("\n")
+    else:
+        print(text if text is not None else data)
+
+
+def fail(message: str, code: int = 1) -> int:
+    print(f"alicode-gw: {message}", file=sys.stderr)
+    return code

@@ -1,0 +1,85 @@
+"""``serve``, ``migrate``, ``mock-upstream``: running the gateway and its schema."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+import uvloop
+
+from alicode_gw import app, migrate
+from alicode_gw.backends import start_backends
+from alicode_gw.cli.common import emit
+from alicode_gw.config import Config, ConfigError, parse_listen
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    serve = subparsers.add_parser("serve", help="run the gateway")
+    serve.add_argument("--listen", help="HOST:PORT (overrides ALICODE_LISTEN)")
+    serve.set_defaults(handler=run_serve)
+
+    dev = subparsers.add_parser(
+        "dev", help="zero-setup local gateway: embedded servers, mock upstream, demo key"
+    )
+    dev.add_argument("--listen", help="HOST:PORT (overrides ALICODE_LISTEN)")
+    dev.set_defaults(handler=run_dev)
+
+    mig = subparsers.add_parser("migrate", help="apply the pending SQL migrations")
+    mig.add_argument("--json", action="store_true", help="machine-readable output")
+    mig.set_defaults(handler=run_migrate)
+
+    mock = subparsers.add_parser(
+        "mock-upstream", help="run the mock Anthropic upstream (tests, demos, benchmarks)"
+    )
+    mock.add_argument("--host", default="127.0.0.1")
+    mock.add_argument("--port", type=int, default=8788)
+    mock.add_argument(
+        "--key", action="append", dest="keys", help="accepted credential (repeatable)"
+    )
+    mock.set_defaults(handler=run_mock_upstream)
+
+
+def overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """Config fields set by command-line flags."""
+    listen = getattr(args, "listen", None)
+    if not listen:
+        return {}
+    try:
+        host, port = parse_listen(listen)
+    except ValueError as exc:
+        raise ConfigError("--listen", str(exc)) from None
+    return {"listen_host": host, "listen_port": port}
+
+
+def run_serve(args: argparse.Namespace, config: Config) -> int:
+    app.serve(config)
+    return 0
+
+
+def run_dev(args: argparse.Namespace, config: Config) -> int:
+    from alicode_gw import devserver
+
+    return devserver.run(config)
+
+
+def run_migrate(args: argparse.Namespace, config: Config) -> int:
+    backends = start_backends(config)
+    try:
+        applied = uvloop.run(migrate.run(backends.database_url))
+    finally:
+        backends.stop()
+    emit(
+        {"applied": applied},
+        args.json,
+        "\n".join(f"applied {name}" for name in applied) or "schema is up to date",
+    )
+    return 0
+
+
+def run_mock_upstream(args: argparse.Namespace, config: Config) -> int:
+    from alicode_gw import mock_upstream
+
+    keys = args.keys or [mock_upstream.DEFAULT_MOCK_KEY]
+    print(f"mock upstream on http://{args.host}:{args.port}", flush=True)
+    uvloop.run(mock_upstream.serve(args.host, args.port, keys))
+    return 0

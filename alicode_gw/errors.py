@@ -1,0 +1,188 @@
+"""The one exception tree of the gateway and the one place errors are rendered.
+
+Code anywhere in a request raises a :class:`GatewayError` subclass (translating
+library exceptions at the boundary with ``raise ... from exc``). The request
+handler in :mod:`alicode_gw.app` catches it and calls :func:`render`, which
+produces Anthropic's error shape on Anthropic routes and OpenAI's on the OpenAI
+route. After a stream has started, :func:`sse_error_event` gives the in-band form.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from enum import Enum
+
+from aiohttp import web
+
+
+class Flavor(Enum):
+    """Which API's error shape a route speaks."""
+
+    ANTHROPIC = "anthropic"
+    OPENAI = "openai"
+
+
+class GatewayError(Exception):
+    """Base of every error the gateway reports to a client."""
+
+    status: int = 500
+    error_type: str = "api_error"
+    openai_type: str = "api_error"
+    openai_code: str | None = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        param: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.headers: dict[str, str] = dict(headers or {})
+        self.param = param
+
+
+class InvalidRequestError(GatewayError):
+    status = 400
+    error_type = "invalid_request_error"
+    openai_type = "invalid_request_error"
+
+
+class AuthenticationError(GatewayError):
+    status = 401
+    error_type = "authentication_error"
+    openai_type = "invalid_request_error"
+    openai_code = "invalid_api_key"
+
+
+class InsufficientCreditsError(GatewayError):
+    """402: the product documents' ``insufficient_credits`` type."""
+
+    status = 402
+    error_type = "insufficient_credits"
+    openai_type = "insufficient_quota"
+    openai_code = "insufficient_quota"
+
+
+class PermissionDeniedError(GatewayError):
+    status = 403
+    error_type = "permission_error"
+    openai_type = "permission_error"
+    openai_code = "model_not_allowed"
+
+
+class NotFoundError(GatewayError):
+    status = 404
+    error_type = "not_found_error"
+    openai_type = "invalid_request_error"
+    openai_code = "not_found"
+
+
+class MethodNotAllowedError(GatewayError):
+    status = 405
+    error_type = "invalid_request_error"
+    openai_type = "invalid_request_error"
+
+    def __init__(self, method: str, path: str, allowed: list[str]) -> None:
+        super().__init__(
+            f"Method {method} is not allowed for {path}; use {', '.join(allowed)}.",
+            headers={"Allow": ", ".join(allowed)},
+        )
+
+
+class RequestTooLargeError(GatewayError):
+    status = 413
+    error_type = "request_too_large"
+    openai_type = "invalid_request_error"
+    openai_code = "request_too_large"
+
+
+class UnsupportedMediaTypeError(GatewayError):
+    status = 415
+    error_type = "invalid_request_error"
+    openai_type = "invalid_request_error"
+
+
+class RateLimitError(GatewayError):
+    status = 429
+    error_type = "rate_limit_error"
+    openai_type = "rate_limit_error"
+    openai_code = "rate_limit_exceeded"
+
+
+class ApiError(GatewayError):
+    """500: a bug in the gateway. The message never carries internals."""
+
+
+class UpstreamError(GatewayError):
+    """502: the upstream failed (connection error or 5xx) and retries ran out."""
+
+    status = 502
+
+
+class ServiceUnavailableError(GatewayError):
+    """503: the gateway cannot serve now (no healthy credential, Redis down, draining)."""
+
+    status = 503
+    error_type = "overloaded_error"
+    openai_type = "server_error"
+
+
+class GatewayTimeoutError(GatewayError):
+    status = 504
+    error_type = "timeout_error"
+    openai_type = "timeout"
+
+
+class OverloadedError(GatewayError):
+    """529: the upstream reported overload on every attempt."""
+
+    status = 529
+    error_type = "overloaded_error"
+    openai_type = "server_error"
+
+
+def anthropic_body(error_type: str, message: str, request_id: str) -> bytes:
+    return json.dumps(
+        {
+            "type": "error",
+            "error": {"type": error_type, "message": message},
+            "request_id": request_id,
+        },
+        separators=(",", ":"),
+    ).encode()
+
+
+def openai_body(err: GatewayError) -> bytes:
+    return json.dumps(
+        {
+            "error": {
+                "message": err.message,
+                "type": err.openai_type,
+                "param": err.param,
+                "code": err.openai_code,
+            }
+        },
+        separators=(",", ":"),
+    ).encode()
+
+
+def render(err: GatewayError, request_id: str, flavor: Flavor = Flavor.ANTHROPIC) -> web.Response:
+    """The single place an error becomes an HTTP response."""
+    if flavor is Flavor.OPENAI:
+        body = openai_body(err)
+    else:
+        body = anthropic_body(err.error_type, err.message, request_id)
+    headers = {**err.headers, "request-id": request_id}
+    return web.Response(
+        status=err.status, body=body, content_type="application/json", headers=headers
+    )
+
+
+def sse_error_event(err: GatewayError, request_id: str) -> bytes:
+    """The in-band form of an error once an Anthropic stream has started."""
+    return (
+        b"event: error\ndata: " + anthropic_body(err.error_type, err.message, request_id) + b"\n\n"
+    )

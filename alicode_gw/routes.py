@@ -1,0 +1,93 @@
+"""The route table and its matcher (no routing library).
+
+A route is a path pattern (``{name}`` segments are parameters), the handler for each
+method, and the error flavor its errors use. Paths are tried as given, then with a
+doubled ``/v1/v1/`` collapsed (clients configured with a base URL ending in ``/v1``)
+and then with ``/v1`` prepended (OpenAI clients configured without it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from alicode_gw import health
+from alicode_gw.errors import Flavor, MethodNotAllowedError, NotFoundError
+from alicode_gw.state import RequestContext
+
+Handler = Callable[[RequestContext], Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    name: str
+    pattern: str
+    methods: Mapping[str, Handler]
+    flavor: Flavor = Flavor.ANTHROPIC
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    route: Route
+    handler: Handler
+    params: dict[str, str]
+
+
+class Router:
+    """Resolves (method, path) to a handler; raises 404/405 as :mod:`errors` types."""
+
+    def __init__(self, routes: Iterable[Route]) -> None:
+        self._exact: dict[str, Route] = {}
+        self._patterns: list[tuple[tuple[str, ...], Route]] = []
+        for route in routes:
+            if "{" in route.pattern:
+                self._patterns.append((tuple(route.pattern.strip("/").split("/")), route))
+            else:
+                self._exact[route.pattern] = route
+
+    def _find(self, path: str) -> tuple[Route, dict[str, str]] | None:
+        route = self._exact.get(path)
+        if route is not None:
+            return route, {}
+        segments = path.strip("/").split("/")
+        for pattern, candidate in self._patterns:
+            if len(pattern) != len(segments):
+                continue
+            params: dict[str, str] = {}
+            for want, got in zip(pattern, segments, strict=True):
+                if want.startswith("{"):
+                    if not got:
+                        break
+                    params[want[1:-1]] = got
+                elif want != got:
+                    break
+            else:
+                return candidate, params
+        return None
+
+    def resolve(self, method: str, path: str) -> Match:
+        found = self._find(path)
+        if found is None and path.startswith("/v1/v1/"):
+            found = self._find(path[3:])
+        elif found is None and not path.startswith("/v1/"):
+            found = self._find("/v1" + path)
+        if found is None:
+            raise NotFoundError(f"No such endpoint: {path}")
+        route, params = found
+        handler = route.methods.get(method)
+        if handler is None and method == "HEAD":
+            handler = route.methods.get("GET")
+        if handler is None:
+            raise MethodNotAllowedError(method, path, sorted(route.methods))
+        return Match(route, handler, params)
+
+
+def build_router() -> Router:
+    """The gateway's endpoints."""
+    return Router(
+        [
+            Route("health", "/v1/health", {"GET": health.handle_health}),
+        ]
+    )

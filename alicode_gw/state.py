@@ -1,0 +1,68 @@
+"""The explicit state objects: one :class:`State` per process, one :class:`RequestContext`
+per request. Nothing here is module-level; :mod:`alicode_gw.app` builds them."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+import asyncpg
+from aiohttp import web
+from redis.asyncio import Redis
+
+from alicode_gw.config import Config
+from alicode_gw.errors import Flavor
+from alicode_gw.tasks import TaskTracker
+
+if TYPE_CHECKING:
+    from alicode_gw.routes import Router
+
+
+@dataclass(slots=True)
+class State:
+    """Everything a request handler may use, built once by ``app.build_state``."""
+
+    config: Config
+    db: asyncpg.Pool
+    redis: Redis
+    http: aiohttp.ClientSession
+    router: Router
+    tasks: TaskTracker
+    started_at: float = field(default_factory=time.time)
+    in_flight: int = 0
+    draining: bool = False
+
+    def redis_key(self, *parts: str) -> str:
+        """A Redis key under the configured prefix."""
+        return self.config.redis_prefix + ":".join(parts)
+
+
+@dataclass(slots=True)
+class RequestContext:
+    """One request's journey through the gateway; also what the access log reports."""
+
+    state: State
+    request: web.BaseRequest
+    request_id: str
+    flavor: Flavor = Flavor.ANTHROPIC
+    route: str = "unknown"
+    params: dict[str, str] = field(default_factory=dict)
+    started: float = field(default_factory=time.perf_counter)
+    # What the access log reports; filled in as the request goes through the pipeline.
+    client_ip: str | None = None
+    key_public_id: str | None = None
+    account_id: int | None = None
+    model: str | None = None
+    upstream_name: str | None = None
+    attempts: int = 0
+    ttfb: float | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_nanos: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def headers(self, **more: str) -> dict[str, str]:
+        """Response headers every answer carries (``request-id``) plus ``more``."""
+        return {"request-id": self.request_id, **more}

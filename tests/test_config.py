@@ -1,0 +1,94 @@
+"""Config: defaults, parsing, one clear error naming the variable."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+
+import pytest
+
+from alicode_gw.config import Config, ConfigError, documented_settings, load
+
+
+def test_defaults() -> None:
+    config = load({})
+    assert (config.listen_host, config.listen_port) == ("127.0.0.1", 8787)
+    assert config.database_url is None and config.redis_url is None
+    assert config.upstream_url == "https://api.anthropic.com"
+    assert config.ip_rpm == 1000 and config.ip_concurrency == 50
+
+
+def test_values_are_parsed() -> None:
+    config = load(
+        {
+            "ALICODE_LISTEN": "0.0.0.0:9000",
+            "ALICODE_DATABASE_URL": "postgresql://u@h/db",
+            "ALICODE_REDIS_URL": "redis://127.0.0.1:6379/0",
+            "ALICODE_UPSTREAM_URL": "http://127.0.0.1:1/",
+            "ALICODE_DATA_DIR": "/var/lib/x",
+            "ALICODE_LOG_LEVEL": "debug",
+            "ALICODE_IP_RPM": "0",
+            "ALICODE_TRUSTED_PROXIES": "127.0.0.1, 10.0.0.0/8",
+            "ALICODE_UPSTREAM_KEYS": "a, b",
+            "UNRELATED": "ignored",
+        }
+    )
+    assert (config.listen_host, config.listen_port) == ("0.0.0.0", 9000)
+    assert config.upstream_url == "http://127.0.0.1:1"
+    assert config.data_dir == Path("/var/lib/x")
+    assert config.log_level == "DEBUG"
+    assert config.ip_rpm == 0
+    assert config.trusted_proxies == (
+        ipaddress.ip_network("127.0.0.1/32"),
+        ipaddress.ip_network("10.0.0.0/8"),
+    )
+    assert config.upstream_keys == ("a", "b")
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("ALICODE_LISTEN", "nonsense"),
+        ("ALICODE_LISTEN", "127.0.0.1:99999"),
+        ("ALICODE_DATABASE_URL", "mysql://x"),
+        ("ALICODE_REDIS_URL", "http://x"),
+        ("ALICODE_UPSTREAM_URL", "ftp://x"),
+        ("ALICODE_LOG_LEVEL", "LOUD"),
+        ("ALICODE_IP_RPM", "-1"),
+        ("ALICODE_IP_CONCURRENCY", "many"),
+        ("ALICODE_SHUTDOWN_TIMEOUT", "0"),
+        ("ALICODE_TRUSTED_PROXIES", "not-an-ip"),
+    ],
+)
+def test_bad_value_names_the_variable(variable: str, value: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load({variable: value})
+    assert info.value.variable == variable
+    assert str(info.value).startswith(variable + ":")
+    assert "\n" not in str(info.value)
+
+
+def test_config_file_then_environment(tmp_path: Path) -> None:
+    path = tmp_path / "gw.env"
+    path.write_text("# comment\nALICODE_LISTEN=127.0.0.1:1111\nALICODE_LOG_LEVEL='WARNING'\n")
+    config = load({"ALICODE_CONFIG": str(path), "ALICODE_LOG_LEVEL": "ERROR"})
+    assert config.listen_port == 1111
+    assert config.log_level == "ERROR"
+
+
+def test_missing_config_file() -> None:
+    with pytest.raises(ConfigError, match="ALICODE_CONFIG"):
+        load({"ALICODE_CONFIG": "/nonexistent/file.env"})
+
+
+def test_config_is_frozen() -> None:
+    config = Config()
+    with pytest.raises(AttributeError):
+        config.listen_port = 1  # type: ignore[misc]
+
+
+def test_every_field_is_documented() -> None:
+    documented = {row[0] for row in documented_settings()}
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    for variable in documented:
+        assert f"`{variable}`" in readme, f"{variable} missing from the README table"

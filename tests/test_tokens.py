@@ -1,0 +1,71 @@
+"""Input-token estimation (tiktoken cl100k_base, offline)."""
+
+from __future__ import annotations
+
+from alicode_gw.tokens import (
+    DOCUMENT_FLAT_TOKENS,
+    IMAGE_TOKENS,
+    PER_MESSAGE_TOKENS,
+    PER_REQUEST_TOKENS,
+    THREAD_THRESHOLD_CHARS,
+    TokenCounter,
+)
+
+COUNTER = TokenCounter()
+
+
+def test_known_text_counts() -> None:
+    # cl100k_base: "hello world" is two tokens.
+    assert COUNTER.count_text("hello world") == 2
+    assert COUNTER.count_text("") == 0
+
+
+def test_simple_request() -> None:
+    payload = {"messages": [{"role": "user", "content": "hello world"}]}
+    assert COUNTER.count(payload) == PER_REQUEST_TOKENS + PER_MESSAGE_TOKENS + 2
+
+
+def test_system_tools_blocks_and_images() -> None:
+    payload = {
+        "system": [{"type": "text", "text": "hello world"}],
+        "tools": [{"name": "get_weather", "description": "hello world", "input_schema": {}}],
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "hello world"},
+                    {"type": "image", "source": {"type": "url", "url": "https://x/y.png"}},
+                    {"type": "document", "source": {"type": "url", "url": "https://x/y.pdf"}},
+                ],
+            },
+            {
+                "role": "assistant",
+                "content": [{"type": "tool_use", "id": "t", "name": "get_weather", "input": {}}],
+            },
+            {
+                "role": "user",
+                "content": [{"type": "tool_result", "tool_use_id": "t", "content": "hello world"}],
+            },
+        ],
+    }
+    texts = (
+        COUNTER.count_text("hello world") * 4
+        + COUNTER.count_text("get_weather") * 2
+        + COUNTER.count_text("{}") * 2
+    )
+    expected = (
+        PER_REQUEST_TOKENS + 3 * PER_MESSAGE_TOKENS + IMAGE_TOKENS + DOCUMENT_FLAT_TOKENS + texts
+    )
+    assert COUNTER.count(payload) == expected
+
+
+def test_malformed_parts_are_ignored_not_fatal() -> None:
+    payload = {"messages": [None, {"content": 5}, {"content": [7, {"type": "text"}]}], "tools": 3}
+    assert COUNTER.count(payload) == PER_REQUEST_TOKENS + 3 * PER_MESSAGE_TOKENS
+
+
+async def test_large_text_counted_in_thread_same_result() -> None:
+    text = "lorem ipsum dolor sit amet " * (THREAD_THRESHOLD_CHARS // 10)
+    payload = {"messages": [{"role": "user", "content": text}]}
+    assert await COUNTER.count_async(payload) == COUNTER.count(payload)
+    assert COUNTER.count(payload) > THREAD_THRESHOLD_CHARS // 10
