@@ -1,0 +1,254 @@
+"""Limits in Redis: exact under 200 concurrent admissions spread over two nodes (two
+Limiter instances, each with its own Redis client), lease expiry, the rolling budget."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+from redis.asyncio import Redis
+
+from alicode_gw.auth import ApiKey
+from alicode_gw.backends import create_redis
+from alicode_gw.errors import RateLimitError, ServiceUnavailableError
+from alicode_gw.ratelimit import Admission, Limiter, format_duration
+from tests.keyhelpers import RedisProxy, unique_ip
+
+KEY_IDS = iter(range(10_000_000, 20_000_000))
+
+
+def api_key(**limits: object) -> ApiKey:
+    """A key with a fresh id (limits live in Redis under the key id)."""
+    values = {
+        "rpm_limit": None,
+        "concurrency_limit": None,
+        "budget_tokens": None,
+        "spend_cap_nanos": None,
+        "allowed_models": None,
+        **limits,
+    }
+    return ApiKey(id=next(KEY_IDS), public_id="k", account_id=1, name="t", **values)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def clients(redis_url: str) -> AsyncIterator[tuple[Redis, Redis]]:
+    a, b = create_redis(redis_url), create_redis(redis_url)
+    try:
+        yield a, b
+    finally:
+        await a.aclose()
+        await b.aclose()
+
+
+def two_nodes(clients: tuple[Redis, Redis], prefix: str, **kw: object) -> list[Limiter]:
+    defaults: dict[str, object] = {"ip_rpm": 0, "ip_concurrency": 0, **kw}
+    return [Limiter(c, prefix, **defaults) for c in clients]  # type: ignore[arg-type]
+
+
+async def admit_many(
+    nodes: list[Limiter], n: int, key: ApiKey, ip: str | None = None
+) -> tuple[list[Admission], list[RateLimitError]]:
+    results = await asyncio.gather(
+        *(nodes[i % len(nodes)].admit(ip or unique_ip(), key, "m") for i in range(n)),
+        return_exceptions=True,
+    )
+    admitted = [r for r in results if isinstance(r, Admission)]
+    rejected = [r for r in results if isinstance(r, RateLimitError)]
+    assert len(admitted) + len(rejected) == n, [r for r in results if isinstance(r, Exception)]
+    return admitted, rejected
+
+
+async def test_key_rpm_exact_across_two_nodes(clients, redis_prefix: str) -> None:
+    nodes = two_nodes(clients, redis_prefix)
+    key = api_key(rpm_limit=50)
+    admitted, rejected = await admit_many(nodes, 200, key)
+    assert len(admitted) == 50 and len(rejected) == 150
+    err = rejected[0]
+    assert err.status == 429 and err.error_type == "rate_limit_error"
+    assert err.headers["X-RateLimit-Limit"] == "50"
+    assert err.headers["X-RateLimit-Remaining"] == "0"
+    assert 1 <= int(err.headers["Retry-After"]) <= 60
+    assert 0 <= int(err.headers["X-RateLimit-Reset"]) - time.time() <= 61
+    remaining = sorted(int(a.headers["X-RateLimit-Remaining"]) for a in admitted)
+    assert remaining == list(range(50))
+    # Finishing frees no RPM slot: the minute has not passed.
+    for admission in admitted:
+        await nodes[0].finish(admission, 0)
+    with pytest.raises(RateLimitError):
+        await nodes[1].admit(unique_ip(), key, "m")
+
+
+async def test_key_concurrency_exact_across_two_nodes(clients, redis_prefix: str) -> None:
+    nodes = two_nodes(clients, redis_prefix)
+    key = api_key(concurrency_limit=7)
+    admitted, rejected = await admit_many(nodes, 200, key)
+    assert len(admitted) == 7 and len(rejected) == 193
+    assert "concurrent" in rejected[0].message
+    assert rejected[0].headers["Retry-After"] == "1"
+    await asyncio.gather(*(nodes[1].finish(a, 10) for a in admitted))
+    admitted, _ = await admit_many(nodes, 200, key)
+    assert len(admitted) == 7
+    await asyncio.gather(*(nodes[0].finish(a, 0) for a in admitted))
+
+
+async def test_ip_limits_exact_across_two_nodes(clients, redis_prefix: str) -> None:
+    ip = unique_ip()
+    nodes = two_nodes(clients, redis_prefix, ip_rpm=30, ip_concurrency=0)
+    admitted, rejected = await admit_many(nodes, 200, api_key(), ip)
+    assert len(admitted) == 30
+    assert "IP address" in rejected[0].message
+    assert rejected[0].headers["X-RateLimit-Limit"] == "30"
+
+    ip = unique_ip()
+    nodes = two_nodes(clients, redis_prefix, ip_rpm=0, ip_concurrency=5)
+    admitted, _ = await admit_many(nodes, 200, api_key(), ip)
+    assert len(admitted) == 5
+    # Another IP has slots of its own; 0 turns a limit off.
+    assert len((await admit_many(nodes, 10, api_key(), unique_ip()))[0]) == 5
+    unlimited = two_nodes(clients, redis_prefix)
+    assert len((await admit_many(unlimited, 200, api_key(), ip))[0]) == 200
+
+
+async def test_rejection_takes_no_slot(clients, redis_prefix: str) -> None:
+    """All-or-nothing: a request refused by the key's concurrency does not use up the
+    key's requests per minute."""
+    nodes = two_nodes(clients, redis_prefix)
+    key = api_key(rpm_limit=3, concurrency_limit=1)
+    first = await nodes[0].admit(unique_ip(), key, "m")
+    for _ in range(5):
+        with pytest.raises(RateLimitError, match="concurrent"):
+            await nodes[1].admit(unique_ip(), key, "m")
+    await nodes[0].finish(first, 0)
+    second = await nodes[1].admit(unique_ip(), key, "m")
+    assert second.headers["X-RateLimit-Remaining"] == "1"
+
+
+async def test_leases_of_a_crashed_node_expire(clients, redis_prefix: str) -> None:
+    crashed, alive = two_nodes(clients, redis_prefix, lease_seconds=0.5)
+    key = api_key(concurrency_limit=2)
+    await crashed.admit(unique_ip(), key, "m")
+    await crashed.admit(unique_ip(), key, "m")  # never finished: the node "crashed"
+    with pytest.raises(RateLimitError):
+        await alive.admit(unique_ip(), key, "m")
+    await asyncio.sleep(0.7)
+    admission = await alive.admit(unique_ip(), key, "m")
+    await alive.finish(admission, 0)
+
+
+async def test_live_leases_are_renewed(clients, redis_prefix: str) -> None:
+    node, other = two_nodes(clients, redis_prefix, lease_seconds=0.5, refresh_interval=0.1)
+    key = api_key(concurrency_limit=1)
+    admission = await node.admit(unique_ip(), key, "m")
+    renewer = asyncio.create_task(node.refresh_loop())
+    try:
+        await asyncio.sleep(1.2)  # more than two lease lifetimes: a long stream
+        with pytest.raises(RateLimitError):
+            await other.admit(unique_ip(), key, "m")
+    finally:
+        renewer.cancel()
+        await asyncio.gather(renewer, return_exceptions=True)
+    await node.finish(admission, 0)
+    assert node.in_flight == 0
+    await other.finish(await other.admit(unique_ip(), key, "m"), 0)
+
+
+async def test_rolling_token_budget(clients, redis_prefix: str) -> None:
+    # A 3-second window of 1-second buckets stands in for 5 hours of minutes.
+    nodes = two_nodes(clients, redis_prefix, budget_window_seconds=3, bucket_seconds=1)
+    key = api_key(budget_tokens=1000)
+    await nodes[0].finish(await nodes[0].admit(unique_ip(), key, "m"), 600)
+    await nodes[1].finish(await nodes[1].admit(unique_ip(), key, "m"), 500)
+    usage = await nodes[0].usage(key)
+    assert usage.used_tokens == 1100
+    assert usage.budget_resets_in is not None and 0 < usage.budget_resets_in <= 5
+    with pytest.raises(RateLimitError) as info:
+        await nodes[0].admit(unique_ip(), key, "m")
+    assert "Token budget exceeded" in info.value.message
+    assert "Resets in" in info.value.message
+    assert 1 <= int(info.value.headers["Retry-After"]) <= 5
+    deadline = time.monotonic() + 8
+    while True:  # the window rolls: the usage leaves it and requests pass again
+        try:
+            admission = await nodes[1].admit(unique_ip(), key, "m")
+            break
+        except RateLimitError:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.2)
+    await nodes[1].finish(admission, 0)
+    assert (await nodes[0].usage(key)).used_tokens < 1000
+
+
+async def test_budget_at_real_scale_reports_hours(clients, redis_prefix: str) -> None:
+    node = two_nodes(clients, redis_prefix)[0]
+    key = api_key(budget_tokens=100)
+    await node.finish(await node.admit(unique_ip(), key, "m"), 150)
+    with pytest.raises(RateLimitError) as info:
+        await node.admit(unique_ip(), key, "m")
+    assert "Resets in 5h" in info.value.message
+    assert 5 * 3600 - 120 <= int(info.value.headers["Retry-After"]) <= 5 * 3600 + 60
+
+
+async def test_redis_down_fails_closed_with_503(redis_url: str, redis_prefix: str) -> None:
+    async with RedisProxy(redis_url) as proxy:
+        client = create_redis(proxy.url)
+        node = Limiter(client, redis_prefix, ip_rpm=10, ip_concurrency=10)
+        try:
+            admission = await node.admit(unique_ip(), api_key(rpm_limit=5), "m")
+            await proxy.cut()
+            with pytest.raises(ServiceUnavailableError) as info:
+                await node.admit(unique_ip(), api_key(rpm_limit=5), "m")
+            assert info.value.status == 503
+            await node.finish(admission, 10)  # never raises; logged instead
+            assert node.in_flight == 0
+        finally:
+            await client.aclose()
+
+
+async def test_script_is_reloaded_after_script_flush(clients, redis_prefix: str) -> None:
+    node = two_nodes(clients, redis_prefix)[0]
+    await node.finish(await node.admit(unique_ip(), api_key(rpm_limit=5), "m"), 0)
+    await clients[0].script_flush()
+    await node.finish(await node.admit(unique_ip(), api_key(rpm_limit=5), "m"), 0)
+
+
+def test_format_duration() -> None:
+    assert format_duration(8100) == "2h 15m"
+    assert format_duration(42.1) == "43s"
+    assert format_duration(61) == "2m"
+    assert format_duration(5 * 3600) == "5h 0m"
+
+
+async def test_rpm_429_over_http_with_headers(make_config, db) -> None:
+    """Through the real pipeline with the official SDK: the key's X-RateLimit-* on
+    success, then a 429 rate_limit_error with Retry-After."""
+    import anthropic
+
+    from tests.conftest import start_gateway, stop_gateway
+    from tests.messages_helpers import make_customer, reset_pool
+
+    await reset_pool(db)
+    customer = await make_customer(db, rpm=2)
+    gateway = await start_gateway(make_config())
+    client = anthropic.AsyncAnthropic(api_key=customer.key, base_url=gateway.url, max_retries=0)
+    try:
+        async with client:
+            request = {
+                "model": "claude-sonnet-4-6",
+                "max_tokens": 5,
+                "messages": [{"role": "user", "content": "hi"}],
+            }
+            first = await client.messages.with_raw_response.create(**request)
+            assert first.headers["x-ratelimit-limit"] == "2"
+            assert first.headers["x-ratelimit-remaining"] == "1"
+            await client.messages.create(**request)
+            with pytest.raises(anthropic.RateLimitError) as info:
+                await client.messages.create(**request)
+    finally:
+        await stop_gateway(gateway)
+    err = info.value
+    assert err.body["error"]["type"] == "rate_limit_error"
+    assert err.request_id and err.request_id.startswith("req_")
+    assert 1 <= int(err.response.headers["retry-after"]) <= 60
+    assert err.response.headers["x-ratelimit-remaining"] == "0"
