@@ -6,7 +6,7 @@ import logging
 from dataclasses import dataclass
 
 import asyncpg
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 
 from alicode_gw.config import Config
 from alicode_gw.embedded import EmbeddedPostgres, EmbeddedRedis
@@ -61,7 +61,15 @@ async def create_pool(database_url: str, size: int) -> asyncpg.Pool:
     return pool
 
 
-def create_redis(redis_url: str) -> Redis:
-    return Redis.from_url(
-        redis_url, socket_connect_timeout=2, socket_timeout=5, health_check_interval=30
+def create_redis(redis_url: str, max_connections: int = 100) -> Redis:
+    # A blocking pool: past max_connections a command waits (up to 5 s) for a free
+    # connection; the default pool raises MaxConnectionsError at once under load.
+    pool = BlockingConnectionPool.from_url(
+        redis_url,
+        max_connections=max_connections,
+        timeout=5,
+        socket_connect_timeout=2,
+        socket_timeout=5,
+        health_check_interval=30,
     )
+    return Redis.from_pool(pool)

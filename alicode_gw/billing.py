@@ -1,0 +1,390 @@
+"""Prepaid billing on the request path: hold, settle, release, the hold sweeper and the
+settlement journal.
+
+The money logic is the PL/pgSQL in ``sql/003_billing.sql`` (``billing.hold``,
+``billing.settle``, ``billing.release``, ``billing.expire_holds``); each method here is
+one database round trip that passes numbers in and reads the outcome.
+
+Money is integer nano-USD (1 USD = 1 000 000 000). :func:`format_usd` and
+:func:`parse_usd` convert exactly, through :class:`~decimal.Decimal`.
+
+Durability: when PostgreSQL cannot be reached at settle (or release) time, the call is
+appended to a journal (a Redis stream, shared by every node, so any node can replay it
+even if this one dies; a local append-only file under the data dir when Redis is down
+too). A tracked background task replays it when the database answers again. Replaying
+is exactly once because ``billing.settle`` is idempotent per request id: a journal
+entry is deleted only after the database has confirmed it, and replaying an entry
+twice changes nothing the second time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from alicode_gw import auth
+from alicode_gw.catalog import ModelCatalog
+from alicode_gw.errors import (
+    InsufficientCreditsError,
+    InvalidRequestError,
+    ServiceUnavailableError,
+)
+from alicode_gw.tasks import TaskTracker
+
+log = logging.getLogger(__name__)
+
+NANOS_PER_USD = 1_000_000_000
+JOURNAL_FILE = "billing-journal.jsonl"
+
+# What "PostgreSQL is unreachable" looks like through asyncpg.
+DB_UNREACHABLE: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.TooManyConnectionsError,
+)
+
+
+def format_usd(nanos: int) -> str:
+    """Integer nano-USD -> exact decimal string, at least two decimals ("12.50",
+    "0.039", "0.000000001")."""
+    sign = "-" if nanos < 0 else ""
+    whole, frac = divmod(abs(nanos), NANOS_PER_USD)
+    digits = f"{frac:09d}".rstrip("0").ljust(2, "0")
+    return f"{sign}{whole}.{digits}"
+
+
+def parse_usd(text: str) -> int:
+    """Decimal USD string -> integer nano-USD, exactly; more precision than a nano is
+    refused (ValueError), never rounded."""
+    try:
+        value = Decimal(text.strip())
+    except InvalidOperation:
+        raise ValueError(f"expected an amount in USD, got {text!r}") from None
+    if not value.is_finite():
+        raise ValueError(f"expected an amount in USD, got {text!r}")
+    nanos = value * NANOS_PER_USD
+    if nanos != nanos.to_integral_value():
+        raise ValueError(f"{text!r} has more than 9 decimal places (1 nano-USD)")
+    return int(nanos)
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Token counts of one request, by kind (the upstream's ``usage``)."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_creation_5m: int = 0
+    cache_creation_1h: int = 0
+    cache_read: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """A reservation made by :meth:`Billing.hold`; ``model`` is the priced model id."""
+
+    request_id: str
+    model: str
+    amount_nanos: int
+    batch: bool = False
+
+
+class Billing:
+    """``state.billing``: the request path's access to the PL/pgSQL money functions."""
+
+    def __init__(
+        self,
+        db: asyncpg.Pool,
+        redis: Redis,
+        *,
+        redis_prefix: str,
+        data_dir: Path,
+        catalog: ModelCatalog | None = None,
+        hold_ttl: float = 3600.0,
+        sweep_interval: float = 30.0,
+        replay_interval: float = 5.0,
+        db_timeout: float = 10.0,
+    ) -> None:
+        self._db = db
+        self._redis = redis
+        self._prefix = redis_prefix
+        self._catalog = catalog
+        self.hold_ttl = hold_ttl
+        self._sweep_interval = sweep_interval
+        self._replay_interval = replay_interval
+        self._db_timeout = db_timeout
+        self.stream_key = f"{redis_prefix}billing:journal"
+        self.journal_path = data_dir / JOURNAL_FILE
+        self._file_lock = asyncio.Lock()
+        self._replay_lock = asyncio.Lock()
+        self._replay_now = asyncio.Event()
+        # Holds of this process not yet settled or released: only for the provisional
+        # cost of a journaled settlement. Entries older than the hold TTL are purged.
+        self._open: dict[str, tuple[Hold, float]] = {}
+
+    def start(self, tasks: TaskTracker) -> None:
+        """Start the sweeper and the journal replayer (tracked perpetual tasks)."""
+        tasks.spawn(self._sweep_loop(), name="billing-sweeper", perpetual=True)
+        tasks.spawn(self._replay_loop(), name="billing-journal-replay", perpetual=True)
+
+    # --- the request path ----------------------------------------------------------------
+
+    async def hold(
+        self,
+        request_id: str,
+        key_id: int,
+        model: str,
+        estimated_input_tokens: int,
+        max_tokens: int,
+        client_ip: str,
+        *,
+        batch: bool = False,
+    ) -> Hold:
+        """Reserve the worst-case cost. 402 when the account cannot cover it, 400 for an
+        unknown model, 503 when the database cannot be reached (nothing went upstream)."""
+        try:
+            async with asyncio.timeout(self._db_timeout):
+                row = await self._db.fetchrow(
+                    "SELECT * FROM billing.hold($1, $2, $3, $4, $5, $6, $7, $8)",
+                    request_id,
+                    key_id,
+                    model,
+                    estimated_input_tokens,
+                    max_tokens,
+                    client_ip,
+                    batch,
+                    self.hold_ttl,
+                )
+        except DB_UNREACHABLE as exc:
+            raise ServiceUnavailableError(
+                "Billing is temporarily unavailable; please retry shortly."
+            ) from exc
+        assert row is not None
+        outcome = row["outcome"]
+        if outcome == "unknown_model":
+            raise InvalidRequestError(f"model: unknown model {model!r}", param="model")
+        if outcome == "insufficient":
+            raise InsufficientCreditsError(
+                "Your credit balance is too low for this request "
+                f"(it may cost up to ${format_usd(row['hold_nanos'])}). Top up to continue."
+            )
+        if outcome == "unknown_key":
+            raise InvalidRequestError("the API key no longer exists")
+        held = Hold(request_id, row["priced_model"], row["hold_nanos"], batch)
+        self._open[request_id] = (held, time.monotonic() + self.hold_ttl)
+        return held
+
+    async def settle(self, request_id: str, usage: Usage, *, estimated: bool = False) -> int:
+        """Bill the real usage once; returns the cost in nano-USD. Idempotent. When the
+        database is unreachable the settlement is journaled and the returned cost is
+        provisional (computed from the in-process price table)."""
+        entry = {"op": "settle", "request_id": request_id, "estimated": estimated}
+        entry.update(asdict(usage))
+        try:
+            charged = await self._apply(entry)
+        except DB_UNREACHABLE as exc:
+            log.warning("settlement of %s journaled: database unreachable (%s)", request_id, exc)
+            await self._journal(entry)
+            return self._provisional_cost(request_id, usage)
+        self._open.pop(request_id, None)
+        return charged
+
+    async def release(self, request_id: str) -> None:
+        """The request produced nothing billable: give the hold back."""
+        entry: dict[str, Any] = {"op": "release", "request_id": request_id}
+        try:
+            await self._apply(entry)
+        except DB_UNREACHABLE as exc:
+            log.warning("release of %s journaled: database unreachable (%s)", request_id, exc)
+            await self._journal(entry)
+            return
+        self._open.pop(request_id, None)
+
+    # --- applying an operation -----------------------------------------------------------
+
+    async def _apply(self, entry: dict[str, Any]) -> int:
+        """Run one settle/release in PostgreSQL; returns the amount charged."""
+        request_id = str(entry["request_id"])
+        async with asyncio.timeout(self._db_timeout):
+            if entry["op"] == "release":
+                outcome = await self._db.fetchval("SELECT billing.release($1)", request_id)
+                if outcome == "settled":
+                    log.warning("release of %s ignored: already settled", request_id)
+                return 0
+            row = await self._db.fetchrow(
+                "SELECT * FROM billing.settle($1, $2, $3, $4, $5, $6, $7)",
+                request_id,
+                int(entry["input_tokens"]),
+                int(entry["output_tokens"]),
+                int(entry["cache_creation_5m"]),
+                int(entry["cache_creation_1h"]),
+                int(entry["cache_read"]),
+                bool(entry["estimated"]),
+            )
+        assert row is not None
+        if row["outcome"] in ("unknown", "released"):
+            log.warning("settlement of %s ignored: hold is %s", request_id, row["outcome"])
+        if row["revoked_public_id"] is not None:
+            await self._announce_revoked(row["revoked_public_id"])
+        return int(row["charged_nanos"])
+
+    async def _announce_revoked(self, public_id: str) -> None:
+        """Tell every node a key reached its spend cap (their caches drop it)."""
+        await auth.announce_revoked(self._redis, self._prefix, [public_id])
+
+    def _provisional_cost(self, request_id: str, usage: Usage) -> int:
+        opened = self._open.pop(request_id, None)
+        if opened is None or self._catalog is None:
+            return 0
+        held = opened[0]
+        info = self._catalog.resolve(held.model)
+        if info is None:
+            return 0
+        return info.prices.cost_nanos(**asdict(usage), batch=held.batch)
+
+    # --- the journal -------------------------------------------------------------------
+
+    async def _journal(self, entry: dict[str, Any]) -> None:
+        fields = {k: json.dumps(v) for k, v in entry.items()}
+        try:
+            await self._redis.xadd(self.stream_key, fields)  # type: ignore[arg-type]
+        except RedisError as exc:
+            log.error("Redis unreachable too (%s); journaling to %s", exc, self.journal_path)
+            async with self._file_lock:
+                await asyncio.to_thread(_append_line, self.journal_path, json.dumps(entry))
+        self._replay_now.set()
+
+    async def replay_journal(self) -> int:
+        """Apply every journaled operation the database confirms; returns how many were
+        applied. Stops (leaving the rest) at the first sign the database is still down."""
+        async with self._replay_lock:
+            applied = await self._replay_file()
+            return applied + await self._replay_stream()
+
+    async def _replay_stream(self) -> int:
+        applied = 0
+        while True:
+            entries = await self._redis.xrange(self.stream_key, "-", "+", count=100)
+            if not entries:
+                return applied
+            for entry_id, raw in entries:
+                entry = {k.decode(): json.loads(v) for k, v in raw.items()}
+                try:
+                    await self._apply(entry)
+                except DB_UNREACHABLE:
+                    return applied
+                except asyncpg.PostgresError as exc:
+                    # Not an outage: this entry can never apply. Park it where the
+                    # operator sees it instead of blocking the journal behind it.
+                    log.error("journaled %s cannot be applied (%s); parked", entry, exc)
+                    await self._redis.xadd(self.stream_key + ":failed", raw)
+                await self._redis.xdel(self.stream_key, entry_id)
+                self._open.pop(str(entry["request_id"]), None)
+                applied += 1
+
+    async def _replay_file(self) -> int:
+        async with self._file_lock:
+            lines = await asyncio.to_thread(_read_lines, self.journal_path)
+            if not lines:
+                return 0
+            applied = 0
+            for line in lines:
+                try:
+                    await self._apply(json.loads(line))
+                except DB_UNREACHABLE:
+                    break
+                except asyncpg.PostgresError as exc:
+                    log.error("journaled %s cannot be applied (%s); parked", line, exc)
+                    failed = self.journal_path.with_suffix(".failed")
+                    await asyncio.to_thread(_append_line, failed, line)
+                applied += 1
+            await asyncio.to_thread(_rewrite_lines, self.journal_path, lines[applied:])
+            return applied
+
+    async def journal_length(self) -> int:
+        """Operations waiting in the journal (stream and file)."""
+        async with self._file_lock:
+            in_file = len(await asyncio.to_thread(_read_lines, self.journal_path))
+        return in_file + int(await self._redis.xlen(self.stream_key))
+
+    async def _replay_loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._replay_now.wait(), self._replay_interval)
+            self._replay_now.clear()
+            try:
+                applied = await self.replay_journal()
+            except (RedisError, OSError) as exc:
+                log.warning("billing journal replay failed: %s", exc)
+                continue
+            except Exception:  # keep the replayer alive; the journal keeps the entries
+                log.exception("billing journal replay failed")
+                continue
+            if applied:
+                log.info("billing journal: applied %d journaled operation(s)", applied)
+
+    # --- the sweeper -------------------------------------------------------------------
+
+    async def sweep(self) -> int:
+        """Release expired holds (left by a crashed node); returns how many."""
+        async with asyncio.timeout(self._db_timeout):
+            count = int(await self._db.fetchval("SELECT billing.expire_holds()"))
+        now = time.monotonic()
+        for request_id in [rid for rid, (_, deadline) in self._open.items() if deadline < now]:
+            del self._open[request_id]
+        return count
+
+    async def _sweep_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._sweep_interval)
+            try:
+                expired = await self.sweep()
+            except DB_UNREACHABLE as exc:
+                log.warning("hold sweeper: database unreachable (%s)", exc)
+                continue
+            except Exception:  # keep the sweeper alive; the next round retries
+                log.exception("hold sweeper failed")
+                continue
+            if expired:
+                log.warning("hold sweeper: released %d expired hold(s)", expired)
+
+
+def _append_line(path: Path, line: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write(line + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _read_lines(path: Path) -> list[str]:
+    try:
+        return [line for line in path.read_text("utf-8").splitlines() if line.strip()]
+    except FileNotFoundError:
+        return []
+
+
+def _rewrite_lines(path: Path, lines: list[str]) -> None:
+    if not lines:
+        path.unlink(missing_ok=True)
+        return
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(line + "\n" for line in lines), "utf-8")
+    tmp.replace(path)
