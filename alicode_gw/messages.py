@@ -1,0 +1,207 @@
+"""``POST /v1/messages``: the request pipeline, one context object threaded through.
+
+validate → authenticate → model (catalog, allow-list) → limits (one Redis call) →
+estimate input tokens → billing hold → upstream (retries before the first byte) →
+relay (JSON or SSE) → settle or release → limits finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from aiohttp import web
+
+from alicode_gw.billing import format_usd
+from alicode_gw.catalog import ModelInfo
+from alicode_gw.clientip import client_ip
+from alicode_gw.errors import InvalidRequestError, PermissionDeniedError
+from alicode_gw.relay import RelayResult, StreamFormat, json_result, read_json, relay_stream
+from alicode_gw.requestbody import read_json as read_request_json
+from alicode_gw.state import RequestContext
+from alicode_gw.upstream import Refusal, open_upstream, passed_headers
+
+UPSTREAM_PATH = "/v1/messages"
+
+
+@dataclass(frozen=True, slots=True)
+class MessagesRequest:
+    model: str
+    max_tokens: int
+    stream: bool
+
+
+def validate(payload: dict[str, Any]) -> MessagesRequest:
+    """The checks the gateway needs before anything goes upstream (the upstream
+    validates the rest and its 400s are passed through)."""
+    model = payload.get("model")
+    if model is None:
+        raise InvalidRequestError("model: Field required", param="model")
+    if not isinstance(model, str) or not model:
+        raise InvalidRequestError("model: Input should be a non-empty string", param="model")
+    max_tokens = payload.get("max_tokens")
+    if max_tokens is None:
+        raise InvalidRequestError("max_tokens: Field required", param="max_tokens")
+    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
+        raise InvalidRequestError(
+            "max_tokens: Input should be an integer of at least 1", param="max_tokens"
+        )
+    messages = payload.get("messages")
+    if messages is None:
+        raise InvalidRequestError("messages: Field required", param="messages")
+    if not isinstance(messages, list) or not messages:
+        raise InvalidRequestError("messages: Input should be a non-empty list", param="messages")
+    stream = payload.get("stream", False)
+    if not isinstance(stream, bool):
+        raise InvalidRequestError("stream: Input should be a valid boolean", param="stream")
+    return MessagesRequest(model, max_tokens, stream)
+
+
+def resolve_model(ctx: RequestContext, name: str, allowed: frozenset[str] | None) -> ModelInfo:
+    info = ctx.state.catalog.resolve(name)
+    if info is None:
+        raise InvalidRequestError(
+            f"model: '{name}' is not available on this gateway; see GET /v1/models",
+            param="model",
+        )
+    if allowed is not None and name not in allowed and info.target not in allowed:
+        raise PermissionDeniedError(f"This API key is not allowed to use the model '{name}'.")
+    return info
+
+
+def upstream_body(body: bytes, payload: dict[str, Any], info: ModelInfo) -> bytes:
+    """The body to send: unchanged, except an alias replaced by its target model."""
+    if not info.is_alias:
+        return body
+    return json.dumps({**payload, "model": info.target}, separators=(",", ":")).encode()
+
+
+class Surface(Protocol):
+    """How the client side speaks: Anthropic's API relays as is; the OpenAI surface
+    (:mod:`alicode_gw.openai_chat`) re-encodes answers and errors."""
+
+    def json_body(self, raw: bytes, model: str) -> bytes: ...
+
+    def stream_format(self, model: str) -> StreamFormat | None: ...
+
+    def refusal(self, refusal: Refusal, ctx: RequestContext) -> web.StreamResponse: ...
+
+
+class AnthropicSurface:
+    """``/v1/messages``: bytes as received, upstream client errors passed through."""
+
+    def json_body(self, raw: bytes, model: str) -> bytes:
+        return raw
+
+    def stream_format(self, model: str) -> StreamFormat | None:
+        return None
+
+    def refusal(self, refusal: Refusal, ctx: RequestContext) -> web.StreamResponse:
+        return web.Response(
+            status=refusal.status, body=refusal.body, headers={**refusal.headers, **ctx.headers()}
+        )
+
+
+ANTHROPIC = AnthropicSurface()
+
+
+async def handle_messages(ctx: RequestContext) -> web.StreamResponse:
+    body, payload = await read_request_json(ctx.request, ctx.state.config.max_body_bytes)
+    return await serve(ctx, body, payload, ANTHROPIC)
+
+
+async def serve(
+    ctx: RequestContext, body: bytes, payload: dict[str, Any], surface: Surface
+) -> web.StreamResponse:
+    """The pipeline after the body is read: ``body`` is what goes upstream (bar an
+    alias rewrite), ``payload`` its decoded form."""
+    state = ctx.state
+    request = validate(payload)
+    ip = ctx.client_ip = client_ip(ctx.request, state.config.trusted_proxies)
+    key = await state.auth.authenticate(ctx.request, ip)
+    ctx.key_public_id, ctx.account_id = key.public_id, key.account_id
+    info = resolve_model(ctx, request.model, key.allowed_models)
+    ctx.model = info.target
+    admission = await state.limiter.admit(ip, key, info.target)
+    tokens_used = 0
+    try:
+        estimate = await state.tokens.count_async(payload)
+        await state.billing.hold(
+            ctx.request_id, key.id, request.model, estimate, request.max_tokens, ip
+        )
+        headers = dict(admission.headers)
+        if info.is_alias:
+            headers["x-alicode-model"] = info.target
+        response, result = await _forward(
+            ctx, upstream_body(body, payload, info), request.stream, headers, surface, info
+        )
+        if result is not None:
+            usage = result.usage
+            tokens_used = (
+                usage.input_tokens
+                + usage.output_tokens
+                + usage.cache_creation_5m
+                + usage.cache_creation_1h
+                + usage.cache_read
+            )
+        return response
+    finally:
+        await state.limiter.finish(admission, tokens_used)
+
+
+async def _forward(
+    ctx: RequestContext,
+    body: bytes,
+    stream: bool,
+    headers: dict[str, str],
+    surface: Surface,
+    info: ModelInfo,
+) -> tuple[web.StreamResponse, RelayResult | None]:
+    """Upstream call, relay and settlement; the hold is always settled or released."""
+    result: RelayResult | None = None
+    concluded = False
+    try:
+        opened = await open_upstream(ctx, UPSTREAM_PATH, body)
+        if isinstance(opened, Refusal):
+            return surface.refusal(opened, ctx), None
+        upstream, _credential = opened
+        if stream:
+            fmt = surface.stream_format(info.target)
+            stream_response, result = await relay_stream(ctx, upstream, ctx.headers(**headers), fmt)
+            return stream_response, result
+        raw = await read_json(ctx, upstream)
+        result = json_result(raw)
+        concluded = True
+        cost = await _conclude(ctx, result)
+        if cost is not None:
+            headers["x-alicode-cost-usd"] = format_usd(cost)
+        response = web.Response(
+            status=upstream.status,
+            body=surface.json_body(raw, info.target),
+            headers={**passed_headers(upstream.headers), **headers},
+        )
+        return response, result
+    finally:
+        if not concluded:
+            await _conclude(ctx, result)
+
+
+async def _conclude(ctx: RequestContext, result: RelayResult | None) -> int | None:
+    """Settle what was generated, or release the hold; survives cancellation (the work
+    runs as a tracked task the shutdown drain waits for)."""
+    task = ctx.state.tasks.spawn(_settle(ctx, result), name=f"settle-{ctx.request_id}")
+    return await asyncio.shield(task)
+
+
+async def _settle(ctx: RequestContext, result: RelayResult | None) -> int | None:
+    billing = ctx.state.billing
+    if result is None or not result.generated:
+        await billing.release(ctx.request_id)
+        return None
+    ctx.input_tokens = result.usage.input_tokens
+    ctx.output_tokens = result.usage.output_tokens
+    cost = await billing.settle(ctx.request_id, result.usage, estimated=result.estimated)
+    ctx.cost_nanos = cost
+    return cost

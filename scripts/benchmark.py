@@ -1,0 +1,340 @@
+"""scripts/bench: measures the gateway against a bare relay on the same mock upstream.
+
+Everything runs on 127.0.0.1, each server in its own process:
+  mock upstream  <-  bare relay (scripts/bare_relay.py, the yardstick)
+  mock upstream  <-  alicode_gw serve (auth, limits, hold/settle all on)
+CPU per request comes from /proc/<pid>/stat (utime+stime) of the measured process;
+PostgreSQL's and Redis's CPU (all their processes) is reported beside the gateway's.
+Load is bounded: a fixed number of requests per phase and a time cap per phase.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import aiohttp
+import asyncpg
+
+from alicode_gw.backends import start_backends
+from alicode_gw.config import Config
+from alicode_gw.mock_upstream import DEFAULT_MOCK_KEY
+
+TICKS = os.sysconf("SC_CLK_TCK")
+MODEL = "claude-sonnet-4-6"
+PHASE_TIME_CAP = 120.0
+# 44 words: message_start, content_block_start, ping, 44 deltas, stop, delta, stop = 50.
+STREAM_WORDS = 44
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / TICKS
+
+
+def pids_named(*names: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "comm").read_text().strip() in names:
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def wait_port(port: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+def cli(env: dict[str, str], *args: str) -> dict:
+    out = subprocess.run(
+        [sys.executable, "-m", "alicode_gw", *args, "--json"],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return json.loads(out)
+
+
+@dataclass
+class Phase:
+    name: str
+    requests: int
+    seconds: float
+    cpu: float
+    db_cpu: float
+
+    @property
+    def us_per_request(self) -> float:
+        return self.cpu / self.requests * 1e6
+
+    @property
+    def db_us_per_request(self) -> float:
+        return self.db_cpu / self.requests * 1e6
+
+
+def body(stream: bool, words: int = 12, extra: str = "") -> bytes:
+    return json.dumps(
+        {
+            "model": MODEL,
+            "max_tokens": 256,
+            "stream": stream,
+            "messages": [{"role": "user", "content": f"bench [[mock: words={words}{extra}]]"}],
+        }
+    ).encode()
+
+
+async def one(
+    http: aiohttp.ClientSession, url: str, key: str, payload: bytes
+) -> tuple[float, float]:
+    """(total seconds, seconds to the first body byte) of one request."""
+    started = time.perf_counter()
+    headers = {
+        "x-api-key": key,
+        "anthropic-version": "2023-06-01",
+        "content-type": "application/json",
+    }
+    async with http.post(url + "/v1/messages", data=payload, headers=headers) as resp:
+        first = None
+        async for _chunk in resp.content.iter_any():
+            if first is None:
+                first = time.perf_counter() - started
+        if resp.status != 200:
+            raise RuntimeError(f"{url}: HTTP {resp.status}")
+    return time.perf_counter() - started, first or 0.0
+
+
+async def load(
+    url: str, key: str, payload: bytes, count: int, concurrency: int
+) -> tuple[int, float]:
+    done = 0
+    deadline = time.monotonic() + PHASE_TIME_CAP
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector) as http:
+
+        async def worker() -> None:
+            nonlocal done
+            while done < count and time.monotonic() < deadline:
+                done += 1
+                await one(http, url, key, payload)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return done, time.perf_counter() - started
+
+
+async def measure(
+    name: str,
+    pid: int,
+    db_pids: Callable[[], list[int]],
+    run: Callable[[], Awaitable[tuple[int, float]]],
+) -> Phase:
+    dbs = db_pids()
+    before, db_before = cpu_seconds([pid]), cpu_seconds(dbs)
+    count, seconds = await run()
+    after, db_after = cpu_seconds([pid]), cpu_seconds(dbs)
+    return Phase(name, count, seconds, after - before, db_after - db_before)
+
+
+async def latencies(
+    url: str, key: str, payload: bytes, count: int
+) -> tuple[list[float], list[float]]:
+    totals, firsts = [], []
+    async with aiohttp.ClientSession() as http:
+        for _ in range(count):
+            total, first = await one(http, url, key, payload)
+            totals.append(total)
+            firsts.append(first)
+    return totals, firsts
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+
+
+async def slow_streams(url: str, key: str, count: int, pid: int) -> tuple[int, float]:
+    payload = body(True, words=20, extra=" chunk_delay_ms=150")
+    peak = 0.0
+    connector = aiohttp.TCPConnector(limit=0)
+    timeout = aiohttp.ClientTimeout(total=PHASE_TIME_CAP)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
+        tasks = [asyncio.ensure_future(one(http, url, key, payload)) for _ in range(count)]
+        while not all(t.done() for t in tasks):
+            peak = max(peak, rss_mb(pid))
+            await asyncio.sleep(0.2)
+        ok = sum(1 for t in tasks if not t.exception())
+    return ok, peak
+
+
+def fresh_database(server_url: str) -> str:
+    name = f"alicode_bench_{secrets.token_hex(4)}"
+
+    async def create() -> None:
+        conn = await asyncpg.connect(server_url)
+        await conn.execute(f'CREATE DATABASE "{name}"')
+        await conn.close()
+
+    asyncio.run(create())
+    return urlunsplit(urlsplit(server_url)._replace(path="/" + name))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--latency-samples", type=int, default=300)
+    parser.add_argument("--streams", type=int, default=1000)
+    parser.add_argument("--quick", action="store_true", help="small counts (smoke run)")
+    args = parser.parse_args()
+    if args.quick:
+        args.requests, args.latency_samples, args.streams = 200, 50, 100
+
+    work = Path(tempfile.mkdtemp(prefix="alicode-bench-"))
+    base = {k: v for k, v in os.environ.items() if not k.startswith("ALICODE_")}
+    server_db = os.environ.get("ALICODE_BENCH_DATABASE_URL")
+    redis_url = os.environ.get("ALICODE_BENCH_REDIS_URL")
+    backends = start_backends(Config(data_dir=work, database_url=server_db, redis_url=redis_url))
+    database_url = fresh_database(backends.database_url) if server_db else backends.database_url
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        mock_port, relay_port, gw_port = free_port(), free_port(), free_port()
+        env = {
+            **base,
+            "ALICODE_DATABASE_URL": database_url,
+            "ALICODE_REDIS_URL": backends.redis_url,
+            "ALICODE_REDIS_PREFIX": f"bench-{secrets.token_hex(3)}:",
+            "ALICODE_UPSTREAM_URL": f"http://127.0.0.1:{mock_port}",
+            "ALICODE_LISTEN": f"127.0.0.1:{gw_port}",
+            "ALICODE_IP_RPM": "0",
+            "ALICODE_IP_CONCURRENCY": "0",
+            "ALICODE_LOG_LEVEL": "WARNING",
+            "ALICODE_DATA_DIR": str(work),
+        }
+        spawn = lambda *cmd: procs.append(subprocess.Popen(cmd, env=env))  # noqa: E731
+        spawn(sys.executable, "-m", "alicode_gw", "mock-upstream", "--port", str(mock_port),
+              "--key", DEFAULT_MOCK_KEY)  # fmt: skip
+        subprocess.run([sys.executable, "-m", "alicode_gw", "migrate"], env=env, check=True,
+                       capture_output=True)  # fmt: skip
+        email = f"bench-{secrets.token_hex(3)}@example.com"
+        cli(env, "account", "create", "--email", email)
+        cli(env, "account", "topup", "--email", email, "--usd", "1000000")
+        key = cli(env, "key", "create", "--email", email, "--name", "bench",
+                  "--rpm", "1000000", "--concurrency", "5000")["key"]  # fmt: skip
+        cli(env, "upstream", "add", "--key", DEFAULT_MOCK_KEY, "--name", "mock")
+        spawn(sys.executable, "-m", "alicode_gw", "serve")
+        spawn(sys.executable, "-m", "scripts.bare_relay", "--port", str(relay_port),
+              "--upstream", f"http://127.0.0.1:{mock_port}", "--key", DEFAULT_MOCK_KEY)  # fmt: skip
+        for port in (mock_port, relay_port, gw_port):
+            wait_port(port)
+        gw_pid, relay_pid = procs[1].pid, procs[2].pid
+        mock_url = f"http://127.0.0.1:{mock_port}"
+        gw_url, relay_url = f"http://127.0.0.1:{gw_port}", f"http://127.0.0.1:{relay_port}"
+
+        def db_pids() -> list[int]:
+            return pids_named("postgres", "redis-server")
+
+        results: dict[str, Phase] = {}
+        for kind, payload in (("json", body(False)), ("sse", body(True, STREAM_WORDS))):
+            for name, url, pid in (("bare", relay_url, relay_pid), ("gateway", gw_url, gw_pid)):
+                asyncio.run(load(url, key, payload, 100, args.concurrency))  # warm-up
+
+                async def run(url: str = url, payload: bytes = payload) -> tuple[int, float]:
+                    return await load(url, key, payload, args.requests, args.concurrency)
+
+                results[f"{name}-{kind}"] = asyncio.run(
+                    measure(f"{name}-{kind}", pid, db_pids, run)
+                )
+
+        lat: dict[str, tuple[list[float], list[float]]] = {}
+        for kind, payload in (("json", body(False)), ("sse", body(True, STREAM_WORDS))):
+            for name, url in (("direct", mock_url), ("bare", relay_url), ("gateway", gw_url)):
+                k = DEFAULT_MOCK_KEY if name == "direct" else key
+                lat[f"{name}-{kind}"] = asyncio.run(
+                    latencies(url, k, payload, args.latency_samples)
+                )
+
+        ok, peak = asyncio.run(slow_streams(gw_url, key, args.streams, gw_pid))
+    finally:
+        for proc in reversed(procs):
+            proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        backends.stop()
+
+    print()
+    print("| measure | JSON | SSE (50 events) |")
+    print("| --- | --- | --- |")
+    for label, name in (("bare relay CPU µs/req", "bare"), ("gateway CPU µs/req", "gateway")):
+        j, s = results[f"{name}-json"], results[f"{name}-sse"]
+        print(f"| {label} | {j.us_per_request:.0f} | {s.us_per_request:.0f} |")
+    gj, gs = results["gateway-json"], results["gateway-sse"]
+    bj, bs = results["bare-json"], results["bare-sse"]
+    print(f"| gateway / bare CPU | {gj.cpu / gj.requests / (bj.cpu / bj.requests):.2f}x "
+          f"| {gs.cpu / gs.requests / (bs.cpu / bs.requests):.2f}x |")  # fmt: skip
+    print(f"| PostgreSQL+Redis CPU µs/req (gateway run) | {gj.db_us_per_request:.0f} "
+          f"| {gs.db_us_per_request:.0f} |")  # fmt: skip
+    print(f"| gateway req/s (concurrency {args.concurrency}) | {gj.requests / gj.seconds:.0f} "
+          f"| {gs.requests / gs.seconds:.0f} |")  # fmt: skip
+    for q, tag in ((0.5, "p50"), (0.99, "p99")):
+        added_j = pct(lat["gateway-json"][0], q) - pct(lat["direct-json"][0], q)
+        added_s = pct(lat["gateway-sse"][0], q) - pct(lat["direct-sse"][0], q)
+        print(f"| added latency {tag}, concurrency 1 (ms) | {added_j:.2f} | {added_s:.2f} |")
+    ttfb = pct(lat["gateway-sse"][1], 0.5) - pct(lat["direct-sse"][1], 0.5)
+    print(f"| stream TTFB overhead p50 (ms) | - | {ttfb:.2f} |")
+    print(f"| bare relay added latency p50 (ms) | "
+          f"{pct(lat['bare-json'][0], 0.5) - pct(lat['direct-json'][0], 0.5):.2f} "
+          f"| {pct(lat['bare-sse'][0], 0.5) - pct(lat['direct-sse'][0], 0.5):.2f} |")  # fmt: skip
+    print(f"| {args.streams} concurrent slow streams: completed | - | {ok}/{args.streams} |")
+    print(f"| gateway peak RSS with them (MB) | - | {peak:.0f} |")
+    print(f"\n(latency: {args.latency_samples} sequential requests per target; "
+          f"CPU: {args.requests} requests per phase, concurrency {args.concurrency})")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
