@@ -15,13 +15,19 @@ import aiohttp
 import uvloop
 from aiohttp import web
 
+from alicode_gw.auth import Authenticator
 from alicode_gw.backends import Backends, create_pool, create_redis, start_backends
+from alicode_gw.billing import Billing
+from alicode_gw.catalog import ModelCatalog
 from alicode_gw.config import Config
 from alicode_gw.errors import ApiError, GatewayError, render
 from alicode_gw.ids import new_request_id
+from alicode_gw.keypool import KeyPool
+from alicode_gw.ratelimit import Limiter
 from alicode_gw.routes import build_router
 from alicode_gw.state import RequestContext, State
 from alicode_gw.tasks import TaskTracker
+from alicode_gw.tokens import TokenCounter
 
 log = logging.getLogger(__name__)
 
@@ -46,19 +52,46 @@ async def open_state(config: Config, backends: Backends) -> State:
     """Connect to PostgreSQL, Redis and prepare the upstream client."""
     db = await create_pool(backends.database_url, config.db_pool_size)
     redis = create_redis(backends.redis_url)
+    tasks = TaskTracker()
+    keypool = await KeyPool.open(db, redis, config.redis_prefix, tasks)
+    catalog = ModelCatalog(db)
+    await catalog.refresh()
+    tasks.spawn(catalog.run(), name="model-catalog-refresh", perpetual=True)
+    billing = Billing(
+        db, redis, redis_prefix=config.redis_prefix, data_dir=config.data_dir, catalog=catalog
+    )
+    billing.start(tasks)
+    auth = Authenticator(db, redis, config.redis_prefix)
+    tasks.spawn(auth.listen(), name="auth-revocations", perpetual=True)
+    tasks.spawn(auth.flush_loop(), name="auth-last-used", perpetual=True)
+    limiter = Limiter(
+        redis,
+        config.redis_prefix,
+        ip_rpm=config.ip_rpm,
+        ip_concurrency=config.ip_concurrency,
+    )
+    tasks.spawn(limiter.refresh_loop(), name="limit-leases", perpetual=True)
     return State(
         config=config,
         db=db,
         redis=redis,
         http=upstream_session(config),
         router=build_router(),
-        tasks=TaskTracker(),
+        tasks=tasks,
+        keypool=keypool,
+        catalog=catalog,
+        billing=billing,
+        auth=auth,
+        limiter=limiter,
+        tokens=TokenCounter(),
     )
 
 
 async def close_state(state: State) -> None:
     """Drain background work, then close every connection."""
     await state.tasks.drain(state.config.shutdown_timeout)
+    await state.keypool.close()
+    await state.auth.close()
     await state.http.close()
     await state.redis.aclose()
     await state.db.close()

@@ -153,6 +153,14 @@ class Config:
             "doc": "Seconds after which no further upstream attempt is started.",
         },
     )
+    count_tokens: str = field(
+        default="upstream",
+        metadata={
+            "env": "ALICODE_COUNT_TOKENS",
+            "doc": "`upstream`: /v1/messages/count_tokens asks the upstream (exact, free), "
+            "falling back to the estimate when it cannot answer; `estimate`: tiktoken only.",
+        },
+    )
     disconnect_drain_timeout: float = field(
         default=120.0,
         metadata={
@@ -206,6 +214,15 @@ def _parse_url(schemes: tuple[str, ...]) -> Callable[[str], str]:
     return parse
 
 
+def _parse_choice(*choices: str) -> Callable[[str], str]:
+    def parse(value: str) -> str:
+        if value not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}, got {value!r}")
+        return value
+
+    return parse
+
+
 def _parse_level(value: str) -> str:
     level = value.upper()
     if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
@@ -255,6 +272,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "ALICODE_UPSTREAM_MAX_ATTEMPTS": _parse_int(1),
     "ALICODE_UPSTREAM_RETRY_BUDGET": _parse_seconds,
     "ALICODE_DISCONNECT_DRAIN_TIMEOUT": _parse_seconds,
+    "ALICODE_COUNT_TOKENS": _parse_choice("upstream", "estimate"),
 }
 
 

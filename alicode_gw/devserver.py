@@ -11,44 +11,90 @@ import asyncio
 import dataclasses
 import logging
 import signal
+import time
 
+import asyncpg
 import uvloop
 
-from alicode_gw import app, migrate
+from alicode_gw import accounts, app, ledger, migrate
 from alicode_gw.backends import Backends, start_backends
 from alicode_gw.config import Config
 from alicode_gw.mock_upstream import DEFAULT_MOCK_KEY, MockUpstream
 
 log = logging.getLogger(__name__)
 
+DEMO_EMAIL = "demo@alicode.local"
+DEMO_TOPUP_NANOS = 100 * 1_000_000_000  # $100 of demo credit, once
 
-def banner(base_url: str, upstream: str, demo_key: str | None) -> str:
-    key = demo_key or "(no demo key: accounts are not available yet)"
+
+def banner(base_url: str, upstream: str, key: str) -> str:
     return f"""
 alicode_gw is running.
 
   base URL   {base_url}
   upstream   {upstream}
-  demo key   {key}
+  demo key   {key}   (account {DEMO_EMAIL}, shown once)
 
   curl {base_url}/v1/messages \\
     -H 'x-api-key: {key}' -H 'anthropic-version: 2023-06-01' \\
     -H 'content-type: application/json' \\
-    -d '{{"model":"claude-sonnet-4-5","max_tokens":64,\
+    -d '{{"model":"claude-sonnet-4-6","max_tokens":64,\
          "messages":[{{"role":"user","content":"hi"}}]}}'
 
   python -c "import anthropic; c = anthropic.Anthropic(api_key='{key}', base_url='{base_url}'); \\
-print(c.messages.create(model='claude-sonnet-4-5', max_tokens=64, \\
+print(c.messages.create(model='claude-sonnet-4-6', max_tokens=64, \\
 messages=[{{'role': 'user', 'content': 'hi'}}]).content[0].text)"
 
 Press Ctrl-C to stop.
 """.rstrip()
 
 
+async def prepare_demo(database_url: str, upstream_keys: tuple[str, ...]) -> str:
+    """The demo account (topped up once), a fresh demo key, and the upstream pool:
+    the mock's credential, or the configured real ones (the mock's is then disabled)."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        account = await accounts.find_account(conn, DEMO_EMAIL)
+        if account is None:
+            account = await accounts.create_account(conn, DEMO_EMAIL)
+            await ledger.topup(conn, DEMO_EMAIL, DEMO_TOPUP_NANOS, "dev demo balance")
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        _, key = await accounts.create_key(conn, account.id, f"dev-{stamp}")
+        wanted = list(upstream_keys) or [DEFAULT_MOCK_KEY]
+        for number, secret in enumerate(wanted, start=1):
+            name = "mock" if secret == DEFAULT_MOCK_KEY else f"dev-{number}-{stamp}"
+            # Keyed by the secret: a credential already in the pool keeps its name and
+            # is re-enabled.
+            await conn.execute(
+                """
+                INSERT INTO upstream_credentials (name, secret) VALUES ($1, $2)
+                ON CONFLICT (secret) DO UPDATE
+                   SET status = 'active', disabled_reason = NULL, disabled_at = NULL,
+                       updated_at = now()
+                """,
+                name,
+                secret,
+            )
+        if upstream_keys:
+            await conn.execute(
+                """
+                UPDATE upstream_credentials
+                   SET status = 'disabled', disabled_reason = 'dev: real upstream in use',
+                       disabled_at = now(), updated_at = now()
+                 WHERE secret = $1 AND status = 'active'
+                """,
+                DEFAULT_MOCK_KEY,
+            )
+        return key
+    finally:
+        await conn.close()
+
+
 async def _run(config: Config, backends: Backends) -> None:
     applied = await migrate.run(backends.database_url)
     for name in applied:
         log.info("applied migration %s", name)
+    demo_key = await prepare_demo(backends.database_url, config.upstream_keys)
     mock: MockUpstream | None = None
     if not config.upstream_keys:
         mock = MockUpstream([DEFAULT_MOCK_KEY])
@@ -63,7 +109,7 @@ async def _run(config: Config, backends: Backends) -> None:
     try:
         await gateway.start()
         upstream = f"{config.upstream_url} (mock)" if mock else config.upstream_url
-        print(banner(gateway.url, upstream, None), flush=True)
+        print(banner(gateway.url, upstream, demo_key), flush=True)
         await stop.wait()
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):

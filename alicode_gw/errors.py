@@ -171,11 +171,13 @@ def openai_body(err: GatewayError) -> bytes:
 
 def render(err: GatewayError, request_id: str, flavor: Flavor = Flavor.ANTHROPIC) -> web.Response:
     """The single place an error becomes an HTTP response."""
+    headers = {k: v for k, v in err.headers.items() if k.lower() != "content-type"}
+    headers["request-id"] = request_id
     if flavor is Flavor.OPENAI:
         body = openai_body(err)
+        headers["x-request-id"] = request_id
     else:
         body = anthropic_body(err.error_type, err.message, request_id)
-    headers = {**err.headers, "request-id": request_id}
     return web.Response(
         status=err.status, body=body, content_type="application/json", headers=headers
     )
@@ -186,3 +188,32 @@ def sse_error_event(err: GatewayError, request_id: str) -> bytes:
     return (
         b"event: error\ndata: " + anthropic_body(err.error_type, err.message, request_id) + b"\n\n"
     )
+
+
+_BY_STATUS: dict[int, type[GatewayError]] = {
+    400: InvalidRequestError,
+    401: AuthenticationError,
+    402: InsufficientCreditsError,
+    403: PermissionDeniedError,
+    404: NotFoundError,
+    413: RequestTooLargeError,
+    415: UnsupportedMediaTypeError,
+    429: RateLimitError,
+    500: ApiError,
+    502: UpstreamError,
+    503: ServiceUnavailableError,
+    504: GatewayTimeoutError,
+    529: OverloadedError,
+}
+
+
+def error_for_status(
+    status: int, message: str, *, headers: Mapping[str, str] | None = None
+) -> GatewayError:
+    """The error class for an HTTP status (another 4xx: invalid request; 5xx: upstream)."""
+    cls = _BY_STATUS.get(status)
+    if cls is None:
+        cls = InvalidRequestError if status < 500 else UpstreamError
+    err = cls(message, headers=headers)
+    err.status = status
+    return err

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from alicode_gw import health
+from alicode_gw import count_tokens, health, keystatus, messages, models, openai_chat
 from alicode_gw.errors import Flavor, MethodNotAllowedError, NotFoundError
 from alicode_gw.state import RequestContext
 
@@ -89,5 +89,20 @@ def build_router() -> Router:
     return Router(
         [
             Route("health", "/v1/health", {"GET": health.handle_health}),
+            Route("key_status", "/v1/key-status", {"GET": keystatus.handle_key_status}),
+            Route("messages", "/v1/messages", {"POST": messages.handle_messages}),
+            Route(
+                "count_tokens",
+                "/v1/messages/count_tokens",
+                {"POST": count_tokens.handle_count_tokens},
+            ),
+            Route("models", "/v1/models", {"GET": models.handle_list}),
+            Route("model", "/v1/models/{model_id}", {"GET": models.handle_get}),
+            Route(
+                "chat_completions",
+                "/v1/chat/completions",
+                {"POST": openai_chat.handle_chat_completions},
+                Flavor.OPENAI,
+            ),
         ]
     )

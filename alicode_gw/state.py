@@ -17,7 +17,13 @@ from alicode_gw.errors import Flavor
 from alicode_gw.tasks import TaskTracker
 
 if TYPE_CHECKING:
+    from alicode_gw.auth import Authenticator
+    from alicode_gw.billing import Billing
+    from alicode_gw.catalog import ModelCatalog
+    from alicode_gw.keypool import KeyPool
+    from alicode_gw.ratelimit import Limiter
     from alicode_gw.routes import Router
+    from alicode_gw.tokens import TokenCounter
 
 
 @dataclass(slots=True)
@@ -30,6 +36,12 @@ class State:
     http: aiohttp.ClientSession
     router: Router
     tasks: TaskTracker
+    keypool: KeyPool
+    catalog: ModelCatalog
+    billing: Billing
+    auth: Authenticator
+    limiter: Limiter
+    tokens: TokenCounter
     started_at: float = field(default_factory=time.time)
     in_flight: int = 0
     draining: bool = False
@@ -65,4 +77,7 @@ class RequestContext:
 
     def headers(self, **more: str) -> dict[str, str]:
         """Response headers every answer carries (``request-id``) plus ``more``."""
+        if self.flavor is Flavor.OPENAI:
+            # OpenAI's SDKs read the request id from x-request-id.
+            return {"request-id": self.request_id, "x-request-id": self.request_id, **more}
         return {"request-id": self.request_id, **more}

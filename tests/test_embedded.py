@@ -7,6 +7,7 @@ fixtures then also come from the embedded servers.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -17,6 +18,7 @@ import urllib.request
 from pathlib import Path
 
 import aiohttp
+import anthropic
 import asyncpg
 import pytest
 import redis as sync_redis
@@ -103,6 +105,18 @@ def test_dev_command_serves_and_stops_cleanly(tmp_path: Path) -> None:
         assert info.value.code == 404
         assert info.value.headers["request-id"].startswith("req_")
         assert b'"not_found_error"' in info.value.read()
+        key = re.search(r"demo key\s+(sk-ali-\S+)", text)
+        assert key, text
+        client = anthropic.Anthropic(
+            api_key=key.group(1), base_url=f"http://127.0.0.1:{port}", max_retries=0
+        )
+        with client:
+            message = client.messages.create(
+                model="claude-sonnet-4-6",
+                max_tokens=32,
+                messages=[{"role": "user", "content": "hi"}],
+            )
+        assert message.content[0].text
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=60) == 0
     finally:

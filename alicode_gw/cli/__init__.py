@@ -13,11 +13,11 @@ import sys
 from collections.abc import Sequence
 
 from alicode_gw import __version__
-from alicode_gw.cli import server
+from alicode_gw.cli import accounts, billing, keys, server, upstream
 from alicode_gw.config import ConfigError, load
 
 EXIT_USAGE = 2
-_GROUPS = (server,)
+_GROUPS = (server, accounts, billing, keys, upstream)
 
 
 def build_parser() -> argparse.ArgumentParser:

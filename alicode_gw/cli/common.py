@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from collections.abc import Awaitable, Callable
@@ -34,6 +35,19 @@ def with_db(config: Config, work: Callable[[asyncpg.Connection, Redis], Awaitabl
         return uvloop.run(session())
     finally:
         backends.stop()
+
+
+def account_subparsers(subparsers: argparse._SubParsersAction) -> argparse._SubParsersAction:
+    """The sub-commands of ``account``, shared by every group that adds to it (accounts:
+    create/stop; billing: topup/show): the existing ones, or a new ``account`` parser."""
+    parser = subparsers.choices.get("account")
+    if parser is None:
+        parser = subparsers.add_parser("account", help="customer accounts and balances")
+        return parser.add_subparsers(dest="account_command", metavar="ACTION", required=True)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action
+    return parser.add_subparsers(dest="account_command", metavar="ACTION", required=True)
 
 
 def emit(data: Any, as_json: bool, text: str | None = None) -> None:
