@@ -168,8 +168,11 @@ class Gateway:
         await self._runner.cleanup()
 
 
-async def run_until_signalled(config: Config, backends: Backends) -> None:
-    """Serve until SIGTERM or SIGINT, then drain and close."""
+async def run_until_signalled(
+    config: Config, backends: Backends, announce: Callable[[Gateway], None] | None = None
+) -> None:
+    """Serve until SIGTERM or SIGINT, then drain and close. ``announce`` is called once
+    the gateway listens (``alicode-gw dev`` prints its banner there)."""
     state = await open_state(config, backends)
     gateway = Gateway(state)
     stop = asyncio.Event()
@@ -179,6 +182,8 @@ async def run_until_signalled(config: Config, backends: Backends) -> None:
     try:
         await gateway.start()
         log.info("alicode_gw listening on %s", gateway.url)
+        if announce is not None:
+            announce(gateway)
         await stop.wait()
         log.info("shutting down: draining %d in-flight request(s)", state.in_flight)
     finally:

@@ -55,8 +55,16 @@ def start_backends(config: Config) -> Backends:
     return Backends(database_url, redis_url, embedded_pg, embedded_redis)
 
 
+async def _no_reset(conn: asyncpg.Connection) -> None:
+    """The gateway's queries leave no session state behind (no LISTEN, no SET, no
+    session-level advisory lock, no open cursor), so the pool skips asyncpg's reset
+    query on every release: one round trip less per database call."""
+
+
 async def create_pool(database_url: str, size: int) -> asyncpg.Pool:
-    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=size, command_timeout=30)
+    pool = await asyncpg.create_pool(
+        database_url, min_size=1, max_size=size, command_timeout=30, reset=_no_reset
+    )
     assert pool is not None
     return pool
 

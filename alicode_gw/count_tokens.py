@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import json
 
-import aiohttp
 from aiohttp import web
 
 from alicode_gw.clientip import client_ip
-from alicode_gw.errors import GatewayError, InvalidRequestError, UpstreamError
+from alicode_gw.errors import GatewayError, InvalidRequestError
 from alicode_gw.messages import resolve_model, upstream_body
+from alicode_gw.relay import read_json as read_upstream_body
 from alicode_gw.requestbody import read_json
 from alicode_gw.state import RequestContext
 from alicode_gw.upstream import Refusal, open_upstream, passed_headers
@@ -69,12 +69,7 @@ async def _from_upstream(ctx: RequestContext, body: bytes) -> web.StreamResponse
             status=opened.status, body=opened.body, headers={**opened.headers, **ctx.headers()}
         )
     upstream, _ = opened
-    try:
-        raw = await upstream.read()
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        raise UpstreamError("The upstream connection failed while counting.") from exc
-    finally:
-        upstream.release()
+    raw = await read_upstream_body(ctx, upstream)
     return web.Response(
         status=upstream.status,
         body=raw,

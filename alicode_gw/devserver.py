@@ -7,10 +7,8 @@ Ctrl-C and stop everything it started.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
-import signal
 import time
 
 import asyncpg
@@ -100,22 +98,14 @@ async def _run(config: Config, backends: Backends) -> None:
         mock = MockUpstream([DEFAULT_MOCK_KEY])
         await mock.start()
         config = dataclasses.replace(config, upstream_url=mock.url)
-    state = await app.open_state(config, backends)
-    gateway = app.Gateway(state)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    upstream = f"{config.upstream_url} (mock)" if mock else config.upstream_url
     try:
-        await gateway.start()
-        upstream = f"{config.upstream_url} (mock)" if mock else config.upstream_url
-        print(banner(gateway.url, upstream, demo_key), flush=True)
-        await stop.wait()
+        await app.run_until_signalled(
+            config,
+            backends,
+            lambda gateway: print(banner(gateway.url, upstream, demo_key), flush=True),
+        )
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
-        await gateway.stop()
-        await app.close_state(state)
         if mock is not None:
             await mock.close()
 

@@ -73,6 +73,19 @@ def database_url(server_database_url: str) -> Iterator[str]:
         asyncio.run(drop())
 
 
+@pytest.fixture
+async def scratch_database_url(server_database_url: str) -> AsyncIterator[str]:
+    """An empty database of the test's own (not migrated), dropped afterwards."""
+    name = f"alicode_scratch_{secrets.token_hex(5)}"
+    admin = await asyncpg.connect(server_database_url)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield _with_database(server_database_url, name)
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     configured = os.environ.get("ALICODE_TEST_REDIS_URL")

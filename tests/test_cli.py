@@ -4,15 +4,10 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 
-import asyncpg
 import pytest
-
-from tests.conftest import _with_database
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -54,20 +49,8 @@ def test_version_and_help() -> None:
         assert command in help_text
 
 
-@pytest.fixture
-async def scratch_url(server_database_url: str) -> AsyncIterator[str]:
-    name = f"alicode_cli_{secrets.token_hex(5)}"
-    admin = await asyncpg.connect(server_database_url)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield _with_database(server_database_url, name)
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
-
-
-def test_migrate_twice_is_noop(scratch_url: str, redis_url: str) -> None:
-    env = {"ALICODE_DATABASE_URL": scratch_url, "ALICODE_REDIS_URL": redis_url}
+def test_migrate_twice_is_noop(scratch_database_url: str, redis_url: str) -> None:
+    env = {"ALICODE_DATABASE_URL": scratch_database_url, "ALICODE_REDIS_URL": redis_url}
     first = run_cli("migrate", "--json", env=env)
     assert first.returncode == 0, first.stderr
     assert json.loads(first.stdout)["applied"]
