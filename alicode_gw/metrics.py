@@ -1,0 +1,394 @@
+"""Prometheus metrics (``state.metrics``) and ``GET /metrics``.
+
+Every series is named ``alicode_…`` and lives in registries this object owns (never
+``prometheus_client``'s global default registry). Two kinds:
+
+* **Per-process series** — requests, durations, time to first byte, tokens, money,
+  upstream attempts, auth failures, limit rejections, streams in flight — are observed
+  on the request path (a handful of counter/histogram updates per request).
+* **Node series** — upstream credentials by state, the billing journal backlog, build
+  info — are read live when ``/metrics`` is scraped.
+
+Several worker processes on one port (SO_REUSEPORT): a scrape reaches any one of them,
+so each process writes its per-process series every second to
+``<data dir>/metrics/<pid>-<token>.json`` and the process that answers the scrape sums
+its own live values with the other files. Counters and histograms of processes that
+have exited stay counted (so sums never go backwards across a graceful reload) until
+``alicode-gw serve`` starts again and clears the directory; gauges count only from
+live processes that wrote in the last :data:`GAUGE_FRESHNESS` seconds. Values of the
+other workers are at most one publish interval old.
+
+Label values are bounded: route names (not raw paths), models from the catalog
+(anything else is ``other``), credential names from the operator's pool, fixed outcome
+and limit names.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import hmac
+import ipaddress
+import json
+import logging
+import math
+import os
+import secrets
+import threading
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.metrics_core import Metric
+
+from alicode_gw import __version__
+from alicode_gw.clientip import client_ip
+from alicode_gw.errors import PermissionDeniedError
+
+if TYPE_CHECKING:
+    from alicode_gw.config import Config
+    from alicode_gw.state import RequestContext, State
+
+log = logging.getLogger(__name__)
+
+DURATION_BUCKETS = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+)  # fmt: skip
+PUBLISH_INTERVAL = 1.0
+GAUGE_FRESHNESS = 10.0
+RECENT_WINDOW = 60  # seconds of upstream outcomes kept for /v1/health
+NO_MODEL = "none"
+OTHER_MODEL = "other"
+# Outcomes that say nothing bad about the upstream (the client's own 4xx is not an error).
+_GOOD_OUTCOMES = frozenset({"ok", "client_error"})
+_FORWARDING_HEADERS = ("x-forwarded-for", "x-real-ip", "forwarded")
+CREDENTIAL_STATES = ("healthy", "cooling", "disabled")
+
+
+class Metrics:
+    """The per-process metric objects and their exposition."""
+
+    def __init__(self, share_dir: Path | None = None) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        r = self.registry
+        self.requests = Counter(
+            "alicode_requests",
+            "Requests answered, by route, model and HTTP status.",
+            ["route", "model", "status"],
+            registry=r,
+        )
+        self.duration = Histogram(
+            "alicode_request_duration_seconds",
+            "Time from request arrival to the end of the handler (the whole stream).",
+            ["route"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.ttfb = Histogram(
+            "alicode_time_to_first_byte_seconds",
+            "Time from request arrival to the first upstream byte relayed to the client.",
+            ["route"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.tokens = Counter(
+            "alicode_tokens",
+            "Billed tokens by model and kind (input, output, cache_write, cache_read).",
+            ["model", "kind"],
+            registry=r,
+        )
+        self.charged = Counter(
+            "alicode_charged_nanos",
+            "Money charged to customers, in nano-USD (1 USD = 1e9).",
+            ["model"],
+            registry=r,
+        )
+        self.upstream_attempts = Counter(
+            "alicode_upstream_attempts",
+            "Upstream attempts by credential name and outcome.",
+            ["credential", "outcome"],
+            registry=r,
+        )
+        self.auth_failures = Counter(
+            "alicode_auth_failures",
+            "Requests refused with 401 (missing, bad or revoked key).",
+            registry=r,
+        )
+        self.limit_rejections = Counter(
+            "alicode_limit_rejections",
+            "Requests refused with 429 by a gateway limit, by limit.",
+            ["limit"],
+            registry=r,
+        )
+        self.streams = Gauge(
+            "alicode_streams_in_flight", "SSE streams being relayed now.", registry=r
+        )
+        # Node series: set from live state right before each exposition.
+        self.node_registry = CollectorRegistry(auto_describe=False)
+        self.credentials = Gauge(
+            "alicode_upstream_credentials",
+            "Upstream credentials by state (healthy, cooling, disabled).",
+            ["state"],
+            registry=self.node_registry,
+        )
+        self.journal_backlog = Gauge(
+            "alicode_billing_journal_backlog",
+            "Settlements waiting in the billing journal (NaN: it could not be read).",
+            registry=self.node_registry,
+        )
+        Gauge(
+            "alicode_build_info",
+            "Version of the gateway.",
+            ["version"],
+            registry=self.node_registry,
+        ).labels(__version__).set(1)
+        self.start_time = Gauge(
+            "alicode_start_time_seconds",
+            "Unix time this process started.",
+            registry=self.node_registry,
+        )
+        self.start_time.set(time.time())
+        self._share_dir = share_dir
+        self._own_file = f"{os.getpid()}-{secrets.token_hex(4)}.json"
+        self._recent: collections.deque[list[int]] = collections.deque(maxlen=RECENT_WINDOW)
+        self._publishing = threading.Lock()
+
+    # ------------------------------------------------------------ request path
+
+    def request_done(
+        self, route: str, model: str, status: int, duration: float, ttfb: float | None
+    ) -> None:
+        self.requests.labels(route, model, str(status)).inc()
+        self.duration.labels(route).observe(duration)
+        if ttfb is not None:
+            self.ttfb.labels(route).observe(ttfb)
+
+    def usage(
+        self,
+        model: str,
+        *,
+        input_tokens: int,
+        output_tokens: int,
+        cache_write_tokens: int,
+        cache_read_tokens: int,
+        cost_nanos: int | None,
+    ) -> None:
+        for kind, count in (
+            ("input", input_tokens),
+            ("output", output_tokens),
+            ("cache_write", cache_write_tokens),
+            ("cache_read", cache_read_tokens),
+        ):
+            if count:
+                self.tokens.labels(model, kind).inc(count)
+        if cost_nanos:
+            self.charged.labels(model).inc(cost_nanos)
+
+    def upstream_attempt(self, credential: str, outcome: str) -> None:
+        self.upstream_attempts.labels(credential, outcome).inc()
+        now = int(time.monotonic())
+        recent = self._recent
+        if not recent or recent[-1][0] != now:
+            recent.append([now, 0, 0])
+        bucket = recent[-1]
+        bucket[1] += 1
+        if outcome not in _GOOD_OUTCOMES:
+            bucket[2] += 1
+
+    def recent_upstream(self, window: int = RECENT_WINDOW) -> tuple[int, int]:
+        """(attempts, failed attempts) of this process in the last ``window`` seconds."""
+        since = int(time.monotonic()) - window
+        attempts = errors = 0
+        for second, count, failed in self._recent:
+            if second > since:
+                attempts += count
+                errors += failed
+        return attempts, errors
+
+    # ------------------------------------------------------------ node series
+
+    async def refresh_node(self, state: State) -> None:
+        """Set the node series from live state (the credential pool, the journal)."""
+        counts = dict.fromkeys(CREDENTIAL_STATES, 0)
+        for row in state.keypool.snapshot():
+            counts[row["state"]] = counts.get(row["state"], 0) + 1
+        for name, count in counts.items():
+            self.credentials.labels(name).set(count)
+        try:
+            backlog = float(await asyncio.wait_for(state.billing.journal_length(), 0.5))
+        except Exception as exc:  # Redis down: the series says unknown, the scrape works
+            log.debug("billing journal length unavailable: %r", exc)
+            backlog = math.nan
+        self.journal_backlog.set(backlog)
+
+    # ------------------------------------------------------------ several processes
+
+    def _snapshot(self) -> list[list[Any]]:
+        families: list[list[Any]] = []
+        for metric in self.registry.collect():
+            samples = [
+                [s.name, s.labels, s.value]
+                for s in metric.samples
+                if not s.name.endswith("_created")
+            ]
+            families.append([metric.name, metric.type, metric.documentation, samples])
+        return families
+
+    def publish(self) -> None:
+        """Write this process's per-process series for the other workers' scrapes."""
+        if self._share_dir is None:
+            return
+        with self._publishing:  # the last writer has the newest snapshot
+            self._publish(self._share_dir)
+
+    def _publish(self, directory: Path) -> None:
+        text = json.dumps(
+            {"pid": os.getpid(), "written": time.time(), "families": self._snapshot()},
+            separators=(",", ":"),
+        )
+        path = directory / self._own_file
+        tmp = path.with_suffix(".tmp")
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(text, encoding="utf-8")
+            os.replace(tmp, path)
+        except OSError as exc:
+            log.warning("could not publish metrics to %s: %s", directory, exc)
+
+    async def publish_loop(self, interval: float = PUBLISH_INTERVAL) -> None:
+        """Publish every ``interval`` seconds (a tracked perpetual task)."""
+        while True:
+            await asyncio.to_thread(self.publish)
+            await asyncio.sleep(interval)
+
+    def _others(self) -> Iterable[dict[str, Any]]:
+        if self._share_dir is None:
+            return
+        try:
+            paths = sorted(self._share_dir.glob("*.json"))
+        except OSError:
+            return
+        for path in paths:
+            if path.name == self._own_file:
+                continue
+            try:
+                data = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue  # replaced or removed under us: next scrape
+            if isinstance(data, dict):
+                yield data
+
+    def _merged(self) -> list[Metric]:
+        """This process's live series plus the other processes' published ones."""
+        order: dict[str, tuple[str, str]] = {}
+        sums: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
+
+        def add(families: list[list[Any]], gauges: bool) -> None:
+            for name, typ, doc, samples in families:
+                if typ == "gauge" and not gauges:
+                    continue
+                order.setdefault(name, (typ, doc))
+                into = sums.setdefault(name, {})
+                for sample_name, labels, value in samples:
+                    key = (sample_name, tuple(sorted(labels.items())))
+                    into[key] = into.get(key, 0.0) + float(value)
+
+        add(self._snapshot(), gauges=True)
+        now = time.time()
+        for data in self._others():
+            fresh = now - float(data.get("written", 0)) < GAUGE_FRESHNESS
+            add(data.get("families", []), gauges=fresh and _alive(int(data.get("pid", 0))))
+        merged = []
+        for name, (typ, doc) in order.items():
+            metric = Metric(name, doc, typ)
+            for (sample_name, labels), value in sums[name].items():
+                metric.add_sample(sample_name, dict(labels), value)
+            merged.append(metric)
+        return merged
+
+    def exposition(self) -> bytes:
+        """The text exposition: every process's per-process series summed, then the
+        node series. Reads the shared directory: call it off the event loop."""
+        merged = CollectorRegistry(auto_describe=False)
+        merged.register(_Fixed(self._merged()))
+        return generate_latest(merged) + generate_latest(self.node_registry)
+
+
+class _Fixed:
+    """A collector that yields a precomputed list of families."""
+
+    def __init__(self, metrics: list[Metric]) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterable[Metric]:
+        return self._metrics
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def share_dir(config: Config) -> Path:
+    """Where the worker processes of one node publish their series."""
+    return config.data_dir / "metrics"
+
+
+def clear_share_dir(path: Path) -> None:
+    """Forget the series of earlier runs (``serve`` calls this before its workers start)."""
+    for pattern in ("*.json", "*.tmp"):
+        for old in path.glob(pattern):
+            with contextlib.suppress(FileNotFoundError):
+                old.unlink()
+
+
+# ---------------------------------------------------------------- GET /metrics
+
+
+def _allowed(ctx: RequestContext) -> bool:
+    config = ctx.state.config
+    request = ctx.request
+    token = config.metrics_token
+    if token:
+        header = request.headers.get("authorization", "")
+        scheme, _, presented = header.partition(" ")
+        if scheme.lower() == "bearer" and hmac.compare_digest(
+            presented.strip().encode(), token.encode()
+        ):
+            return True
+    address = client_ip(request, config.trusted_proxies)
+    if address == (request.remote or "") and any(h in request.headers for h in _FORWARDING_HEADERS):
+        # Forwarded by a proxy we do not trust: the real client is unknown (e.g. nginx on
+        # loopback without ALICODE_TRUSTED_PROXIES), so its loopback address proves nothing.
+        return False
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip.version == net.version and ip in net for net in config.metrics_allow)
+
+
+async def handle_metrics(ctx: RequestContext) -> web.StreamResponse:
+    """``GET /metrics``: loopback (``ALICODE_METRICS_ALLOW``) or the operator token."""
+    if not _allowed(ctx):
+        raise PermissionDeniedError(
+            "/metrics is reachable only from ALICODE_METRICS_ALLOW or with ALICODE_METRICS_TOKEN."
+        )
+    state = ctx.state
+    await state.metrics.refresh_node(state)
+    body = await asyncio.to_thread(state.metrics.exposition)
+    headers = ctx.headers(**{"cache-control": "no-store"})
+    headers["content-type"] = CONTENT_TYPE_LATEST
+    return web.Response(body=body, headers=headers)
