@@ -15,14 +15,17 @@ import aiohttp
 import uvloop
 from aiohttp import web
 
+from alicode_gw import accesslog
 from alicode_gw.auth import Authenticator
 from alicode_gw.backends import Backends, create_pool, create_redis, start_backends
 from alicode_gw.billing import Billing
 from alicode_gw.catalog import ModelCatalog
 from alicode_gw.config import Config
 from alicode_gw.errors import ApiError, GatewayError, render
+from alicode_gw.health import HealthMonitor
 from alicode_gw.ids import new_request_id
 from alicode_gw.keypool import KeyPool
+from alicode_gw.metrics import Metrics, clear_share_dir, share_dir
 from alicode_gw.ratelimit import Limiter
 from alicode_gw.routes import build_router
 from alicode_gw.state import RequestContext, State
@@ -71,6 +74,8 @@ async def open_state(config: Config, backends: Backends) -> State:
         ip_concurrency=config.ip_concurrency,
     )
     tasks.spawn(limiter.refresh_loop(), name="limit-leases", perpetual=True)
+    metrics = Metrics(share_dir(config))
+    tasks.spawn(metrics.publish_loop(), name="metrics-publish", perpetual=True)
     return State(
         config=config,
         db=db,
@@ -84,12 +89,15 @@ async def open_state(config: Config, backends: Backends) -> State:
         auth=auth,
         limiter=limiter,
         tokens=TokenCounter(),
+        metrics=metrics,
+        health=HealthMonitor(),
     )
 
 
 async def close_state(state: State) -> None:
     """Drain background work, then close every connection."""
     await state.tasks.drain(state.config.shutdown_timeout)
+    state.metrics.publish()  # the final counts stay in the node's sums
     await state.keypool.close()
     await state.auth.close()
     await state.http.close()
@@ -98,11 +106,13 @@ async def close_state(state: State) -> None:
 
 
 def make_handler(state: State) -> RequestHandler:
-    """The root handler: request id, routing, error rendering, in-flight count."""
+    """The root handler: request id, routing, error rendering, in-flight count, and
+    the request's metrics and access line (:mod:`alicode_gw.accesslog`)."""
 
     async def handle(request: web.BaseRequest) -> web.StreamResponse:
         ctx = RequestContext(state, request, new_request_id())
         state.in_flight += 1
+        response: web.StreamResponse | None = None
         try:
             match = state.router.resolve(request.method, request.path)
             ctx.route = match.route.name
@@ -110,6 +120,7 @@ def make_handler(state: State) -> RequestHandler:
             ctx.params = match.params
             response = await match.handler(ctx)
         except GatewayError as err:
+            accesslog.count_error(ctx, err)
             response = render(err, ctx.request_id, ctx.flavor)
         except Exception:
             log.exception("unhandled error in %s (request %s)", ctx.route, ctx.request_id)
@@ -120,6 +131,7 @@ def make_handler(state: State) -> RequestHandler:
             )
         finally:
             state.in_flight -= 1
+            accesslog.finish(ctx, accesslog.CLIENT_CLOSED if response is None else response.status)
         if not response.prepared:
             response.headers["request-id"] = ctx.request_id
         return response
@@ -197,6 +209,7 @@ async def run_until_signalled(
 def serve(config: Config) -> None:
     """Blocking entry point of ``alicode-gw serve``."""
     backends = start_backends(config)
+    clear_share_dir(share_dir(config))
     try:
         uvloop.run(run_until_signalled(config, backends))
     finally:

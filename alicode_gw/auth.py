@@ -297,10 +297,12 @@ class Authenticator:
                 "retry shortly."
             ) from exc
         retry = max(1, math.ceil(ttl_ms / 1000)) if ttl_ms > 0 else self.fail_window
-        raise RateLimitError(
+        err = RateLimitError(
             f"Too many failed authentication attempts from this address; retry in {retry} s.",
             headers={"Retry-After": str(retry)},
         )
+        err.limit = "auth_failures"
+        raise err
 
     async def _record_failure(self, ip: str) -> None:
         name = self._fail_key(ip)

@@ -20,11 +20,14 @@ twice changes nothing the second time.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import fcntl
 import json
 import logging
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -315,7 +318,7 @@ class Billing:
                     failed = self.journal_path.with_suffix(".failed")
                     await asyncio.to_thread(_append_line, failed, line)
                 applied += 1
-            await asyncio.to_thread(_rewrite_lines, self.journal_path, lines[applied:])
+            await asyncio.to_thread(_remove_lines, self.journal_path, lines[:applied])
             return applied
 
     async def journal_length(self) -> int:
@@ -366,25 +369,58 @@ class Billing:
                 log.warning("hold sweeper: released %d expired hold(s)", expired)
 
 
-def _append_line(path: Path, line: str) -> None:
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive lock on ``<journal>.lock`` across processes: the workers of one node
+    (``serve --workers N``) share the data dir, so appends, reads and removals of the
+    journal file must not interleave between them."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a", encoding="utf-8") as handle:
+    with path.with_suffix(".lock").open("a") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+
+
+def _append_line(path: Path, line: str) -> None:
+    with _locked(path), path.open("a", encoding="utf-8") as handle:
         handle.write(line + "\n")
         handle.flush()
         os.fsync(handle.fileno())
 
 
 def _read_lines(path: Path) -> list[str]:
-    try:
-        return [line for line in path.read_text("utf-8").splitlines() if line.strip()]
-    except FileNotFoundError:
-        return []
+    with _locked(path):
+        try:
+            return [line for line in path.read_text("utf-8").splitlines() if line.strip()]
+        except FileNotFoundError:
+            return []
 
 
-def _rewrite_lines(path: Path, lines: list[str]) -> None:
-    if not lines:
-        path.unlink(missing_ok=True)
+def _remove_lines(path: Path, done: list[str]) -> None:
+    """Drop the applied entries ``done`` from the file, keeping every other line —
+    including those another process appended (or already removed) since they were read."""
+    if not done:
         return
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(line + "\n" for line in lines), "utf-8")
-    tmp.replace(path)
+    with _locked(path):
+        try:
+            current = [line for line in path.read_text("utf-8").splitlines() if line.strip()]
+        except FileNotFoundError:
+            return
+        pending = collections.Counter(done)
+        kept: list[str] = []
+        for line in current:
+            if pending[line] > 0:
+                pending[line] -= 1
+            else:
+                kept.append(line)
+        if not kept:
+            path.unlink(missing_ok=True)
+            return
+        tmp = path.with_suffix(".tmp")
+        with tmp.open("w", encoding="utf-8") as handle:
+            handle.write("".join(line + "\n" for line in kept))
+            handle.flush()
+            os.fsync(handle.fileno())
+        tmp.replace(path)

@@ -169,6 +169,23 @@ class Config:
             "its final usage; past that an estimate is billed (marked estimated).",
         },
     )
+    metrics_allow: tuple[Network, ...] = field(
+        default=(ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128")),
+        metadata={
+            "env": "ALICODE_METRICS_ALLOW",
+            "doc": "Comma-separated addresses/CIDRs (the client IP, see "
+            "`ALICODE_TRUSTED_PROXIES`) allowed to read `GET /metrics` without the token.",
+        },
+    )
+    metrics_token: str | None = field(
+        default=None,
+        repr=False,
+        metadata={
+            "env": "ALICODE_METRICS_TOKEN",
+            "doc": "Bearer token that also opens `GET /metrics` from any address "
+            "(`Authorization: Bearer …`); a secret.",
+        },
+    )
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -245,6 +262,12 @@ def _parse_keys(value: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in value.split(",") if part.strip())
 
 
+def _parse_token(value: str) -> str:
+    if len(value) < 16 or any(ch.isspace() for ch in value):
+        raise ValueError("must be at least 16 characters without spaces")
+    return value
+
+
 def _parse_prefix(value: str) -> str:
     if not value or any(ch.isspace() for ch in value):
         raise ValueError("must be non-empty and contain no spaces")
@@ -273,6 +296,8 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "ALICODE_UPSTREAM_RETRY_BUDGET": _parse_seconds,
     "ALICODE_DISCONNECT_DRAIN_TIMEOUT": _parse_seconds,
     "ALICODE_COUNT_TOKENS": _parse_choice("upstream", "estimate"),
+    "ALICODE_METRICS_ALLOW": _parse_networks,
+    "ALICODE_METRICS_TOKEN": _parse_token,
 }
 
 

@@ -110,6 +110,8 @@ class RateLimitError(GatewayError):
     error_type = "rate_limit_error"
     openai_type = "rate_limit_error"
     openai_code = "rate_limit_exceeded"
+    # Which gateway limit refused (the metrics label); None: the upstream's own 429.
+    limit: str | None = None
 
 
 class ApiError(GatewayError):

@@ -202,6 +202,8 @@ async def _settle(ctx: RequestContext, result: RelayResult | None) -> int | None
         return None
     ctx.input_tokens = result.usage.input_tokens
     ctx.output_tokens = result.usage.output_tokens
+    ctx.cache_write_tokens = result.usage.cache_creation_5m + result.usage.cache_creation_1h
+    ctx.cache_read_tokens = result.usage.cache_read
     cost = await billing.settle(ctx.request_id, result.usage, estimated=result.estimated)
     ctx.cost_nanos = cost
     return cost

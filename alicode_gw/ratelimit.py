@@ -207,6 +207,16 @@ _REJECTIONS = {
 }
 
 
+# Rejection code -> the limit's name (the alicode_limit_rejections_total label).
+_LIMIT_NAMES = {
+    1: "ip_rpm",
+    2: "ip_concurrency",
+    3: "key_rpm",
+    4: "key_concurrency",
+    5: "key_budget",
+}
+
+
 def format_duration(seconds: float) -> str:
     """``8100`` -> ``"2h 15m"``; under a minute, ``"42s"``."""
     total = max(0, math.ceil(seconds))
@@ -318,7 +328,7 @@ class Limiter:
             _, code, limit, reset_ms, retry_ms = (int(v) for v in result)
             retry = max(1, math.ceil(retry_ms / 1000))
             message = _REJECTIONS[code].format(limit=limit, retry=format_duration(retry))
-            raise RateLimitError(
+            err = RateLimitError(
                 message,
                 headers={
                     "Retry-After": str(retry),
@@ -327,6 +337,8 @@ class Limiter:
                     "X-RateLimit-Reset": str(math.ceil(reset_ms / 1000)),
                 },
             )
+            err.limit = _LIMIT_NAMES.get(code, "other")
+            raise err
         leases = []
         if self.ip_concurrency > 0:
             leases.append(ip_conc_key)

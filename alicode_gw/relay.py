@@ -159,6 +159,8 @@ async def relay_stream(
     except _CLIENT_GONE:
         client_gone = True
         drain_until = loop.time() + config.disconnect_drain_timeout
+    streams = ctx.state.metrics.streams
+    streams.inc()
     try:
         async with asyncio.timeout(loop.time() + idle) as timer:
             while True:
@@ -192,6 +194,7 @@ async def relay_stream(
         # still bill what was generated; the caller settles and the handler ends.
         client_gone = True
     finally:
+        streams.dec()
         if failure is not None or client_gone:
             upstream.close()
         else:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from alicode_gw import count_tokens, health, keystatus, messages, models, openai_chat
+from alicode_gw import count_tokens, health, keystatus, messages, metrics, models, openai_chat
 from alicode_gw.errors import Flavor, MethodNotAllowedError, NotFoundError
 from alicode_gw.state import RequestContext
 
@@ -89,6 +89,7 @@ def build_router() -> Router:
     return Router(
         [
             Route("health", "/v1/health", {"GET": health.handle_health}),
+            Route("metrics", "/metrics", {"GET": metrics.handle_metrics}),
             Route("key_status", "/v1/key-status", {"GET": keystatus.handle_key_status}),
             Route("messages", "/v1/messages", {"POST": messages.handle_messages}),
             Route(

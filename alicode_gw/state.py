@@ -20,7 +20,9 @@ if TYPE_CHECKING:
     from alicode_gw.auth import Authenticator
     from alicode_gw.billing import Billing
     from alicode_gw.catalog import ModelCatalog
+    from alicode_gw.health import HealthMonitor
     from alicode_gw.keypool import KeyPool
+    from alicode_gw.metrics import Metrics
     from alicode_gw.ratelimit import Limiter
     from alicode_gw.routes import Router
     from alicode_gw.tokens import TokenCounter
@@ -42,6 +44,8 @@ class State:
     auth: Authenticator
     limiter: Limiter
     tokens: TokenCounter
+    metrics: Metrics
+    health: HealthMonitor
     started_at: float = field(default_factory=time.time)
     in_flight: int = 0
     draining: bool = False
@@ -72,6 +76,8 @@ class RequestContext:
     ttfb: float | None = None
     input_tokens: int = 0
     output_tokens: int = 0
+    cache_write_tokens: int = 0
+    cache_read_tokens: int = 0
     cost_nanos: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 

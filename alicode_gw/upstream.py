@@ -82,6 +82,14 @@ class Attempts:
         return UpstreamError("The upstream failed; retry the request.")
 
 
+async def _report(
+    ctx: RequestContext, credential: Credential, outcome: Outcome, cooldown: float | None = None
+) -> None:
+    """Count the attempt (metrics) and tell the pool how it went."""
+    ctx.state.metrics.upstream_attempt(credential.name, outcome.value)
+    await ctx.state.keypool.report(credential, outcome, cooldown)
+
+
 async def open_upstream(
     ctx: RequestContext, path: str, body: bytes
 ) -> tuple[aiohttp.ClientResponse, Credential] | Refusal:
@@ -124,10 +132,10 @@ async def open_upstream(
             )
         except (aiohttp.ClientError, TimeoutError):
             attempts.outcomes.append(Outcome.CONNECT_ERROR)
-            await state.keypool.report(credential, Outcome.CONNECT_ERROR)
+            await _report(ctx, credential, Outcome.CONNECT_ERROR)
             continue
         if response.status < 300:
-            await state.keypool.report(credential, Outcome.OK)
+            await _report(ctx, credential, Outcome.OK)
             return response, credential
         try:
             error_body = await response.content.read(ERROR_BODY_LIMIT)
@@ -137,10 +145,10 @@ async def open_upstream(
             response.release()
         outcome, cooldown = classify(response.status, response.headers, error_body)
         if outcome is Outcome.CLIENT_ERROR:
-            await state.keypool.report(credential, outcome)  # frees a half-open probe
+            await _report(ctx, credential, outcome)  # frees a half-open probe
             return Refusal(response.status, passed_headers(response.headers), error_body)
         attempts.outcomes.append(outcome)
         if cooldown is not None:
             attempts.retry_after.append(cooldown)
-        await state.keypool.report(credential, outcome, cooldown)
+        await _report(ctx, credential, outcome, cooldown)
     raise attempts.exhausted()

@@ -15,6 +15,7 @@ from alicode_gw.requestbody import read_json
 from alicode_gw.routes import Route, Router, build_router
 from alicode_gw.state import RequestContext
 from tests.conftest import start_gateway, stop_gateway
+from tests.messages_helpers import reset_pool
 
 
 def assert_anthropic_error(body: dict, status_type: str, request_id: str) -> None:
@@ -53,7 +54,9 @@ async def test_wrong_method_is_405_with_allow(gateway: app.Gateway) -> None:
             )
 
 
-async def test_health_reports_live_checks(gateway: app.Gateway) -> None:
+async def test_health_reports_live_checks(gateway: app.Gateway, db) -> None:
+    await reset_pool(db)  # health is "down" without an enabled upstream credential
+    await gateway.state.keypool.refresh(reload=True)
     async with aiohttp.ClientSession() as http:
         async with http.get(gateway.url + "/v1/health") as resp:
             assert resp.status == 200
@@ -73,7 +76,9 @@ async def test_request_ids_are_unique(gateway: app.Gateway) -> None:
     assert len(ids) == 20
 
 
-async def test_doubled_v1_prefix_is_accepted(gateway: app.Gateway) -> None:
+async def test_doubled_v1_prefix_is_accepted(gateway: app.Gateway, db) -> None:
+    await reset_pool(db)
+    await gateway.state.keypool.refresh(reload=True)
     async with aiohttp.ClientSession() as http:
         async with http.get(gateway.url + "/v1/v1/health") as resp:
             assert resp.status == 200

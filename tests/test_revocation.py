@@ -23,6 +23,7 @@ from alicode_gw import accounts
 from alicode_gw.auth import announce_revoked
 from alicode_gw.backends import create_redis
 from tests.keyhelpers import new_key
+from tests.messages_helpers import reset_pool
 
 pytestmark = pytest.mark.slow
 
@@ -63,6 +64,15 @@ def nodes(
     database_url: str, redis_url: str, redis_prefix: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[list[str]]:
     """Two ``alicode-gw serve`` processes; yields their base URLs."""
+
+    async def provision() -> None:  # health is "down" without an enabled credential
+        conn = await asyncpg.connect(database_url)
+        try:
+            await reset_pool(conn)
+        finally:
+            await conn.close()
+
+    asyncio.run(provision())
     procs: list[subprocess.Popen[bytes]] = []
     urls: list[str] = []
     try:

@@ -12,7 +12,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from alicode_gw import __version__
+from alicode_gw import __version__, accesslog
 from alicode_gw.cli import accounts, billing, keys, server, upstream
 from alicode_gw.config import ConfigError, load
 
@@ -37,6 +37,7 @@ def setup_logging(level: str) -> None:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    accesslog.configure(sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

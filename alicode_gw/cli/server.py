@@ -10,13 +10,24 @@ import uvloop
 from alicode_gw import app, migrate
 from alicode_gw.backends import start_backends
 from alicode_gw.cli.common import emit
-from alicode_gw.config import Config, ConfigError, parse_listen
+from alicode_gw.config import Config, ConfigError, load, parse_listen
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     serve = subparsers.add_parser("serve", help="run the gateway")
     serve.add_argument("--listen", help="HOST:PORT (overrides ALICODE_LISTEN)")
+    serve.add_argument(
+        "--workers",
+        default="1",
+        help="gateway processes sharing the port (SO_REUSEPORT), or 'auto' (one per "
+        "CPU core); SIGHUP reloads them gracefully. Default 1: a single process",
+    )
     serve.set_defaults(handler=run_serve)
+
+    worker = subparsers.add_parser(
+        "worker", help="background work only (hold sweeper, billing journal replay)"
+    )
+    worker.set_defaults(handler=run_worker)
 
     dev = subparsers.add_parser(
         "dev", help="zero-setup local gateway: embedded servers, mock upstream, demo key"
@@ -52,8 +63,19 @@ def overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_serve(args: argparse.Namespace, config: Config) -> int:
-    app.serve(config)
-    return 0
+    from alicode_gw import workers
+
+    count = workers.worker_count(args.workers)
+    if count == 1:
+        app.serve(config)
+        return 0
+    return workers.serve_workers(lambda: load(**overrides(args)), count)
+
+
+def run_worker(args: argparse.Namespace, config: Config) -> int:
+    from alicode_gw import background
+
+    return background.run(config)
 
 
 def run_dev(args: argparse.Namespace, config: Config) -> int:

@@ -1,0 +1,64 @@
+"""``alicode-gw worker``: a process for background work only, no HTTP.
+
+It runs the node-independent maintenance loops that every gateway process also runs:
+the hold sweeper (expired holds of crashed nodes give their reservation back) and the
+billing journal replay (settlements journaled while PostgreSQL was unreachable).
+File purges and batches will join them here.
+
+Running it next to the gateways is optional and safe: ``billing.expire_holds`` takes a
+transaction advisory lock and skips rows locked by a concurrent settlement (``FOR
+UPDATE SKIP LOCKED``), and a journaled settlement or release is idempotent per request
+id in SQL (a second apply answers ``already_settled`` / ``already_released``), so two
+processes replaying the same Redis stream entry apply it once. The gateways keep their
+own loops, so the service works without this process too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+import uvloop
+
+from alicode_gw.backends import Backends, create_pool, create_redis, start_backends
+from alicode_gw.billing import Billing
+from alicode_gw.config import Config
+from alicode_gw.tasks import TaskTracker
+
+log = logging.getLogger(__name__)
+
+POOL_SIZE = 2
+
+
+async def run_until_signalled(config: Config, backends: Backends) -> None:
+    """Run the background loops until SIGTERM or SIGINT, then drain and close."""
+    db = await create_pool(backends.database_url, POOL_SIZE)
+    redis = create_redis(backends.redis_url, max_connections=10)
+    tasks = TaskTracker()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        billing = Billing(db, redis, redis_prefix=config.redis_prefix, data_dir=config.data_dir)
+        billing.start(tasks)
+        log.info("background worker running: hold sweeper, billing journal replay")
+        await stop.wait()
+        log.info("background worker stopping")
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        await tasks.drain(config.shutdown_timeout)
+        await redis.aclose()
+        await db.close()
+
+
+def run(config: Config) -> int:
+    """Blocking entry point of ``alicode-gw worker``."""
+    backends = start_backends(config)
+    try:
+        uvloop.run(run_until_signalled(config, backends))
+    finally:
+        backends.stop()
+    return 0

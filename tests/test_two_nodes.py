@@ -1,0 +1,160 @@
+"""Two gateway nodes: two ``alicode-gw serve`` PROCESSES on different ports sharing
+one PostgreSQL and one Redis (and nothing else: each has its own data dir). Per-key
+limits, revocation and upstream cooldowns taken on one node hold on the other."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import anthropic
+import asyncpg
+import pytest
+
+from alicode_gw import accounts, ledger
+from alicode_gw.auth import announce_revoked
+from alicode_gw.backends import create_redis
+from alicode_gw.mock_upstream import MockUpstream
+from tests import procs
+from tests.conftest import UPSTREAM_KEYS
+from tests.messages_helpers import MODEL, Customer, make_customer, reset_pool
+
+pytestmark = pytest.mark.slow
+
+K0, K1, K2 = UPSTREAM_KEYS
+
+
+class Nodes:
+    def __init__(self, urls: list[str], prefix: str) -> None:
+        self.a, self.b = urls
+        self.prefix = prefix
+
+
+@pytest.fixture
+async def nodes(
+    db: asyncpg.Connection,
+    database_url: str,
+    redis_url: str,
+    mock_upstream: MockUpstream,
+    tmp_path: Path,
+) -> AsyncIterator[Nodes]:
+    await reset_pool(db)
+    # cred-0 is picked first by every node (smooth weighted round-robin), unless cooling.
+    await db.execute("UPDATE upstream_credentials SET weight = 100 WHERE name = 'cred-0'")
+    prefix = f"two-{secrets.token_hex(4)}:"
+    started: list[subprocess.Popen[bytes]] = []
+    urls: list[str] = []
+    try:
+        for name in ("a", "b"):
+            port = procs.free_port()
+            env = procs.gateway_env(
+                database_url,
+                redis_url,
+                prefix,
+                ALICODE_LISTEN=f"127.0.0.1:{port}",
+                ALICODE_UPSTREAM_URL=mock_upstream.url,
+                ALICODE_DATA_DIR=str(tmp_path / name),
+                ALICODE_LOG_LEVEL="WARNING",
+            )
+            started.append(procs.start(env, "serve", log=tmp_path / f"{name}.log"))
+            urls.append(f"http://127.0.0.1:{port}")
+        for url, proc in zip(urls, started, strict=True):
+            await procs.wait_serving(url, proc)
+        await asyncio.sleep(0.3)  # both subscribed to the revocation and upstream channels
+        yield Nodes(urls, prefix)
+    finally:
+        for proc in started:
+            await asyncio.to_thread(procs.stop, proc)
+    problems = await ledger.audit(db)
+    assert not problems, [p.as_dict() for p in problems]
+
+
+def client(url: str, key: str) -> anthropic.AsyncAnthropic:
+    return anthropic.AsyncAnthropic(api_key=key, base_url=url, max_retries=0)
+
+
+def ask(text: str = "hi") -> dict:
+    return {"model": MODEL, "max_tokens": 50, "messages": [{"role": "user", "content": text}]}
+
+
+async def status_of(url: str, key: str, text: str = "hi") -> int:
+    async with client(url, key) as c:
+        try:
+            await c.messages.create(**ask(text))
+        except anthropic.APIStatusError as err:
+            return err.status_code
+    return 200
+
+
+async def test_per_key_rpm_is_shared(nodes: Nodes, db: asyncpg.Connection) -> None:
+    customer: Customer = await make_customer(db, rpm=5)
+    statuses = [
+        await status_of(url, customer.key) for url in [nodes.a, nodes.b] * 4
+    ]  # A, B, A, B, ...
+    # Five requests a minute across both nodes, not five per node.
+    assert statuses == [200] * 5 + [429] * 3
+
+
+async def test_revocation_on_one_node_is_seen_on_the_other(
+    nodes: Nodes, db: asyncpg.Connection, redis_url: str
+) -> None:
+    customer = await make_customer(db)
+    for url in (nodes.a, nodes.b):
+        assert await status_of(url, customer.key) == 200  # cached on both nodes
+    # What `alicode-gw key revoke` does: the row, then the announcement on Redis.
+    redis = create_redis(redis_url)
+    try:
+        await accounts.revoke_key(db, customer.public_id)
+        await announce_revoked(redis, nodes.prefix, [customer.public_id])
+    finally:
+        await redis.aclose()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    pending = {nodes.a, nodes.b}
+    while pending and loop.time() - started < 5:
+        for url in list(pending):
+            if await status_of(url, customer.key) == 401:
+                pending.discard(url)
+        await asyncio.sleep(0.02)
+    assert not pending
+    assert loop.time() - started <= 2.0
+
+
+async def cooling_on(url: str) -> int:
+    async with aiohttp.ClientSession() as session:
+        async with session.get(url + "/v1/health") as resp:
+            return int((await resp.json())["upstream"]["cooling"])
+
+
+async def test_upstream_cooldown_taken_on_a_is_respected_on_b(
+    nodes: Nodes, db: asyncpg.Connection, mock_upstream: MockUpstream, redis_url: str
+) -> None:
+    customer = await make_customer(db)
+    rate_limit_k0 = f"[[mock: status=429 retry_after=30 only_key={K0}]]"
+    before = len(mock_upstream.exchanges)
+    assert await status_of(nodes.a, customer.key, rate_limit_k0) == 200
+    on_a = [ex.api_key for ex in list(mock_upstream.exchanges)[before:]]
+    assert on_a == [K0, K1]  # A tried cred-0, got 429, cooled it, retried on cred-1
+
+    for _ in range(100):  # announced on Redis at once; B's view follows
+        if await cooling_on(nodes.b) == 1:
+            break
+        await asyncio.sleep(0.02)
+    assert await cooling_on(nodes.b) == 1
+    row_id = await db.fetchval("SELECT id FROM upstream_credentials WHERE name = 'cred-0'")
+    redis = create_redis(redis_url)
+    try:
+        ttl = await redis.ttl(f"{nodes.prefix}upstream:cool:{row_id}")
+    finally:
+        await redis.aclose()
+    assert 20 < ttl <= 30
+
+    before = len(mock_upstream.exchanges)
+    for _ in range(5):  # cred-0 would be B's first pick (weight 100) if B ignored A
+        assert await status_of(nodes.b, customer.key, rate_limit_k0) == 200
+    on_b = [ex.api_key for ex in list(mock_upstream.exchanges)[before:]]
+    assert len(on_b) == 5 and K0 not in on_b

@@ -1,0 +1,158 @@
+"""``alicode-gw serve --workers 2`` as a real process tree: two workers on one port,
+graceful reload on SIGHUP (a stream that started before it finishes intact, new
+requests are served throughout), graceful SIGTERM, and a dead worker stopping the
+service with a non-zero status instead of being restarted silently."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import signal
+import subprocess
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import anthropic
+import asyncpg
+import pytest
+
+from alicode_gw import ledger
+from alicode_gw.mock_upstream import MockUpstream
+from tests import procs
+from tests.messages_helpers import MODEL, Customer, customer, reset_pool  # noqa: F401
+from tests.test_messages import ledger_rows
+
+pytestmark = pytest.mark.slow
+
+SLOW = "[[mock: words=30 chunk_delay_ms=100]]"  # about 3 s of stream
+
+
+@dataclass
+class Served:
+    proc: subprocess.Popen[bytes]
+    url: str
+    log: Path
+
+
+@pytest.fixture
+async def served(
+    db: asyncpg.Connection,
+    database_url: str,
+    redis_url: str,
+    mock_upstream: MockUpstream,
+    tmp_path: Path,
+) -> AsyncIterator[Served]:
+    await reset_pool(db)
+    port = procs.free_port()
+    env = procs.gateway_env(
+        database_url,
+        redis_url,
+        f"workers-{secrets.token_hex(4)}:",
+        ALICODE_LISTEN=f"127.0.0.1:{port}",
+        ALICODE_UPSTREAM_URL=mock_upstream.url,
+        ALICODE_DATA_DIR=str(tmp_path / "data"),
+        ALICODE_SHUTDOWN_TIMEOUT="20",
+    )
+    log = tmp_path / "serve.log"
+    proc = procs.start(env, "serve", "--workers", "2", log=log)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        await procs.wait_serving(url, proc)
+        for _ in range(100):  # both workers listen before the parent says so
+            if "with 2 workers" in log.read_text():
+                break
+            await asyncio.sleep(0.05)
+        yield Served(proc, url, log)
+    finally:
+        await asyncio.to_thread(procs.stop, proc)
+    problems = await ledger.audit(db)
+    assert not problems, [p.as_dict() for p in problems]
+
+
+def client(url: str, customer: Customer) -> anthropic.AsyncAnthropic:
+    return anthropic.AsyncAnthropic(api_key=customer.key, base_url=url, max_retries=0)
+
+
+def ask(text: str) -> dict:
+    return {"model": MODEL, "max_tokens": 300, "messages": [{"role": "user", "content": text}]}
+
+
+async def slow_stream(url: str, customer: Customer, started: asyncio.Event) -> tuple[str, str]:
+    """A ~3 s stream; sets ``started`` at its first text. Returns (text, request id)."""
+    async with client(url, customer) as c:
+        async with c.messages.stream(**ask(SLOW)) as stream:
+            async for event in stream:
+                if event.type == "content_block_delta":
+                    started.set()
+            message = await stream.get_final_message()
+            assert message.stop_reason == "end_turn"
+            return message.content[0].text, stream.response.headers["request-id"]
+
+
+async def quick(url: str, customer: Customer) -> int:
+    """One short request on a connection of its own; its HTTP status."""
+    async with client(url, customer) as c:
+        message = await c.messages.with_raw_response.create(**ask("hi"))
+        return message.status_code
+
+
+async def test_two_workers_share_the_port(served: Served, customer: Customer) -> None:
+    pids = procs.worker_pids(served.proc.pid)
+    assert len(pids) == 2
+    statuses = await asyncio.gather(*(quick(served.url, customer) for _ in range(8)))
+    assert statuses == [200] * 8
+
+
+async def test_sighup_reloads_without_dropping_a_stream(
+    served: Served, customer: Customer, db: asyncpg.Connection
+) -> None:
+    old = procs.worker_pids(served.proc.pid)
+    assert len(old) == 2
+    started = asyncio.Event()
+    stream = asyncio.create_task(slow_stream(served.url, customer, started))
+    await asyncio.wait_for(started.wait(), 10)
+    os.kill(served.proc.pid, signal.SIGHUP)
+
+    # New requests are answered while the reload happens and after it.
+    statuses: list[int] = []
+    while not stream.done():
+        statuses.append(await quick(served.url, customer))
+        await asyncio.sleep(0.05)
+    text, request_id = await stream
+    assert len(text.split()) == 30  # the whole stream, from the old worker
+    assert statuses and all(status == 200 for status in statuses)
+    rows = await ledger_rows(db, request_id)
+    assert [row["status"] for row in rows] == ["complete"]
+
+    for _ in range(200):
+        if not any(procs.alive(pid) for pid in old):
+            break
+        await asyncio.sleep(0.1)
+    assert not any(procs.alive(pid) for pid in old), "old workers did not exit"
+    new = procs.worker_pids(served.proc.pid)
+    assert len(new) == 2 and not new & old
+    assert [await quick(served.url, customer) for _ in range(4)] == [200] * 4
+    log = served.log.read_text()
+    assert "reload: new workers listen; draining 2 old worker(s)" in log
+    assert served.proc.poll() is None
+
+
+async def test_sigterm_drains_streams_then_exits_zero(served: Served, customer: Customer) -> None:
+    started = asyncio.Event()
+    stream = asyncio.create_task(slow_stream(served.url, customer, started))
+    await asyncio.wait_for(started.wait(), 10)
+    served.proc.send_signal(signal.SIGTERM)
+    text, _ = await stream
+    assert len(text.split()) == 30
+    assert await asyncio.to_thread(served.proc.wait, 30) == 0
+
+
+async def test_a_dead_worker_stops_the_service_non_zero(served: Served) -> None:
+    pids = procs.worker_pids(served.proc.pid)
+    victim, other = sorted(pids)
+    os.kill(victim, signal.SIGKILL)
+    assert await asyncio.to_thread(served.proc.wait, 30) == 1
+    assert not procs.alive(other)
+    assert f"worker {victim} exited unexpectedly" in served.log.read_text()
