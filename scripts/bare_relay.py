@@ -11,15 +11,8 @@ import uvloop
 from aiohttp import web
 
 
-def build(upstream: str, key: str) -> web.Server:
-    session: aiohttp.ClientSession | None = None
-
+def build(upstream: str, key: str, session: aiohttp.ClientSession) -> web.Server:
     async def handle(request: web.BaseRequest) -> web.StreamResponse:
-        nonlocal session
-        if session is None:
-            session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0), auto_decompress=False
-            )
         body = await request.read()
         headers = {
             "x-api-key": key,
@@ -40,13 +33,15 @@ def build(upstream: str, key: str) -> web.Server:
 
 
 async def main(port: int, upstream: str, key: str) -> None:
-    runner = web.ServerRunner(build(upstream, key), handle_signals=True)
+    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), auto_decompress=False)
+    runner = web.ServerRunner(build(upstream, key, session), handle_signals=True)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", port).start()
     try:
         await asyncio.Event().wait()  # until the process is signalled
     finally:
         await runner.cleanup()
+        await session.close()
 
 
 if __name__ == "__main__":

@@ -220,6 +220,17 @@ def fresh_database(server_url: str) -> str:
     return urlunsplit(urlsplit(server_url)._replace(path="/" + name))
 
 
+def drop_database(server_url: str, url: str) -> None:
+    name = urlsplit(url).path.strip("/")
+
+    async def drop() -> None:
+        conn = await asyncpg.connect(server_url)
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await conn.close()
+
+    asyncio.run(drop())
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--requests", type=int, default=2000)
@@ -238,6 +249,8 @@ def main() -> int:
     backends = start_backends(Config(data_dir=work, database_url=server_db, redis_url=redis_url))
     database_url = fresh_database(backends.database_url) if server_db else backends.database_url
     procs: list[subprocess.Popen[bytes]] = []
+    # The servers' own output (the gateway's access log) goes to a file, not the table.
+    server_log = open(work / "servers.log", "ab")  # noqa: SIM115 (closed in the finally)
     try:
         mock_port, relay_port, gw_port = free_port(), free_port(), free_port()
         env = {
@@ -252,7 +265,9 @@ def main() -> int:
             "ALICODE_LOG_LEVEL": "WARNING",
             "ALICODE_DATA_DIR": str(work),
         }
-        spawn = lambda *cmd: procs.append(subprocess.Popen(cmd, env=env))  # noqa: E731
+        spawn = lambda *cmd: procs.append(  # noqa: E731
+            subprocess.Popen(cmd, env=env, stdout=server_log, stderr=server_log)
+        )
         spawn(sys.executable, "-m", "alicode_gw", "mock-upstream", "--port", str(mock_port),
               "--key", DEFAULT_MOCK_KEY)  # fmt: skip
         subprocess.run([sys.executable, "-m", "alicode_gw", "migrate"], env=env, check=True,
@@ -304,7 +319,10 @@ def main() -> int:
                 proc.wait(30)
             except subprocess.TimeoutExpired:
                 proc.kill()
+        if server_db:
+            drop_database(backends.database_url, database_url)
         backends.stop()
+        server_log.close()
 
     print()
     print("| measure | JSON | SSE (50 events) |")
