@@ -86,7 +86,7 @@ class Credential:
 
 _BACKOFF = frozenset({Outcome.OVERLOADED, Outcome.SERVER_ERROR, Outcome.CONNECT_ERROR})
 _DISABLE_REASONS = {
-    Outcome.AUTH_FAILED: "upstream rejected the credential (401/403)",
+    Outcome.AUTH_FAILED: "upstream rejected the credential (401)",
     Outcome.BILLING_FAILED: "upstream billing error (credit balance too low)",
 }
 

@@ -71,6 +71,17 @@ def resolve_model(ctx: RequestContext, name: str, allowed: frozenset[str] | None
     return info
 
 
+def check_max_tokens(max_tokens: int, info: ModelInfo) -> None:
+    """The model's output ceiling, as the API checks it (and before any hold is sized)."""
+    ceiling = info.capabilities.max_output_tokens
+    if max_tokens > ceiling:
+        raise InvalidRequestError(
+            f"max_tokens: {max_tokens} > {ceiling}, which is the maximum allowed number "
+            f"of output tokens for {info.target}",
+            param="max_tokens",
+        )
+
+
 def upstream_body(body: bytes, payload: dict[str, Any], info: ModelInfo) -> bytes:
     """The body to send: unchanged, except an alias replaced by its target model."""
     if not info.is_alias:
@@ -123,6 +134,7 @@ async def serve(
     key = await state.auth.authenticate(ctx.request, ip)
     ctx.key_public_id, ctx.account_id = key.public_id, key.account_id
     info = resolve_model(ctx, request.model, key.allowed_models)
+    check_max_tokens(request.max_tokens, info)
     ctx.model = info.target
     admission = await state.limiter.admit(ip, key, info.target)
     tokens_used = 0

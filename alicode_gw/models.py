@@ -63,7 +63,7 @@ def ordered(models: list[ModelInfo]) -> list[ModelInfo]:
 def page(models: list[ModelInfo], query: dict[str, str]) -> dict[str, Any]:
     """Anthropic's cursor pagination over ``models`` (already ordered)."""
     raw_limit = query.get("limit", str(DEFAULT_LIMIT))
-    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_LIMIT:
+    if not (raw_limit.isascii() and raw_limit.isdigit()) or not 1 <= int(raw_limit) <= MAX_LIMIT:
         raise InvalidRequestError(f"limit: must be an integer from 1 to {MAX_LIMIT}")
     limit = int(raw_limit)
     ids = [m.id for m in models]

@@ -37,6 +37,8 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
         value = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InvalidRequestError(f"Request body is not valid JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise InvalidRequestError("Request body is nested too deeply.") from exc
     if not isinstance(value, dict):
         raise InvalidRequestError("Request body must be a JSON object.")
     return value

@@ -57,8 +57,11 @@ def classify(
         if _error_of(body)[0] == "overloaded_error":
             return Outcome.OVERLOADED, None
         return Outcome.SERVER_ERROR, None
-    if status in (401, 403):
+    if status == 401:
         return Outcome.AUTH_FAILED, None
+    # A 403 permission_error can depend on the request (e.g. an anthropic-beta feature
+    # the operator's organisation lacks): a client's request must never be able to take
+    # credentials out of the pool, so it passes through and cools nothing.
     if 400 <= status < 500:
         if status == 402:
             return Outcome.BILLING_FAILED, None

@@ -128,7 +128,7 @@ async def test_gateway(make_config):
 
 @pytest.mark.parametrize(
     "body",
-    [b"{not json", b"", b"[1, 2]", b"\xff\xfe", b'"string"'],
+    [b"{not json", b"", b"[1, 2]", b"\xff\xfe", b'"string"', b'{"a":' + b"[" * 3000],
 )
 async def test_bad_json_is_400(test_gateway: app.Gateway, body: bytes) -> None:
     async with aiohttp.ClientSession() as http:

@@ -75,7 +75,7 @@ def error(kind: str, message: str) -> bytes:
         (500, {}, error("api_error", "Internal server error"), (Outcome.SERVER_ERROR, None)),
         (502, {}, b"<html>bad gateway</html>", (Outcome.SERVER_ERROR, None)),
         (401, {}, error("authentication_error", "invalid x-api-key"), (Outcome.AUTH_FAILED, None)),
-        (403, {}, error("permission_error", "no"), (Outcome.AUTH_FAILED, None)),
+        (403, {}, error("permission_error", "no"), (Outcome.CLIENT_ERROR, None)),
         (402, {}, error("billing_error", "pay up"), (Outcome.BILLING_FAILED, None)),
         (
             400,
@@ -154,7 +154,7 @@ MESSAGE = {"model": "claude-sonnet-4-5", "max_tokens": 16, "messages": [{"role":
         (MOCK_KEY, "status=529", None, Outcome.OVERLOADED),
         (MOCK_KEY, "status=500", None, Outcome.SERVER_ERROR),
         ("sk-ant-not-a-mock-key-0009", None, None, Outcome.AUTH_FAILED),
-        (MOCK_KEY, "status=403", None, Outcome.AUTH_FAILED),
+        (MOCK_KEY, "status=403", None, Outcome.CLIENT_ERROR),
         (MOCK_KEY, None, {"model": "claude-sonnet-4-5"}, Outcome.CLIENT_ERROR),
         (MOCK_KEY, "status=413", None, Outcome.CLIENT_ERROR),
     ],

@@ -213,6 +213,8 @@ async def test_alias_is_resolved_visibly(
             "claude-nope",
         ),
         ({"model": MODEL, "max_tokens": 5, "messages": [{}], "stream": "yes"}, "stream"),
+        ({"model": MODEL, "max_tokens": 10**9, "messages": [{}]}, "max_tokens: 1000000000 >"),
+        ({"model": MODEL, "max_tokens": 10**30, "messages": [{}]}, "max_tokens"),
     ],
 )
 async def test_invalid_requests_never_reach_upstream(
@@ -256,6 +258,26 @@ async def test_model_allow_list_is_403(gw: app.Gateway, db: asyncpg.Connection) 
                 model=MODEL, max_tokens=5, messages=[{"role": "user", "content": "x"}]
             )
     assert MODEL in info.value.body["error"]["message"]
+
+
+async def test_upstream_403_passes_through_and_keeps_the_pool(
+    gw: app.Gateway, customer: Customer, db: asyncpg.Connection
+) -> None:
+    before = await balance(db, customer.email)
+    async with client_for(gw, customer) as client:
+        for _ in range(3):
+            with pytest.raises(anthropic.PermissionDeniedError):
+                await client.messages.create(
+                    model=MODEL,
+                    max_tokens=5,
+                    messages=[{"role": "user", "content": "[[mock: status=403]]"}],
+                )
+        # a customer's request never takes credentials out of the pool
+        assert all(c["state"] == "healthy" for c in gw.state.keypool.snapshot())
+        await client.messages.create(
+            model=MODEL, max_tokens=5, messages=[{"role": "user", "content": "still fine"}]
+        )
+    assert await balance(db, customer.email) < before
 
 
 async def test_upstream_client_error_passes_through_unbilled(

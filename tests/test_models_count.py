@@ -51,6 +51,8 @@ async def test_anthropic_pagination_cursors(
         before = await client.models.list(limit=2, before_id=expected[4])
         with pytest.raises(anthropic.BadRequestError):
             await client.models.list(limit=0)
+        with pytest.raises(anthropic.BadRequestError):
+            await client.get("/v1/models?limit=%C2%B2", cast_to=object)
     assert [m.id for m in after.data] == expected[2:4]
     assert [m.id for m in before.data] == expected[2:4]
 
