@@ -38,6 +38,8 @@ def setup_logging(level: str) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     accesslog.configure(sys.stderr)
+    # pgserver narrates every initdb/pg_ctl step at INFO; keep its warnings only.
+    logging.getLogger("pgserver").setLevel(max(logging.WARNING, logging.getLevelName(level)))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
