@@ -14,10 +14,12 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-from alicode_gw.billing import format_usd
+from alicode_gw.auth import ApiKey
+from alicode_gw.billing import Usage, format_usd
 from alicode_gw.catalog import ModelInfo
 from alicode_gw.clientip import client_ip
 from alicode_gw.errors import InvalidRequestError, PermissionDeniedError
+from alicode_gw.ratelimit import Admission
 from alicode_gw.relay import RelayResult, StreamFormat, json_result, read_json, relay_stream
 from alicode_gw.requestbody import read_json as read_request_json
 from alicode_gw.state import RequestContext
@@ -136,31 +138,65 @@ async def serve(
     info = resolve_model(ctx, request.model, key.allowed_models)
     check_max_tokens(request.max_tokens, info)
     ctx.model = info.target
-    admission = await state.limiter.admit(ip, key, info.target)
+    estimate = await state.tokens.count_async(payload)
+    admission = await _admit_and_hold(ctx, key, info, request, estimate, ip)
     tokens_used = 0
     try:
-        estimate = await state.tokens.count_async(payload)
-        await state.billing.hold(
-            ctx.request_id, key.id, request.model, estimate, request.max_tokens, ip
-        )
         headers = dict(admission.headers)
         if info.is_alias:
             headers["x-alicode-model"] = info.target
         response, result = await _forward(
-            ctx, upstream_body(body, payload, info), request.stream, headers, surface, info
+            ctx,
+            upstream_body(body, payload, info),
+            request.stream,
+            headers,
+            surface,
+            info,
+            admission,
         )
         if result is not None:
-            usage = result.usage
-            tokens_used = (
-                usage.input_tokens
-                + usage.output_tokens
-                + usage.cache_creation_5m
-                + usage.cache_creation_1h
-                + usage.cache_read
-            )
+            tokens_used = _tokens(result.usage)
         return response
     finally:
-        await state.limiter.finish(admission, tokens_used)
+        await state.limiter.finish(admission, tokens_used)  # no-op when already finished
+
+
+async def _admit_and_hold(
+    ctx: RequestContext,
+    key: ApiKey,
+    info: ModelInfo,
+    request: MessagesRequest,
+    estimate: int,
+    ip: str,
+) -> Admission:
+    """The limits (Redis) and the billing hold (PostgreSQL) at once: one round trip of
+    latency instead of two. Whichever refuses, the other is undone before the error
+    (the limits' verdict first) reaches the client."""
+    state = ctx.state
+    admitted, held = await asyncio.gather(
+        state.limiter.admit(ip, key, info.target),
+        state.billing.hold(ctx.request_id, key.id, request.model, estimate, request.max_tokens, ip),
+        return_exceptions=True,
+    )
+    if isinstance(admitted, BaseException):
+        if not isinstance(held, BaseException):
+            await state.billing.release(ctx.request_id)
+        raise admitted
+    if isinstance(held, BaseException):
+        await state.limiter.finish(admitted, 0)
+        raise held
+    return admitted
+
+
+def _tokens(usage: Usage) -> int:
+    """What a request counts against its key's rolling token budget."""
+    return (
+        usage.input_tokens
+        + usage.output_tokens
+        + usage.cache_creation_5m
+        + usage.cache_creation_1h
+        + usage.cache_read
+    )
 
 
 async def _forward(
@@ -170,6 +206,7 @@ async def _forward(
     headers: dict[str, str],
     surface: Surface,
     info: ModelInfo,
+    admission: Admission,
 ) -> tuple[web.StreamResponse, RelayResult | None]:
     """Upstream call, relay and settlement; the hold is always settled or released."""
     result: RelayResult | None = None
@@ -186,7 +223,11 @@ async def _forward(
         raw = await read_json(ctx, upstream)
         result = json_result(raw)
         concluded = True
-        cost = await _conclude(ctx, result)
+        # Settle and give the limits back at once (the answer waits for its cost header).
+        cost, _ = await asyncio.gather(
+            _conclude(ctx, result),
+            ctx.state.limiter.finish(admission, _tokens(result.usage)),
+        )
         if cost is not None:
             headers["x-alicode-cost-usd"] = format_usd(cost)
         response = web.Response(
