@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import secrets
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 import asyncpg
 
@@ -33,27 +33,22 @@ async def new_key(
     return await accounts.create_key(db, account.id, "test", cost=cost, **limits)
 
 
-class RedisProxy:
-    """Forwards loopback TCP connections to the test Redis until :meth:`cut`."""
+class TcpProxy:
+    """Forwards loopback TCP connections to a server (over TCP or a Unix socket) until
+    :meth:`cut`, so a test can make that server unreachable without stopping it."""
 
-    def __init__(self, redis_url: str) -> None:
-        parts = urlsplit(redis_url)
-        self._unix = parts.path if parts.scheme == "unix" else None
-        self._host = parts.hostname or "127.0.0.1"
-        self._port = parts.port or 6379
-        db = parse_qs(parts.query).get("db", ["0"])[0] if self._unix else parts.path.strip("/")
-        self._db = db or "0"
+    def __init__(self, *, host: str = "127.0.0.1", port: int = 0, unix: str | None = None):
+        self._host, self._port, self._unix = host, port, unix
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._pumps: set[asyncio.Task[None]] = set()
 
     @property
-    def url(self) -> str:
+    def port(self) -> int:
         assert self._server is not None
-        port = self._server.sockets[0].getsockname()[1]
-        return f"redis://127.0.0.1:{port}/{self._db}"
+        return int(self._server.sockets[0].getsockname()[1])
 
-    async def __aenter__(self) -> RedisProxy:
+    async def __aenter__(self) -> TcpProxy:
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
         return self
 
@@ -81,12 +76,45 @@ class RedisProxy:
         dst.close()
 
     async def cut(self) -> None:
-        """Refuse new connections and drop the open ones: Redis is now unreachable."""
+        """Refuse new connections and drop the open ones: the server is now unreachable."""
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
+            self._server = None
         for writer in self._writers:
             writer.close()
         for task in list(self._pumps):
             task.cancel()
         await asyncio.gather(*self._pumps, return_exceptions=True)
+
+
+class RedisProxy(TcpProxy):
+    """A :class:`TcpProxy` in front of the test Redis; :attr:`url` points at the proxy."""
+
+    def __init__(self, redis_url: str) -> None:
+        parts = urlsplit(redis_url)
+        unix = parts.path if parts.scheme == "unix" else None
+        super().__init__(host=parts.hostname or "127.0.0.1", port=parts.port or 6379, unix=unix)
+        db = parse_qs(parts.query).get("db", ["0"])[0] if unix else parts.path.strip("/")
+        self._db = db or "0"
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/{self._db}"
+
+
+class PostgresProxy(TcpProxy):
+    """A :class:`TcpProxy` in front of the test PostgreSQL (host or socket DSN)."""
+
+    def __init__(self, dsn: str) -> None:
+        self._parts = urlsplit(dsn)
+        host = parse_qs(self._parts.query).get("host", [self._parts.hostname or "127.0.0.1"])[0]
+        port = self._parts.port or 5432
+        unix = f"{host}/.s.PGSQL.{port}" if host.startswith("/") else None
+        super().__init__(host=host, port=port, unix=unix)
+
+    @property
+    def url(self) -> str:
+        user = self._parts.username or "postgres"
+        auth = f"{user}:{self._parts.password}" if self._parts.password else user
+        return urlunsplit(("postgresql", f"{auth}@127.0.0.1:{self.port}", self._parts.path, "", ""))

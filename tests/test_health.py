@@ -4,12 +4,10 @@ Redis stopped and started again under a running gateway; PostgreSQL cut off."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 import aiohttp
 import asyncpg
@@ -18,6 +16,7 @@ import pytest
 from alicode_gw import __version__, app
 from alicode_gw.embedded import EmbeddedRedis
 from tests.conftest import UPSTREAM_KEYS, start_gateway, stop_gateway
+from tests.keyhelpers import PostgresProxy
 from tests.messages_helpers import reset_pool
 
 
@@ -145,65 +144,19 @@ async def test_degraded_when_redis_stops_and_back_when_it_returns(
         await asyncio.to_thread(own_redis.stop)
 
 
-class TcpProxy:
-    """Forwards loopback TCP connections to a PostgreSQL server (TCP or Unix socket)
-    until :meth:`cut`."""
-
-    def __init__(self, dsn: str) -> None:
-        self._parts = urlsplit(dsn)
-        host = parse_qs(self._parts.query).get("host", [self._parts.hostname or "127.0.0.1"])[0]
-        self._unix = host if host.startswith("/") else None
-        self._host, self._port = host, self._parts.port or 5432
-        self._server: asyncio.Server | None = None
-        self._writers: list[asyncio.StreamWriter] = []
-
-    async def start(self) -> str:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        port = self._server.sockets[0].getsockname()[1]
-        user = self._parts.username or "postgres"
-        auth = f"{user}:{self._parts.password}" if self._parts.password else user
-        return urlunsplit(("postgresql", f"{auth}@127.0.0.1:{port}", self._parts.path, "", ""))
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self._unix:
-            up_reader, up_writer = await asyncio.open_unix_connection(
-                f"{self._unix}/.s.PGSQL.{self._port}"
-            )
-        else:
-            up_reader, up_writer = await asyncio.open_connection(self._host, self._port)
-        self._writers += [writer, up_writer]
-        await asyncio.gather(self._pump(reader, up_writer), self._pump(up_reader, writer))
-
-    @staticmethod
-    async def _pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(OSError):
-            while data := await src.read(65536):
-                dst.write(data)
-                await dst.drain()
-        dst.close()
-
-    async def cut(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            self._server = None
-        for writer in self._writers:
-            writer.close()
-
-
 async def test_down_when_the_database_is_unreachable(
     db: asyncpg.Connection, make_config, database_url: str
 ) -> None:
     await reset_pool(db)
-    proxy = TcpProxy(database_url)
-    proxied = await proxy.start()
-    gateway = await start_gateway(
-        make_config(database_url=proxied, redis_prefix=f"health-{secrets.token_hex(4)}:")
-    )
-    try:
-        assert (await wait_for(gateway, "ok"))["database"]["ok"]
-        await proxy.cut()
-        body = await wait_for(gateway, "down")
-        assert body["database"]["ok"] is False
-        assert "database unreachable" in body["reasons"]
-    finally:
-        await stop_gateway(gateway)
+    async with PostgresProxy(database_url) as proxy:
+        gateway = await start_gateway(
+            make_config(database_url=proxy.url, redis_prefix=f"health-{secrets.token_hex(4)}:")
+        )
+        try:
+            assert (await wait_for(gateway, "ok"))["database"]["ok"]
+            await proxy.cut()
+            body = await wait_for(gateway, "down")
+            assert body["database"]["ok"] is False
+            assert "database unreachable" in body["reasons"]
+        finally:
+            await stop_gateway(gateway)
