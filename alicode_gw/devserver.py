@@ -14,7 +14,7 @@ import time
 import asyncpg
 import uvloop
 
-from alicode_gw import accounts, app, ledger, migrate
+from alicode_gw import accounts, app, keypool, ledger, migrate
 from alicode_gw.backends import Backends, start_backends
 from alicode_gw.config import Config
 from alicode_gw.mock_upstream import DEFAULT_MOCK_KEY, MockUpstream
@@ -58,31 +58,9 @@ async def prepare_demo(database_url: str, upstream_keys: tuple[str, ...]) -> str
             await ledger.topup(conn, DEMO_EMAIL, DEMO_TOPUP_NANOS, "dev demo balance")
         stamp = time.strftime("%Y%m%d-%H%M%S")
         _, key = await accounts.create_key(conn, account.id, f"dev-{stamp}")
-        wanted = list(upstream_keys) or [DEFAULT_MOCK_KEY]
-        for number, secret in enumerate(wanted, start=1):
-            name = "mock" if secret == DEFAULT_MOCK_KEY else f"dev-{number}-{stamp}"
-            # Keyed by the secret: a credential already in the pool keeps its name and
-            # is re-enabled.
-            await conn.execute(
-                """
-                INSERT INTO upstream_credentials (name, secret) VALUES ($1, $2)
-                ON CONFLICT (secret) DO UPDATE
-                   SET status = 'active', disabled_reason = NULL, disabled_at = NULL,
-                       updated_at = now()
-                """,
-                name,
-                secret,
-            )
+        await keypool.ensure_credentials(conn, list(upstream_keys) or [DEFAULT_MOCK_KEY])
         if upstream_keys:
-            await conn.execute(
-                """
-                UPDATE upstream_credentials
-                   SET status = 'disabled', disabled_reason = 'dev: real upstream in use',
-                       disabled_at = now(), updated_at = now()
-                 WHERE secret = $1 AND status = 'active'
-                """,
-                DEFAULT_MOCK_KEY,
-            )
+            await keypool.disable_credential(conn, DEFAULT_MOCK_KEY, "dev: real upstream in use")
         return key
     finally:
         await conn.close()

@@ -27,7 +27,7 @@ import contextlib
 import logging
 import secrets
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -36,13 +36,25 @@ from redis.exceptions import RedisError
 
 from alicode_gw.errors import ServiceUnavailableError
 from alicode_gw.tasks import TaskTracker
+from alicode_gw.upstream_credentials import (
+    Credential,
+    PoolError,
+    add_credential,
+    disable_credential,
+    ensure_credentials,
+    mask_secret,
+)
 from alicode_gw.upstream_outcome import RATE_LIMIT_COOLDOWN_CAP, Outcome, classify
 
 __all__ = [
     "Credential",
     "KeyPool",
     "Outcome",
+    "PoolError",
+    "add_credential",
     "classify",
+    "disable_credential",
+    "ensure_credentials",
     "mask_secret",
 ]
 
@@ -57,33 +69,6 @@ TRIP_TTL = 3600.0  # a tripped credential nobody probed for this long is trusted
 NO_HEALTHY_MESSAGE = "no healthy upstream credential"
 _DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
 _REDIS_ERRORS = (RedisError, OSError)
-
-
-# ---------------------------------------------------------------- credentials
-
-
-def mask_secret(secret: str) -> str:
-    """``sk-ant-…abcd``: enough to recognise a key, never enough to use it."""
-    if len(secret) < 12:
-        return "…"
-    prefix = "sk-ant-" if secret.startswith("sk-ant-") else secret[:3]
-    return f"{prefix}…{secret[-4:]}"
-
-
-@dataclass(frozen=True, slots=True)
-class Credential:
-    """One upstream API key. ``secret`` is excluded from ``repr``/``str``."""
-
-    id: int
-    name: str
-    weight: int
-    secret: str = field(repr=False)
-
-    @property
-    def display(self) -> str:
-        return mask_secret(self.secret)
-
-
 _BACKOFF = frozenset({Outcome.OVERLOADED, Outcome.SERVER_ERROR, Outcome.CONNECT_ERROR})
 _DISABLE_REASONS = {
     Outcome.AUTH_FAILED: "upstream rejected the credential (401)",
@@ -148,65 +133,6 @@ async def clear_health(redis: Redis, prefix: str, cred_id: int) -> None:
 async def announce_reload(redis: Redis, prefix: str) -> None:
     """Tell every node to re-read the credentials table now."""
     await redis.publish(events_channel(prefix), "reload")
-
-
-# ---------------------------------------------------------------- the table
-
-
-class PoolError(ValueError):
-    """An operator request on the pool that cannot be done (message safe to print)."""
-
-
-MAX_WEIGHT = 1000
-
-
-async def add_credential(
-    conn: asyncpg.Connection | asyncpg.Pool,
-    secret: str,
-    *,
-    name: str | None = None,
-    weight: int = 1,
-) -> Credential:
-    """Insert a credential. Default name: ``key-`` and the secret's last 4 characters."""
-    secret = secret.strip()
-    if len(secret) < 8 or any(ch.isspace() for ch in secret):
-        raise PoolError("the key must be at least 8 characters without spaces")
-    if not 0 < weight <= MAX_WEIGHT:
-        raise PoolError(f"the weight must be 1-{MAX_WEIGHT}")
-    if name is not None and not name.strip():
-        raise PoolError("the name must not be empty")
-    candidates = [name.strip()] if name else [f"key-{secret[-4:]}"]
-    if not name:
-        candidates += [f"{candidates[0]}-{n}" for n in range(2, 100)]
-    for candidate in candidates:
-        try:
-            row = await conn.fetchrow(
-                "INSERT INTO upstream_credentials (name, secret, weight) VALUES ($1, $2, $3)"
-                " RETURNING id",
-                candidate,
-                secret,
-                weight,
-            )
-        except asyncpg.UniqueViolationError as exc:  # its detail quotes the secret: drop it
-            if exc.constraint_name == "upstream_credentials_secret_key":
-                existing = await conn.fetchval(
-                    "SELECT name FROM upstream_credentials WHERE secret = $1", secret
-                )
-                raise PoolError(f"this key is already in the pool as {existing!r}") from None
-            continue
-        assert row is not None
-        return Credential(row["id"], candidate, weight, secret)
-    raise PoolError(f"an upstream credential named {candidates[0]!r} already exists")
-
-
-async def ensure_credentials(conn: asyncpg.Connection | asyncpg.Pool, keys: list[str]) -> None:
-    """Add each key that is not in the pool yet (``alicode-gw dev``'s configured keys)."""
-    for secret in keys:
-        exists = await conn.fetchval(
-            "SELECT 1 FROM upstream_credentials WHERE secret = $1", secret.strip()
-        )
-        if not exists:
-            await add_credential(conn, secret)
 
 
 # ---------------------------------------------------------------- the pool

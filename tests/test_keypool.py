@@ -34,6 +34,7 @@ from alicode_gw.keypool import (
     PoolError,
     add_credential,
     classify,
+    disable_credential,
     ensure_credentials,
     health_keys,
     mask_secret,
@@ -469,5 +470,18 @@ async def test_add_credential_rules(cluster: Cluster) -> None:
         with pytest.raises(PoolError):
             await add_credential(cluster.db, bad, **kwargs)
     await ensure_credentials(cluster.db, [secret, "sk-ant-test-ensure-000000001"])
+    await disable_credential(cluster.db, secret, "rotating")
+    assert (
+        await cluster.db.fetchval(
+            "SELECT disabled_reason FROM upstream_credentials WHERE secret = $1", secret
+        )
+        == "rotating"
+    )
     await ensure_credentials(cluster.db, [secret, "sk-ant-test-ensure-000000001"])
     assert await cluster.db.fetchval("SELECT count(*) FROM upstream_credentials") == 3
+    assert (
+        await cluster.db.fetchval(
+            "SELECT status FROM upstream_credentials WHERE secret = $1", secret
+        )
+        == "active"
+    )

@@ -16,6 +16,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from alicode_gw import keypool
+from alicode_gw import upstream_credentials as creds
 from alicode_gw.cli.common import emit, fail, with_db
 from alicode_gw.config import Config
 
@@ -29,8 +30,8 @@ def _weight(text: str) -> int:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if not 0 < value <= keypool.MAX_WEIGHT:
-        raise argparse.ArgumentTypeError(f"must be 1-{keypool.MAX_WEIGHT}, got {value}")
+    if not 0 < value <= creds.MAX_WEIGHT:
+        raise argparse.ArgumentTypeError(f"must be 1-{creds.MAX_WEIGHT}, got {value}")
     return value
 
 
@@ -72,7 +73,7 @@ def _row_dict(row: asyncpg.Record, health: str | None = None) -> dict[str, Any]:
     data: dict[str, Any] = {
         "id": row["id"],
         "name": row["name"],
-        "key": keypool.mask_secret(row["secret"]),
+        "key": creds.mask_secret(row["secret"]),
         "weight": row["weight"],
         "status": row["status"],
         "disabled_reason": row["disabled_reason"],
@@ -102,14 +103,14 @@ async def _find(conn: asyncpg.Connection, ref: str) -> asyncpg.Record | None:
 def run_add(args: argparse.Namespace, config: Config) -> int:
     secret = sys.stdin.readline().strip() if args.key_stdin else args.key
 
-    async def work(conn: asyncpg.Connection, redis: Redis) -> keypool.Credential:
-        cred = await keypool.add_credential(conn, secret, name=args.name, weight=args.weight)
+    async def work(conn: asyncpg.Connection, redis: Redis) -> creds.Credential:
+        cred = await creds.add_credential(conn, secret, name=args.name, weight=args.weight)
         await _announce(redis, config)
         return cred
 
     try:
         cred = with_db(config, work)
-    except keypool.PoolError as exc:
+    except creds.PoolError as exc:
         return fail(str(exc))
     emit(
         {"id": cred.id, "name": cred.name, "key": cred.display, "weight": cred.weight},
@@ -174,9 +175,13 @@ def _change(args: argparse.Namespace, config: Config, sql: str, *params: Any) ->
     if row is None:
         return fail(f"no upstream credential named or numbered {args.ref!r}")
     emit(
-        {"id": row["id"], "name": row["name"], "key": keypool.mask_secret(row["secret"])},
+        {
+            "id": row["id"],
+            "name": row["name"],
+            "key": creds.mask_secret(row["secret"]),
+        },
         args.json,
-        f"{args.upstream_action}d {row['name']} ({keypool.mask_secret(row['secret'])})",
+        f"{args.upstream_action}d {row['name']} ({creds.mask_secret(row['secret'])})",
     )
     return 0
 
