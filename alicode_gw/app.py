@@ -72,6 +72,7 @@ async def open_state(config: Config, backends: Backends) -> State:
         config.redis_prefix,
         ip_rpm=config.ip_rpm,
         ip_concurrency=config.ip_concurrency,
+        tasks=tasks,
     )
     tasks.spawn(limiter.refresh_loop(), name="limit-leases", perpetual=True)
     metrics = Metrics(share_dir(config))

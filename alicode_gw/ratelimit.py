@@ -1,6 +1,6 @@
 """Per-IP and per-key limits, enforced across nodes in Redis by atomic Lua scripts.
 
-:meth:`Limiter.admit` is ONE round trip (EVALSHA; redis-py reloads on NOSCRIPT) that
+:meth:`Limiter.admit` is ONE script call (EVALSHA, reloaded on NOSCRIPT) that
 checks, in this order, the IP's requests per minute and concurrency, then the key's
 requests per minute, concurrency and rolling token budget, and takes the slots only
 if every check passes, so limits hold exactly however many nodes admit at once.
@@ -16,6 +16,12 @@ if every check passes, so limits hold exactly however many nodes admit at once.
   total; buckets leave the total once they are older than the 5-hour window, so the
   window rolls with one-minute granularity.
 
+The script calls of concurrent requests (every admit and finish of this process) travel
+together: a :class:`~alicode_gw.batching.Coalescer` sends whatever queued up during the
+previous round trip as one pipeline, in submission order, so under load the client-side
+cost of a call (the dominant one in redis-py) is shared by many requests, and a lone
+request still goes out at once.
+
 All clocks are Redis's (``TIME``), so node clocks do not matter. If Redis cannot be
 reached, admission fails closed with a 503 (``ServiceUnavailableError``).
 """
@@ -26,13 +32,18 @@ import asyncio
 import logging
 import math
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError, RedisError
 
 from alicode_gw.auth import ApiKey
+from alicode_gw.batching import Coalescer
 from alicode_gw.errors import RateLimitError, ServiceUnavailableError
+from alicode_gw.tasks import TaskTracker
 
 log = logging.getLogger(__name__)
 
@@ -227,6 +238,37 @@ def format_duration(seconds: float) -> str:
     return f"{hours}h {minutes}m" if hours else f"{minutes}m"
 
 
+@dataclass(frozen=True, slots=True)
+class ScriptCall:
+    """One EVALSHA waiting in the pipeline."""
+
+    script: AsyncScript
+    keys: Sequence[str]
+    args: Sequence[str | int]
+
+
+async def run_script_calls(redis: Redis, calls: list[ScriptCall]) -> list[Any]:
+    """Run ``calls`` as one non-transactional pipeline of EVALSHA; the calls whose
+    script the server does not know (after a restart or ``SCRIPT FLUSH``) are run again
+    once it is loaded. One outcome per call: its reply, or the error of that call."""
+    outcomes: list[Any] = await _pipeline(redis, calls)
+    missing = [i for i, outcome in enumerate(outcomes) if isinstance(outcome, NoScriptError)]
+    if missing:
+        for script in {calls[i].script for i in missing}:
+            await redis.script_load(script.script)
+        retried = await _pipeline(redis, [calls[i] for i in missing])
+        for i, outcome in zip(missing, retried, strict=True):
+            outcomes[i] = outcome
+    return outcomes
+
+
+async def _pipeline(redis: Redis, calls: list[ScriptCall]) -> list[Any]:
+    pipe = redis.pipeline(transaction=False)
+    for call in calls:
+        pipe.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
+    return list(await pipe.execute(raise_on_error=False))
+
+
 @dataclass(slots=True, eq=False)
 class Admission:
     """Slots taken by one admitted request; give it back to :meth:`Limiter.finish`."""
@@ -269,7 +311,10 @@ class Limiter:
         refresh_interval: float = 10.0,
         budget_window_seconds: int = BUDGET_WINDOW_MS // 1000,
         bucket_seconds: int = BUCKET_MS // 1000,
+        tasks: TaskTracker | None = None,
     ) -> None:
+        """``tasks`` tracks the pipeline flushes (the app passes its own tracker, so
+        shutdown drains them)."""
         self._redis = redis
         self._prefix = prefix + "rl:"
         self.ip_rpm = ip_rpm
@@ -283,6 +328,15 @@ class Limiter:
         self._refresh = redis.register_script(REFRESH_LUA)
         self._status = redis.register_script(STATUS_LUA)
         self._active: dict[str, Admission] = {}
+        self._calls: Coalescer[ScriptCall, Any] = Coalescer(
+            lambda calls: run_script_calls(redis, calls),
+            tasks if tasks is not None else TaskTracker(),
+            name="limits-pipeline",
+        )
+
+    async def _call(self, script: AsyncScript, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """One script call, sent in the next pipeline; raises its own error."""
+        return await self._calls.submit(ScriptCall(script, keys, args))
 
     def _ip_keys(self, ip: str) -> tuple[str, str]:
         return f"{self._prefix}ip:{ip}:rpm", f"{self._prefix}ip:{ip}:conc"
@@ -290,6 +344,11 @@ class Limiter:
     def _key_keys(self, key_id: int) -> tuple[str, str, str, str, str]:
         base = f"{self._prefix}key:{key_id}:"
         return base + "rpm", base + "conc", base + "budget:h", base + "budget:z", base + "budget:t"
+
+    @property
+    def round_trips(self) -> int:
+        """Pipelines sent for admits and finishes so far."""
+        return self._calls.flushes
 
     @property
     def in_flight(self) -> int:
@@ -307,9 +366,10 @@ class Limiter:
         key_rpm, key_conc, bud_h, bud_z, bud_t = self._key_keys(key.id)
         token = secrets.token_hex(8)
         try:
-            result = await self._admit(
-                keys=[ip_rpm_key, ip_conc_key, key_rpm, key_conc, bud_h, bud_z, bud_t],
-                args=[
+            result = await self._call(
+                self._admit,
+                [ip_rpm_key, ip_conc_key, key_rpm, key_conc, bud_h, bud_z, bud_t],
+                [
                     token,
                     self.ip_rpm,
                     self.ip_concurrency,
@@ -366,9 +426,10 @@ class Limiter:
         admission.finished = True
         self._active.pop(admission.token, None)
         try:
-            await self._finish(
-                keys=list(admission.finish_keys),
-                args=[
+            await self._call(
+                self._finish,
+                admission.finish_keys,
+                [
                     admission.token,
                     max(0, tokens_used),
                     self.budget_window_ms,

@@ -37,15 +37,21 @@ class TaskTracker:
         return len(self._tasks)
 
     async def drain(self, grace: float) -> None:
-        """Cancel the loops, wait up to ``grace`` seconds for the other tasks, then
-        cancel what is left."""
+        """Cancel the loops, wait up to ``grace`` seconds for the other tasks (and for
+        the tasks they spawn meanwhile, such as a settlement's flush), then cancel what
+        is left."""
         loops = set(self._loops)
         for task in loops:
             task.cancel()
+        deadline = asyncio.get_running_loop().time() + grace
         pending: set[asyncio.Task[Any]] = set()
-        if self._tasks:
-            _, pending = await asyncio.wait(set(self._tasks), timeout=grace)
-            for task in pending:
-                task.cancel()
+        while self._tasks:
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                pending = set(self._tasks)
+                break
+            await asyncio.wait(set(self._tasks), timeout=remaining)
+        for task in pending:
+            task.cancel()
         if loops or pending:
             await asyncio.gather(*loops, *pending, return_exceptions=True)

@@ -13,7 +13,14 @@ from redis.asyncio import Redis
 from alicode_gw.auth import ApiKey
 from alicode_gw.backends import create_redis
 from alicode_gw.errors import RateLimitError, ServiceUnavailableError
-from alicode_gw.ratelimit import Admission, Limiter, format_duration
+from alicode_gw.ratelimit import (
+    FINISH_LUA,
+    Admission,
+    Limiter,
+    ScriptCall,
+    format_duration,
+    run_script_calls,
+)
 from tests.keyhelpers import RedisProxy, unique_ip
 
 KEY_IDS = iter(range(10_000_000, 20_000_000))
@@ -211,6 +218,37 @@ async def test_script_is_reloaded_after_script_flush(clients, redis_prefix: str)
     await node.finish(await node.admit(unique_ip(), api_key(rpm_limit=5), "m"), 0)
     await clients[0].script_flush()
     await node.finish(await node.admit(unique_ip(), api_key(rpm_limit=5), "m"), 0)
+
+
+async def test_concurrent_calls_share_pipelines_and_keep_their_own_errors(
+    clients, redis_prefix: str
+) -> None:
+    """Many admits at once travel in a few pipelines, not one round trip each; an
+    error in one call of a pipeline stays with that call."""
+    client = clients[0]
+    node = Limiter(client, redis_prefix, ip_rpm=0, ip_concurrency=0)
+    key = api_key(rpm_limit=1000)
+    admitted = await asyncio.gather(*(node.admit(unique_ip(), key, "m") for _ in range(50)))
+    assert node.round_trips < 10
+    await asyncio.gather(*(node.finish(a, 1) for a in admitted))
+    assert node.round_trips < 20
+    status = await node.usage(key)
+    assert (status.requests_last_minute, status.in_flight, status.used_tokens) == (50, 0, 50)
+
+    script = client.register_script(FINISH_LUA)
+    wrong_type = f"{redis_prefix}wrong-type"
+    await client.set(wrong_type, "not a sorted set")
+    good_keys = [f"{redis_prefix}ok:{i}" for i in range(5)]
+    outcomes = await run_script_calls(
+        client,
+        [
+            ScriptCall(script, good_keys, ["t", 0, 1000, 60]),
+            ScriptCall(script, [wrong_type, *good_keys[1:]], ["t", 0, 1000, 60]),
+            ScriptCall(script, good_keys, ["t", 0, 1000, 60]),
+        ],
+    )
+    assert outcomes[0] == 1 and outcomes[2] == 1
+    assert "WRONGTYPE" in str(outcomes[1])
 
 
 def test_format_duration() -> None:
