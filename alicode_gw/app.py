@@ -61,7 +61,7 @@ async def open_state(config: Config, backends: Backends) -> State:
     await catalog.refresh()
     tasks.spawn(catalog.run(), name="model-catalog-refresh", perpetual=True)
     billing = Billing(
-        db, redis, redis_prefix=config.redis_prefix, data_dir=config.data_dir, catalog=catalog
+        db, redis, redis_prefix=config.redis_prefix, data_dir=config.data_dir, tasks=tasks
     )
     billing.start(tasks)
     auth = Authenticator(db, redis, config.redis_prefix)

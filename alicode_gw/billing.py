@@ -23,6 +23,7 @@ import asyncio
 import collections
 import contextlib
 import fcntl
+import functools
 import json
 import logging
 import os
@@ -38,7 +39,8 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from alicode_gw import auth
-from alicode_gw.catalog import ModelCatalog
+from alicode_gw.batching import Coalescer
+from alicode_gw.catalog import Prices
 from alicode_gw.errors import (
     InsufficientCreditsError,
     InvalidRequestError,
@@ -101,16 +103,34 @@ class Usage:
 
 @dataclass(frozen=True, slots=True)
 class Hold:
-    """A reservation made by :meth:`Billing.hold`; ``model`` is the priced model id."""
+    """A reservation made by :meth:`Billing.hold`; ``model`` is the priced model id and
+    ``prices`` the snapshot the request will be billed at (its discount resolved)."""
 
     request_id: str
     model: str
     amount_nanos: int
     batch: bool = False
+    prices: Prices | None = None
+
+    def cost_nanos(self, usage: Usage) -> int:
+        """What ``billing.settle`` will record as this request's cost for ``usage``
+        (the same rule and prices); 0 when the snapshot is unknown."""
+        if self.prices is None:
+            return 0
+        counts = {name: max(0, value) for name, value in asdict(usage).items()}
+        return self.prices.cost_nanos(**counts, batch=True)
+
+
+BATCH_SQL = "SELECT * FROM billing.apply_batch($1::jsonb, $2)"
 
 
 class Billing:
-    """``state.billing``: the request path's access to the PL/pgSQL money functions."""
+    """``state.billing``: the request path's access to the PL/pgSQL money functions.
+
+    Holds, settlements and releases of concurrent requests are group-committed: one
+    :class:`~alicode_gw.batching.Coalescer` sends what queued up during the previous
+    round trip as one ``billing.apply_batch`` call (``sql/005_billing_batch.sql``).
+    A lone request goes out at once."""
 
     def __init__(
         self,
@@ -119,16 +139,17 @@ class Billing:
         *,
         redis_prefix: str,
         data_dir: Path,
-        catalog: ModelCatalog | None = None,
         hold_ttl: float = 3600.0,
         sweep_interval: float = 30.0,
         replay_interval: float = 5.0,
         db_timeout: float = 10.0,
+        tasks: TaskTracker | None = None,
     ) -> None:
+        """``tasks`` tracks the batch flushes and the release of holds nobody waits for
+        any more (the app passes its own tracker, so shutdown drains them)."""
         self._db = db
         self._redis = redis
         self._prefix = redis_prefix
-        self._catalog = catalog
         self.hold_ttl = hold_ttl
         self._sweep_interval = sweep_interval
         self._replay_interval = replay_interval
@@ -138,6 +159,10 @@ class Billing:
         self._file_lock = asyncio.Lock()
         self._replay_lock = asyncio.Lock()
         self._replay_now = asyncio.Event()
+        self._tasks = tasks if tasks is not None else TaskTracker()
+        self._ops: Coalescer[dict[str, Any], asyncpg.Record] = Coalescer(
+            self._run_batch, self._tasks, name="billing-batch"
+        )
         # Holds of this process not yet settled or released: only for the provisional
         # cost of a journaled settlement. Entries older than the hold TTL are purged.
         self._open: dict[str, tuple[Hold, float]] = {}
@@ -146,6 +171,11 @@ class Billing:
         """Start the sweeper and the journal replayer (tracked perpetual tasks)."""
         tasks.spawn(self._sweep_loop(), name="billing-sweeper", perpetual=True)
         tasks.spawn(self._replay_loop(), name="billing-journal-replay", perpetual=True)
+
+    @property
+    def round_trips(self) -> int:
+        """Batches sent to PostgreSQL on the request path so far."""
+        return self._ops.flushes
 
     # --- the request path ----------------------------------------------------------------
 
@@ -161,47 +191,71 @@ class Billing:
         batch: bool = False,
     ) -> Hold:
         """Reserve the worst-case cost. 402 when the account cannot cover it, 400 for an
-        unknown model, 503 when the database cannot be reached (nothing went upstream)."""
+        unknown model, 503 when the database cannot be reached (nothing went upstream).
+        A hold that lands after its caller stopped waiting is released."""
+        future = self._ops.submit(
+            {
+                "op": "hold",
+                "request_id": request_id,
+                "key_id": key_id,
+                "model": model,
+                "estimated_input": estimated_input_tokens,
+                "max_tokens": max_tokens,
+                "client_ip": client_ip,
+                "batch": batch,
+            }
+        )
         try:
             async with asyncio.timeout(self._db_timeout):
-                row = await self._db.fetchrow(
-                    "SELECT * FROM billing.hold($1, $2, $3, $4, $5, $6, $7, $8)",
-                    request_id,
-                    key_id,
-                    model,
-                    estimated_input_tokens,
-                    max_tokens,
-                    client_ip,
-                    batch,
-                    self.hold_ttl,
-                )
+                row = await asyncio.shield(future)
         except DB_UNREACHABLE as exc:
+            future.add_done_callback(functools.partial(self._release_orphan, request_id))
             raise ServiceUnavailableError(
                 "Billing is temporarily unavailable; please retry shortly."
             ) from exc
-        assert row is not None
+        except asyncio.CancelledError:
+            future.add_done_callback(functools.partial(self._release_orphan, request_id))
+            raise
         outcome = row["outcome"]
         if outcome == "unknown_model":
             raise InvalidRequestError(f"model: unknown model {model!r}", param="model")
         if outcome == "insufficient":
             raise InsufficientCreditsError(
                 "Your credit balance is too low for this request "
-                f"(it may cost up to ${format_usd(row['hold_nanos'])}). Top up to continue."
+                f"(it may cost up to ${format_usd(row['amount_nanos'])}). Top up to continue."
             )
         if outcome == "unknown_key":
             raise InvalidRequestError("the API key no longer exists")
-        held = Hold(request_id, row["priced_model"], row["hold_nanos"], batch)
+        prices = Prices(
+            input=row["input_price"],
+            output=row["output_price"],
+            cache_write_5m=row["cache_write_5m_price"],
+            cache_write_1h=row["cache_write_1h_price"],
+            cache_read=row["cache_read_price"],
+            batch_discount_pct=row["discount_pct"],
+        )
+        held = Hold(request_id, row["priced_model"], row["amount_nanos"], batch, prices)
         self._open[request_id] = (held, time.monotonic() + self.hold_ttl)
         return held
 
+    def _release_orphan(self, request_id: str, future: asyncio.Future[asyncpg.Record]) -> None:
+        """A hold whose requester is gone (cancelled, or timed out waiting) but which
+        the database made anyway: give the money back now, not at the TTL."""
+        if future.cancelled() or future.exception() is not None:
+            return
+        row = future.result()
+        if row["outcome"] != "held":
+            return
+        self._tasks.spawn(self.release(request_id), name=f"release-{request_id}")
+
     async def settle(self, request_id: str, usage: Usage, *, estimated: bool = False) -> int:
-        """Bill the real usage once; returns the cost in nano-USD. Idempotent. When the
-        database is unreachable the settlement is journaled and the returned cost is
-        provisional (computed from the in-process price table)."""
+        """Bill the real usage once; returns the amount charged in nano-USD. Idempotent.
+        When the database is unreachable the settlement is journaled and the returned
+        amount is provisional (the cost at the hold's price snapshot)."""
         entry = {"op": "settle", "request_id": request_id, "estimated": estimated}
         entry.update(asdict(usage))
         try:
-            charged = await self._apply(entry)
+            charged = await self._conclude(entry, await self._ops.submit(entry))
         except DB_UNREACHABLE as exc:
             log.warning("settlement of %s journaled: database unreachable (%s)", request_id, exc)
             await self._journal(entry)
@@ -213,40 +267,57 @@ class Billing:
         """The request produced nothing billable: give the hold back."""
         entry: dict[str, Any] = {"op": "release", "request_id": request_id}
         try:
-            await self._apply(entry)
+            await self._conclude(entry, await self._ops.submit(entry))
         except DB_UNREACHABLE as exc:
             log.warning("release of %s journaled: database unreachable (%s)", request_id, exc)
             await self._journal(entry)
             return
         self._open.pop(request_id, None)
 
-    # --- applying an operation -----------------------------------------------------------
+    # --- applying operations -------------------------------------------------------------
 
-    async def _apply(self, entry: dict[str, Any]) -> int:
-        """Run one settle/release in PostgreSQL; returns the amount charged."""
+    async def _run_batch(self, ops: list[dict[str, Any]]) -> list[asyncpg.Record | Exception]:
+        """One ``billing.apply_batch`` call for ``ops``; one row (or error) per op. If
+        the batch fails for a reason other than an outage (a deadlock with a foreign
+        transaction, a bad entry), nothing of it was applied, so each op is tried alone
+        and only the faulty one fails."""
+        payload = json.dumps([{**op, "i": i} for i, op in enumerate(ops)], separators=(",", ":"))
+        try:
+            async with asyncio.timeout(self._db_timeout):
+                rows = await self._db.fetch(BATCH_SQL, payload, self.hold_ttl)
+        except asyncpg.PostgresError:
+            if len(ops) == 1:
+                raise
+            log.warning("billing batch of %d failed; applying its operations one by one", len(ops))
+            outcomes: list[asyncpg.Record | Exception] = []
+            for op in ops:
+                try:
+                    outcomes.extend(await self._run_batch([op]))
+                except Exception as exc:  # this op's own failure (an outage included)
+                    outcomes.append(exc)
+            return outcomes
+        by_ord = {row["ord"]: row for row in rows}
+        return [by_ord.get(i) or RuntimeError("billing batch: no outcome") for i in range(len(ops))]
+
+    async def _conclude(self, entry: dict[str, Any], row: asyncpg.Record) -> int:
+        """Log the unusual outcomes of a settle/release; returns the amount charged."""
         request_id = str(entry["request_id"])
-        async with asyncio.timeout(self._db_timeout):
-            if entry["op"] == "release":
-                outcome = await self._db.fetchval("SELECT billing.release($1)", request_id)
-                if outcome == "settled":
-                    log.warning("release of %s ignored: already settled", request_id)
-                return 0
-            row = await self._db.fetchrow(
-                "SELECT * FROM billing.settle($1, $2, $3, $4, $5, $6, $7)",
-                request_id,
-                int(entry["input_tokens"]),
-                int(entry["output_tokens"]),
-                int(entry["cache_creation_5m"]),
-                int(entry["cache_creation_1h"]),
-                int(entry["cache_read"]),
-                bool(entry["estimated"]),
-            )
-        assert row is not None
+        if entry["op"] == "release":
+            if row["outcome"] == "settled":
+                log.warning("release of %s ignored: already settled", request_id)
+            return 0
         if row["outcome"] in ("unknown", "released"):
             log.warning("settlement of %s ignored: hold is %s", request_id, row["outcome"])
         if row["revoked_public_id"] is not None:
             await self._announce_revoked(row["revoked_public_id"])
-        return int(row["charged_nanos"])
+        return int(row["amount_nanos"])
+
+    async def _apply(self, entry: dict[str, Any]) -> int:
+        """Run one journaled settle/release now (not batched); returns the amount charged."""
+        (outcome,) = await self._run_batch([entry])
+        if isinstance(outcome, Exception):
+            raise outcome
+        return await self._conclude(entry, outcome)
 
     async def _announce_revoked(self, public_id: str) -> None:
         """Tell every node a key reached its spend cap (their caches drop it)."""
@@ -254,13 +325,7 @@ class Billing:
 
     def _provisional_cost(self, request_id: str, usage: Usage) -> int:
         opened = self._open.pop(request_id, None)
-        if opened is None or self._catalog is None:
-            return 0
-        held = opened[0]
-        info = self._catalog.resolve(held.model)
-        if info is None:
-            return 0
-        return info.prices.cost_nanos(**asdict(usage), batch=held.batch)
+        return 0 if opened is None else opened[0].cost_nanos(usage)
 
     # --- the journal -------------------------------------------------------------------
 

@@ -132,5 +132,4 @@ async def billing(
         redis,
         redis_prefix=f"{redis_prefix}{secrets.token_hex(3)}:",
         data_dir=tmp_path,
-        catalog=model_catalog,
     )

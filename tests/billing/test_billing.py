@@ -168,6 +168,7 @@ async def test_cost_matches_hand_computed_figure(
         "cache_read": usage.cache_read,
     }
     assert prices.cost_nanos(**fields, batch=batch) == expected
+    assert hold.cost_nanos(usage) == expected  # and so does the hold's price snapshot
 
 
 async def test_rounding_is_one_ceil_per_request(
@@ -328,6 +329,8 @@ async def test_500_concurrent_requests_hold_then_settle(
         account.id,
     )
     assert charges == settled * COST_NANOS
+    # group commit: the 1000-odd operations shared far fewer database round trips
+    assert billing.round_trips < 500
 
 
 # --- exactly once -----------------------------------------------------------------------------

@@ -41,7 +41,7 @@ async def test_database_restart_during_a_run(
         models = ModelCatalog(pool)
         await models.refresh()
         prefix = f"{redis_prefix}restart-{secrets.token_hex(3)}:"
-        billing = Billing(pool, redis, redis_prefix=prefix, data_dir=tmp_path, catalog=models)
+        billing = Billing(pool, redis, redis_prefix=prefix, data_dir=tmp_path)
         account = await new_account(pool, nanos=USD)
         before, during, failed = rid(), rid(), rid()
         for request_id in (before, during, failed):
@@ -51,7 +51,7 @@ async def test_database_restart_during_a_run(
 
         await asyncio.to_thread(embedded.stop)  # PostgreSQL goes away mid-run
 
-        # settle: journaled; the provisional cost comes from the in-process price table
+        # settle: journaled; the provisional cost comes from the hold's price snapshot
         # sonnet-4-5: 2000 in x $3 + 1000 out x $15 + 4000 cache read x $0.30 = $0.0222
         assert await billing.settle(during, Usage(2000, 1000, cache_read=4000)) == 22_200_000
         await billing.release(failed)  # journaled too
@@ -71,7 +71,6 @@ async def test_database_restart_during_a_run(
             redis,
             redis_prefix=prefix,
             data_dir=tmp_path,
-            catalog=models,
             replay_interval=0.1,
             sweep_interval=0.1,
         )
@@ -133,7 +132,7 @@ async def test_file_journal_when_redis_is_down_too(
         cut_off = Billing(
             dead_pool, dead_redis, redis_prefix=redis_prefix, data_dir=tmp_path, db_timeout=5
         )
-        assert await cut_off.settle(request_id, Usage(1000, 100)) == 0  # unknown: no catalog
+        assert await cut_off.settle(request_id, Usage(1000, 100)) == 0  # not held here
         assert (tmp_path / "billing-journal.jsonl").read_text().count(request_id) == 1
     finally:
         await dead_pool.close()
