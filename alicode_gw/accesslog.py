@@ -15,6 +15,7 @@ public id), or an upstream credential (only its operator-chosen name)::
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -34,16 +35,80 @@ access_log = logging.getLogger(LOGGER_NAME)
 # Status logged for a request whose handler was cancelled (client or shutdown) before
 # it produced a response (nginx's convention).
 CLIENT_CLOSED = 499
+FLUSH_INTERVAL = 0.25  # seconds an access line may wait in the buffer
+ATOMIC_WRITE = 4096  # PIPE_BUF on Linux: the largest write a pipe keeps whole
+
+
+class LineBuffer(logging.Handler):
+    """Collects access lines and writes them to ``stream`` together: one write per
+    :meth:`flush` (every ``FLUSH_INTERVAL`` from :func:`flush_loop`, when ``max_lines``
+    are waiting, and at exit) instead of one write and one flush per request."""
+
+    def __init__(self, stream: IO[str], max_lines: int = 256) -> None:
+        super().__init__()
+        self.stream = stream
+        self.max_lines = max_lines
+        self._lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self._lines.append(self.format(record))
+        except Exception:  # logging's contract: never raise from a handler
+            self.handleError(record)
+            return
+        if len(self._lines) >= self.max_lines:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the waiting lines in chunks of whole lines of at most ``ATOMIC_WRITE``
+        bytes, each flushed on its own: a write that small to a pipe is atomic, so the
+        workers of ``serve --workers N`` sharing one stderr never interleave lines."""
+        if not self._lines:
+            return
+        lines, self._lines = self._lines, []
+        chunk: list[str] = []
+        size = 0
+        try:
+            for line in lines:
+                if chunk and size + len(line) + 1 > ATOMIC_WRITE:
+                    self._write(chunk)
+                    chunk, size = [], 0
+                chunk.append(line)
+                size += len(line) + 1
+            self._write(chunk)
+        except (OSError, ValueError):  # the stream is gone (closed at exit)
+            pass
+
+    def _write(self, lines: list[str]) -> None:
+        self.stream.write("\n".join(lines) + "\n")
+        self.stream.flush()
 
 
 def configure(stream: IO[str], level: int | str = logging.INFO) -> None:
     """Send access lines to ``stream`` as bare JSON lines (not through the root
-    logger's format). Called by the CLI at start-up, never at import."""
-    handler = logging.StreamHandler(stream)
+    logger's format), buffered (:class:`LineBuffer`). Called by the CLI at start-up,
+    never at import."""
+    handler = LineBuffer(stream)
     handler.setFormatter(logging.Formatter("%(message)s"))
     access_log.handlers = [handler]
     access_log.propagate = False
     access_log.setLevel(level)
+
+
+def flush() -> None:
+    """Write out the buffered access lines now."""
+    for handler in access_log.handlers:
+        handler.flush()
+
+
+async def flush_loop(interval: float = FLUSH_INTERVAL) -> None:
+    """Perpetual task: access lines reach the log within ``interval`` seconds."""
+    try:
+        while True:
+            await asyncio.sleep(interval)
+            flush()
+    finally:
+        flush()
 
 
 def model_label(ctx: RequestContext) -> str:

@@ -75,6 +75,7 @@ async def open_state(config: Config, backends: Backends) -> State:
         tasks=tasks,
     )
     tasks.spawn(limiter.refresh_loop(), name="limit-leases", perpetual=True)
+    tasks.spawn(accesslog.flush_loop(), name="access-log-flush", perpetual=True)
     metrics = Metrics(share_dir(config))
     tasks.spawn(metrics.publish_loop(), name="metrics-publish", perpetual=True)
     return State(

@@ -135,10 +135,14 @@ def test_configure_writes_bare_json_lines() -> None:
     try:
         accesslog.configure(stream)
         logger.info(json.dumps({"request_id": "req_x"}))
+        assert stream.getvalue() == ""  # buffered: one write per flush, not per line
+        logger.info(json.dumps({"request_id": "req_y"}))
+        accesslog.flush()
     finally:
         logger.handlers, logger.propagate = saved[0], saved[1]
         logger.setLevel(saved[2])
-    assert json.loads(stream.getvalue().splitlines()[0]) == {"request_id": "req_x"}
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert lines == [{"request_id": "req_x"}, {"request_id": "req_y"}]
 
 
 def _anthropic_conversation(marker: str) -> dict:
