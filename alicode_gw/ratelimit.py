@@ -38,7 +38,8 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from alicode_gw.auth import ApiKey
 from alicode_gw.batching import Coalescer
@@ -50,6 +51,7 @@ log = logging.getLogger(__name__)
 RPM_WINDOW_MS = 60_000
 BUDGET_WINDOW_MS = 5 * 3600 * 1000
 BUCKET_MS = 60_000
+PIPELINE_TIMEOUT = 5.0  # seconds for one pipeline's write and replies
 
 _PRELUDE = """
 local t = redis.call('TIME')
@@ -247,26 +249,81 @@ class ScriptCall:
     args: Sequence[str | int]
 
 
-async def run_script_calls(redis: Redis, calls: list[ScriptCall]) -> list[Any]:
-    """Run ``calls`` as one non-transactional pipeline of EVALSHA; the calls whose
-    script the server does not know (after a restart or ``SCRIPT FLUSH``) are run again
-    once it is loaded. One outcome per call: its reply, or the error of that call."""
-    outcomes: list[Any] = await _pipeline(redis, calls)
-    missing = [i for i, outcome in enumerate(outcomes) if isinstance(outcome, NoScriptError)]
-    if missing:
-        for script in {calls[i].script for i in missing}:
-            await redis.script_load(script.script)
-        retried = await _pipeline(redis, [calls[i] for i in missing])
-        for i, outcome in zip(missing, retried, strict=True):
-            outcomes[i] = outcome
-    return outcomes
+class ScriptPipe:
+    """Runs batches of script calls on one Redis connection of its own.
+
+    The :class:`~alicode_gw.batching.Coalescer` in front of it sends one batch at a
+    time, so the connection is never shared and is kept between batches (no pool
+    checkout per round trip). The batch is written at once and the replies read in
+    order: redis-py's connection API without its Pipeline machinery (command stack,
+    retries, a timeout per reply), whose bookkeeping cost more than the round trip.
+    After an error the connection is dropped; the next batch reconnects."""
+
+    def __init__(self, redis: Redis, timeout: float = PIPELINE_TIMEOUT) -> None:
+        self._redis = redis
+        self._timeout = timeout
+        self._connection: Any = None
+
+    async def run(self, calls: list[ScriptCall]) -> list[Any]:
+        """One outcome per call: its reply, or the error of that call. Calls whose
+        script the server does not know (after a restart or ``SCRIPT FLUSH``) are run
+        again once it is loaded."""
+        outcomes = await self._send(calls)
+        missing = [i for i, outcome in enumerate(outcomes) if isinstance(outcome, NoScriptError)]
+        if missing:
+            for script in {calls[i].script for i in missing}:
+                await self._redis.script_load(script.script)
+            retried = await self._send([calls[i] for i in missing])
+            for i, outcome in zip(missing, retried, strict=True):
+                outcomes[i] = outcome
+        return outcomes
+
+    async def _send(self, calls: list[ScriptCall]) -> list[Any]:
+        """Write the batch, read its replies. A kept connection the server has dropped
+        meanwhile (restart, idle timeout) fails before the first reply: then, and only
+        then, the batch is sent once more on a new connection (as redis-py retries)."""
+        reused = self._connection is not None
+        try:
+            return await self._exchange(calls)
+        except _NothingRead as first:
+            if not reused:
+                raise first.error from None
+        try:
+            return await self._exchange(calls)
+        except _NothingRead as second:
+            raise second.error from None
+
+    async def _exchange(self, calls: list[ScriptCall]) -> list[Any]:
+        if self._connection is None:
+            self._connection = await self._redis.connection_pool.get_connection()
+        connection = self._connection
+        replies: list[Any] = []
+        try:
+            async with asyncio.timeout(self._timeout):
+                await connection.send_packed_command(
+                    connection.pack_commands(
+                        ("EVALSHA", c.script.sha, len(c.keys), *c.keys, *c.args) for c in calls
+                    )
+                )
+                for _ in calls:
+                    try:
+                        replies.append(await connection.read_response(timeout=math.inf))
+                    except ResponseError as exc:  # this call's own error
+                        replies.append(exc)
+                return replies
+        except BaseException as exc:
+            await connection.disconnect()  # replies may be left unread: never reuse them
+            if not replies and isinstance(exc, (RedisConnectionError, OSError)):
+                raise _NothingRead(exc) from exc
+            raise
 
 
-async def _pipeline(redis: Redis, calls: list[ScriptCall]) -> list[Any]:
-    pipe = redis.pipeline(transaction=False)
-    for call in calls:
-        pipe.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
-    return list(await pipe.execute(raise_on_error=False))
+class _NothingRead(Exception):
+    """The connection failed (``error``) before any reply of the batch arrived."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 @dataclass(slots=True, eq=False)
@@ -328,8 +385,9 @@ class Limiter:
         self._refresh = redis.register_script(REFRESH_LUA)
         self._status = redis.register_script(STATUS_LUA)
         self._active: dict[str, Admission] = {}
+        self._pipe = ScriptPipe(redis)
         self._calls: Coalescer[ScriptCall, Any] = Coalescer(
-            lambda calls: run_script_calls(redis, calls),
+            self._pipe.run,
             tasks if tasks is not None else TaskTracker(),
             name="limits-pipeline",
         )

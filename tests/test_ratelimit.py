@@ -18,8 +18,8 @@ from alicode_gw.ratelimit import (
     Admission,
     Limiter,
     ScriptCall,
+    ScriptPipe,
     format_duration,
-    run_script_calls,
 )
 from tests.keyhelpers import RedisProxy, unique_ip
 
@@ -239,8 +239,7 @@ async def test_concurrent_calls_share_pipelines_and_keep_their_own_errors(
     wrong_type = f"{redis_prefix}wrong-type"
     await client.set(wrong_type, "not a sorted set")
     good_keys = [f"{redis_prefix}ok:{i}" for i in range(5)]
-    outcomes = await run_script_calls(
-        client,
+    outcomes = await ScriptPipe(client).run(
         [
             ScriptCall(script, good_keys, ["t", 0, 1000, 60]),
             ScriptCall(script, [wrong_type, *good_keys[1:]], ["t", 0, 1000, 60]),
@@ -249,6 +248,22 @@ async def test_concurrent_calls_share_pipelines_and_keep_their_own_errors(
     )
     assert outcomes[0] == 1 and outcomes[2] == 1
     assert "WRONGTYPE" in str(outcomes[1])
+
+
+async def test_a_dropped_connection_is_replaced_without_failing_requests(
+    clients, redis_prefix: str
+) -> None:
+    """The limiter keeps one Redis connection; when the server drops it (restart, idle
+    timeout), the next batch reconnects and nobody sees an error."""
+    client = clients[0]
+    node = Limiter(client, redis_prefix, ip_rpm=0, ip_concurrency=0)
+    key = api_key(rpm_limit=100)
+    await node.finish(await node.admit(unique_ip(), key, "m"), 0)
+    kept = node._pipe._connection
+    await kept.send_packed_command(kept.pack_command("CLIENT", "ID"))
+    assert await client.client_kill_filter(_id=await kept.read_response()) == 1
+    await node.finish(await node.admit(unique_ip(), key, "m"), 0)
+    assert (await node.usage(key)).requests_last_minute == 2
 
 
 def test_format_duration() -> None:
