@@ -102,6 +102,7 @@ async def close_state(state: State) -> None:
     state.metrics.publish()  # the final counts stay in the node's sums
     await state.keypool.close()
     await state.auth.close()
+    state.limiter.close()
     await state.http.close()
     await state.redis.aclose()
     await state.db.close()

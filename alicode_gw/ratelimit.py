@@ -38,12 +38,12 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import NoScriptError, RedisError
 
 from alicode_gw.auth import ApiKey
 from alicode_gw.batching import Coalescer
 from alicode_gw.errors import RateLimitError, ServiceUnavailableError
+from alicode_gw.resp import RespConnection
 from alicode_gw.tasks import TaskTracker
 
 log = logging.getLogger(__name__)
@@ -250,19 +250,14 @@ class ScriptCall:
 
 
 class ScriptPipe:
-    """Runs batches of script calls on one Redis connection of its own.
-
-    The :class:`~alicode_gw.batching.Coalescer` in front of it sends one batch at a
-    time, so the connection is never shared and is kept between batches (no pool
-    checkout per round trip). The batch is written at once and the replies read in
-    order: redis-py's connection API without its Pipeline machinery (command stack,
-    retries, a timeout per reply), whose bookkeeping cost more than the round trip.
-    After an error the connection is dropped; the next batch reconnects."""
+    """Runs batches of script calls as one pipelined write on a lean connection of its
+    own (:class:`~alicode_gw.resp.RespConnection`; the :class:`Coalescer` in front
+    sends one batch at a time)."""
 
     def __init__(self, redis: Redis, timeout: float = PIPELINE_TIMEOUT) -> None:
         self._redis = redis
         self._timeout = timeout
-        self._connection: Any = None
+        self.connection = RespConnection.like(redis)
 
     async def run(self, calls: list[ScriptCall]) -> list[Any]:
         """One outcome per call: its reply, or the error of that call. Calls whose
@@ -279,51 +274,10 @@ class ScriptPipe:
         return outcomes
 
     async def _send(self, calls: list[ScriptCall]) -> list[Any]:
-        """Write the batch, read its replies. A kept connection the server has dropped
-        meanwhile (restart, idle timeout) fails before the first reply: then, and only
-        then, the batch is sent once more on a new connection (as redis-py retries)."""
-        reused = self._connection is not None
-        try:
-            return await self._exchange(calls)
-        except _NothingRead as first:
-            if not reused:
-                raise first.error from None
-        try:
-            return await self._exchange(calls)
-        except _NothingRead as second:
-            raise second.error from None
-
-    async def _exchange(self, calls: list[ScriptCall]) -> list[Any]:
-        if self._connection is None:
-            self._connection = await self._redis.connection_pool.get_connection()
-        connection = self._connection
-        replies: list[Any] = []
-        try:
-            async with asyncio.timeout(self._timeout):
-                await connection.send_packed_command(
-                    connection.pack_commands(
-                        ("EVALSHA", c.script.sha, len(c.keys), *c.keys, *c.args) for c in calls
-                    )
-                )
-                for _ in calls:
-                    try:
-                        replies.append(await connection.read_response(timeout=math.inf))
-                    except ResponseError as exc:  # this call's own error
-                        replies.append(exc)
-                return replies
-        except BaseException as exc:
-            await connection.disconnect()  # replies may be left unread: never reuse them
-            if not replies and isinstance(exc, (RedisConnectionError, OSError)):
-                raise _NothingRead(exc) from exc
-            raise
-
-
-class _NothingRead(Exception):
-    """The connection failed (``error``) before any reply of the batch arrived."""
-
-    def __init__(self, error: BaseException) -> None:
-        super().__init__(str(error))
-        self.error = error
+        async with asyncio.timeout(self._timeout):
+            return await self.connection.execute(
+                ("EVALSHA", c.script.sha, len(c.keys), *c.keys, *c.args) for c in calls
+            )
 
 
 @dataclass(slots=True, eq=False)
@@ -402,6 +356,10 @@ class Limiter:
     def _key_keys(self, key_id: int) -> tuple[str, str, str, str, str]:
         base = f"{self._prefix}key:{key_id}:"
         return base + "rpm", base + "conc", base + "budget:h", base + "budget:z", base + "budget:t"
+
+    def close(self) -> None:
+        """Close the limiter's own Redis connection (admits after this reconnect)."""
+        self._pipe.connection.close()
 
     @property
     def round_trips(self) -> int:

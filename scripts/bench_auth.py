@@ -78,6 +78,7 @@ async def run(database_url: str, redis_url: str, prefix: str, n: int) -> dict[st
     finally:
         await accounts.stop_account(pool, email)
         await auth.close()
+        limiter.close()
         await redis.aclose()
         await pool.close()
 

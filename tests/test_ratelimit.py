@@ -49,9 +49,26 @@ async def clients(redis_url: str) -> AsyncIterator[tuple[Redis, Redis]]:
         await b.aclose()
 
 
-def two_nodes(clients: tuple[Redis, Redis], prefix: str, **kw: object) -> list[Limiter]:
-    defaults: dict[str, object] = {"ip_rpm": 0, "ip_concurrency": 0, **kw}
-    return [Limiter(c, prefix, **defaults) for c in clients]  # type: ignore[arg-type]
+@pytest.fixture
+async def made(clients) -> AsyncIterator[list[Limiter]]:
+    """Limiters a test builds; their connections are closed when it ends."""
+    limiters: list[Limiter] = []
+    yield limiters
+    for limiter in limiters:
+        limiter.close()
+
+
+@pytest.fixture
+def two_nodes(clients, redis_prefix: str, made: list[Limiter]):
+    """Two Limiter instances ("nodes"), each on its own Redis client."""
+
+    def build(**kw: object) -> list[Limiter]:
+        defaults: dict[str, object] = {"ip_rpm": 0, "ip_concurrency": 0, **kw}
+        nodes = [Limiter(c, redis_prefix, **defaults) for c in clients]  # type: ignore[arg-type]
+        made.extend(nodes)
+        return nodes
+
+    return build
 
 
 async def admit_many(
@@ -67,8 +84,8 @@ async def admit_many(
     return admitted, rejected
 
 
-async def test_key_rpm_exact_across_two_nodes(clients, redis_prefix: str) -> None:
-    nodes = two_nodes(clients, redis_prefix)
+async def test_key_rpm_exact_across_two_nodes(clients, redis_prefix: str, two_nodes) -> None:
+    nodes = two_nodes()
     key = api_key(rpm_limit=50)
     admitted, rejected = await admit_many(nodes, 200, key)
     assert len(admitted) == 50 and len(rejected) == 150
@@ -87,8 +104,10 @@ async def test_key_rpm_exact_across_two_nodes(clients, redis_prefix: str) -> Non
         await nodes[1].admit(unique_ip(), key, "m")
 
 
-async def test_key_concurrency_exact_across_two_nodes(clients, redis_prefix: str) -> None:
-    nodes = two_nodes(clients, redis_prefix)
+async def test_key_concurrency_exact_across_two_nodes(
+    clients, redis_prefix: str, two_nodes
+) -> None:
+    nodes = two_nodes()
     key = api_key(concurrency_limit=7)
     admitted, rejected = await admit_many(nodes, 200, key)
     assert len(admitted) == 7 and len(rejected) == 193
@@ -100,28 +119,28 @@ async def test_key_concurrency_exact_across_two_nodes(clients, redis_prefix: str
     await asyncio.gather(*(nodes[0].finish(a, 0) for a in admitted))
 
 
-async def test_ip_limits_exact_across_two_nodes(clients, redis_prefix: str) -> None:
+async def test_ip_limits_exact_across_two_nodes(clients, redis_prefix: str, two_nodes) -> None:
     ip = unique_ip()
-    nodes = two_nodes(clients, redis_prefix, ip_rpm=30, ip_concurrency=0)
+    nodes = two_nodes(ip_rpm=30, ip_concurrency=0)
     admitted, rejected = await admit_many(nodes, 200, api_key(), ip)
     assert len(admitted) == 30
     assert "IP address" in rejected[0].message
     assert rejected[0].headers["X-RateLimit-Limit"] == "30"
 
     ip = unique_ip()
-    nodes = two_nodes(clients, redis_prefix, ip_rpm=0, ip_concurrency=5)
+    nodes = two_nodes(ip_rpm=0, ip_concurrency=5)
     admitted, _ = await admit_many(nodes, 200, api_key(), ip)
     assert len(admitted) == 5
     # Another IP has slots of its own; 0 turns a limit off.
     assert len((await admit_many(nodes, 10, api_key(), unique_ip()))[0]) == 5
-    unlimited = two_nodes(clients, redis_prefix)
+    unlimited = two_nodes()
     assert len((await admit_many(unlimited, 200, api_key(), ip))[0]) == 200
 
 
-async def test_rejection_takes_no_slot(clients, redis_prefix: str) -> None:
+async def test_rejection_takes_no_slot(clients, redis_prefix: str, two_nodes) -> None:
     """All-or-nothing: a request refused by the key's concurrency does not use up the
     key's requests per minute."""
-    nodes = two_nodes(clients, redis_prefix)
+    nodes = two_nodes()
     key = api_key(rpm_limit=3, concurrency_limit=1)
     first = await nodes[0].admit(unique_ip(), key, "m")
     for _ in range(5):
@@ -132,8 +151,8 @@ async def test_rejection_takes_no_slot(clients, redis_prefix: str) -> None:
     assert second.headers["X-RateLimit-Remaining"] == "1"
 
 
-async def test_leases_of_a_crashed_node_expire(clients, redis_prefix: str) -> None:
-    crashed, alive = two_nodes(clients, redis_prefix, lease_seconds=0.5)
+async def test_leases_of_a_crashed_node_expire(clients, redis_prefix: str, two_nodes) -> None:
+    crashed, alive = two_nodes(lease_seconds=0.5)
     key = api_key(concurrency_limit=2)
     await crashed.admit(unique_ip(), key, "m")
     await crashed.admit(unique_ip(), key, "m")  # never finished: the node "crashed"
@@ -144,8 +163,8 @@ async def test_leases_of_a_crashed_node_expire(clients, redis_prefix: str) -> No
     await alive.finish(admission, 0)
 
 
-async def test_live_leases_are_renewed(clients, redis_prefix: str) -> None:
-    node, other = two_nodes(clients, redis_prefix, lease_seconds=0.5, refresh_interval=0.1)
+async def test_live_leases_are_renewed(clients, redis_prefix: str, two_nodes) -> None:
+    node, other = two_nodes(lease_seconds=0.5, refresh_interval=0.1)
     key = api_key(concurrency_limit=1)
     admission = await node.admit(unique_ip(), key, "m")
     renewer = asyncio.create_task(node.refresh_loop())
@@ -161,9 +180,9 @@ async def test_live_leases_are_renewed(clients, redis_prefix: str) -> None:
     await other.finish(await other.admit(unique_ip(), key, "m"), 0)
 
 
-async def test_rolling_token_budget(clients, redis_prefix: str) -> None:
+async def test_rolling_token_budget(clients, redis_prefix: str, two_nodes) -> None:
     # A 3-second window of 1-second buckets stands in for 5 hours of minutes.
-    nodes = two_nodes(clients, redis_prefix, budget_window_seconds=3, bucket_seconds=1)
+    nodes = two_nodes(budget_window_seconds=3, bucket_seconds=1)
     key = api_key(budget_tokens=1000)
     await nodes[0].finish(await nodes[0].admit(unique_ip(), key, "m"), 600)
     await nodes[1].finish(await nodes[1].admit(unique_ip(), key, "m"), 500)
@@ -187,8 +206,8 @@ async def test_rolling_token_budget(clients, redis_prefix: str) -> None:
     assert (await nodes[0].usage(key)).used_tokens < 1000
 
 
-async def test_budget_at_real_scale_reports_hours(clients, redis_prefix: str) -> None:
-    node = two_nodes(clients, redis_prefix)[0]
+async def test_budget_at_real_scale_reports_hours(clients, redis_prefix: str, two_nodes) -> None:
+    node = two_nodes()[0]
     key = api_key(budget_tokens=100)
     await node.finish(await node.admit(unique_ip(), key, "m"), 150)
     with pytest.raises(RateLimitError) as info:
@@ -197,10 +216,11 @@ async def test_budget_at_real_scale_reports_hours(clients, redis_prefix: str) ->
     assert 5 * 3600 - 120 <= int(info.value.headers["Retry-After"]) <= 5 * 3600 + 60
 
 
-async def test_redis_down_fails_closed_with_503(redis_url: str, redis_prefix: str) -> None:
+async def test_redis_down_fails_closed_with_503(redis_url: str, redis_prefix: str, made) -> None:
     async with RedisProxy(redis_url) as proxy:
         client = create_redis(proxy.url)
         node = Limiter(client, redis_prefix, ip_rpm=10, ip_concurrency=10)
+        made.append(node)
         try:
             admission = await node.admit(unique_ip(), api_key(rpm_limit=5), "m")
             await proxy.cut()
@@ -213,20 +233,21 @@ async def test_redis_down_fails_closed_with_503(redis_url: str, redis_prefix: st
             await client.aclose()
 
 
-async def test_script_is_reloaded_after_script_flush(clients, redis_prefix: str) -> None:
-    node = two_nodes(clients, redis_prefix)[0]
+async def test_script_is_reloaded_after_script_flush(clients, redis_prefix: str, two_nodes) -> None:
+    node = two_nodes()[0]
     await node.finish(await node.admit(unique_ip(), api_key(rpm_limit=5), "m"), 0)
     await clients[0].script_flush()
     await node.finish(await node.admit(unique_ip(), api_key(rpm_limit=5), "m"), 0)
 
 
 async def test_concurrent_calls_share_pipelines_and_keep_their_own_errors(
-    clients, redis_prefix: str
+    clients, redis_prefix: str, made
 ) -> None:
     """Many admits at once travel in a few pipelines, not one round trip each; an
     error in one call of a pipeline stays with that call."""
     client = clients[0]
     node = Limiter(client, redis_prefix, ip_rpm=0, ip_concurrency=0)
+    made.append(node)
     key = api_key(rpm_limit=1000)
     admitted = await asyncio.gather(*(node.admit(unique_ip(), key, "m") for _ in range(50)))
     assert node.round_trips < 10
@@ -239,7 +260,8 @@ async def test_concurrent_calls_share_pipelines_and_keep_their_own_errors(
     wrong_type = f"{redis_prefix}wrong-type"
     await client.set(wrong_type, "not a sorted set")
     good_keys = [f"{redis_prefix}ok:{i}" for i in range(5)]
-    outcomes = await ScriptPipe(client).run(
+    pipe = ScriptPipe(client)
+    outcomes = await pipe.run(
         [
             ScriptCall(script, good_keys, ["t", 0, 1000, 60]),
             ScriptCall(script, [wrong_type, *good_keys[1:]], ["t", 0, 1000, 60]),
@@ -248,20 +270,21 @@ async def test_concurrent_calls_share_pipelines_and_keep_their_own_errors(
     )
     assert outcomes[0] == 1 and outcomes[2] == 1
     assert "WRONGTYPE" in str(outcomes[1])
+    pipe.connection.close()
 
 
 async def test_a_dropped_connection_is_replaced_without_failing_requests(
-    clients, redis_prefix: str
+    clients, redis_prefix: str, made
 ) -> None:
     """The limiter keeps one Redis connection; when the server drops it (restart, idle
     timeout), the next batch reconnects and nobody sees an error."""
     client = clients[0]
     node = Limiter(client, redis_prefix, ip_rpm=0, ip_concurrency=0)
+    made.append(node)
     key = api_key(rpm_limit=100)
     await node.finish(await node.admit(unique_ip(), key, "m"), 0)
-    kept = node._pipe._connection
-    await kept.send_packed_command(kept.pack_command("CLIENT", "ID"))
-    assert await client.client_kill_filter(_id=await kept.read_response()) == 1
+    (client_id,) = await node._pipe.connection.execute([("CLIENT", "ID")])
+    assert await client.client_kill_filter(_id=client_id) == 1
     await node.finish(await node.admit(unique_ip(), key, "m"), 0)
     assert (await node.usage(key)).requests_last_minute == 2
 

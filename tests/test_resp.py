@@ -1,0 +1,71 @@
+"""The lean Redis connection of the limits path, against the real Redis: encoding,
+pipelined replies in order, error replies in place, database selection, reconnects."""
+
+from __future__ import annotations
+
+import secrets
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, ResponseError
+
+from alicode_gw.backends import create_redis
+from alicode_gw.resp import RespConnection, encode
+
+
+def test_encode_is_resp2_bulk_strings() -> None:
+    assert encode(["SET", b"k\r\n", 12]) == b"*3\r\n$3\r\nSET\r\n$3\r\nk\r\n\r\n$2\r\n12\r\n"
+
+
+def on_db(url: str, db: int) -> str:
+    parts = urlsplit(url)
+    if parts.scheme == "unix":
+        return urlunsplit(parts._replace(query=f"db={db}"))
+    return urlunsplit(parts._replace(path=f"/{db}"))
+
+
+async def test_pipelined_replies_in_order_with_errors_in_place(redis_url: str) -> None:
+    client = create_redis(on_db(redis_url, 3))  # AUTH-free; SELECT 3 on connect
+    connection = RespConnection.like(client)
+    key = f"resp-test:{secrets.token_hex(4)}"
+    try:
+        replies = await connection.execute(
+            [
+                ("SET", key, "v"),
+                ("LPUSH", key, "x"),  # wrong type: an error reply for this command only
+                ("GET", key),
+                ("EVALSHA", "0" * 40, 0),
+                ("INCRBY", key + ":n", 5),
+            ]
+        )
+        assert replies[0] == b"OK" and replies[2] == b"v" and replies[4] == 5
+        assert isinstance(replies[1], ResponseError) and "WRONGTYPE" in str(replies[1])
+        assert isinstance(replies[3], NoScriptError)
+        assert await client.get(key) == b"v"  # the same database as the redis-py client
+        assert await client.get(key + ":n") == b"5"
+    finally:
+        await client.delete(key, key + ":n")
+        connection.close()
+        await client.aclose()
+
+
+async def test_reconnects_after_the_server_drops_it(redis_url: str) -> None:
+    client = create_redis(redis_url)
+    connection = RespConnection.like(client)
+    try:
+        (client_id,) = await connection.execute([("CLIENT", "ID")])
+        assert await client.client_kill_filter(_id=client_id) == 1
+        assert await connection.execute([("PING",)]) == [b"PONG"]
+        connection.close()
+        assert not connection.connected
+        assert await connection.execute([("PING",)]) == [b"PONG"]
+    finally:
+        connection.close()
+        await client.aclose()
+
+
+async def test_unreachable_server_is_a_redis_connection_error() -> None:
+    connection = RespConnection(host="127.0.0.1", port=1)
+    with pytest.raises(RedisConnectionError):
+        await connection.execute([("PING",)])
