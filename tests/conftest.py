@@ -18,6 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
+import uvloop
 
 from alicode_gw import app, migrate
 from alicode_gw.backends import Backends, create_redis
@@ -26,6 +27,11 @@ from alicode_gw.embedded import EmbeddedPostgres, EmbeddedRedis
 from alicode_gw.mock_upstream import MockUpstream
 
 UPSTREAM_KEYS = ("sk-ant-test-primary-0001", "sk-ant-test-second-0002", "sk-ant-test-third-0003")
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict:
+    """The tests run on uvloop, the loop the gateway runs on in production."""
+    return {"uvloop": uvloop.new_event_loop}
 
 
 def _with_database(url: str, name: str) -> str:

@@ -69,3 +69,13 @@ async def test_unreachable_server_is_a_redis_connection_error() -> None:
     connection = RespConnection(host="127.0.0.1", port=1)
     with pytest.raises(RedisConnectionError):
         await connection.execute([("PING",)])
+
+
+async def test_the_suite_runs_on_uvloop_as_the_gateway_does() -> None:
+    """uvloop's transports are not asyncio's classes; code that assumed so passed on
+    the default loop and failed in production."""
+    import asyncio
+
+    import uvloop
+
+    assert isinstance(asyncio.get_running_loop(), uvloop.Loop)
