@@ -3,10 +3,12 @@ pipelined replies in order, error replies in place, database selection, reconnec
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
+import uvloop
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 
@@ -74,8 +76,4 @@ async def test_unreachable_server_is_a_redis_connection_error() -> None:
 async def test_the_suite_runs_on_uvloop_as_the_gateway_does() -> None:
     """uvloop's transports are not asyncio's classes; code that assumed so passed on
     the default loop and failed in production."""
-    import asyncio
-
-    import uvloop
-
     assert isinstance(asyncio.get_running_loop(), uvloop.Loop)
