@@ -2,7 +2,8 @@
 
 validate → authenticate → model (catalog, allow-list) → limits (one Redis call) →
 estimate input tokens → billing hold → upstream (retries before the first byte) →
-relay (JSON or SSE) → settle or release → limits finish.
+relay (JSON or SSE) → [answer sent] → settle or release, limits finish (a tracked
+background task: the answer waits for no database).
 """
 
 from __future__ import annotations
@@ -15,14 +16,14 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from alicode_gw.auth import ApiKey
-from alicode_gw.billing import Usage, format_usd
+from alicode_gw.billing import Hold, Usage, format_usd
 from alicode_gw.catalog import ModelInfo
 from alicode_gw.clientip import client_ip
 from alicode_gw.errors import InvalidRequestError, PermissionDeniedError
 from alicode_gw.ratelimit import Admission
 from alicode_gw.relay import RelayResult, StreamFormat, json_result, read_json, relay_stream
 from alicode_gw.requestbody import read_json as read_request_json
-from alicode_gw.state import RequestContext
+from alicode_gw.state import RequestContext, State
 from alicode_gw.upstream import Refusal, open_upstream, passed_headers
 
 UPSTREAM_PATH = "/v1/messages"
@@ -139,26 +140,16 @@ async def serve(
     check_max_tokens(request.max_tokens, info)
     ctx.model = info.target
     estimate = await state.tokens.count_async(payload)
-    admission = await _admit_and_hold(ctx, key, info, request, estimate, ip)
-    tokens_used = 0
+    admission, hold = await _admit_and_hold(ctx, key, info, request, estimate, ip)
+    outcome = _Outcome()
     try:
         headers = dict(admission.headers)
         if info.is_alias:
             headers["x-alicode-model"] = info.target
-        response, result = await _forward(
-            ctx,
-            upstream_body(body, payload, info),
-            request.stream,
-            headers,
-            surface,
-            info,
-            admission,
-        )
-        if result is not None:
-            tokens_used = _tokens(result.usage)
-        return response
+        body = upstream_body(body, payload, info)
+        return await _forward(ctx, body, request.stream, headers, surface, info, hold, outcome)
     finally:
-        await state.limiter.finish(admission, tokens_used)  # no-op when already finished
+        _conclude(ctx, hold, admission, outcome.result)
 
 
 async def _admit_and_hold(
@@ -168,7 +159,7 @@ async def _admit_and_hold(
     request: MessagesRequest,
     estimate: int,
     ip: str,
-) -> Admission:
+) -> tuple[Admission, Hold]:
     """The limits (Redis) and the billing hold (PostgreSQL) at once: one round trip of
     latency instead of two. Whichever refuses, the other is undone before the error
     (the limits' verdict first) reaches the client."""
@@ -185,7 +176,7 @@ async def _admit_and_hold(
     if isinstance(held, BaseException):
         await state.limiter.finish(admitted, 0)
         raise held
-    return admitted
+    return admitted, held
 
 
 def _tokens(usage: Usage) -> int:
@@ -199,6 +190,14 @@ def _tokens(usage: Usage) -> int:
     )
 
 
+@dataclass(slots=True)
+class _Outcome:
+    """What the upstream produced, kept as soon as it is known (so that a failure after
+    it still settles it rather than releasing the hold)."""
+
+    result: RelayResult | None = None
+
+
 async def _forward(
     ctx: RequestContext,
     body: bytes,
@@ -206,57 +205,58 @@ async def _forward(
     headers: dict[str, str],
     surface: Surface,
     info: ModelInfo,
-    admission: Admission,
-) -> tuple[web.StreamResponse, RelayResult | None]:
-    """Upstream call, relay and settlement; the hold is always settled or released."""
-    result: RelayResult | None = None
-    concluded = False
+    hold: Hold,
+    outcome: _Outcome,
+) -> web.StreamResponse:
+    """Upstream call and relay; what was generated is left in ``outcome``."""
+    opened = await open_upstream(ctx, UPSTREAM_PATH, body)
+    if isinstance(opened, Refusal):
+        return surface.refusal(opened, ctx)
+    upstream, _credential = opened
+    if stream:
+        fmt = surface.stream_format(info.target)
+        response, outcome.result = await relay_stream(ctx, upstream, ctx.headers(**headers), fmt)
+        return response
+    raw = await read_json(ctx, upstream)
+    outcome.result = json_result(raw)
+    if outcome.result.generated:
+        headers["x-alicode-cost-usd"] = format_usd(hold.cost_nanos(outcome.result.usage))
+    return web.Response(
+        status=upstream.status,
+        body=surface.json_body(raw, info.target),
+        headers={**passed_headers(upstream.headers), **headers},
+    )
+
+
+def _conclude(
+    ctx: RequestContext, hold: Hold, admission: Admission, result: RelayResult | None
+) -> None:
+    """Record what the request used (its cost from the hold's price snapshot, the same
+    figure ``billing.settle`` records), then settle what was generated, or release the
+    hold, and give the limits back in a tracked background task: the answer has been
+    relayed and waits for none of it (the shutdown drain does)."""
+    tokens = 0
+    if result is not None and result.generated:
+        usage = result.usage
+        ctx.input_tokens = usage.input_tokens
+        ctx.output_tokens = usage.output_tokens
+        ctx.cache_write_tokens = usage.cache_creation_5m + usage.cache_creation_1h
+        ctx.cache_read_tokens = usage.cache_read
+        ctx.cost_nanos = hold.cost_nanos(usage)
+        tokens = _tokens(usage)
+    ctx.state.tasks.spawn(
+        _settle(ctx.state, ctx.request_id, result, admission, tokens),
+        name=f"settle-{ctx.request_id}",
+    )
+
+
+async def _settle(
+    state: State, request_id: str, result: RelayResult | None, admission: Admission, tokens: int
+) -> None:
     try:
-        opened = await open_upstream(ctx, UPSTREAM_PATH, body)
-        if isinstance(opened, Refusal):
-            return surface.refusal(opened, ctx), None
-        upstream, _credential = opened
-        if stream:
-            fmt = surface.stream_format(info.target)
-            stream_response, result = await relay_stream(ctx, upstream, ctx.headers(**headers), fmt)
-            return stream_response, result
-        raw = await read_json(ctx, upstream)
-        result = json_result(raw)
-        concluded = True
-        # Settle and give the limits back at once (the answer waits for its cost header).
-        cost, _ = await asyncio.gather(
-            _conclude(ctx, result),
-            ctx.state.limiter.finish(admission, _tokens(result.usage)),
-        )
-        if cost is not None:
-            headers["x-alicode-cost-usd"] = format_usd(cost)
-        response = web.Response(
-            status=upstream.status,
-            body=surface.json_body(raw, info.target),
-            headers={**passed_headers(upstream.headers), **headers},
-        )
-        return response, result
+        if result is None or not result.generated:
+            await state.billing.release(request_id)
+        else:
+            await state.billing.settle(request_id, result.usage, estimated=result.estimated)
     finally:
-        if not concluded:
-            await _conclude(ctx, result)
-
-
-async def _conclude(ctx: RequestContext, result: RelayResult | None) -> int | None:
-    """Settle what was generated, or release the hold; survives cancellation (the work
-    runs as a tracked task the shutdown drain waits for)."""
-    task = ctx.state.tasks.spawn(_settle(ctx, result), name=f"settle-{ctx.request_id}")
-    return await asyncio.shield(task)
-
-
-async def _settle(ctx: RequestContext, result: RelayResult | None) -> int | None:
-    billing = ctx.state.billing
-    if result is None or not result.generated:
-        await billing.release(ctx.request_id)
-        return None
-    ctx.input_tokens = result.usage.input_tokens
-    ctx.output_tokens = result.usage.output_tokens
-    ctx.cache_write_tokens = result.usage.cache_creation_5m + result.usage.cache_creation_1h
-    ctx.cache_read_tokens = result.usage.cache_read
-    cost = await billing.settle(ctx.request_id, result.usage, estimated=result.estimated)
-    ctx.cost_nanos = cost
-    return cost
+        await state.limiter.finish(admission, tokens)

@@ -4,6 +4,7 @@ cooldowns and limits never leak between tests)."""
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -38,9 +39,16 @@ async def make_customer(db: asyncpg.Connection, usd: int = 100, **limits: object
     return Customer(email, account.id, record.id, record.public_id, key)
 
 
-async def balance(db: asyncpg.Connection, email: str) -> int:
-    summary = await ledger.account_summary(db, email)
-    return int(summary["balance_nanos"])
+async def balance(db: asyncpg.Connection, email: str, wait: float = 3.0) -> int:
+    """The account's balance once its finished requests are settled: settlement runs
+    just after each answer is relayed, so wait up to ``wait`` seconds for its open
+    holds to close."""
+    deadline = asyncio.get_running_loop().time() + wait
+    while True:
+        summary = await ledger.account_summary(db, email)
+        if not summary["held_nanos"] or asyncio.get_running_loop().time() > deadline:
+            return int(summary["balance_nanos"])
+        await asyncio.sleep(0.02)
 
 
 async def reset_pool(db: asyncpg.Connection, secrets_: tuple[str, ...] = UPSTREAM_KEYS) -> None:

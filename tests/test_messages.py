@@ -12,6 +12,7 @@ import asyncpg
 import pytest
 
 from alicode_gw import app
+from alicode_gw.billing import format_usd
 from alicode_gw.mock_upstream import MockUpstream
 from tests.conftest import UPSTREAM_KEYS
 from tests.messages_helpers import (
@@ -71,7 +72,11 @@ async def test_create_matches_upstream_and_bills_exactly(
     assert len(rows) == 1
     cost = -int(rows[0]["amount_nanos"])
     assert cost > 0
-    assert raw.headers["x-alicode-cost-usd"]
+    # The answer states its cost before settlement runs (from the hold's price
+    # snapshot); settlement records the very same figure.
+    assert (
+        raw.headers["x-alicode-cost-usd"] == format_usd(rows[0]["cost_nanos"]) == format_usd(cost)
+    )
     assert before - await balance(db, customer.email) == cost
     assert rows[0]["input_tokens"] == upstream_message["usage"]["input_tokens"]
     assert rows[0]["output_tokens"] == upstream_message["usage"]["output_tokens"]
