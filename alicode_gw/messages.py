@@ -253,10 +253,13 @@ def _conclude(
 async def _settle(
     state: State, request_id: str, result: RelayResult | None, admission: Admission, tokens: int
 ) -> None:
+    """Nobody waits for this: both calls may ride along other requests' round trips."""
     try:
         if result is None or not result.generated:
-            await state.billing.release(request_id)
+            await state.billing.release(request_id, urgent=False)
         else:
-            await state.billing.settle(request_id, result.usage, estimated=result.estimated)
+            await state.billing.settle(
+                request_id, result.usage, estimated=result.estimated, urgent=False
+            )
     finally:
-        await state.limiter.finish(admission, tokens)
+        await state.limiter.finish(admission, tokens, urgent=False)

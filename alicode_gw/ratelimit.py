@@ -344,11 +344,14 @@ class Limiter:
             self._pipe.run,
             tasks if tasks is not None else TaskTracker(),
             name="limits-pipeline",
+            max_in_flight=2,  # one connection, replies in order: batches may overlap
         )
 
-    async def _call(self, script: AsyncScript, keys: Sequence[str], args: Sequence[Any]) -> Any:
+    async def _call(
+        self, script: AsyncScript, keys: Sequence[str], args: Sequence[Any], urgent: bool = True
+    ) -> Any:
         """One script call, sent in the next pipeline; raises its own error."""
-        return await self._calls.submit(ScriptCall(script, keys, args))
+        return await self._calls.submit(ScriptCall(script, keys, args), urgent=urgent)
 
     def _ip_keys(self, ip: str) -> tuple[str, str]:
         return f"{self._prefix}ip:{ip}:rpm", f"{self._prefix}ip:{ip}:conc"
@@ -433,10 +436,11 @@ class Limiter:
         self._active[token] = admission
         return admission
 
-    async def finish(self, admission: Admission, tokens_used: int) -> None:
+    async def finish(self, admission: Admission, tokens_used: int, *, urgent: bool = True) -> None:
         """Release the slots and add ``tokens_used`` to the key's rolling budget (one
-        round trip). Never raises: if Redis is unreachable the leases expire on their
-        own and the tokens are not counted (logged)."""
+        script call; ``urgent=False`` lets it wait a few milliseconds to share another
+        request's round trip). Never raises: if Redis is unreachable the leases expire
+        on their own and the tokens are not counted (logged)."""
         if admission.finished:
             return
         admission.finished = True
@@ -451,6 +455,7 @@ class Limiter:
                     self.budget_window_ms,
                     self.bucket_ms,
                 ],
+                urgent,
             )
         except (RedisError, OSError) as exc:
             log.warning(
@@ -488,14 +493,11 @@ class Limiter:
         """The key's live counters (one round trip); 503 if Redis is unreachable."""
         key_rpm, key_conc, bud_h, bud_z, bud_t = self._key_keys(key.id)
         try:
-            result = await self._status(
-                keys=[key_rpm, key_conc, bud_h, bud_z, bud_t],
-                args=[
-                    RPM_WINDOW_MS,
-                    self.budget_window_ms,
-                    self.bucket_ms,
-                    key.budget_tokens or 0,
-                ],
+            # Through the pipeline: finishes of this node still waiting go first.
+            result = await self._call(
+                self._status,
+                [key_rpm, key_conc, bud_h, bud_z, bud_t],
+                [RPM_WINDOW_MS, self.budget_window_ms, self.bucket_ms, key.budget_tokens or 0],
             )
         except (RedisError, OSError) as exc:
             raise _unavailable() from exc

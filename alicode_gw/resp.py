@@ -90,6 +90,7 @@ class RespConnection:
         self._tls = tls
         self._connect_timeout = connect_timeout
         self._protocol: _Protocol | None = None
+        self._connecting = asyncio.Lock()  # concurrent batches open one connection
 
     @classmethod
     def like(cls, redis: Redis) -> RespConnection:
@@ -141,6 +142,12 @@ class RespConnection:
     async def _connect(self) -> _Protocol:
         if self._protocol is not None and self._protocol.transport is not None:
             return self._protocol
+        async with self._connecting:
+            if self._protocol is not None and self._protocol.transport is not None:
+                return self._protocol
+            return await self._open()
+
+    async def _open(self) -> _Protocol:
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self._connect_timeout):

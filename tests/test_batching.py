@@ -114,3 +114,41 @@ async def test_drain_cancels_what_outlives_the_grace() -> None:
     stuck = coalescer.submit(1)
     await tasks.drain(0.05)
     assert stuck.cancelled()
+
+
+async def test_a_non_urgent_item_rides_along_the_next_urgent_one() -> None:
+    store, tasks = Store(), TaskTracker()
+    coalescer: Coalescer[int, int] = Coalescer(store.flush, tasks, name="t", linger=10.0)
+    later = coalescer.submit(1, urgent=False)
+    await asyncio.sleep(0.01)
+    assert store.batches == []  # waits for company (or the linger)
+    assert await coalescer.submit(2) == 20
+    assert await later == 10
+    assert store.batches == [[1, 2]]
+
+
+async def test_a_lone_non_urgent_item_goes_after_the_linger() -> None:
+    store, tasks = Store(), TaskTracker()
+    coalescer: Coalescer[int, int] = Coalescer(store.flush, tasks, name="t", linger=0.02)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    assert await coalescer.submit(3, urgent=False) == 30
+    assert loop.time() - started >= 0.015
+    assert store.batches == [[3]]
+
+
+async def test_an_urgent_item_does_not_wait_behind_deferred_work() -> None:
+    store, tasks = Store(), TaskTracker()
+    coalescer: Coalescer[int, int] = Coalescer(
+        store.flush, tasks, name="t", linger=0.0, max_in_flight=2
+    )
+    store.gate.clear()
+    deferred = coalescer.submit(1, urgent=False)
+    await asyncio.sleep(0.01)  # its flush is in flight, held at the gate
+    assert store.batches == [[1]]
+    second = coalescer.submit(2)  # starts a round trip of its own
+    third = coalescer.submit(3)  # ...and this one waits for a batch with an urgent item
+    await asyncio.sleep(0.01)
+    assert store.batches == [[1], [2, 3]]
+    store.gate.set()
+    assert await asyncio.gather(deferred, second, third) == [10, 20, 30]
