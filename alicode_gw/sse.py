@@ -64,6 +64,44 @@ class SSEParser:
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:
         """Consume `chunk` and return the events it completed (possibly none)."""
+        out: list[SSEEvent] = []
+        for line in self._lines(chunk):
+            if not line:
+                if self._data:
+                    out.append(self._dispatch())
+                else:
+                    self._event = None
+                    self._retry = None
+            elif line[0] != _COLON:
+                self._field(line)
+        return out
+
+    def feed_raw(self, chunk: bytes) -> list[tuple[bytes | None, bytes]]:
+        """Like :meth:`feed`, for a caller that needs only each event's type and data
+        and decodes them itself: ``(event type or None, data)`` as bytes, no
+        :class:`SSEEvent` built and nothing decoded (a relay reads every event of a
+        stream; most of them it only measures)."""
+        out: list[tuple[bytes | None, bytes]] = []
+        for line in self._lines(chunk):
+            if not line:
+                parts = self._data
+                if parts:
+                    out.append(
+                        (self._event or None, parts[0] if len(parts) == 1 else b"\n".join(parts))
+                    )
+                    self._data = []
+                self._event = None
+                self._retry = None
+            elif line.startswith(b"data: "):  # the two lines of nearly every event...
+                self._data.append(line[6:])
+            elif line.startswith(b"event: "):
+                self._event = line[7:]
+            elif line[0] != _COLON:  # ...and the general rules for the rest
+                self._field(line)
+        return out
+
+    def _lines(self, chunk: bytes) -> list[bytes]:
+        """The complete lines `chunk` ends (line breaks removed); keeps the rest."""
         if not chunk:
             return []
         if self._pending_cr:
@@ -99,17 +137,7 @@ class SSEParser:
         last = lines.pop()
         if last:
             self._parts.append(last)
-        out: list[SSEEvent] = []
-        for line in lines:
-            if not line:
-                if self._data:
-                    out.append(self._dispatch())
-                else:
-                    self._event = None
-                    self._retry = None
-            elif line[0] != _COLON:
-                self._field(line)
-        return out
+        return lines
 
     def flush(self) -> list[SSEEvent]:
         """Signal end of stream and reset the parser.
@@ -178,20 +206,22 @@ def format_event(event: str, data: str) -> bytes:
 
 
 # Keys whose string value is the generated payload of a content_block_delta.
-_DELTA_KEYS = ('"text":"', '"partial_json":"', '"thinking":"')
+_DELTA_KEYS = (b'"text":"', b'"partial_json":"', b'"thinking":"')
 
 
-def _delta_chars(data: str) -> int:
+def _delta_chars(data: bytes) -> int:
     """Approximate generated characters in a content_block_delta, without json.loads.
 
     The payload string is the last value of the delta (``..."text":"PAYLOAD"}}``):
     measure from its key to the end, less the closing ``"}}``. Escapes make this a
     slight over-count, which is fine for an estimate. signature_delta counts 0.
+    Characters, not bytes: only a payload that is not ASCII is decoded to count them.
     """
     for key in _DELTA_KEYS:
         pos = data.rfind(key)
         if pos >= 0:
-            return max(0, len(data) - pos - len(key) - 3)
+            payload = data[pos + len(key) : -3]
+            return len(payload) if payload.isascii() else len(payload.decode("utf-8", "replace"))
     return 0
 
 
@@ -260,20 +290,19 @@ class UsageScanner:
         return self._cache_1h if self._has_breakdown else 0
 
     def feed(self, chunk: bytes) -> None:
-        for ev in self._parser.feed(chunk):
-            name = ev.event
-            if name == "content_block_delta":
-                self.output_chars += _delta_chars(ev.data)
-            elif name == "message_delta":
-                self._on_delta(ev.data)
-            elif name == "message_start":
-                self._on_start(ev.data)
-            elif name == "message_stop":
+        for name, data in self._parser.feed_raw(chunk):
+            if name == b"content_block_delta":
+                self.output_chars += _delta_chars(data)
+            elif name == b"message_delta":
+                self._on_delta(data)
+            elif name == b"message_start":
+                self._on_start(data)
+            elif name == b"message_stop":
                 self.saw_message_stop = True
-            elif name == "error":
-                self._on_error(ev.data)
+            elif name == b"error":
+                self._on_error(data)
 
-    def _on_start(self, data: str) -> None:
+    def _on_start(self, data: bytes) -> None:
         obj = _loads(data)
         msg = obj.get("message") if obj else None
         if not isinstance(msg, dict):
@@ -287,7 +316,7 @@ class UsageScanner:
         if isinstance(usage, dict):
             self._apply_usage(usage)
 
-    def _on_delta(self, data: str) -> None:
+    def _on_delta(self, data: bytes) -> None:
         obj = _loads(data)
         if not obj:
             return
@@ -298,10 +327,12 @@ class UsageScanner:
         if isinstance(usage, dict):
             self._apply_usage(usage)
 
-    def _on_error(self, data: str) -> None:
+    def _on_error(self, data: bytes) -> None:
         obj = _loads(data)
         err = obj.get("error") if obj else None
-        self.error = err if isinstance(err, dict) else {"type": "error", "message": data}
+        if not isinstance(err, dict):
+            err = {"type": "error", "message": data.decode("utf-8", "replace")}
+        self.error = err
 
     def _apply_usage(self, usage: dict[str, Any]) -> None:
         if (v := _int(usage.get("input_tokens"))) is not None:
@@ -322,9 +353,9 @@ class UsageScanner:
                 self._cache_1h = h1 or 0
 
 
-def _loads(data: str) -> dict[str, Any] | None:
+def _loads(data: bytes) -> dict[str, Any] | None:
     try:
-        obj = json.loads(data)
+        obj = json.loads(data.decode("utf-8", "replace"))
     except ValueError:
         return None
     return obj if isinstance(obj, dict) else None

@@ -198,6 +198,25 @@ def test_random_splits(seed: int) -> None:
     assert feed_all(SSEParser(), random_splits(STREAM, seed)) == EXPECTED
 
 
+@pytest.mark.parametrize("seed", range(10))
+def test_feed_raw_gives_the_same_events_undecoded(seed: int) -> None:
+    """The relay's path (type and data as bytes) agrees with the full parser, whatever
+    the chunking and line endings, BOM, comments and blank runs included."""
+    stream = b"\xef\xbb\xbf: comment\r\n\r\n" + STREAM.replace(
+        b"\n", b"\r\n" if seed % 2 else b"\n"
+    )
+    stream += b"data: no type\ndata: two lines\n\nevent:\ndata: empty type\n\n"
+    raw: list[tuple[bytes | None, bytes]] = []
+    parser = SSEParser()
+    for chunk in random_splits(stream, seed):
+        raw += parser.feed_raw(chunk)
+    full = feed_all(SSEParser(), random_splits(stream, seed + 100))
+    assert [(e.event, e.data) for e in full] == [
+        (None if name is None else name.decode(), data.decode()) for name, data in raw
+    ]
+    assert raw[-2:] == [(None, b"no type\ntwo lines"), (None, b"empty type")]
+
+
 @pytest.mark.parametrize("eol", [b"\r\n", b"\r"])
 def test_other_line_endings(eol: bytes) -> None:
     data = STREAM.replace(b"\n", eol)
