@@ -28,7 +28,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from dataclasses import asdict, dataclass
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -122,6 +122,7 @@ class Hold:
 
 
 BATCH_SQL = "SELECT * FROM billing.apply_batch($1::jsonb, $2)"
+TRANSIENT_RETRIES = 3  # re-runs of a batch the server rolled back (deadlock, conflict)
 
 
 class Billing:
@@ -161,7 +162,11 @@ class Billing:
         self._replay_now = asyncio.Event()
         self._tasks = tasks if tasks is not None else TaskTracker()
         self._ops: Coalescer[dict[str, Any], asyncpg.Record] = Coalescer(
-            self._run_batch, self._tasks, name="billing-batch", max_in_flight=2
+            # One batch at a time: they commit in the order they were queued, so a
+            # settlement always lands before the same customer's next hold.
+            self._run_batch,
+            self._tasks,
+            name="billing-batch",
         )
         # Holds of this process not yet settled or released: only for the provisional
         # cost of a journaled settlement. Entries older than the hold TTL are purged.
@@ -246,36 +251,66 @@ class Billing:
         row = future.result()
         if row["outcome"] != "held":
             return
-        self._tasks.spawn(self.release(request_id), name=f"release-{request_id}")
+        self._tasks.spawn(self.release_later(request_id), name=f"release-{request_id}")
 
-    async def settle(
-        self, request_id: str, usage: Usage, *, estimated: bool = False, urgent: bool = True
-    ) -> int:
+    async def settle(self, request_id: str, usage: Usage, *, estimated: bool = False) -> int:
         """Bill the real usage once; returns the amount charged in nano-USD. Idempotent.
-        When the database is unreachable the settlement is journaled and the returned
-        amount is provisional (the cost at the hold's price snapshot). ``urgent=False``
-        lets it wait a few milliseconds to share another request's round trip."""
+        When the database cannot apply it now the settlement is journaled and the
+        returned amount is provisional (the cost at the hold's price snapshot)."""
+        return await self.settle_later(request_id, usage, estimated=estimated, urgent=True)
+
+    def settle_later(
+        self, request_id: str, usage: Usage, *, estimated: bool = False, urgent: bool = False
+    ) -> Coroutine[Any, Any, int]:
+        """Queue the settlement now (so it goes before anything this process queues
+        after it, e.g. the same customer's next hold) and return what awaits its
+        outcome. Not urgent: it may wait a moment to share another request's round
+        trip."""
         entry = {"op": "settle", "request_id": request_id, "estimated": estimated}
         entry.update(asdict(usage))
+        return self._settled(entry, usage, self._ops.submit(entry, urgent=urgent))
+
+    async def _settled(
+        self, entry: dict[str, Any], usage: Usage, future: asyncio.Future[asyncpg.Record]
+    ) -> int:
+        request_id = str(entry["request_id"])
         try:
-            charged = await self._conclude(entry, await self._ops.submit(entry, urgent=urgent))
-        except DB_UNREACHABLE as exc:
-            log.warning("settlement of %s journaled: database unreachable (%s)", request_id, exc)
-            await self._journal(entry)
+            charged = await self._conclude(entry, await future)
+        except asyncio.CancelledError:  # shutdown cut it short: the journal keeps it
+            await self._journal_failed(entry, "cancelled by shutdown")
+            raise
+        except Exception as exc:  # any failure: settle is idempotent, the journal retries
+            await self._journal_failed(entry, exc)
             return self._provisional_cost(request_id, usage)
         self._open.pop(request_id, None)
         return charged
 
-    async def release(self, request_id: str, *, urgent: bool = True) -> None:
+    async def release(self, request_id: str) -> None:
         """The request produced nothing billable: give the hold back."""
+        await self.release_later(request_id, urgent=True)
+
+    def release_later(self, request_id: str, *, urgent: bool = False) -> Coroutine[Any, Any, None]:
+        """Queue the release now; return what awaits its outcome (see
+        :meth:`settle_later`)."""
         entry: dict[str, Any] = {"op": "release", "request_id": request_id}
+        return self._released(entry, self._ops.submit(entry, urgent=urgent))
+
+    async def _released(
+        self, entry: dict[str, Any], future: asyncio.Future[asyncpg.Record]
+    ) -> None:
         try:
-            await self._conclude(entry, await self._ops.submit(entry, urgent=urgent))
-        except DB_UNREACHABLE as exc:
-            log.warning("release of %s journaled: database unreachable (%s)", request_id, exc)
-            await self._journal(entry)
+            await self._conclude(entry, await future)
+        except asyncio.CancelledError:
+            await self._journal_failed(entry, "cancelled by shutdown")
+            raise
+        except Exception as exc:
+            await self._journal_failed(entry, exc)
             return
-        self._open.pop(request_id, None)
+        self._open.pop(str(entry["request_id"]), None)
+
+    async def _journal_failed(self, entry: dict[str, Any], reason: object) -> None:
+        log.warning("%s of %s journaled: %s", entry["op"], entry["request_id"], reason)
+        await self._journal(entry)
 
     # --- applying operations -------------------------------------------------------------
 
@@ -286,10 +321,9 @@ class Billing:
         and only the faulty one fails."""
         payload = json.dumps([{**op, "i": i} for i, op in enumerate(ops)], separators=(",", ":"))
         try:
-            async with asyncio.timeout(self._db_timeout):
-                rows = await self._db.fetch(BATCH_SQL, payload, self.hold_ttl)
-        except asyncpg.PostgresError:
-            if len(ops) == 1:
+            rows = await self._fetch_batch(payload)
+        except asyncpg.PostgresError as exc:
+            if len(ops) == 1 or isinstance(exc, DB_UNREACHABLE):
                 raise
             log.warning("billing batch of %d failed; applying its operations one by one", len(ops))
             outcomes: list[asyncpg.Record | Exception] = []
@@ -301,6 +335,19 @@ class Billing:
             return outcomes
         by_ord = {row["ord"]: row for row in rows}
         return [by_ord.get(i) or RuntimeError("billing batch: no outcome") for i in range(len(ops))]
+
+    async def _fetch_batch(self, payload: str) -> list[asyncpg.Record]:
+        """The call itself; a transaction the server rolled back to break a deadlock or
+        a serialization conflict (SQLSTATE class 40) is simply run again."""
+        for attempt in range(TRANSIENT_RETRIES + 1):
+            try:
+                async with asyncio.timeout(self._db_timeout):
+                    return list(await self._db.fetch(BATCH_SQL, payload, self.hold_ttl))
+            except asyncpg.TransactionRollbackError:
+                if attempt == TRANSIENT_RETRIES:
+                    raise
+                log.info("billing batch rolled back by the server; running it again")
+        raise AssertionError("unreachable")
 
     async def _conclude(self, entry: dict[str, Any], row: asyncpg.Record) -> int:
         """Log the unusual outcomes of a settle/release; returns the amount charged."""
@@ -359,8 +406,8 @@ class Billing:
                 entry = {k.decode(): json.loads(v) for k, v in raw.items()}
                 try:
                     await self._apply(entry)
-                except DB_UNREACHABLE:
-                    return applied
+                except (*DB_UNREACHABLE, asyncpg.TransactionRollbackError):
+                    return applied  # an outage, or a conflict that outlived its retries
                 except asyncpg.PostgresError as exc:
                     # Not an outage: this entry can never apply. Park it where the
                     # operator sees it instead of blocking the journal behind it.
@@ -379,7 +426,7 @@ class Billing:
             for line in lines:
                 try:
                     await self._apply(json.loads(line))
-                except DB_UNREACHABLE:
+                except (*DB_UNREACHABLE, asyncpg.TransactionRollbackError):
                     break
                 except asyncpg.PostgresError as exc:
                     log.error("journaled %s cannot be applied (%s); parked", line, exc)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -23,7 +24,7 @@ from alicode_gw.errors import InvalidRequestError, PermissionDeniedError
 from alicode_gw.ratelimit import Admission
 from alicode_gw.relay import RelayResult, StreamFormat, json_result, read_json, relay_stream
 from alicode_gw.requestbody import read_json as read_request_json
-from alicode_gw.state import RequestContext, State
+from alicode_gw.state import RequestContext
 from alicode_gw.upstream import Refusal, open_upstream, passed_headers
 
 UPSTREAM_PATH = "/v1/messages"
@@ -232,9 +233,11 @@ def _conclude(
     ctx: RequestContext, hold: Hold, admission: Admission, result: RelayResult | None
 ) -> None:
     """Record what the request used (its cost from the hold's price snapshot, the same
-    figure ``billing.settle`` records), then settle what was generated, or release the
-    hold, and give the limits back in a tracked background task: the answer has been
-    relayed and waits for none of it (the shutdown drain does)."""
+    figure ``billing.settle`` records), then queue the settlement of what was generated
+    (or the release of the hold) and the limits finish at once, before the answer
+    leaves: both then reach their store ahead of anything the client sends next (its
+    next hold, its next admit). A tracked task awaits them; the answer does not."""
+    state = ctx.state
     tokens = 0
     if result is not None and result.generated:
         usage = result.usage
@@ -244,22 +247,17 @@ def _conclude(
         ctx.cache_read_tokens = usage.cache_read
         ctx.cost_nanos = hold.cost_nanos(usage)
         tokens = _tokens(usage)
-    ctx.state.tasks.spawn(
-        _settle(ctx.state, ctx.request_id, result, admission, tokens),
-        name=f"settle-{ctx.request_id}",
-    )
+        money = state.billing.settle_later(ctx.request_id, usage, estimated=result.estimated)
+    else:
+        money = state.billing.release_later(ctx.request_id)
+    limits = state.limiter.finish_later(admission, tokens)
+    state.tasks.spawn(_settled(money, limits), name=f"settle-{ctx.request_id}")
 
 
-async def _settle(
-    state: State, request_id: str, result: RelayResult | None, admission: Admission, tokens: int
-) -> None:
-    """Nobody waits for this: both calls may ride along other requests' round trips."""
+async def _settled(money: Coroutine[Any, Any, Any], limits: Coroutine[Any, Any, None]) -> None:
+    """Both steps were queued already; awaiting them only collects the outcomes (each
+    logs or journals its own failure)."""
     try:
-        if result is None or not result.generated:
-            await state.billing.release(request_id, urgent=False)
-        else:
-            await state.billing.settle(
-                request_id, result.usage, estimated=result.estimated, urgent=False
-            )
+        await money
     finally:
-        await state.limiter.finish(admission, tokens, urgent=False)
+        await limits

@@ -32,7 +32,7 @@ import asyncio
 import logging
 import math
 import secrets
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -266,9 +266,12 @@ class ScriptPipe:
         outcomes = await self._send(calls)
         missing = [i for i, outcome in enumerate(outcomes) if isinstance(outcome, NoScriptError)]
         if missing:
-            for script in {calls[i].script for i in missing}:
-                await self._redis.script_load(script.script)
-            retried = await self._send([calls[i] for i in missing])
+            try:
+                for script in {calls[i].script for i in missing}:
+                    await self._redis.script_load(script.script)
+                retried = await self._send([calls[i] for i in missing])
+            except (RedisError, OSError) as exc:  # only the calls still to do fail
+                retried = [exc] * len(missing)
             for i, outcome in zip(missing, retried, strict=True):
                 outcomes[i] = outcome
         return outcomes
@@ -278,6 +281,10 @@ class ScriptPipe:
             return await self.connection.execute(
                 ("EVALSHA", c.script.sha, len(c.keys), *c.keys, *c.args) for c in calls
             )
+
+
+async def _nothing() -> None:
+    return None
 
 
 @dataclass(slots=True, eq=False)
@@ -347,11 +354,9 @@ class Limiter:
             max_in_flight=2,  # one connection, replies in order: batches may overlap
         )
 
-    async def _call(
-        self, script: AsyncScript, keys: Sequence[str], args: Sequence[Any], urgent: bool = True
-    ) -> Any:
+    async def _call(self, script: AsyncScript, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """One script call, sent in the next pipeline; raises its own error."""
-        return await self._calls.submit(ScriptCall(script, keys, args), urgent=urgent)
+        return await self._calls.submit(ScriptCall(script, keys, args))
 
     def _ip_keys(self, ip: str) -> tuple[str, str]:
         return f"{self._prefix}ip:{ip}:rpm", f"{self._prefix}ip:{ip}:conc"
@@ -436,28 +441,36 @@ class Limiter:
         self._active[token] = admission
         return admission
 
-    async def finish(self, admission: Admission, tokens_used: int, *, urgent: bool = True) -> None:
+    async def finish(self, admission: Admission, tokens_used: int) -> None:
         """Release the slots and add ``tokens_used`` to the key's rolling budget (one
-        script call; ``urgent=False`` lets it wait a few milliseconds to share another
-        request's round trip). Never raises: if Redis is unreachable the leases expire
-        on their own and the tokens are not counted (logged)."""
+        script call). Never raises: if Redis is unreachable the leases expire on their
+        own and the tokens are not counted (logged)."""
+        await self.finish_later(admission, tokens_used, urgent=True)
+
+    def finish_later(
+        self, admission: Admission, tokens_used: int, *, urgent: bool = False
+    ) -> Coroutine[Any, Any, None]:
+        """Queue the finish now (it reaches Redis before anything this process queues
+        after it, e.g. the same key's next admit) and return what awaits it. Not urgent:
+        it may wait a moment to share another request's round trip."""
         if admission.finished:
-            return
+            return _nothing()
         admission.finished = True
         self._active.pop(admission.token, None)
-        try:
-            await self._call(
+        future = self._calls.submit(
+            ScriptCall(
                 self._finish,
                 admission.finish_keys,
-                [
-                    admission.token,
-                    max(0, tokens_used),
-                    self.budget_window_ms,
-                    self.bucket_ms,
-                ],
-                urgent,
-            )
-        except (RedisError, OSError) as exc:
+                [admission.token, max(0, tokens_used), self.budget_window_ms, self.bucket_ms],
+            ),
+            urgent=urgent,
+        )
+        return self._finished(future, tokens_used)
+
+    async def _finished(self, future: asyncio.Future[Any], tokens_used: int) -> None:
+        try:
+            await future
+        except (RedisError, OSError, RuntimeError) as exc:
             log.warning(
                 "could not release limits (%s); leases expire in %d s, %d token(s) uncounted",
                 type(exc).__name__,

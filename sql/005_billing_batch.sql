@@ -14,9 +14,11 @@
 -- snapshot taken by the hold comes back too, so the node can state a request's cost
 -- the moment its usage is known, by the same rule as billing.request_cost.
 --
--- Locking: every account the batch touches is locked first, in id order, so two batches
--- (from any nodes) never wait on each other in a cycle. Settlements and releases run
--- before holds, so money a finished request gives back is available to the next ones.
+-- Locking, always in this order: the existing holds the batch settles or releases (by
+-- request id), then every account it touches (by id). Two batches (from any nodes) thus
+-- never wait on each other in a cycle, nor on the sweeper (billing.expire_holds locks
+-- holds, skipping locked ones, then accounts). Settlements and releases run before
+-- holds, so money a finished request gives back is available to the next ones.
 CREATE FUNCTION billing.apply_batch(p_ops jsonb, p_ttl_seconds double precision)
 RETURNS TABLE (ord integer, outcome text, priced_model text, amount_nanos bigint,
                revoked_public_id text, input_price bigint, output_price bigint,
@@ -29,6 +31,13 @@ DECLARE
     s  record;
     b  billing_holds;
 BEGIN
+    PERFORM 1 FROM billing_holds bh
+     WHERE bh.request_id IN (
+            SELECT o.request_id
+              FROM jsonb_to_recordset(p_ops) AS o(op text, request_id text)
+             WHERE o.op <> 'hold')
+     ORDER BY bh.request_id
+       FOR UPDATE;
     PERFORM 1 FROM accounts a
      WHERE a.id IN (
             SELECT k.account_id

@@ -12,7 +12,7 @@ import anthropic
 import asyncpg
 import pytest
 
-from alicode_gw import app
+from alicode_gw import app, ledger
 from alicode_gw.mock_upstream import MockUpstream
 from tests.conftest import UPSTREAM_KEYS
 from tests.messages_helpers import (
@@ -248,3 +248,24 @@ async def test_concurrent_requests_balance_equals_ledger(
 
 # the fixtures come from tests.messages_helpers
 _ = (customer, gw)
+
+
+async def test_back_to_back_requests_find_the_previous_one_settled(
+    gw: app.Gateway, db: asyncpg.Connection
+) -> None:
+    """Settlement and the limits release run after the answer, but are queued before it
+    leaves: a client sending its next request at once never meets its previous
+    request's lease (concurrency limit 1) or hold (a balance that covers one request)."""
+    body = {"model": MODEL, "max_tokens": 8000, "messages": [{"role": "user", "content": "hi"}]}
+    customer = await make_customer(db, usd=0, concurrency=1)
+    # A hold here is ~$0.12 (8000 output tokens at $15/MTok): $0.20 covers one, not two.
+    await ledger.topup(db, customer.email, 200_000_000)
+    headers = {"x-api-key": customer.key, "anthropic-version": "2023-06-01"}
+    statuses = []
+    async with aiohttp.ClientSession() as session:
+        for n in range(40):
+            payload = {**body, "stream": n % 2 == 1}
+            async with session.post(gw.url + "/v1/messages", headers=headers, json=payload) as r:
+                await r.read()
+                statuses.append(r.status)
+    assert statuses == [200] * 40

@@ -5,6 +5,7 @@ operation, and a hold nobody waits for any more is given back."""
 from __future__ import annotations
 
 import asyncio
+import json
 import secrets
 
 import asyncpg
@@ -87,3 +88,71 @@ async def test_a_hold_whose_requester_left_is_released(
     )
     assert status == "released"
     assert await balances(pool, account.id) == (USD, 0)
+
+
+async def test_settling_an_expired_hold_beside_the_sweeper_never_deadlocks(
+    pool: asyncpg.Pool,
+) -> None:
+    """The sweeper locks holds, then accounts; a batch locks the holds it settles before
+    any account, so the two wait for each other at most in a line, never in a cycle."""
+    first, second = await new_account(pool, nanos=USD), await new_account(pool, nanos=USD)
+    held = []
+    for account in (first, second):
+        request_id = rid()
+        await pool.fetchrow(
+            "SELECT * FROM billing.hold($1, $2, $3, 100, 100, '::1', false, 3600)",
+            request_id,
+            account.key_id,
+            MODEL,
+        )
+        held.append(request_id)
+    await pool.execute(
+        "UPDATE billing_holds SET expires_at = now() - interval '1 second'"
+        " WHERE request_id = ANY($1)",
+        held,
+    )
+    settle = {"i": 0, "op": "settle", "request_id": held[1], "estimated": False,
+              "input_tokens": 100, "output_tokens": 10, "cache_creation_5m": 0,
+              "cache_creation_1h": 0, "cache_read": 0}  # fmt: skip
+    async with pool.acquire() as blocker, pool.acquire() as sweeper, pool.acquire() as batch:
+        async with blocker.transaction():
+            await blocker.execute("SELECT 1 FROM accounts WHERE id = $1 FOR UPDATE", first.id)
+            sweeping = asyncio.ensure_future(sweeper.fetchval("SELECT billing.expire_holds()"))
+            await asyncio.sleep(0.3)  # the sweeper holds both holds, waits for `first`
+            settling = asyncio.ensure_future(
+                batch.fetch(
+                    "SELECT * FROM billing.apply_batch($1::jsonb, 3600)", json.dumps([settle])
+                )
+            )
+            await asyncio.sleep(0.3)
+        assert await sweeping >= 2
+        (row,) = await settling
+    assert row["outcome"] == "settled"  # a late settlement of an expired hold is billed
+    # haiku-4-5: 100 in x $1 + 10 out x $5 = $0.00015
+    assert await balances(pool, second.id) == (USD - 150_000, 0)
+
+
+async def test_a_settlement_the_database_refuses_is_journaled_not_lost(
+    pool: asyncpg.Pool, database_url: str, redis, redis_prefix: str, tmp_path
+) -> None:
+    """Not an outage but a refusal (here a statement timeout while another transaction
+    holds the account): the settlement goes to the journal and is applied later."""
+    impatient = await asyncpg.create_pool(
+        database_url, min_size=1, max_size=2, server_settings={"statement_timeout": "200"}
+    )
+    assert impatient is not None
+    prefix = f"{redis_prefix}refused-{secrets.token_hex(3)}:"
+    billing = Billing(impatient, redis, redis_prefix=prefix, data_dir=tmp_path)
+    account = await new_account(pool, nanos=USD)
+    request_id = rid()
+    try:
+        await billing.hold(request_id, account.key_id, MODEL, 100, 100, "::1")
+        async with pool.acquire() as blocker, blocker.transaction():
+            await blocker.execute("SELECT 1 FROM accounts WHERE id = $1 FOR UPDATE", account.id)
+            # provisional: the cost at the hold's snapshot (100 in x $1 + 10 out x $5)
+            assert await billing.settle(request_id, Usage(100, 10)) == 150_000
+        assert await billing.journal_length() == 1
+        assert await billing.replay_journal() == 1
+        assert await balances(pool, account.id) == (USD - 150_000, 0)
+    finally:
+        await impatient.close()
