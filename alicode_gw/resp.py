@@ -48,6 +48,7 @@ class _Protocol(asyncio.Protocol):
         self.reader = hiredis.Reader(replyError=ResponseError)
         self.waiting: collections.deque[asyncio.Future[Any]] = collections.deque()
         self.lost: BaseException | None = None
+        self.aborted = False  # we dropped it (a batch failed): its other batches may have run
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
@@ -99,10 +100,22 @@ class RespConnection:
         kw = pool.connection_kwargs
         tls = None
         if "SSL" in pool.connection_class.__name__:
-            tls = ssl.create_default_context(cafile=kw.get("ssl_ca_certs"))
-            if kw.get("ssl_cert_reqs") in ("none", ssl.CERT_NONE):
+            tls = ssl.create_default_context(
+                cafile=kw.get("ssl_ca_certs"),
+                capath=kw.get("ssl_ca_path"),
+                cadata=kw.get("ssl_ca_data"),
+            )
+            if kw.get("ssl_certfile"):
+                tls.load_cert_chain(kw["ssl_certfile"], kw.get("ssl_keyfile"))
+            if kw.get("ssl_check_hostname") is False:
+                tls.check_hostname = False
+            reqs = kw.get("ssl_cert_reqs")
+            if reqs in ("none", ssl.CERT_NONE):
                 tls.check_hostname = False
                 tls.verify_mode = ssl.CERT_NONE
+            elif reqs in ("optional", ssl.CERT_OPTIONAL):
+                tls.check_hostname = False
+                tls.verify_mode = ssl.CERT_OPTIONAL
         return cls(
             host=kw.get("host", "127.0.0.1"),
             port=int(kw.get("port", 6379)),
@@ -189,13 +202,17 @@ class RespConnection:
         except BaseException as exc:
             # Replies still due would be matched to the wrong requests: start over.
             if protocol.transport is not None:
+                protocol.aborted = True
                 protocol.transport.abort()
             for future in futures:  # consume the failures nobody awaits any more
                 if future.done() and not future.cancelled():
                     future.exception()
                 else:
                     future.cancel()
-            if not replies and isinstance(exc, RedisConnectionError):
+            # Sending again is safe only when the server closed the connection before
+            # answering anything of this batch: a connection we aborted ourselves (a
+            # batch before this one timed out) may have run these commands already.
+            if not replies and not protocol.aborted and isinstance(exc, RedisConnectionError):
                 raise _NothingRead(exc) from exc
             raise
         return replies

@@ -77,3 +77,45 @@ async def test_the_suite_runs_on_uvloop_as_the_gateway_does() -> None:
     """uvloop's transports are not asyncio's classes; code that assumed so passed on
     the default loop and failed in production."""
     assert isinstance(asyncio.get_running_loop(), uvloop.Loop)
+
+
+BUSY_LUA = """
+local t0 = redis.call('TIME')
+local start = tonumber(t0[1]) + tonumber(t0[2]) / 1e6
+while true do
+  local t = redis.call('TIME')
+  if tonumber(t[1]) + tonumber(t[2]) / 1e6 - start > 0.5 then break end
+end
+return 1
+"""
+
+
+async def test_a_batch_behind_a_failed_one_is_not_sent_twice(redis_url: str) -> None:
+    """Batch A times out and its connection is dropped; batch B, written behind it on
+    the same connection, may already have run: it fails rather than run again."""
+    client, other = create_redis(redis_url), create_redis(redis_url)
+    connection = RespConnection.like(client)
+    key = f"resp-test:{secrets.token_hex(4)}"
+    try:
+        await connection.execute([("PING",)])
+        busy = asyncio.ensure_future(other.eval(BUSY_LUA, 0))  # Redis stalls 0.5 s
+        await asyncio.sleep(0.05)
+
+        async def first() -> None:
+            async with asyncio.timeout(0.2):
+                await connection.execute([("PING",)])
+
+        a = asyncio.ensure_future(first())
+        await asyncio.sleep(0)
+        b = asyncio.ensure_future(connection.execute([("INCR", key)]))
+        with pytest.raises(TimeoutError):
+            await a
+        with pytest.raises(RedisConnectionError):
+            await b
+        await busy
+        assert await client.get(key) in (None, b"1")  # at most once
+    finally:
+        await client.delete(key)
+        connection.close()
+        await client.aclose()
+        await other.aclose()
