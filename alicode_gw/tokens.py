@@ -37,6 +37,12 @@ class TokenCounter:
 
     def __init__(self) -> None:
         self._encoding = tiktoken.get_encoding(ENCODING)
+        # The encoder keeps a Python copy of its 100k merge ranks (about 16 MB of the
+        # process's memory) only to pickle itself, and a registered encoding pickles by
+        # name: the Rust core it encodes with has its own. tests/test_tokens.py checks
+        # that counting is unchanged without it.
+        if isinstance(getattr(self._encoding, "_mergeable_ranks", None), dict):
+            self._encoding._mergeable_ranks = {}
 
     def count_text(self, text: str) -> int:
         return len(self._encoding.encode_ordinary(text)) if text else 0

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import tiktoken
+import tiktoken.registry
+
 from alicode_gw.tokens import (
     DOCUMENT_FLAT_TOKENS,
+    ENCODING,
     IMAGE_TOKENS,
     PER_MESSAGE_TOKENS,
     PER_REQUEST_TOKENS,
@@ -69,3 +73,23 @@ async def test_large_text_counted_in_thread_same_result() -> None:
     payload = {"messages": [{"role": "user", "content": text}]}
     assert await COUNTER.count_async(payload) == COUNTER.count(payload)
     assert COUNTER.count(payload) > THREAD_THRESHOLD_CHARS // 10
+
+
+def test_counts_match_an_untouched_encoder() -> None:
+    """The counter drops the encoder's Python copy of its merge ranks (memory); the
+    counts must be those of a complete, separately built cl100k_base encoder."""
+    constructors = tiktoken.registry.ENCODING_CONSTRUCTORS  # found by COUNTER's load
+    assert constructors is not None
+    reference = tiktoken.Encoding(**constructors[ENCODING]())
+    samples = [
+        "hello world",
+        "東京の天気は晴れです。 Привет, мир! 🙂 " * 20,
+        "def f(x):\n    return {'a': [1, 2, 3]}\n" * 50,
+        "\u0000\ufffd mixed\tspace  ",
+    ]
+    for text in samples:
+        assert COUNTER.count_text(text) == len(reference.encode_ordinary(text))
+    batch = COUNTER._encoding.encode_ordinary_batch(samples)
+    assert [len(tokens) for tokens in batch] == [
+        len(reference.encode_ordinary(text)) for text in samples
+    ]
