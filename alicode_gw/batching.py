@@ -48,7 +48,7 @@ class Coalescer(Generic[T, R]):
         *,
         name: str,
         max_batch: int = 64,
-        linger: float = 0.001,
+        linger: float = 0.005,
         max_in_flight: int = 1,
     ) -> None:
         if max_batch < 1 or max_in_flight < 1:
