@@ -37,6 +37,9 @@ log = logging.getLogger(__name__)
 RequestHandler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
 
+ACCEPTED_GRACE = 0.1  # seconds; see Gateway.stop
+
+
 def upstream_session(config: Config) -> aiohttp.ClientSession:
     """The one pooled HTTP client for upstream calls (keep-alive, no decompression:
     bytes are relayed exactly as received)."""
@@ -178,8 +181,17 @@ class Gateway:
         return f"http://{self.state.config.listen_host}:{self.port}"
 
     async def stop(self) -> None:
-        """Stop accepting, let in-flight requests finish (up to the shutdown timeout)."""
+        """Stop accepting, let in-flight requests finish (up to the shutdown timeout).
+
+        Between closing the listener and closing idle connections the server waits
+        ``ACCEPTED_GRACE``: a connection accepted just before the listener closed has
+        usually not delivered its request yet, and aiohttp would close it as idle, so
+        the client saw "server disconnected" (seen during ``serve --workers`` reloads)."""
         self.state.draining = True
+        if self._site is not None:
+            await self._site.stop()
+            self._site = None
+            await asyncio.sleep(ACCEPTED_GRACE)
         await self._runner.cleanup()
 
 
