@@ -41,7 +41,9 @@ async def run_until_signalled(config: Config, backends: Backends) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
-        billing = Billing(db, redis, redis_prefix=config.redis_prefix, data_dir=config.data_dir)
+        billing = Billing(
+            db, redis, redis_prefix=config.redis_prefix, data_dir=config.data_dir, tasks=tasks
+        )
         billing.start(tasks)
         log.info("background worker running: hold sweeper, billing journal replay")
         await stop.wait()
