@@ -29,7 +29,7 @@ import logging
 import os
 import time
 from collections.abc import Coroutine, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
@@ -40,7 +40,7 @@ from redis.exceptions import RedisError
 
 from alicode_gw import auth
 from alicode_gw.batching import Coalescer
-from alicode_gw.catalog import Prices
+from alicode_gw.catalog import Prices, prices_from_row
 from alicode_gw.errors import (
     InsufficientCreditsError,
     InvalidRequestError,
@@ -100,6 +100,10 @@ class Usage:
     cache_creation_1h: int = 0
     cache_read: int = 0
 
+    def counts(self) -> dict[str, int]:
+        """The counts by field name (a shallow ``asdict``, which deep-copies)."""
+        return {name: getattr(self, name) for name in self.__slots__}
+
 
 @dataclass(frozen=True, slots=True)
 class Hold:
@@ -109,7 +113,6 @@ class Hold:
     request_id: str
     model: str
     amount_nanos: int
-    batch: bool = False
     prices: Prices | None = None
 
     def cost_nanos(self, usage: Usage) -> int:
@@ -117,7 +120,7 @@ class Hold:
         (the same rule and prices); 0 when the snapshot is unknown."""
         if self.prices is None:
             return 0
-        counts = {name: max(0, value) for name, value in asdict(usage).items()}
+        counts = {name: max(0, value) for name, value in usage.counts().items()}
         return self.prices.cost_nanos(**counts, batch=True)
 
 
@@ -231,15 +234,7 @@ class Billing:
             )
         if outcome == "unknown_key":
             raise InvalidRequestError("the API key no longer exists")
-        prices = Prices(
-            input=row["input_price"],
-            output=row["output_price"],
-            cache_write_5m=row["cache_write_5m_price"],
-            cache_write_1h=row["cache_write_1h_price"],
-            cache_read=row["cache_read_price"],
-            batch_discount_pct=row["discount_pct"],
-        )
-        held = Hold(request_id, row["priced_model"], row["amount_nanos"], batch, prices)
+        held = Hold(request_id, row["priced_model"], row["amount_nanos"], prices_from_row(row))
         self._open[request_id] = (held, time.monotonic() + self.hold_ttl)
         return held
 
@@ -267,49 +262,55 @@ class Billing:
         outcome. Not urgent: it may wait a moment to share another request's round
         trip."""
         entry = {"op": "settle", "request_id": request_id, "estimated": estimated}
-        entry.update(asdict(usage))
+        entry.update(usage.counts())
         return self._settled(entry, usage, self._ops.submit(entry, urgent=urgent))
 
     async def _settled(
         self, entry: dict[str, Any], usage: Usage, future: asyncio.Future[asyncpg.Record]
     ) -> int:
-        request_id = str(entry["request_id"])
-        try:
-            charged = await self._conclude(entry, await future)
-        except asyncio.CancelledError:  # shutdown cut it short: the journal keeps it
-            await self._journal_failed(entry, "cancelled by shutdown")
-            raise
-        except Exception as exc:  # any failure: settle is idempotent, the journal retries
-            await self._journal_failed(entry, exc)
-            return self._provisional_cost(request_id, usage)
-        self._open.pop(request_id, None)
+        charged = await self._landed(entry, future)
+        if charged is None:
+            return self._provisional_cost(str(entry["request_id"]), usage)
         return charged
 
     async def release(self, request_id: str) -> None:
         """The request produced nothing billable: give the hold back."""
         await self.release_later(request_id, urgent=True)
 
-    def release_later(self, request_id: str, *, urgent: bool = False) -> Coroutine[Any, Any, None]:
+    def release_later(
+        self, request_id: str, *, urgent: bool = False
+    ) -> Coroutine[Any, Any, int | None]:
         """Queue the release now; return what awaits its outcome (see
         :meth:`settle_later`)."""
         entry: dict[str, Any] = {"op": "release", "request_id": request_id}
-        return self._released(entry, self._ops.submit(entry, urgent=urgent))
+        return self._landed(entry, self._ops.submit(entry, urgent=urgent))
 
-    async def _released(
+    async def _landed(
         self, entry: dict[str, Any], future: asyncio.Future[asyncpg.Record]
-    ) -> None:
+    ) -> int | None:
+        """The outcome of a queued settle/release: the amount charged, or None when it
+        failed and went to the journal (both are idempotent: replaying is safe)."""
         try:
-            await self._conclude(entry, await future)
-        except asyncio.CancelledError:
+            charged = await self._conclude(entry, await future)
+        except asyncio.CancelledError:  # shutdown cut it short: the journal keeps it
             await self._journal_failed(entry, "cancelled by shutdown")
             raise
         except Exception as exc:
             await self._journal_failed(entry, exc)
-            return
+            return None
         self._open.pop(str(entry["request_id"]), None)
+        return charged
 
     async def _journal_failed(self, entry: dict[str, Any], reason: object) -> None:
-        log.warning("%s of %s journaled: %s", entry["op"], entry["request_id"], reason)
+        expected = isinstance(reason, (str, asyncpg.PostgresError, *DB_UNREACHABLE))
+        log.log(
+            logging.WARNING if expected else logging.ERROR,
+            "%s of %s journaled: %s",
+            entry["op"],
+            entry["request_id"],
+            reason,
+            exc_info=None if expected else reason,  # a bug: show where
+        )
         await self._journal(entry)
 
     # --- applying operations -------------------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
@@ -100,15 +101,21 @@ def _info(row: asyncpg.Record) -> ModelInfo:
             vision=row["supports_vision"],
             thinking=row["supports_thinking"],
         ),
-        prices=Prices(
-            input=row["input_price"],
-            output=row["output_price"],
-            cache_write_5m=row["cache_write_5m_price"],
-            cache_write_1h=row["cache_write_1h_price"],
-            cache_read=row["cache_read_price"],
-            batch_discount_pct=row["batch_discount_pct"],
-        ),
+        prices=prices_from_row(row),
         is_alias=row["is_alias"],
+    )
+
+
+def prices_from_row(row: Mapping[str, Any]) -> Prices:
+    """The price columns of a ``model_catalog`` row (or of a billing hold's snapshot,
+    which ``billing.apply_batch`` returns under the same names)."""
+    return Prices(
+        input=row["input_price"],
+        output=row["output_price"],
+        cache_write_5m=row["cache_write_5m_price"],
+        cache_write_1h=row["cache_write_1h_price"],
+        cache_read=row["cache_read_price"],
+        batch_discount_pct=row["batch_discount_pct"],
     )
 
 

@@ -150,7 +150,7 @@ async def serve(
         body = upstream_body(body, payload, info)
         return await _forward(ctx, body, request.stream, headers, surface, info, hold, outcome)
     finally:
-        _conclude(ctx, hold, admission, outcome.result)
+        _conclude(ctx, admission, outcome)
 
 
 async def _admit_and_hold(
@@ -194,9 +194,16 @@ def _tokens(usage: Usage) -> int:
 @dataclass(slots=True)
 class _Outcome:
     """What the upstream produced, kept as soon as it is known (so that a failure after
-    it still settles it rather than releasing the hold)."""
+    it still settles it rather than releasing the hold), with its cost from the hold's
+    price snapshot: the figure ``billing.settle`` records."""
 
     result: RelayResult | None = None
+    cost_nanos: int = 0
+
+    def record(self, result: RelayResult, hold: Hold) -> None:
+        self.result = result
+        if result.generated:
+            self.cost_nanos = hold.cost_nanos(result.usage)
 
 
 async def _forward(
@@ -216,12 +223,14 @@ async def _forward(
     upstream, _credential = opened
     if stream:
         fmt = surface.stream_format(info.target)
-        response, outcome.result = await relay_stream(ctx, upstream, ctx.headers(**headers), fmt)
+        response, result = await relay_stream(ctx, upstream, ctx.headers(**headers), fmt)
+        outcome.record(result, hold)
         return response
     raw = await read_json(ctx, upstream)
-    outcome.result = json_result(raw)
-    if outcome.result.generated:
-        headers["x-alicode-cost-usd"] = format_usd(hold.cost_nanos(outcome.result.usage))
+    result = json_result(raw)
+    outcome.record(result, hold)
+    if result.generated:
+        headers["x-alicode-cost-usd"] = format_usd(outcome.cost_nanos)
     return web.Response(
         status=upstream.status,
         body=surface.json_body(raw, info.target),
@@ -229,23 +238,22 @@ async def _forward(
     )
 
 
-def _conclude(
-    ctx: RequestContext, hold: Hold, admission: Admission, result: RelayResult | None
-) -> None:
-    """Record what the request used (its cost from the hold's price snapshot, the same
-    figure ``billing.settle`` records), then queue the settlement of what was generated
-    (or the release of the hold) and the limits finish at once, before the answer
-    leaves: both then reach their store ahead of anything the client sends next (its
-    next hold, its next admit). A tracked task awaits them; the answer does not."""
+def _conclude(ctx: RequestContext, admission: Admission, outcome: _Outcome) -> None:
+    """Record what the request used (for the access log and metrics), then queue the
+    settlement of what was generated (or the release of the hold) and the limits finish
+    at once, before the answer leaves: both then reach their store ahead of anything the
+    client sends next (its next hold, its next admit). A tracked task awaits them; the
+    answer does not."""
     state = ctx.state
     tokens = 0
+    result = outcome.result
     if result is not None and result.generated:
         usage = result.usage
         ctx.input_tokens = usage.input_tokens
         ctx.output_tokens = usage.output_tokens
         ctx.cache_write_tokens = usage.cache_creation_5m + usage.cache_creation_1h
         ctx.cache_read_tokens = usage.cache_read
-        ctx.cost_nanos = hold.cost_nanos(usage)
+        ctx.cost_nanos = outcome.cost_nanos
         tokens = _tokens(usage)
         money = state.billing.settle_later(ctx.request_id, usage, estimated=result.estimated)
     else:

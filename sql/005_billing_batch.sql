@@ -12,7 +12,9 @@
 --         "release" + request_id
 -- Returns one row per operation. For a hold (outcome held or duplicate) the price
 -- snapshot taken by the hold comes back too, so the node can state a request's cost
--- the moment its usage is known, by the same rule as billing.request_cost.
+-- the moment its usage is known, by the same rule as billing.request_cost. The price
+-- columns are named as in model_catalog; batch_discount_pct is the discount the hold
+-- resolved (0 unless it is a batch request).
 --
 -- Locking, always in this order: the existing holds the batch settles or releases (by
 -- request id), then every account it touches (by id). Two batches (from any nodes) thus
@@ -23,7 +25,7 @@ CREATE FUNCTION billing.apply_batch(p_ops jsonb, p_ttl_seconds double precision)
 RETURNS TABLE (ord integer, outcome text, priced_model text, amount_nanos bigint,
                revoked_public_id text, input_price bigint, output_price bigint,
                cache_write_5m_price bigint, cache_write_1h_price bigint,
-               cache_read_price bigint, discount_pct smallint)
+               cache_read_price bigint, batch_discount_pct smallint)
 LANGUAGE plpgsql AS $$
 DECLARE
     r  record;
