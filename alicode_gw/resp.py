@@ -23,6 +23,7 @@ from typing import Any, cast
 
 import hiredis
 from redis.asyncio import Redis
+from redis.asyncio.connection import SSLConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 
@@ -99,23 +100,10 @@ class RespConnection:
         pool = redis.connection_pool
         kw = pool.connection_kwargs
         tls = None
-        if "SSL" in pool.connection_class.__name__:
-            tls = ssl.create_default_context(
-                cafile=kw.get("ssl_ca_certs"),
-                capath=kw.get("ssl_ca_path"),
-                cadata=kw.get("ssl_ca_data"),
-            )
-            if kw.get("ssl_certfile"):
-                tls.load_cert_chain(kw["ssl_certfile"], kw.get("ssl_keyfile"))
-            if kw.get("ssl_check_hostname") is False:
-                tls.check_hostname = False
-            reqs = kw.get("ssl_cert_reqs")
-            if reqs in ("none", ssl.CERT_NONE):
-                tls.check_hostname = False
-                tls.verify_mode = ssl.CERT_NONE
-            elif reqs in ("optional", ssl.CERT_OPTIONAL):
-                tls.check_hostname = False
-                tls.verify_mode = ssl.CERT_OPTIONAL
+        if issubclass(pool.connection_class, SSLConnection):
+            # redis-py's own context from the same settings (building the connection
+            # object opens nothing).
+            tls = pool.connection_class(**kw).ssl_context.get()
         return cls(
             host=kw.get("host", "127.0.0.1"),
             port=int(kw.get("port", 6379)),
@@ -136,16 +124,14 @@ class RespConnection:
         the server dropped meanwhile (restart, idle timeout) fails before the first
         reply: then, and only then, the batch is sent once more on a new connection."""
         batch = list(commands)
-        reused = self.connected
-        try:
-            return await self._send(await self._connect(), batch)
-        except _NothingRead as first:
-            if not reused:
-                raise first.error from None
-        try:
-            return await self._send(await self._connect(), batch)
-        except _NothingRead as second:
-            raise second.error from None
+        attempts = 2 if self.connected else 1
+        for attempt in range(1, attempts + 1):
+            try:
+                return await self._send(await self._connect(), batch)
+            except _NothingRead as failed:
+                if attempt == attempts:
+                    raise failed.error from None
+        raise AssertionError("unreachable")
 
     def close(self) -> None:
         if self._protocol is not None and self._protocol.transport is not None:
@@ -153,12 +139,12 @@ class RespConnection:
         self._protocol = None
 
     async def _connect(self) -> _Protocol:
-        if self._protocol is not None and self._protocol.transport is not None:
-            return self._protocol
-        async with self._connecting:
-            if self._protocol is not None and self._protocol.transport is not None:
-                return self._protocol
-            return await self._open()
+        if not self.connected:
+            async with self._connecting:
+                if not self.connected:
+                    self._protocol = await self._open()
+        assert self._protocol is not None
+        return self._protocol
 
     async def _open(self) -> _Protocol:
         loop = asyncio.get_running_loop()
@@ -184,7 +170,6 @@ class RespConnection:
             raise exc.error from None
         except (OSError, TimeoutError) as exc:
             raise RedisConnectionError(f"cannot connect to Redis: {exc}") from exc
-        self._protocol = protocol
         return protocol
 
     @staticmethod

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import ssl
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
@@ -119,3 +120,14 @@ async def test_a_batch_behind_a_failed_one_is_not_sent_twice(redis_url: str) -> 
         connection.close()
         await client.aclose()
         await other.aclose()
+
+
+def test_tls_settings_come_from_the_redis_py_client() -> None:
+    """A rediss:// URL gets redis-py's own TLS context (its certificate options);
+    plain and Unix-socket URLs get none."""
+    strict = RespConnection.like(create_redis("rediss://redis.example:6380/0"))
+    assert strict._tls is not None and strict._tls.verify_mode == ssl.CERT_REQUIRED
+    assert strict._tls.check_hostname
+    lax = RespConnection.like(create_redis("rediss://redis.example:6380/0?ssl_cert_reqs=none"))
+    assert lax._tls is not None and lax._tls.verify_mode == ssl.CERT_NONE
+    assert RespConnection.like(create_redis("redis://127.0.0.1:6379/0"))._tls is None
