@@ -38,6 +38,10 @@ _COLON = 0x3A
 _SPACE = b" "
 
 
+# (event type or None, data, last event id, retry) of one dispatched event, undecoded.
+RawEvent = tuple[bytes | None, bytes, str | None, int | None]
+
+
 @dataclass(frozen=True, slots=True)
 class SSEEvent:
     """One dispatched event. `event` is None when the stream gave no event type."""
@@ -64,31 +68,27 @@ class SSEParser:
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:
         """Consume `chunk` and return the events it completed (possibly none)."""
-        out: list[SSEEvent] = []
-        for line in self._lines(chunk):
-            if not line:
-                if self._data:
-                    out.append(self._dispatch())
-                else:
-                    self._event = None
-                    self._retry = None
-            elif line[0] != _COLON:
-                self._field(line)
-        return out
+        return [
+            SSEEvent(
+                name.decode("utf-8", "replace") if name else None,
+                data.decode("utf-8", "replace"),
+                last_id,
+                retry,
+            )
+            for name, data, last_id, retry in self.feed_raw(chunk)
+        ]
 
-    def feed_raw(self, chunk: bytes) -> list[tuple[bytes | None, bytes]]:
-        """Like :meth:`feed`, for a caller that needs only each event's type and data
-        and decodes them itself: ``(event type or None, data)`` as bytes, no
-        :class:`SSEEvent` built and nothing decoded (a relay reads every event of a
-        stream; most of them it only measures)."""
-        out: list[tuple[bytes | None, bytes]] = []
+    def feed_raw(self, chunk: bytes) -> list[RawEvent]:
+        """Like :meth:`feed`, without building :class:`SSEEvent` or decoding: each
+        event as ``(type or None, data, last event id, retry)``, type and data as bytes
+        (a relay reads every event of a stream; most of them it only measures)."""
+        out: list[RawEvent] = []
         for line in self._lines(chunk):
             if not line:
                 parts = self._data
                 if parts:
-                    out.append(
-                        (self._event or None, parts[0] if len(parts) == 1 else b"\n".join(parts))
-                    )
+                    data = parts[0] if len(parts) == 1 else b"\n".join(parts)
+                    out.append((self._event or None, data, self._last_id, self._retry))
                     self._data = []
                 self._event = None
                 self._retry = None
@@ -172,21 +172,6 @@ class SSEParser:
                 self._last_id = value.decode("utf-8", "replace")
         elif name == b"retry" and value.isdigit():
             self._retry = int(value)
-
-    def _dispatch(self) -> SSEEvent:
-        parts = self._data
-        raw = parts[0] if len(parts) == 1 else b"\n".join(parts)
-        name = self._event
-        ev = SSEEvent(
-            name.decode("utf-8", "replace") if name else None,
-            raw.decode("utf-8", "replace"),
-            self._last_id,
-            self._retry,
-        )
-        self._data = []
-        self._event = None
-        self._retry = None
-        return ev
 
 
 def format_event(event: str, data: str) -> bytes:
@@ -290,7 +275,7 @@ class UsageScanner:
         return self._cache_1h if self._has_breakdown else 0
 
     def feed(self, chunk: bytes) -> None:
-        for name, data in self._parser.feed_raw(chunk):
+        for name, data, _, _ in self._parser.feed_raw(chunk):
             if name == b"content_block_delta":
                 self.output_chars += _delta_chars(data)
             elif name == b"message_delta":
