@@ -21,6 +21,7 @@ from alicode_gw.backends import Backends, create_pool, create_redis, start_backe
 from alicode_gw.billing import Billing
 from alicode_gw.catalog import ModelCatalog
 from alicode_gw.config import Config
+from alicode_gw.credit import Credit
 from alicode_gw.errors import ApiError, GatewayError, render
 from alicode_gw.health import HealthMonitor
 from alicode_gw.ids import new_request_id
@@ -63,8 +64,17 @@ async def open_state(config: Config, backends: Backends) -> State:
     catalog = ModelCatalog(db)
     await catalog.refresh()
     tasks.spawn(catalog.run(), name="model-catalog-refresh", perpetual=True)
+    credit = None
+    if config.credit_lease_pct:
+        credit = Credit(db, tasks, max_pct=config.credit_lease_pct)
+        tasks.spawn(credit.run(), name="credit-leases", perpetual=True)
     billing = Billing(
-        db, redis, redis_prefix=config.redis_prefix, data_dir=config.data_dir, tasks=tasks
+        db,
+        redis,
+        redis_prefix=config.redis_prefix,
+        data_dir=config.data_dir,
+        tasks=tasks,
+        credit=credit,
     )
     billing.start(tasks)
     auth = Authenticator(db, redis, config.redis_prefix)
@@ -102,6 +112,8 @@ async def open_state(config: Config, backends: Backends) -> State:
 async def close_state(state: State) -> None:
     """Drain background work, then close every connection."""
     await state.tasks.drain(state.config.shutdown_timeout)
+    if state.billing.credit is not None:  # after the drain: every settlement has landed
+        await state.billing.credit.close_all()
     state.metrics.publish()  # the final counts stay in the node's sums
     await state.keypool.close()
     await state.auth.close()

@@ -22,13 +22,14 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import fcntl
 import functools
 import json
 import logging
 import os
 import time
-from collections.abc import Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -41,6 +42,7 @@ from redis.exceptions import RedisError
 from alicode_gw import auth
 from alicode_gw.batching import Coalescer
 from alicode_gw.catalog import Prices, prices_from_row
+from alicode_gw.credit import Credit
 from alicode_gw.errors import (
     InsufficientCreditsError,
     InvalidRequestError,
@@ -105,15 +107,23 @@ class Usage:
         return {name: getattr(self, name) for name in self.__slots__}
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Hold:
     """A reservation made by :meth:`Billing.hold`; ``model`` is the priced model id and
-    ``prices`` the snapshot the request will be billed at (its discount resolved)."""
+    ``prices`` the snapshot the request will be billed at (its discount resolved).
+
+    A hold admitted against a credit lease (``lease_id``) exists in the database once
+    its queued ``hold_from_lease`` lands: until then ``prices`` is the node's copy of
+    the catalog, then the snapshot the row took. ``args`` are the hold's parameters,
+    which its settlement carries (so that a settlement replayed from the journal can
+    take a hold that never landed)."""
 
     request_id: str
     model: str
     amount_nanos: int
     prices: Prices | None = None
+    lease_id: int | None = None
+    args: dict[str, Any] | None = None
 
     def cost_nanos(self, usage: Usage) -> int:
         """What ``billing.settle`` will record as this request's cost for ``usage``
@@ -122,6 +132,16 @@ class Hold:
             return 0
         counts = {name: max(0, value) for name, value in usage.counts().items()}
         return self.prices.cost_nanos(**counts, batch=True)
+
+
+def hold_amount(prices: Prices, estimated_input_tokens: int, max_tokens: int) -> int:
+    """The worst case ``billing.hold`` reserves for a request that is not a batch: every
+    estimated input token at the dearest input-side rate, plus ``max_tokens`` of output."""
+    dearest = max(prices.input, prices.cache_write_5m, prices.cache_write_1h, prices.cache_read)
+    worst = Prices(dearest, prices.output, 0, 0, 0, 0)
+    return worst.cost_nanos(
+        input_tokens=max(estimated_input_tokens, 0), output_tokens=max(max_tokens, 0)
+    )
 
 
 BATCH_SQL = "SELECT * FROM billing.apply_batch($1::jsonb, $2)"
@@ -148,9 +168,12 @@ class Billing:
         replay_interval: float = 5.0,
         db_timeout: float = 10.0,
         tasks: TaskTracker | None = None,
+        credit: Credit | None = None,
     ) -> None:
         """``tasks`` tracks the batch flushes and the release of holds nobody waits for
-        any more (the app passes its own tracker, so shutdown drains them)."""
+        any more (the app passes its own tracker, so shutdown drains them). ``credit``:
+        the node's credit leases (:mod:`alicode_gw.credit`); None: every hold is a
+        database round trip."""
         self._db = db
         self._redis = redis
         self._prefix = redis_prefix
@@ -164,6 +187,7 @@ class Billing:
         self._replay_lock = asyncio.Lock()
         self._replay_now = asyncio.Event()
         self._tasks = tasks if tasks is not None else TaskTracker()
+        self.credit = credit
         self._ops: Coalescer[dict[str, Any], asyncpg.Record] = Coalescer(
             # One batch at a time: they commit in the order they were queued, so a
             # settlement always lands before the same customer's next hold.
@@ -197,22 +221,29 @@ class Billing:
         client_ip: str,
         *,
         batch: bool = False,
+        account_id: int | None = None,
+        prices: Prices | None = None,
     ) -> Hold:
         """Reserve the worst-case cost. 402 when the account cannot cover it, 400 for an
         unknown model, 503 when the database cannot be reached (nothing went upstream).
-        A hold that lands after its caller stopped waiting is released."""
-        future = self._ops.submit(
-            {
-                "op": "hold",
-                "request_id": request_id,
-                "key_id": key_id,
-                "model": model,
-                "estimated_input": estimated_input_tokens,
-                "max_tokens": max_tokens,
-                "client_ip": client_ip,
-                "batch": batch,
-            }
-        )
+        A hold that lands after its caller stopped waiting is released.
+
+        Given the key's ``account_id`` and the model's ``prices`` (the node's catalog),
+        a request that is not a batch is admitted against the account's credit lease
+        when it has enough free, without waiting for the database."""
+        args = {
+            "key_id": key_id,
+            "model": model,
+            "estimated_input": estimated_input_tokens,
+            "max_tokens": max_tokens,
+            "client_ip": client_ip,
+        }
+        if self.credit is not None and not batch and account_id is not None and prices:
+            amount = hold_amount(prices, estimated_input_tokens, max_tokens)
+            lease_id = self.credit.take(account_id, amount)
+            if lease_id is not None:
+                return self._hold_leased(request_id, {**args, "lease_id": lease_id}, amount, prices)
+        future = self._ops.submit({"op": "hold", "request_id": request_id, "batch": batch, **args})
         try:
             async with asyncio.timeout(self._db_timeout):
                 row = await asyncio.shield(future)
@@ -237,6 +268,39 @@ class Billing:
         held = Hold(request_id, row["priced_model"], row["amount_nanos"], prices_from_row(row))
         self._open[request_id] = (held, time.monotonic() + self.hold_ttl)
         return held
+
+    def _hold_leased(
+        self, request_id: str, args: dict[str, Any], amount: int, prices: Prices
+    ) -> Hold:
+        """Admitted against a lease: the hold row is queued (a batch goes out at once
+        if none is under way) and not waited for. Until it lands the cost is reckoned
+        at the node's prices, without a discount (it is not a batch request)."""
+        snapshot = dataclasses.replace(prices, batch_discount_pct=0)
+        held = Hold(request_id, args["model"], amount, snapshot, args["lease_id"], args)
+        self._open[request_id] = (held, time.monotonic() + self.hold_ttl)
+        future = self._ops.submit({"op": "hold", "request_id": request_id, **args})
+        future.add_done_callback(functools.partial(self._lease_hold_landed, held))
+        return held
+
+    def _lease_hold_landed(self, held: Hold, future: asyncio.Future[asyncpg.Record]) -> None:
+        assert self.credit is not None and held.lease_id is not None
+        if future.cancelled() or future.exception() is not None:
+            # Its settlement or release carries the hold's parameters and takes it.
+            reason = "cancelled" if future.cancelled() else future.exception()
+            log.warning("hold of %s not applied yet (%s)", held.request_id, reason)
+            self.credit.landed(held.lease_id)
+            return
+        row = future.result()
+        if row["outcome"] in ("held", "held_short", "duplicate"):
+            if row["outcome"] == "held_short":
+                log.warning("hold of %s: its lease could not cover it", held.request_id)
+            held.model = row["priced_model"]
+            held.prices = prices_from_row(row)
+            taken = row["amount_nanos"] if row["outcome"] == "held" else 0
+            self.credit.landed(held.lease_id, short_by=taken - held.amount_nanos)
+        else:
+            log.error("hold of %s against a lease refused: %s", held.request_id, row["outcome"])
+            self.credit.landed(held.lease_id)
 
     def _release_orphan(self, request_id: str, future: asyncio.Future[asyncpg.Record]) -> None:
         """A hold whose requester is gone (cancelled, or timed out waiting) but which
@@ -263,12 +327,34 @@ class Billing:
         trip."""
         entry = {"op": "settle", "request_id": request_id, "estimated": estimated}
         entry.update(usage.counts())
-        return self._settled(entry, usage, self._ops.submit(entry, urgent=urgent))
+        lease_id = self._leave_lease(request_id, lambda hold: hold.cost_nanos(usage), entry)
+        future = self._ops.submit(entry, urgent=urgent)
+        return self._settled(entry, usage, future, lease_id)
+
+    def _leave_lease(
+        self, request_id: str, spent: Callable[[Hold], int], entry: dict[str, Any]
+    ) -> int | None:
+        """A request admitted against a lease ends: what of its hold is not ``spent``
+        goes back to the lease in memory now, and its settlement carries the hold's
+        parameters. Returns the lease id (None: not a leased hold)."""
+        opened = self._open.get(request_id)
+        if opened is None or opened[0].lease_id is None or self.credit is None:
+            return None
+        held = opened[0]
+        assert held.lease_id is not None and held.args is not None
+        self.credit.give_back(held.lease_id, held.amount_nanos - spent(held))
+        if entry["op"] == "settle":
+            entry.update(held.args)
+        return held.lease_id
 
     async def _settled(
-        self, entry: dict[str, Any], usage: Usage, future: asyncio.Future[asyncpg.Record]
+        self,
+        entry: dict[str, Any],
+        usage: Usage,
+        future: asyncio.Future[asyncpg.Record],
+        lease_id: int | None,
     ) -> int:
-        charged = await self._landed(entry, future)
+        charged = await self._landed(entry, future, lease_id)
         if charged is None:
             return self._provisional_cost(str(entry["request_id"]), usage)
         return charged
@@ -283,10 +369,14 @@ class Billing:
         """Queue the release now; return what awaits its outcome (see
         :meth:`settle_later`)."""
         entry: dict[str, Any] = {"op": "release", "request_id": request_id}
-        return self._landed(entry, self._ops.submit(entry, urgent=urgent))
+        lease_id = self._leave_lease(request_id, lambda hold: 0, entry)
+        return self._landed(entry, self._ops.submit(entry, urgent=urgent), lease_id)
 
     async def _landed(
-        self, entry: dict[str, Any], future: asyncio.Future[asyncpg.Record]
+        self,
+        entry: dict[str, Any],
+        future: asyncio.Future[asyncpg.Record],
+        lease_id: int | None = None,
     ) -> int | None:
         """The outcome of a queued settle/release: the amount charged, or None when it
         failed and went to the journal (both are idempotent: replaying is safe)."""
@@ -298,6 +388,9 @@ class Billing:
         except Exception as exc:
             await self._journal_failed(entry, exc)
             return None
+        finally:
+            if lease_id is not None and self.credit is not None:
+                self.credit.landed(lease_id)
         self._open.pop(str(entry["request_id"]), None)
         return charged
 
@@ -462,9 +555,11 @@ class Billing:
     # --- the sweeper -------------------------------------------------------------------
 
     async def sweep(self) -> int:
-        """Release expired holds (left by a crashed node); returns how many."""
+        """Release expired holds and credit leases (left by a crashed node); returns how
+        many. Two statements: each locks in the documented order on its own."""
         async with asyncio.timeout(self._db_timeout):
             count = int(await self._db.fetchval("SELECT billing.expire_holds()"))
+            count += int(await self._db.fetchval("SELECT billing.expire_leases()"))
         now = time.monotonic()
         for request_id in [rid for rid, (_, deadline) in self._open.items() if deadline < now]:
             del self._open[request_id]

@@ -169,6 +169,15 @@ class Config:
             "its final usage; past that an estimate is billed (marked estimated).",
         },
     )
+    credit_lease_pct: int = field(
+        default=50,
+        metadata={
+            "env": "ALICODE_CREDIT_LEASE_PCT",
+            "doc": "Share (percent) of an account's free balance one node may reserve as a "
+            "credit lease, to admit that account's requests without a database round trip; "
+            "0 turns leases off (every hold waits for PostgreSQL).",
+        },
+    )
     metrics_allow: tuple[Network, ...] = field(
         default=(ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128")),
         metadata={
@@ -209,6 +218,13 @@ def _parse_int(minimum: int) -> Callable[[str], int]:
         return number
 
     return parse
+
+
+def _parse_percent(value: str) -> int:
+    number = _parse_int(0)(value)
+    if number > 100:
+        raise ValueError(f"must be at most 100, got {number}")
+    return number
 
 
 def _parse_seconds(value: str) -> float:
@@ -296,6 +312,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "ALICODE_UPSTREAM_RETRY_BUDGET": _parse_seconds,
     "ALICODE_DISCONNECT_DRAIN_TIMEOUT": _parse_seconds,
     "ALICODE_COUNT_TOKENS": _parse_choice("upstream", "estimate"),
+    "ALICODE_CREDIT_LEASE_PCT": _parse_percent,
     "ALICODE_METRICS_ALLOW": _parse_networks,
     "ALICODE_METRICS_TOKEN": _parse_token,
 }

@@ -167,7 +167,16 @@ async def _admit_and_hold(
     state = ctx.state
     admitted, held = await asyncio.gather(
         state.limiter.admit(ip, key, info.target),
-        state.billing.hold(ctx.request_id, key.id, request.model, estimate, request.max_tokens, ip),
+        state.billing.hold(
+            ctx.request_id,
+            key.id,
+            request.model,
+            estimate,
+            request.max_tokens,
+            ip,
+            account_id=key.account_id,
+            prices=info.prices,
+        ),
         return_exceptions=True,
     )
     if isinstance(admitted, BaseException):

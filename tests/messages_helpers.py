@@ -46,7 +46,7 @@ async def balance(db: asyncpg.Connection, email: str, wait: float = 3.0) -> int:
     deadline = asyncio.get_running_loop().time() + wait
     while True:
         summary = await ledger.account_summary(db, email)
-        if not summary["held_nanos"] or asyncio.get_running_loop().time() > deadline:
+        if not summary["open_holds"] or asyncio.get_running_loop().time() > deadline:
             return int(summary["balance_nanos"])
         await asyncio.sleep(0.02)
 

@@ -1,0 +1,253 @@
+"""Credit leases: admitting a request's billing hold without a database round trip.
+
+A node reserves a slice of an account's free balance once (``billing.lease_open`` in
+``sql/006_credit_leases.sql``: a row in ``billing_leases``, counted in the account's
+``held_nanos`` like a hold) and then admits that account's requests against it in
+memory: :meth:`Credit.take` is synchronous and does no I/O. Each admitted request's hold
+row is still written (``billing.hold_from_lease``, queued with the batch that follows,
+not awaited) and settled or released as before; what a closed hold does not spend goes
+back into the lease.
+
+What the node believes a lease has free never exceeds what the database has in it: a
+take subtracts the request's worst case at once, a hold that lands dearer than the node
+reckoned (a price rose) is subtracted too, and a settlement gives back only what the
+node knows is unspent. So a request admitted here never takes money another request or
+node reserved. An account without a lease, or whose lease is short, takes the ordinary
+hold round trip while a lease is opened or grown in the background.
+
+Leases are renewed while the node runs, closed when they have been idle for a while and
+when the node stops; a node that dies leaves them to expire (``billing.expire_leases``,
+run by the sweeper), and a node that cannot renew stops using them well before that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import socket
+import time
+from dataclasses import dataclass
+
+import asyncpg
+
+from alicode_gw.tasks import TaskTracker
+
+log = logging.getLogger(__name__)
+
+HOLDS_PER_LEASE = 16  # a new lease covers this many holds like the one that asked for it
+REFUSED_BACKOFF = 5.0  # seconds before asking again for an account that got no lease
+_DB_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+
+
+def node_owner() -> str:
+    """This process's name in ``billing_leases.owner``."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+
+
+@dataclass(slots=True)
+class Lease:
+    id: int
+    account_id: int
+    free: int  # what this node may still hold against it
+    total: int  # granted so far (sizes the next growth)
+    deadline: float  # monotonic time after which it is no longer used
+    in_flight: int = 0  # holds taken and not yet given back
+    unlanded: int = 0  # operations on it queued but not yet applied
+    used: float = 0.0
+
+
+class Credit:
+    """``state.billing.credit``: this node's leases, by account."""
+
+    def __init__(
+        self,
+        db: asyncpg.Pool,
+        tasks: TaskTracker,
+        *,
+        max_pct: int = 50,
+        ttl: float = 120.0,
+        renew_interval: float = 30.0,
+        idle_close: float = 60.0,
+        db_timeout: float = 10.0,
+        owner: str | None = None,
+    ) -> None:
+        """``max_pct``: the share of an account's free balance one lease (or growth) may
+        take. A lease is used until ``ttl - renew_interval`` seconds after its last
+        renewal was sent, so a node that cannot renew stops before the database
+        expires it."""
+        self._db = db
+        self._tasks = tasks
+        self.max_pct = max_pct
+        self.ttl = ttl
+        self.renew_interval = renew_interval
+        self.idle_close = idle_close
+        self._db_timeout = db_timeout
+        self.owner = owner or node_owner()
+        self._by_account: dict[int, Lease] = {}
+        self._by_id: dict[int, Lease] = {}
+        self._asking: set[int] = set()
+        self._refused: dict[int, float] = {}
+
+    # --- the request path (no I/O) -----------------------------------------------------
+
+    def take(self, account_id: int, amount: int) -> int | None:
+        """Reserve ``amount`` from the account's lease; returns the lease id, or None
+        when there is no usable lease with that much free (a lease is then asked for,
+        or grown, in the background)."""
+        lease = self._by_account.get(account_id)
+        now = time.monotonic()
+        if lease is not None and lease.deadline > now and lease.free >= amount:
+            lease.free -= amount
+            lease.in_flight += 1
+            lease.unlanded += 1
+            lease.used = now
+            if lease.free < amount * HOLDS_PER_LEASE // 4:
+                self._ask(account_id, amount)
+            return lease.id
+        self._ask(account_id, amount)
+        return None
+
+    def landed(self, lease_id: int, short_by: int = 0) -> None:
+        """An operation on the lease was applied (or failed for good); ``short_by``:
+        how much more its hold took than the node reckoned."""
+        lease = self._by_id.get(lease_id)
+        if lease is not None:
+            lease.unlanded -= 1
+            lease.free -= max(short_by, 0)
+
+    def give_back(self, lease_id: int, amount: int) -> None:
+        """A request admitted against the lease ended; ``amount`` of its hold is unspent
+        (its settlement or release is queued: one more unlanded operation)."""
+        lease = self._by_id.get(lease_id)
+        if lease is not None:
+            lease.free += max(amount, 0)
+            lease.in_flight -= 1
+            lease.unlanded += 1
+
+    def leased(self, account_id: int) -> Lease | None:
+        return self._by_account.get(account_id)
+
+    # --- leases from the database ------------------------------------------------------
+
+    def _ask(self, account_id: int, amount: int) -> None:
+        if account_id in self._asking or self._refused.get(account_id, 0.0) > time.monotonic():
+            return
+        self._asking.add(account_id)
+        self._tasks.spawn(self._acquire(account_id, amount), name=f"lease-{account_id}")
+
+    async def _acquire(self, account_id: int, amount: int) -> None:
+        """Grow the account's lease, or open one; a failure only means the requests keep
+        taking the ordinary hold."""
+        try:
+            lease = self._by_account.get(account_id)
+            sent = time.monotonic()
+            if lease is not None and lease.deadline > sent:
+                want = max(lease.total, amount * HOLDS_PER_LEASE)
+                async with asyncio.timeout(self._db_timeout):
+                    added = await self._db.fetchval(
+                        "SELECT billing.lease_grow($1, $2, $3, $4)",
+                        lease.id,
+                        want,
+                        self.max_pct,
+                        self.ttl,
+                    )
+                if added:
+                    lease.free += added
+                    lease.total += added
+                    lease.deadline = sent + self.ttl - self.renew_interval
+                    return
+            async with asyncio.timeout(self._db_timeout):
+                row = await self._db.fetchrow(
+                    "SELECT * FROM billing.lease_open($1, $2, $3, $4, $5, $6)",
+                    account_id,
+                    self.owner,
+                    amount * HOLDS_PER_LEASE,
+                    amount,
+                    self.max_pct,
+                    self.ttl,
+                )
+            if row is None:
+                self._refused[account_id] = time.monotonic() + REFUSED_BACKOFF
+                return
+            new = Lease(
+                row["lease_id"],
+                account_id,
+                free=row["amount_nanos"],
+                total=row["amount_nanos"],
+                deadline=sent + self.ttl - self.renew_interval,
+                used=sent,
+            )
+            self._by_account[account_id] = new
+            self._by_id[new.id] = new
+        except _DB_ERRORS as exc:
+            log.warning("credit lease for account %s not taken: %s", account_id, exc)
+            self._refused[account_id] = time.monotonic() + REFUSED_BACKOFF
+        finally:
+            self._asking.discard(account_id)
+
+    async def renew(self) -> None:
+        """Renew the leases in use, close the idle ones, forget the ones the database no
+        longer has open (expired by the sweeper, or replaced and drained)."""
+        now = time.monotonic()
+        idle = [
+            lease
+            for lease in self._by_id.values()
+            if lease.in_flight == 0
+            and lease.unlanded == 0
+            and (
+                now - lease.used > self.idle_close
+                or self._by_account.get(lease.account_id) is not lease
+            )
+        ]
+        for lease in idle:
+            await self._close(lease)
+        ids = list(self._by_id)
+        if not ids:
+            return
+        async with asyncio.timeout(self._db_timeout):
+            rows = await self._db.fetch(
+                "SELECT * FROM billing.lease_renew($1::bigint[], $2)", ids, self.ttl
+            )
+        still_open = {row["id"]: row["amount_nanos"] for row in rows}
+        for lease_id in ids:
+            lease = self._by_id.get(lease_id)
+            if lease is None:
+                continue
+            if lease_id not in still_open:
+                self._forget(lease)
+                continue
+            lease.deadline = now + self.ttl - self.renew_interval
+            if lease.in_flight == 0 and lease.unlanded == 0:
+                # Nothing of this node's is under way on it: the database's figure is
+                # exact (smaller than the node's only if a price rose meanwhile).
+                lease.free = min(lease.free, still_open[lease_id])
+
+    async def run(self) -> None:
+        """Renew forever (a tracked perpetual task)."""
+        while True:
+            await asyncio.sleep(self.renew_interval)
+            try:
+                await self.renew()
+            except _DB_ERRORS as exc:
+                log.warning("credit leases not renewed: %s", exc)
+
+    async def close_all(self) -> None:
+        """Give every lease back (the node stops). Holds taken from them and still open
+        close to the free balance."""
+        for lease in list(self._by_id.values()):
+            try:
+                await self._close(lease)
+            except _DB_ERRORS as exc:
+                log.warning("credit lease %s not closed (it expires): %s", lease.id, exc)
+
+    async def _close(self, lease: Lease) -> None:
+        self._forget(lease)
+        async with asyncio.timeout(self._db_timeout):
+            await self._db.fetchval("SELECT billing.lease_close($1)", lease.id)
+
+    def _forget(self, lease: Lease) -> None:
+        self._by_id.pop(lease.id, None)
+        if self._by_account.get(lease.account_id) is lease:
+            del self._by_account[lease.account_id]
