@@ -1,35 +1,31 @@
-"""Prepaid billing on the request path: hold, settle, release, the hold sweeper and the
-settlement journal.
+"""Prepaid billing on the request path: hold, settle, release, and the hold sweeper.
 
-The money logic is the PL/pgSQL in ``sql/003_billing.sql`` (``billing.hold``,
-``billing.settle``, ``billing.release``, ``billing.expire_holds``); each method here is
-one database round trip that passes numbers in and reads the outcome.
+The money logic is the PL/pgSQL in ``sql/`` (``billing.hold``, ``billing.settle``,
+``billing.release``, ``billing.expire_holds`` in 003; ``billing.settle_leased`` and the
+credit leases in 006); this module passes numbers in and reads the outcomes. The
+operations of concurrent requests share round trips (``billing.apply_batch``).
+
+A request is admitted either with a hold row in the database (one round trip before it
+goes upstream) or, when this node holds a credit lease of the account with the
+request's worst case free, against that lease in memory (:mod:`alicode_gw.credit`; no
+round trip). Either way it is settled exactly once per request id.
 
 Money is integer nano-USD (1 USD = 1 000 000 000). :func:`format_usd` and
 :func:`parse_usd` convert exactly, through :class:`~decimal.Decimal`.
 
-Durability: when PostgreSQL cannot be reached at settle (or release) time, the call is
-appended to a journal (a Redis stream, shared by every node, so any node can replay it
-even if this one dies; a local append-only file under the data dir when Redis is down
-too). A tracked background task replays it when the database answers again. Replaying
-is exactly once because ``billing.settle`` is idempotent per request id: a journal
-entry is deleted only after the database has confirmed it, and replaying an entry
-twice changes nothing the second time.
+When the database cannot take a settlement or release, it goes to the journal
+(:mod:`alicode_gw.journal`) and is replayed from there.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
-import contextlib
 import dataclasses
-import fcntl
 import functools
 import json
 import logging
-import os
 import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -37,35 +33,22 @@ from typing import Any
 
 import asyncpg
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from alicode_gw import auth
 from alicode_gw.batching import Coalescer
-from alicode_gw.catalog import Prices, prices_from_row
+from alicode_gw.catalog import ModelInfo, Prices, prices_from_row
 from alicode_gw.credit import Credit
 from alicode_gw.errors import (
     InsufficientCreditsError,
     InvalidRequestError,
     ServiceUnavailableError,
 )
+from alicode_gw.journal import DB_UNREACHABLE, JOURNAL_FILE, SettlementJournal
 from alicode_gw.tasks import TaskTracker
 
 log = logging.getLogger(__name__)
 
 NANOS_PER_USD = 1_000_000_000
-JOURNAL_FILE = "billing-journal.jsonl"
-
-# What "PostgreSQL is unreachable" looks like through asyncpg.
-DB_UNREACHABLE: tuple[type[BaseException], ...] = (
-    OSError,
-    TimeoutError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.AdminShutdownError,
-    asyncpg.CrashShutdownError,
-    asyncpg.TooManyConnectionsError,
-)
 
 
 def format_usd(nanos: int) -> str:
@@ -112,18 +95,16 @@ class Hold:
     """A reservation made by :meth:`Billing.hold`; ``model`` is the priced model id and
     ``prices`` the snapshot the request will be billed at (its discount resolved).
 
-    A hold admitted against a credit lease (``lease_id``) exists in the database once
-    its queued ``hold_from_lease`` lands: until then ``prices`` is the node's copy of
-    the catalog, then the snapshot the row took. ``args`` are the hold's parameters,
-    which its settlement carries (so that a settlement replayed from the journal can
-    take a hold that never landed)."""
+    A hold admitted against a credit lease (``lease_id``) lives only in this node's
+    memory: ``prices`` is then the node's copy of the catalog (no discount), which
+    ``billing.settle_leased`` bills at, and ``settlement`` the parameters it needs."""
 
     request_id: str
     model: str
     amount_nanos: int
     prices: Prices | None = None
     lease_id: int | None = None
-    args: dict[str, Any] | None = None
+    settlement: dict[str, Any] | None = None
 
     def cost_nanos(self, usage: Usage) -> int:
         """What ``billing.settle`` will record as this request's cost for ``usage``
@@ -181,11 +162,13 @@ class Billing:
         self._sweep_interval = sweep_interval
         self._replay_interval = replay_interval
         self._db_timeout = db_timeout
-        self.stream_key = f"{redis_prefix}billing:journal"
-        self.journal_path = data_dir / JOURNAL_FILE
-        self._file_lock = asyncio.Lock()
-        self._replay_lock = asyncio.Lock()
-        self._replay_now = asyncio.Event()
+        self.journal = SettlementJournal(
+            redis,
+            f"{redis_prefix}billing:journal",
+            data_dir / JOURNAL_FILE,
+            self._apply,
+            applied=lambda request_id: self._open.pop(request_id, None),
+        )
         self._tasks = tasks if tasks is not None else TaskTracker()
         self.credit = credit
         self._ops: Coalescer[dict[str, Any], asyncpg.Record] = Coalescer(
@@ -202,7 +185,9 @@ class Billing:
     def start(self, tasks: TaskTracker) -> None:
         """Start the sweeper and the journal replayer (tracked perpetual tasks)."""
         tasks.spawn(self._sweep_loop(), name="billing-sweeper", perpetual=True)
-        tasks.spawn(self._replay_loop(), name="billing-journal-replay", perpetual=True)
+        tasks.spawn(
+            self.journal.run(self._replay_interval), name="billing-journal-replay", perpetual=True
+        )
 
     @property
     def round_trips(self) -> int:
@@ -222,28 +207,34 @@ class Billing:
         *,
         batch: bool = False,
         account_id: int | None = None,
-        prices: Prices | None = None,
+        priced: ModelInfo | None = None,
     ) -> Hold:
         """Reserve the worst-case cost. 402 when the account cannot cover it, 400 for an
         unknown model, 503 when the database cannot be reached (nothing went upstream).
         A hold that lands after its caller stopped waiting is released.
 
-        Given the key's ``account_id`` and the model's ``prices`` (the node's catalog),
-        a request that is not a batch is admitted against the account's credit lease
-        when it has enough free, without waiting for the database."""
-        args = {
-            "key_id": key_id,
-            "model": model,
-            "estimated_input": estimated_input_tokens,
-            "max_tokens": max_tokens,
-            "client_ip": client_ip,
-        }
-        if self.credit is not None and not batch and account_id is not None and prices:
-            amount = hold_amount(prices, estimated_input_tokens, max_tokens)
+        Given the key's ``account_id`` and the model as the node's catalog has it
+        (``priced``), a request that is not a batch is admitted against the account's
+        credit lease when that has the worst case free: no database round trip."""
+        if self.credit is not None and not batch and account_id is not None and priced:
+            amount = hold_amount(priced.prices, estimated_input_tokens, max_tokens)
             lease_id = self.credit.take(account_id, amount)
             if lease_id is not None:
-                return self._hold_leased(request_id, {**args, "lease_id": lease_id}, amount, prices)
-        future = self._ops.submit({"op": "hold", "request_id": request_id, "batch": batch, **args})
+                return self._hold_leased(
+                    request_id, lease_id, amount, priced, key_id, model, client_ip
+                )
+        future = self._ops.submit(
+            {
+                "op": "hold",
+                "request_id": request_id,
+                "key_id": key_id,
+                "model": model,
+                "estimated_input": estimated_input_tokens,
+                "max_tokens": max_tokens,
+                "client_ip": client_ip,
+                "batch": batch,
+            }
+        )
         try:
             async with asyncio.timeout(self._db_timeout):
                 row = await asyncio.shield(future)
@@ -270,37 +261,34 @@ class Billing:
         return held
 
     def _hold_leased(
-        self, request_id: str, args: dict[str, Any], amount: int, prices: Prices
+        self,
+        request_id: str,
+        lease_id: int,
+        amount: int,
+        priced: ModelInfo,
+        key_id: int,
+        requested_model: str,
+        client_ip: str,
     ) -> Hold:
-        """Admitted against a lease: the hold row is queued (a batch goes out at once
-        if none is under way) and not waited for. Until it lands the cost is reckoned
-        at the node's prices, without a discount (it is not a batch request)."""
-        snapshot = dataclasses.replace(prices, batch_discount_pct=0)
-        held = Hold(request_id, args["model"], amount, snapshot, args["lease_id"], args)
+        """Admitted against a lease: the hold is this node's to keep (no database row);
+        the request is billed at the node's prices, without a discount (not a batch)."""
+        prices = dataclasses.replace(priced.prices, batch_discount_pct=0)
+        settlement = {
+            "lease_id": lease_id,
+            "key_id": key_id,
+            "requested_model": requested_model,
+            "model": priced.target,
+            "client_ip": client_ip,
+            "reserved": amount,
+            "input_price": prices.input,
+            "output_price": prices.output,
+            "cache_write_5m_price": prices.cache_write_5m,
+            "cache_write_1h_price": prices.cache_write_1h,
+            "cache_read_price": prices.cache_read,
+        }
+        held = Hold(request_id, priced.target, amount, prices, lease_id, settlement)
         self._open[request_id] = (held, time.monotonic() + self.hold_ttl)
-        future = self._ops.submit({"op": "hold", "request_id": request_id, **args})
-        future.add_done_callback(functools.partial(self._lease_hold_landed, held))
         return held
-
-    def _lease_hold_landed(self, held: Hold, future: asyncio.Future[asyncpg.Record]) -> None:
-        assert self.credit is not None and held.lease_id is not None
-        if future.cancelled() or future.exception() is not None:
-            # Its settlement or release carries the hold's parameters and takes it.
-            reason = "cancelled" if future.cancelled() else future.exception()
-            log.warning("hold of %s not applied yet (%s)", held.request_id, reason)
-            self.credit.landed(held.lease_id)
-            return
-        row = future.result()
-        if row["outcome"] in ("held", "held_short", "duplicate"):
-            if row["outcome"] == "held_short":
-                log.warning("hold of %s: its lease could not cover it", held.request_id)
-            held.model = row["priced_model"]
-            held.prices = prices_from_row(row)
-            taken = row["amount_nanos"] if row["outcome"] == "held" else 0
-            self.credit.landed(held.lease_id, short_by=taken - held.amount_nanos)
-        else:
-            log.error("hold of %s against a lease refused: %s", held.request_id, row["outcome"])
-            self.credit.landed(held.lease_id)
 
     def _release_orphan(self, request_id: str, future: asyncio.Future[asyncpg.Record]) -> None:
         """A hold whose requester is gone (cancelled, or timed out waiting) but which
@@ -327,25 +315,22 @@ class Billing:
         trip."""
         entry = {"op": "settle", "request_id": request_id, "estimated": estimated}
         entry.update(usage.counts())
-        lease_id = self._leave_lease(request_id, lambda hold: hold.cost_nanos(usage), entry)
+        held = self._leased(request_id)
+        if held is not None:  # billed by settle_leased; the lease gets the rest back now
+            assert held.lease_id is not None and held.settlement is not None
+            entry.update(held.settlement, op="settle_leased")
+            self._credit().give_back(held.lease_id, held.amount_nanos - held.cost_nanos(usage))
         future = self._ops.submit(entry, urgent=urgent)
-        return self._settled(entry, usage, future, lease_id)
+        return self._settled(entry, usage, future, held.lease_id if held else None)
 
-    def _leave_lease(
-        self, request_id: str, spent: Callable[[Hold], int], entry: dict[str, Any]
-    ) -> int | None:
-        """A request admitted against a lease ends: what of its hold is not ``spent``
-        goes back to the lease in memory now, and its settlement carries the hold's
-        parameters. Returns the lease id (None: not a leased hold)."""
+    def _leased(self, request_id: str) -> Hold | None:
+        """The open hold of ``request_id`` if it was admitted against a lease."""
         opened = self._open.get(request_id)
-        if opened is None or opened[0].lease_id is None or self.credit is None:
-            return None
-        held = opened[0]
-        assert held.lease_id is not None and held.args is not None
-        self.credit.give_back(held.lease_id, held.amount_nanos - spent(held))
-        if entry["op"] == "settle":
-            entry.update(held.args)
-        return held.lease_id
+        return opened[0] if opened is not None and opened[0].lease_id is not None else None
+
+    def _credit(self) -> Credit:
+        assert self.credit is not None, "a leased hold without credit leases"
+        return self.credit
 
     async def _settled(
         self,
@@ -368,9 +353,14 @@ class Billing:
     ) -> Coroutine[Any, Any, int | None]:
         """Queue the release now; return what awaits its outcome (see
         :meth:`settle_later`)."""
+        held = self._leased(request_id)
+        if held is not None:  # nothing was written: the lease has it all back at once
+            assert held.lease_id is not None
+            self._credit().give_back(held.lease_id, held.amount_nanos, queued=False)
+            del self._open[request_id]
+            return _nothing()
         entry: dict[str, Any] = {"op": "release", "request_id": request_id}
-        lease_id = self._leave_lease(request_id, lambda hold: 0, entry)
-        return self._landed(entry, self._ops.submit(entry, urgent=urgent), lease_id)
+        return self._landed(entry, self._ops.submit(entry, urgent=urgent))
 
     async def _landed(
         self,
@@ -404,7 +394,7 @@ class Billing:
             reason,
             exc_info=None if expected else reason,  # a bug: show where
         )
-        await self._journal(entry)
+        await self.journal.append(entry)
 
     # --- applying operations -------------------------------------------------------------
 
@@ -450,7 +440,7 @@ class Billing:
             if row["outcome"] == "settled":
                 log.warning("release of %s ignored: already settled", request_id)
             return 0
-        if row["outcome"] in ("unknown", "released"):
+        if row["outcome"] in ("unknown", "released", "unknown_key"):
             log.warning("settlement of %s ignored: hold is %s", request_id, row["outcome"])
         if row["revoked_public_id"] is not None:
             await self._announce_revoked(row["revoked_public_id"])
@@ -471,88 +461,14 @@ class Billing:
         opened = self._open.pop(request_id, None)
         return 0 if opened is None else opened[0].cost_nanos(usage)
 
-    # --- the journal -------------------------------------------------------------------
-
-    async def _journal(self, entry: dict[str, Any]) -> None:
-        fields = {k: json.dumps(v) for k, v in entry.items()}
-        try:
-            await self._redis.xadd(self.stream_key, fields)  # type: ignore[arg-type]
-        except RedisError as exc:
-            log.error("Redis unreachable too (%s); journaling to %s", exc, self.journal_path)
-            async with self._file_lock:
-                await asyncio.to_thread(_append_line, self.journal_path, json.dumps(entry))
-        self._replay_now.set()
+    # --- the sweeper -------------------------------------------------------------------
 
     async def replay_journal(self) -> int:
-        """Apply every journaled operation the database confirms; returns how many were
-        applied. Stops (leaving the rest) at the first sign the database is still down."""
-        async with self._replay_lock:
-            applied = await self._replay_file()
-            return applied + await self._replay_stream()
-
-    async def _replay_stream(self) -> int:
-        applied = 0
-        while True:
-            entries = await self._redis.xrange(self.stream_key, "-", "+", count=100)
-            if not entries:
-                return applied
-            for entry_id, raw in entries:
-                entry = {k.decode(): json.loads(v) for k, v in raw.items()}
-                try:
-                    await self._apply(entry)
-                except (*DB_UNREACHABLE, asyncpg.TransactionRollbackError):
-                    return applied  # an outage, or a conflict that outlived its retries
-                except asyncpg.PostgresError as exc:
-                    # Not an outage: this entry can never apply. Park it where the
-                    # operator sees it instead of blocking the journal behind it.
-                    log.error("journaled %s cannot be applied (%s); parked", entry, exc)
-                    await self._redis.xadd(self.stream_key + ":failed", raw)
-                await self._redis.xdel(self.stream_key, entry_id)
-                self._open.pop(str(entry["request_id"]), None)
-                applied += 1
-
-    async def _replay_file(self) -> int:
-        async with self._file_lock:
-            lines = await asyncio.to_thread(_read_lines, self.journal_path)
-            if not lines:
-                return 0
-            applied = 0
-            for line in lines:
-                try:
-                    await self._apply(json.loads(line))
-                except (*DB_UNREACHABLE, asyncpg.TransactionRollbackError):
-                    break
-                except asyncpg.PostgresError as exc:
-                    log.error("journaled %s cannot be applied (%s); parked", line, exc)
-                    failed = self.journal_path.with_suffix(".failed")
-                    await asyncio.to_thread(_append_line, failed, line)
-                applied += 1
-            await asyncio.to_thread(_remove_lines, self.journal_path, lines[:applied])
-            return applied
+        """Apply what the journal holds (see :meth:`SettlementJournal.replay`)."""
+        return await self.journal.replay()
 
     async def journal_length(self) -> int:
-        """Operations waiting in the journal (stream and file)."""
-        async with self._file_lock:
-            in_file = len(await asyncio.to_thread(_read_lines, self.journal_path))
-        return in_file + int(await self._redis.xlen(self.stream_key))
-
-    async def _replay_loop(self) -> None:
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._replay_now.wait(), self._replay_interval)
-            self._replay_now.clear()
-            try:
-                applied = await self.replay_journal()
-            except (RedisError, OSError) as exc:
-                log.warning("billing journal replay failed: %s", exc)
-                continue
-            except Exception:  # keep the replayer alive; the journal keeps the entries
-                log.exception("billing journal replay failed")
-                continue
-            if applied:
-                log.info("billing journal: applied %d journaled operation(s)", applied)
-
-    # --- the sweeper -------------------------------------------------------------------
+        return await self.journal.length()
 
     async def sweep(self) -> int:
         """Release expired holds and credit leases (left by a crashed node); returns how
@@ -580,58 +496,5 @@ class Billing:
                 log.warning("hold sweeper: released %d expired hold(s)", expired)
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """An exclusive lock on ``<journal>.lock`` across processes: the workers of one node
-    (``serve --workers N``) share the data dir, so appends, reads and removals of the
-    journal file must not interleave between them."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.with_suffix(".lock").open("a") as lock:
-        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
-
-
-def _append_line(path: Path, line: str) -> None:
-    with _locked(path), path.open("a", encoding="utf-8") as handle:
-        handle.write(line + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
-def _read_lines(path: Path) -> list[str]:
-    with _locked(path):
-        try:
-            return [line for line in path.read_text("utf-8").splitlines() if line.strip()]
-        except FileNotFoundError:
-            return []
-
-
-def _remove_lines(path: Path, done: list[str]) -> None:
-    """Drop the applied entries ``done`` from the file, keeping every other line —
-    including those another process appended (or already removed) since they were read."""
-    if not done:
-        return
-    with _locked(path):
-        try:
-            current = [line for line in path.read_text("utf-8").splitlines() if line.strip()]
-        except FileNotFoundError:
-            return
-        pending = collections.Counter(done)
-        kept: list[str] = []
-        for line in current:
-            if pending[line] > 0:
-                pending[line] -= 1
-            else:
-                kept.append(line)
-        if not kept:
-            path.unlink(missing_ok=True)
-            return
-        tmp = path.with_suffix(".tmp")
-        with tmp.open("w", encoding="utf-8") as handle:
-            handle.write("".join(line + "\n" for line in kept))
-            handle.flush()
-            os.fsync(handle.fileno())
-        tmp.replace(path)
+async def _nothing() -> None:
+    return None

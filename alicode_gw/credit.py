@@ -3,21 +3,22 @@
 A node reserves a slice of an account's free balance once (``billing.lease_open`` in
 ``sql/006_credit_leases.sql``: a row in ``billing_leases``, counted in the account's
 ``held_nanos`` like a hold) and then admits that account's requests against it in
-memory: :meth:`Credit.take` is synchronous and does no I/O. Each admitted request's hold
-row is still written (``billing.hold_from_lease``, queued with the batch that follows,
-not awaited) and settled or released as before; what a closed hold does not spend goes
-back into the lease.
+memory: :meth:`Credit.take` is synchronous and does no I/O. A leased request's hold
+lives only here; it is billed by one ``billing.settle_leased`` call (queued with the
+next batch when the request ends), and one that produced nothing costs no call at all.
 
-What the node believes a lease has free never exceeds what the database has in it: a
-take subtracts the request's worst case at once, a hold that lands dearer than the node
-reckoned (a price rose) is subtracted too, and a settlement gives back only what the
-node knows is unspent. So a request admitted here never takes money another request or
-node reserved. An account without a lease, or whose lease is short, takes the ordinary
-hold round trip while a lease is opened or grown in the background.
+What this node counts as free in a lease never exceeds what the database has in it: a
+take subtracts the request's worst case (the amount ``billing.hold`` would reserve), and
+an ending request gives back only what it did not spend. So the requests a node admits
+against a lease can always be paid from it; the database checks again anyway (a charge
+takes at most its worst case from the lease, the rest only from the free balance). An
+account without a lease, or whose lease is short, takes the ordinary hold round trip
+while a lease is opened or grown in the background; an account whose free balance is
+small gets no lease at all (half of it must cover the request).
 
-Leases are renewed while the node runs, closed when they have been idle for a while and
-when the node stops; a node that dies leaves them to expire (``billing.expire_leases``,
-run by the sweeper), and a node that cannot renew stops using them well before that.
+Leases are renewed while the node runs, closed when idle and when the node stops; a
+node that dies leaves them to expire (``billing.expire_leases``, run by the sweeper), and
+a node that cannot renew stops using them well before that.
 """
 
 from __future__ import annotations
@@ -53,8 +54,9 @@ class Lease:
     free: int  # what this node may still hold against it
     total: int  # granted so far (sizes the next growth)
     deadline: float  # monotonic time after which it is no longer used
-    in_flight: int = 0  # holds taken and not yet given back
-    unlanded: int = 0  # operations on it queued but not yet applied
+    in_flight: int = 0  # requests admitted and not yet ended
+    unlanded: int = 0  # their settlements queued but not yet applied
+    taken: int = 0  # requests ever admitted against it
     used: float = 0.0
 
 
@@ -101,7 +103,7 @@ class Credit:
         if lease is not None and lease.deadline > now and lease.free >= amount:
             lease.free -= amount
             lease.in_flight += 1
-            lease.unlanded += 1
+            lease.taken += 1
             lease.used = now
             if lease.free < amount * HOLDS_PER_LEASE // 4:
                 self._ask(account_id, amount)
@@ -109,22 +111,21 @@ class Credit:
         self._ask(account_id, amount)
         return None
 
-    def landed(self, lease_id: int, short_by: int = 0) -> None:
-        """An operation on the lease was applied (or failed for good); ``short_by``:
-        how much more its hold took than the node reckoned."""
-        lease = self._by_id.get(lease_id)
-        if lease is not None:
-            lease.unlanded -= 1
-            lease.free -= max(short_by, 0)
-
-    def give_back(self, lease_id: int, amount: int) -> None:
-        """A request admitted against the lease ended; ``amount`` of its hold is unspent
-        (its settlement or release is queued: one more unlanded operation)."""
+    def give_back(self, lease_id: int, amount: int, *, queued: bool = True) -> None:
+        """A request admitted against the lease ended; ``amount`` of its worst case is
+        unspent. ``queued``: its settlement is on its way to the database (until it
+        :meth:`landed`, the node's count is not compared with the database's)."""
         lease = self._by_id.get(lease_id)
         if lease is not None:
             lease.free += max(amount, 0)
             lease.in_flight -= 1
-            lease.unlanded += 1
+            lease.unlanded += queued
+
+    def landed(self, lease_id: int) -> None:
+        """A settlement against the lease was applied (or journaled)."""
+        lease = self._by_id.get(lease_id)
+        if lease is not None:
+            lease.unlanded -= 1
 
     def leased(self, account_id: int) -> Lease | None:
         return self._by_account.get(account_id)
@@ -206,6 +207,11 @@ class Credit:
         ids = list(self._by_id)
         if not ids:
             return
+        quiet = {
+            lease.id: lease.taken
+            for lease in self._by_id.values()
+            if lease.in_flight == 0 and lease.unlanded == 0
+        }
         async with asyncio.timeout(self._db_timeout):
             rows = await self._db.fetch(
                 "SELECT * FROM billing.lease_renew($1::bigint[], $2)", ids, self.ttl
@@ -219,10 +225,11 @@ class Credit:
                 self._forget(lease)
                 continue
             lease.deadline = now + self.ttl - self.renew_interval
-            if lease.in_flight == 0 and lease.unlanded == 0:
-                # Nothing of this node's is under way on it: the database's figure is
-                # exact (smaller than the node's only if a price rose meanwhile).
-                lease.free = min(lease.free, still_open[lease_id])
+            if quiet.get(lease_id) == lease.taken and lease.in_flight == lease.unlanded == 0:
+                # Nothing of this node's was under way on it all along: the database's
+                # figure is exact (the node's is lower when a request cost more than its
+                # worst case, which the lease then did not pay in full).
+                lease.free = still_open[lease_id]
 
     async def run(self) -> None:
         """Renew forever (a tracked perpetual task)."""

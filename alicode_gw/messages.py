@@ -161,9 +161,10 @@ async def _admit_and_hold(
     estimate: int,
     ip: str,
 ) -> tuple[Admission, Hold]:
-    """The limits (Redis) and the billing hold (PostgreSQL) at once: one round trip of
-    latency instead of two. Whichever refuses, the other is undone before the error
-    (the limits' verdict first) reaches the client."""
+    """The limits (Redis) and the billing hold (PostgreSQL, or none: the account's credit
+    lease on this node) at once: one round trip of latency at most. Whichever refuses,
+    the other is undone before the error (the limits' verdict first) reaches the
+    client."""
     state = ctx.state
     admitted, held = await asyncio.gather(
         state.limiter.admit(ip, key, info.target),
@@ -175,7 +176,7 @@ async def _admit_and_hold(
             request.max_tokens,
             ip,
             account_id=key.account_id,
-            prices=info.prices,
+            priced=info,
         ),
         return_exceptions=True,
     )

@@ -36,6 +36,17 @@ class TaskTracker:
     def __len__(self) -> int:
         return len(self._tasks)
 
+    async def settle(self, grace: float) -> set[asyncio.Task[Any]]:
+        """Wait up to ``grace`` seconds until no task but the loops is running (tasks
+        spawned meanwhile included); returns those still running then."""
+        deadline = asyncio.get_running_loop().time() + grace
+        while self._tasks:
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                return set(self._tasks)
+            await asyncio.wait(set(self._tasks), timeout=remaining)
+        return set()
+
     async def drain(self, grace: float) -> None:
         """Cancel the loops, wait up to ``grace`` seconds for the other tasks (and for
         the tasks they spawn meanwhile, such as a settlement's flush), then cancel what
@@ -43,14 +54,7 @@ class TaskTracker:
         loops = set(self._loops)
         for task in loops:
             task.cancel()
-        deadline = asyncio.get_running_loop().time() + grace
-        pending: set[asyncio.Task[Any]] = set()
-        while self._tasks:
-            remaining = deadline - asyncio.get_running_loop().time()
-            if remaining <= 0:
-                pending = set(self._tasks)
-                break
-            await asyncio.wait(set(self._tasks), timeout=remaining)
+        pending = await self.settle(grace)
         for task in pending:
             task.cancel()
         if loops or pending:

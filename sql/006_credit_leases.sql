@@ -1,17 +1,23 @@
 -- Credit leases: a node reserves a slice of an account's free balance once, then admits
 -- that account's requests against it in memory, with no database round trip before the
--- request goes upstream. Every request still gets its own hold row (with the price
--- snapshot) and is settled or released as before; only where the money of its hold comes
--- from, and goes back to, changes.
+-- request goes upstream, and bills each one with a single call when it ends.
 --
--- A lease is counted in accounts.held_nanos, like a hold, so the books still add up:
---     held_nanos = sum(open holds) + sum(open leases)         (billing.audit below)
--- and nothing a lease reserves can be spent by another node or request. A request's hold
--- taken "from a lease" moves money from the lease to the hold (held_nanos unchanged);
--- its settlement or release gives the rest back to the lease while the lease is open, and
--- to the free balance once it is not. A node renews its leases while it runs and closes
--- them when it stops; the sweeper expires the leases of a node that died (their money goes
--- back to the free balance; the holds taken from them are settled or expire as usual).
+-- The books: a lease is counted in accounts.held_nanos like a hold, so
+--     held_nanos = sum(open holds) + sum(open leases)                (billing.audit)
+-- The node admits a request only when its lease still has the request's worst case free
+-- (alicode_gw/credit.py keeps that count: the same hold amount billing.hold reserves);
+-- the database makes sure nothing is spent twice whatever a node believes: a leased
+-- request's charge takes at most its worst case from the lease, and any remainder only
+-- from the free balance (balance - held), never from a hold or another lease; what the
+-- balance cannot cover is the ledger row's shortfall, as for any settlement.
+--
+-- A leased request has no billing_holds row: its hold lives in the node's memory. It is
+-- billed at the prices the node had when it accepted it (the node's copy of the model
+-- table, refreshed every few seconds), which settle_leased records exactly as
+-- billing.request_cost computes them; a request that produced nothing costs no database
+-- call at all. When a lease closes (its node stopped) or expires (its node died, or lost
+-- the database), its money goes back to the free balance; a leased request settled
+-- later (e.g. from the journal) is charged from the free balance.
 --
 -- Locking, always in this order, in every function here and in apply_batch: hold rows,
 -- then lease rows, then accounts (each group by id).
@@ -28,9 +34,6 @@ CREATE TABLE billing_leases (
 );
 CREATE INDEX billing_leases_open_idx ON billing_leases (expires_at) WHERE status = 'open';
 CREATE INDEX billing_leases_account_idx ON billing_leases (account_id) WHERE status = 'open';
-
--- The lease a hold was taken from (NULL: from the free balance).
-ALTER TABLE billing_holds ADD COLUMN lease_id bigint REFERENCES billing_leases (id);
 
 -- lease_open: reserve least(want, max_pct % of the free balance) for p_owner, if that is
 -- at least p_min; returns the lease id and amount (no row: nothing leased).
@@ -90,8 +93,7 @@ LANGUAGE sql AS $$
     RETURNING b.id, b.amount_nanos
 $$;
 
--- lease_close: give an open lease's money back to the free balance. Holds taken from it
--- stay open; their remainders go to the free balance when they close. Returns the amount
+-- lease_close: give an open lease's money back to the free balance. Returns the amount
 -- given back (0 if it was not open).
 CREATE FUNCTION billing.lease_close(p_lease_id bigint) RETURNS bigint
 LANGUAGE plpgsql AS $$
@@ -110,7 +112,8 @@ BEGIN
 END $$;
 
 -- expire_leases: the sweeper's second half. Leases past their expiry (their node stopped
--- renewing them: it died, or lost the database) give their money back.
+-- renewing them: it died, or lost the database) give their money back. A separate call
+-- from expire_holds, so that each keeps the lock order.
 CREATE FUNCTION billing.expire_leases(p_limit integer DEFAULT 1000) RETURNS integer
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -141,87 +144,109 @@ BEGIN
     RETURN v_count;
 END $$;
 
--- hold_from_lease: billing.hold, with the money taken from the open lease p_lease_id first
--- and from the free balance for any part the lease lacks. The node admitted the request
--- against its lease in memory and it may already be upstream, so this never refuses:
--- when neither lease nor free balance can cover it (the lease expired under a node that
--- lost the database, or a price rose since the node's copy), the hold reserves 0 and its
--- settlement is charged from what is free then (any uncovered cost is the ledger row's
--- shortfall). outcome: held | held_short | duplicate | unknown_model | unknown_key
-CREATE FUNCTION billing.hold_from_lease(
-    p_lease_id bigint, p_request_id text, p_key_id bigint, p_model text,
-    p_estimated_input bigint, p_max_tokens bigint, p_client_ip text,
-    p_ttl_seconds double precision
-) RETURNS TABLE (outcome text, priced_model text, hold_nanos bigint)
+-- key_spend (the end of billing.settle in 003, shared): add a charge to the key's spend;
+-- reaching its spend cap revokes the key. Returns the public id when this charge is the
+-- one that revoked it.
+CREATE FUNCTION billing.key_spend(p_key_id bigint, p_charge bigint) RETURNS text
 LANGUAGE plpgsql AS $$
 DECLARE
-    l       billing_leases;
-    h       record;
-    v_open  boolean := false;
-    v_lease bigint := 0;
+    v_key    api_keys;
+    v_status text;
 BEGIN
-    IF EXISTS (SELECT 1 FROM billing_holds b WHERE b.request_id = p_request_id) THEN
-        RETURN QUERY SELECT * FROM billing.hold(p_request_id, p_key_id, p_model,
-            p_estimated_input, p_max_tokens, p_client_ip, false, p_ttl_seconds);
-        RETURN;
+    -- 002_auth's trigger revokes a key whose spend reaches its cap in this same UPDATE;
+    -- the status before it tells whether this charge is the one that revoked it.
+    SELECT k.status INTO v_status FROM api_keys k WHERE k.id = p_key_id FOR UPDATE;
+    UPDATE api_keys k SET spent_nanos = k.spent_nanos + p_charge
+     WHERE k.id = p_key_id
+    RETURNING * INTO v_key;
+    IF v_status = 'active' AND v_key.spend_cap_nanos IS NOT NULL
+       AND v_key.spent_nanos >= v_key.spend_cap_nanos THEN
+        UPDATE api_keys k
+           SET status = 'revoked', revoked_reason = 'spend cap reached', revoked_at = now()
+         WHERE k.id = p_key_id AND k.status = 'active';
+        RETURN v_key.public_id;
     END IF;
-    SELECT * INTO l FROM billing_leases b WHERE b.id = p_lease_id FOR UPDATE;
-    v_open := FOUND AND l.status = 'open'
-              AND l.account_id = (SELECT k.account_id FROM api_keys k WHERE k.id = p_key_id);
-    IF v_open THEN
-        PERFORM 1 FROM accounts a WHERE a.id = l.account_id FOR UPDATE;
-        -- The lease's money counts as free for this one hold ...
-        UPDATE accounts a SET held_nanos = a.held_nanos - l.amount_nanos
-         WHERE a.id = l.account_id;
-    END IF;
-    SELECT * INTO h FROM billing.hold(p_request_id, p_key_id, p_model, p_estimated_input,
-        p_max_tokens, p_client_ip, false, p_ttl_seconds);
-    IF h.outcome = 'insufficient' THEN
-        SELECT * INTO h FROM billing.hold(p_request_id, p_key_id, p_model, 0, 0,
-            p_client_ip, false, p_ttl_seconds);
-        IF h.outcome = 'held' THEN
-            h.outcome := 'held_short';
-        END IF;
-    END IF;
-    IF v_open THEN
-        -- ... and what the hold did not take goes back into the lease.
-        v_lease := l.amount_nanos;
-        IF h.outcome IN ('held', 'held_short') THEN
-            v_lease := greatest(v_lease - h.hold_nanos, 0);
-            UPDATE billing_holds b SET lease_id = p_lease_id WHERE b.request_id = p_request_id;
-        END IF;
-        UPDATE accounts a SET held_nanos = a.held_nanos + v_lease WHERE a.id = l.account_id;
-        UPDATE billing_leases b SET amount_nanos = v_lease WHERE b.id = p_lease_id;
-    END IF;
-    RETURN QUERY SELECT h.outcome, h.priced_model, h.hold_nanos;
+    RETURN NULL;
 END $$;
 
--- refill_lease: part of a closed hold taken from a lease goes back into the lease, if it
--- is still open (the caller already gave it back to the free balance). Lock order: the
--- caller holds the lease row and the account row already.
-CREATE FUNCTION billing.refill_lease(p_lease_id bigint, p_amount bigint) RETURNS void
-LANGUAGE sql AS $$
-    WITH refilled AS (
-        UPDATE billing_leases b SET amount_nanos = b.amount_nanos + p_amount
-         WHERE b.id = p_lease_id AND b.status = 'open' AND p_amount > 0
-        RETURNING b.account_id)
-    UPDATE accounts a SET held_nanos = a.held_nanos + p_amount
-      FROM refilled WHERE a.id = refilled.account_id
-$$;
+-- settle_leased: bill a request the node admitted against lease p_lease_id, exactly once
+-- (the ledger's unique request id). p_reserved is the request's worst case, which the
+-- node counted against the lease; the charge comes out of the lease up to that (while
+-- the lease is open and belongs to the key's account), then out of the free balance.
+-- Prices are the node's snapshot (micro-USD per MTok, no discount: never a batch).
+-- outcome: settled | already_settled | unknown_key
+CREATE FUNCTION billing.settle_leased(
+    p_lease_id bigint, p_request_id text, p_key_id bigint, p_requested_model text,
+    p_model text, p_client_ip text, p_reserved bigint,
+    p_input bigint, p_output bigint, p_cw5m bigint, p_cw1h bigint, p_cread bigint,
+    t_input bigint, t_output bigint, t_cw5m bigint, t_cw1h bigint, t_cread bigint,
+    p_estimated boolean
+) RETURNS TABLE (outcome text, charged_nanos bigint, revoked_public_id text)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_account   bigint;
+    v_cost      bigint;
+    v_reserved  bigint;
+    v_available bigint;
+    v_charge    bigint;
+    v_lease     bigint;
+BEGIN
+    SELECT k.account_id INTO v_account FROM api_keys k WHERE k.id = p_key_id;
+    IF NOT FOUND THEN
+        RETURN QUERY SELECT 'unknown_key'::text, 0::bigint, NULL::text;
+        RETURN;
+    END IF;
+    SELECT l.amount_nanos INTO v_lease FROM billing_leases l
+     WHERE l.id = p_lease_id AND l.status = 'open' AND l.account_id = v_account
+       FOR UPDATE;
+    SELECT a.balance_nanos - a.held_nanos INTO v_available
+      FROM accounts a WHERE a.id = v_account FOR UPDATE;
+    -- After the account lock: a second settlement of this request waits for the first
+    -- and then sees its ledger row.
+    PERFORM 1 FROM ledger l WHERE l.request_id = p_request_id;
+    IF FOUND THEN
+        RETURN QUERY SELECT 'already_settled'::text, -l.amount_nanos, NULL::text
+                       FROM ledger l WHERE l.request_id = p_request_id;
+        RETURN;
+    END IF;
+    v_cost := billing.request_cost(p_input, p_output, p_cw5m, p_cw1h, p_cread, 0,
+        greatest(t_input, 0), greatest(t_output, 0), greatest(t_cw5m, 0),
+        greatest(t_cw1h, 0), greatest(t_cread, 0));
+    v_reserved := least(greatest(p_reserved, 0), coalesce(v_lease, 0));
+    v_charge := least(v_cost, greatest(v_available + v_reserved, 0));
+    v_reserved := least(v_reserved, v_charge);  -- the part the lease pays
+    IF v_reserved > 0 THEN
+        UPDATE billing_leases l SET amount_nanos = l.amount_nanos - v_reserved
+         WHERE l.id = p_lease_id;
+    END IF;
+    UPDATE accounts a
+       SET balance_nanos = a.balance_nanos - v_charge,
+           held_nanos = a.held_nanos - v_reserved
+     WHERE a.id = v_account;
+    INSERT INTO ledger (account_id, kind, amount_nanos, request_id, key_id, client_ip,
+                        requested_model, model, input_tokens, output_tokens,
+                        cache_creation_5m, cache_creation_1h, cache_read, batch,
+                        cost_nanos, shortfall_nanos, status)
+    VALUES (v_account, 'charge', -v_charge, p_request_id, p_key_id, p_client_ip,
+            p_requested_model, p_model, greatest(t_input, 0), greatest(t_output, 0),
+            greatest(t_cw5m, 0), greatest(t_cw1h, 0), greatest(t_cread, 0), false,
+            v_cost, v_cost - v_charge,
+            CASE WHEN p_estimated THEN 'estimated' ELSE 'complete' END);
+    RETURN QUERY SELECT 'settled'::text, v_charge, billing.key_spend(p_key_id, v_charge);
+END $$;
 
--- apply_batch, as in 005, with leases:
---   "hold"    may carry lease_id: the hold is taken from that lease (hold_from_lease).
---   "settle"  of a request admitted against a lease carries its hold's parameters
---             (key_id, model, estimated_input, max_tokens, client_ip, lease_id): if its
---             hold never reached the database (the hold's batch failed, and the settlement
---             was journaled), the hold is taken first, so the request is still billed.
---   settle / release of a hold taken from a lease give its remainder back to the lease.
+-- apply_batch, as in 005, with one more operation:
+--   "settle_leased" + request_id, lease_id, key_id, requested_model, model, client_ip,
+--                     reserved, the five prices (input_price ... cache_read_price), the
+--                     five token counts and estimated (see settle_leased)
 DROP FUNCTION billing.apply_batch(jsonb, double precision);
 CREATE TYPE billing.batch_op AS (
     i integer, op text, request_id text, key_id bigint, model text, estimated_input bigint,
-    max_tokens bigint, client_ip text, batch boolean, lease_id bigint, input_tokens bigint,
+    max_tokens bigint, client_ip text, batch boolean, input_tokens bigint,
     output_tokens bigint, cache_creation_5m bigint, cache_creation_1h bigint,
-    cache_read bigint, estimated boolean);
+    cache_read bigint, estimated boolean, lease_id bigint, requested_model text,
+    reserved bigint, input_price bigint, output_price bigint, cache_write_5m_price bigint,
+    cache_write_1h_price bigint, cache_read_price bigint);
 CREATE FUNCTION billing.apply_batch(p_ops jsonb, p_ttl_seconds double precision)
 RETURNS TABLE (ord integer, outcome text, priced_model text, amount_nanos bigint,
                revoked_public_id text, input_price bigint, output_price bigint,
@@ -229,55 +254,42 @@ RETURNS TABLE (ord integer, outcome text, priced_model text, amount_nanos bigint
                cache_read_price bigint, batch_discount_pct smallint)
 LANGUAGE plpgsql AS $$
 DECLARE
-    r    record;
-    h    record;
-    s    record;
-    b    billing_holds;
-    prev billing_holds;
-    v_back bigint;
+    r      record;
+    h      record;
+    s      record;
+    b      billing_holds;
     v_ops  billing.batch_op[] := ARRAY(
                SELECT jsonb_populate_recordset(NULL::billing.batch_op, p_ops));
+    -- Arrays, so that every lookup below is an index scan (a join with the unnested
+    -- operations is planned for 100 of them and may scan the tables).
+    v_rids text[] := ARRAY(SELECT o.request_id FROM unnest(v_ops) o
+                            WHERE o.op IN ('settle', 'release'));
+    v_keys bigint[] := ARRAY(SELECT o.key_id FROM unnest(v_ops) o WHERE o.key_id IS NOT NULL);
 BEGIN
     PERFORM 1 FROM billing_holds bh
-     WHERE bh.request_id IN (SELECT o.request_id FROM unnest(v_ops) o
-                              WHERE o.op <> 'hold')
+     WHERE bh.request_id = ANY (v_rids)
      ORDER BY bh.request_id
        FOR UPDATE;
     PERFORM 1 FROM billing_leases bl
-     WHERE bl.id IN (SELECT o.lease_id FROM unnest(v_ops) o
-                     UNION
-                     SELECT bh.lease_id FROM unnest(v_ops) o
-                       JOIN billing_holds bh ON bh.request_id = o.request_id
-                      WHERE o.op <> 'hold')
+     WHERE bl.id = ANY (ARRAY(SELECT o.lease_id FROM unnest(v_ops) o
+                               WHERE o.lease_id IS NOT NULL))
      ORDER BY bl.id
        FOR UPDATE;
     PERFORM 1 FROM accounts a
-     WHERE a.id IN (
-            SELECT k.account_id FROM unnest(v_ops) o
-              JOIN api_keys k ON k.id = o.key_id
+     WHERE a.id = ANY (ARRAY(
+            SELECT k.account_id FROM api_keys k WHERE k.id = ANY (v_keys)
             UNION
-            SELECT bh.account_id FROM unnest(v_ops) o
-              JOIN billing_holds bh ON bh.request_id = o.request_id
-             WHERE o.op <> 'hold')
+            SELECT bh.account_id FROM billing_holds bh WHERE bh.request_id = ANY (v_rids)))
      ORDER BY a.id
        FOR UPDATE;
-    -- Settlements and releases first, so money they give back is free for the holds
-    -- from the free balance; a hold from a lease goes in its place in the queue (before
-    -- its own settlement or release, which may share its batch).
-    FOR r IN SELECT * FROM unnest(v_ops) o
-              ORDER BY o.op = 'hold' AND o.lease_id IS NULL, o.i
+    -- Settlements and releases first, so money they give back is free for the holds.
+    FOR r IN SELECT * FROM unnest(v_ops) o ORDER BY o.op = 'hold', o.i
     LOOP
         IF r.op = 'hold' THEN
-            IF r.lease_id IS NULL THEN
-                SELECT * INTO h FROM billing.hold(r.request_id, r.key_id, r.model,
-                    r.estimated_input, r.max_tokens, r.client_ip, coalesce(r.batch, false),
-                    p_ttl_seconds);
-            ELSE
-                SELECT * INTO h FROM billing.hold_from_lease(r.lease_id, r.request_id,
-                    r.key_id, r.model, r.estimated_input, r.max_tokens, r.client_ip,
-                    p_ttl_seconds);
-            END IF;
-            IF h.outcome IN ('held', 'held_short', 'duplicate') THEN
+            SELECT * INTO h FROM billing.hold(r.request_id, r.key_id, r.model,
+                r.estimated_input, r.max_tokens, r.client_ip, coalesce(r.batch, false),
+                p_ttl_seconds);
+            IF h.outcome IN ('held', 'duplicate') THEN
                 SELECT * INTO b FROM billing_holds bh WHERE bh.request_id = r.request_id;
                 RETURN QUERY SELECT r.i, h.outcome, h.priced_model, h.hold_nanos, NULL::text,
                     b.input_price, b.output_price, b.cache_write_5m_price,
@@ -287,36 +299,29 @@ BEGIN
                     NULL::bigint, NULL::bigint, NULL::bigint, NULL::bigint, NULL::bigint,
                     NULL::smallint;
             END IF;
-            CONTINUE;
-        END IF;
-        SELECT * INTO prev FROM billing_holds bh WHERE bh.request_id = r.request_id;
-        IF NOT FOUND AND r.op = 'settle' AND r.key_id IS NOT NULL THEN
-            PERFORM billing.hold_from_lease(r.lease_id, r.request_id, r.key_id, r.model,
-                r.estimated_input, r.max_tokens, r.client_ip, p_ttl_seconds);
-            SELECT * INTO prev FROM billing_holds bh WHERE bh.request_id = r.request_id;
-        END IF;
-        IF r.op = 'settle' THEN
+        ELSIF r.op = 'settle' THEN
             SELECT * INTO s FROM billing.settle(r.request_id, r.input_tokens, r.output_tokens,
                 r.cache_creation_5m, r.cache_creation_1h, r.cache_read,
                 coalesce(r.estimated, false));
-            v_back := CASE WHEN s.outcome = 'settled' AND prev.status = 'held'
-                           THEN greatest(prev.amount_nanos - s.charged_nanos, 0) ELSE 0 END;
+            RETURN QUERY SELECT r.i, s.outcome, NULL::text, s.charged_nanos,
+                s.revoked_public_id, NULL::bigint, NULL::bigint, NULL::bigint,
+                NULL::bigint, NULL::bigint, NULL::smallint;
+        ELSIF r.op = 'settle_leased' THEN
+            SELECT * INTO s FROM billing.settle_leased(r.lease_id, r.request_id, r.key_id,
+                r.requested_model, r.model, r.client_ip, r.reserved, r.input_price,
+                r.output_price, r.cache_write_5m_price, r.cache_write_1h_price,
+                r.cache_read_price, r.input_tokens, r.output_tokens, r.cache_creation_5m,
+                r.cache_creation_1h, r.cache_read, coalesce(r.estimated, false));
             RETURN QUERY SELECT r.i, s.outcome, NULL::text, s.charged_nanos,
                 s.revoked_public_id, NULL::bigint, NULL::bigint, NULL::bigint,
                 NULL::bigint, NULL::bigint, NULL::smallint;
         ELSIF r.op = 'release' THEN
-            SELECT billing.release(r.request_id) AS outcome INTO s;
-            v_back := CASE WHEN s.outcome = 'released' AND prev.status = 'held'
-                           THEN prev.amount_nanos ELSE 0 END;
-            RETURN QUERY SELECT r.i, s.outcome, NULL::text, 0::bigint,
+            RETURN QUERY SELECT r.i, billing.release(r.request_id), NULL::text, 0::bigint,
                 NULL::text, NULL::bigint, NULL::bigint, NULL::bigint, NULL::bigint,
                 NULL::bigint, NULL::smallint;
         ELSE
             RAISE EXCEPTION 'unknown billing operation %', r.op
                 USING ERRCODE = 'invalid_parameter_value';
-        END IF;
-        IF prev.lease_id IS NOT NULL THEN
-            PERFORM billing.refill_lease(prev.lease_id, v_back);
         END IF;
     END LOOP;
 END $$;

@@ -4,7 +4,6 @@ cooldowns and limits never leak between tests)."""
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -39,16 +38,12 @@ async def make_customer(db: asyncpg.Connection, usd: int = 100, **limits: object
     return Customer(email, account.id, record.id, record.public_id, key)
 
 
-async def balance(db: asyncpg.Connection, email: str, wait: float = 3.0) -> int:
-    """The account's balance once its finished requests are settled: settlement runs
-    just after each answer is relayed, so wait up to ``wait`` seconds for its open
-    holds to close."""
-    deadline = asyncio.get_running_loop().time() + wait
-    while True:
-        summary = await ledger.account_summary(db, email)
-        if not summary["open_holds"] or asyncio.get_running_loop().time() > deadline:
-            return int(summary["balance_nanos"])
-        await asyncio.sleep(0.02)
+async def balance(gw: app.Gateway, db: asyncpg.Connection, email: str) -> int:
+    """The account's balance once its finished requests are settled: settlement runs as
+    a tracked task just after each answer is relayed, so wait for the gateway's
+    background work first."""
+    assert not await gw.state.tasks.settle(5.0), "settlements still running after 5 s"
+    return int((await ledger.account_summary(db, email))["balance_nanos"])
 
 
 async def reset_pool(db: asyncpg.Connection, secrets_: tuple[str, ...] = UPSTREAM_KEYS) -> None:

@@ -55,7 +55,7 @@ async def ledger_rows(
 async def test_create_matches_upstream_and_bills_exactly(
     gw: app.Gateway, customer: Customer, mock_upstream: MockUpstream, db: asyncpg.Connection
 ) -> None:
-    before = await balance(db, customer.email)
+    before = await balance(gw, db, customer.email)
     async with client_for(gw, customer) as client:
         raw = await client.messages.with_raw_response.create(
             model=MODEL, max_tokens=64, messages=[{"role": "user", "content": "hello there"}]
@@ -77,7 +77,7 @@ async def test_create_matches_upstream_and_bills_exactly(
     assert (
         raw.headers["x-alicode-cost-usd"] == format_usd(rows[0]["cost_nanos"]) == format_usd(cost)
     )
-    assert before - await balance(db, customer.email) == cost
+    assert before - await balance(gw, db, customer.email) == cost
     assert rows[0]["input_tokens"] == upstream_message["usage"]["input_tokens"]
     assert rows[0]["output_tokens"] == upstream_message["usage"]["output_tokens"]
 
@@ -268,7 +268,7 @@ async def test_model_allow_list_is_403(gw: app.Gateway, db: asyncpg.Connection) 
 async def test_upstream_403_passes_through_and_keeps_the_pool(
     gw: app.Gateway, customer: Customer, db: asyncpg.Connection
 ) -> None:
-    before = await balance(db, customer.email)
+    before = await balance(gw, db, customer.email)
     async with client_for(gw, customer) as client:
         for _ in range(3):
             with pytest.raises(anthropic.PermissionDeniedError):
@@ -282,13 +282,13 @@ async def test_upstream_403_passes_through_and_keeps_the_pool(
         await client.messages.create(
             model=MODEL, max_tokens=5, messages=[{"role": "user", "content": "still fine"}]
         )
-    assert await balance(db, customer.email) < before
+    assert await balance(gw, db, customer.email) < before
 
 
 async def test_upstream_client_error_passes_through_unbilled(
     gw: app.Gateway, customer: Customer, db: asyncpg.Connection
 ) -> None:
-    before = await balance(db, customer.email)
+    before = await balance(gw, db, customer.email)
     async with client_for(gw, customer) as client:
         with pytest.raises(anthropic.BadRequestError) as info:
             await client.messages.create(
@@ -297,6 +297,6 @@ async def test_upstream_client_error_passes_through_unbilled(
                 messages=[{"role": "user", "content": "[[mock: status=400]]"}],
             )
     assert info.value.request_id.startswith("req_")
-    assert await balance(db, customer.email) == before
+    assert await balance(gw, db, customer.email) == before
     assert gw.state.keypool.snapshot()[0]["state"] == "healthy"
     assert all(c["state"] == "healthy" for c in gw.state.keypool.snapshot())

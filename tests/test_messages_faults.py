@@ -86,13 +86,13 @@ async def test_rate_limited_key_is_cooled_and_request_retried(
 async def test_every_key_rate_limited_is_429_unbilled(
     gw: app.Gateway, customer: Customer, db: asyncpg.Connection
 ) -> None:
-    before = await balance(db, customer.email)
+    before = await balance(gw, db, customer.email)
     async with client_for(gw, customer) as client:
         with pytest.raises(anthropic.RateLimitError) as info:
             await client.messages.create(**ask("[[mock: status=429 retry_after=7]]"))
     assert info.value.response.headers["retry-after"] == "7"
     assert info.value.body["error"]["type"] == "rate_limit_error"
-    assert await balance(db, customer.email) == before
+    assert await balance(gw, db, customer.email) == before
     assert await no_open_holds(db, customer)
     assert not await ledger_rows(db, info.value.request_id, wait=0)
     assert set(states(gw).values()) == {"cooling"}
@@ -110,13 +110,13 @@ async def test_overloaded_everywhere_is_529(gw: app.Gateway, customer: Customer)
 async def test_server_errors_everywhere_are_502(
     gw: app.Gateway, customer: Customer, db: asyncpg.Connection
 ) -> None:
-    before = await balance(db, customer.email)
+    before = await balance(gw, db, customer.email)
     async with client_for(gw, customer) as client:
         with pytest.raises(anthropic.InternalServerError) as info:
             await client.messages.create(**ask("[[mock: status=500]]"))
     assert info.value.status_code == 502
     assert info.value.body["error"]["type"] == "api_error"
-    assert await balance(db, customer.email) == before
+    assert await balance(gw, db, customer.email) == before
     assert await no_open_holds(db, customer)
 
 
@@ -138,13 +138,13 @@ async def test_no_healthy_credential_is_503(
 ) -> None:
     await db.execute("UPDATE upstream_credentials SET status = 'disabled', disabled_at = now()")
     await gw.state.keypool.refresh(reload=True)
-    before = await balance(db, customer.email)
+    before = await balance(gw, db, customer.email)
     async with client_for(gw, customer) as client:
         with pytest.raises(anthropic.APIStatusError) as info:
             await client.messages.create(**ask("anyone?"))
     assert info.value.status_code == 503
     assert info.value.body["error"]["type"] == "overloaded_error"
-    assert await balance(db, customer.email) == before
+    assert await balance(gw, db, customer.email) == before
     assert await no_open_holds(db, customer)
 
 
@@ -221,7 +221,7 @@ async def test_client_disconnect_settles_exact_usage(
 async def test_concurrent_requests_balance_equals_ledger(
     gw: app.Gateway, customer: Customer, db: asyncpg.Connection
 ) -> None:
-    before = await balance(db, customer.email)
+    before = await balance(gw, db, customer.email)
     async with client_for(gw, customer) as client:
 
         async def one(n: int) -> None:
@@ -242,7 +242,7 @@ async def test_concurrent_requests_balance_equals_ledger(
         customer.account_id,
     )
     assert count == 40
-    assert before - await balance(db, customer.email) == charged > 0
+    assert before - await balance(gw, db, customer.email) == charged > 0
     assert await no_open_holds(db, customer)
 
 

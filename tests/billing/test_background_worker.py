@@ -33,11 +33,11 @@ async def test_worker_process_replays_the_journal(
         for request_id in (settled, released):
             await billing.hold(request_id, account.key_id, "claude-sonnet-4-5", 1000, 1000, "::1")
         # What a gateway journals when PostgreSQL is unreachable at settle/release time.
-        await billing._journal({"op": "settle", "request_id": settled, "estimated": False,
+        await billing.journal.append({"op": "settle", "request_id": settled, "estimated": False,
                                 "input_tokens": 1000, "output_tokens": 500,
                                 "cache_creation_5m": 0, "cache_creation_1h": 0,
                                 "cache_read": 0})  # fmt: skip
-        await billing._journal({"op": "release", "request_id": released})
+        await billing.journal.append({"op": "release", "request_id": released})
         assert await billing.journal_length() == 2
 
         env = procs.gateway_env(

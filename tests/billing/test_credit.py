@@ -1,7 +1,8 @@
 """Credit leases (``alicode_gw/credit.py``, ``sql/006_credit_leases.sql``): a node admits
-an account's holds against a slice of its balance in memory; every request still gets a
-hold row and a ledger row, the books add up (the audit after each test counts open
-leases in ``held_nanos``), and nothing a lease reserves is spent twice."""
+an account's holds against a slice of its balance in memory and bills each leased
+request with one ``settle_leased``; every billed request has its ledger row, the books
+add up (the audit after each test counts open leases in ``held_nanos``), and nothing a
+lease reserves is spent twice."""
 
 from __future__ import annotations
 
@@ -55,19 +56,13 @@ async def leased(
     await credit.close_all()
 
 
-def prices(catalog: ModelCatalog, model: str = MODEL) -> Prices:
-    info = catalog.resolve(model)
-    assert info is not None
-    return info.prices
-
-
 async def hold(
     billing: Billing, account: TestAccount, catalog: ModelCatalog, request_id: str
 ) -> Hold:
+    info = catalog.resolve(MODEL)
     return await billing.hold(
-        request_id, account.key_id, MODEL, 100, 100, "::1", account_id=account.id,
-        prices=prices(catalog),
-    )  # fmt: skip
+        request_id, account.key_id, MODEL, 100, 100, "::1", account_id=account.id, priced=info
+    )
 
 
 async def until(condition: Callable[[], Awaitable[bool]]) -> None:
@@ -114,23 +109,43 @@ async def test_second_hold_is_taken_from_a_lease_and_billed_the_same(
     second_id = rid()
     second = await hold(leased, account, model_catalog, second_id)
     assert second.lease_id == lease["id"]
-    assert leased.round_trips == trips  # admitted before any database round trip
+    assert leased.round_trips == trips  # admitted without a database round trip
     await leased.settle(first.request_id, Usage(100, 10))
     charged = await leased.settle(second_id, Usage(100, 10))
     assert charged == second.cost_nanos(Usage(100, 10)) == 150_000
     rows = await pool.fetch(
-        "SELECT h.lease_id, h.status, l.cost_nanos FROM billing_holds h"
-        " JOIN ledger l USING (request_id) WHERE h.account_id = $1 ORDER BY h.created_at",
+        "SELECT request_id, requested_model, model, cost_nanos, amount_nanos, batch, status"
+        " FROM ledger WHERE account_id = $1 AND kind = 'charge' ORDER BY id",
         account.id,
     )
-    assert [(r["lease_id"], r["status"], r["cost_nanos"]) for r in rows] == [
-        (None, "settled", 150_000),
-        (lease["id"], "settled", 150_000),
+    assert [tuple(r.values())[1:] for r in rows] == [
+        (MODEL, MODEL, 150_000, -150_000, False, "complete"),
+        (MODEL, MODEL, 150_000, -150_000, False, "complete"),
     ]
-    # The unspent part of the leased hold went back into the lease.
+    assert [r["request_id"] for r in rows] == [first.request_id, second_id]
+    # A leased request has no hold row: its hold lived in the node's memory.
+    assert await _has_hold_row(pool, second_id) is False
+    # The lease paid for what the leased request spent.
     (after,) = await open_leases(pool, account.id)
     assert after["amount_nanos"] == lease["amount_nanos"] - 150_000
     assert await balances(pool, account.id) == (USD - 300_000, after["amount_nanos"])
+
+
+async def test_a_leased_request_that_produced_nothing_costs_no_round_trip(
+    leased: Billing, pool: asyncpg.Pool, model_catalog: ModelCatalog
+) -> None:
+    account = await new_account(pool, nanos=USD)
+    await leased.release((await hold(leased, account, model_catalog, rid())).request_id)
+    await lease_ready(leased, account)
+    assert leased.credit is not None
+    lease = leased.credit.leased(account.id)
+    assert lease is not None
+    free, trips = lease.free, leased.round_trips
+    failed = await hold(leased, account, model_catalog, rid())
+    assert lease.free == free - 700_000
+    await leased.release(failed.request_id)
+    assert lease.free == free and leased.round_trips == trips
+    assert await balances(pool, account.id) == (USD, lease.free)
 
 
 async def test_leased_holds_under_concurrency_add_up(
@@ -157,11 +172,10 @@ async def test_leased_holds_under_concurrency_add_up(
     for wave in range(10):  # 30 at a time: later waves find the lease grown
         charged += await asyncio.gather(*(one(wave * 30 + n) for n in range(30)))
     assert leased.credit is not None
-    leased_holds = await pool.fetchval(
-        "SELECT count(*) FROM billing_holds WHERE account_id = $1 AND lease_id IS NOT NULL",
-        account.id,
+    held_rows = await pool.fetchval(
+        "SELECT count(*) FROM billing_holds WHERE account_id = $1", account.id
     )
-    assert leased_holds > 100  # most of them never waited for a hold round trip
+    assert held_rows < 200  # most of the 300 never waited for a hold round trip
     ledger_sum = await pool.fetchval(
         "SELECT -sum(amount_nanos) FROM ledger WHERE account_id = $1 AND kind = 'charge'",
         account.id,
@@ -204,30 +218,32 @@ async def test_a_lease_never_lends_more_than_the_node_knows_is_free(
     assert lease.free <= row["amount_nanos"]
 
 
-async def test_a_settlement_whose_hold_never_landed_takes_it(
-    billing: Billing, pool: asyncpg.Pool
+async def test_a_journaled_leased_settlement_is_billed_once(
+    leased: Billing, pool: asyncpg.Pool, model_catalog: ModelCatalog
 ) -> None:
-    """What a journal replay does: the settlement carries the hold's parameters."""
+    """The database was unreachable when a leased request ended: its settlement went to
+    the journal, with everything it needs; replayed (twice), it is billed once."""
     account = await new_account(pool, nanos=USD)
-    lease_id = await pool.fetchval(
-        "SELECT lease_id FROM billing.lease_open($1, 'test', 10000000, 1, 50, 60)", account.id
-    )
+    await leased.release((await hold(leased, account, model_catalog, rid())).request_id)
+    await lease_ready(leased, account)
     request_id = rid()
-    entry = {
-        "op": "settle", "request_id": request_id, "estimated": False, "input_tokens": 100,
-        "output_tokens": 10, "cache_creation_5m": 0, "cache_creation_1h": 0, "cache_read": 0,
-        "key_id": account.key_id, "model": MODEL, "estimated_input": 100, "max_tokens": 100,
-        "client_ip": "::1", "lease_id": lease_id,
-    }  # fmt: skip
-    assert await billing._apply(json.loads(json.dumps(entry))) == 150_000
-    assert await billing._apply(entry) == 150_000  # replayed twice: billed once
-    amount = await pool.fetchval("SELECT amount_nanos FROM billing_leases WHERE id = $1", lease_id)
-    assert amount == 10_000_000 - 150_000
-    assert await pool.fetchval("SELECT billing.lease_close($1)", lease_id) == amount
-    assert await balances(pool, account.id) == (USD - 150_000, 0)
+    held = await hold(leased, account, model_catalog, request_id)
+    assert held.lease_id is not None and held.settlement is not None
+    entry = {"op": "settle_leased", "request_id": request_id, "estimated": False}
+    entry.update(Usage(100, 10).counts())
+    entry.update(held.settlement)
+    await leased.journal.append(json.loads(json.dumps(entry)))
+    await leased.journal.append(entry)
+    assert await leased.replay_journal() == 2
+    assert (
+        await pool.fetchval(
+            "SELECT -sum(amount_nanos) FROM ledger WHERE request_id = $1", request_id
+        )
+        == 150_000
+    )
 
 
-async def test_an_expired_lease_goes_back_and_its_holds_still_settle(
+async def test_an_expired_lease_goes_back_and_its_requests_still_settle(
     leased: Billing, pool: asyncpg.Pool, model_catalog: ModelCatalog
 ) -> None:
     account = await new_account(pool, nanos=USD)
@@ -235,15 +251,15 @@ async def test_an_expired_lease_goes_back_and_its_holds_still_settle(
     await lease_ready(leased, account)
     in_flight = await hold(leased, account, model_catalog, rid())
     assert in_flight.lease_id is not None
-    await until(lambda: _landed(pool, in_flight.request_id))
     # The node stopped renewing (it died, or lost the database): the sweeper takes the
-    # lease back; the hold taken from it stays until it is settled.
+    # lease back while a request admitted against it is still running.
     await pool.execute(
         "UPDATE billing_leases SET expires_at = now() - interval '1 s' WHERE id = $1",
         in_flight.lease_id,
     )
     assert await leased.sweep() == 1
-    assert await balances(pool, account.id) == (USD, 700_000)
+    assert await balances(pool, account.id) == (USD, 0)
+    # Billed all the same, from the free balance.
     assert await leased.settle(in_flight.request_id, Usage(100, 10)) == 150_000
     assert await balances(pool, account.id) == (USD - 150_000, 0)
     # The node learns it at its next renewal and stops using the lease.
@@ -252,27 +268,27 @@ async def test_an_expired_lease_goes_back_and_its_holds_still_settle(
     assert leased.credit.leased(account.id) is None
 
 
-async def test_a_dearer_price_in_the_database_shrinks_what_the_node_lends(
+async def test_a_charge_never_takes_more_than_its_worst_case_from_the_lease(
     leased: Billing, pool: asyncpg.Pool, model_catalog: ModelCatalog
 ) -> None:
-    account = await new_account(pool, nanos=USD)
+    """A request that used more than estimated (its input was underestimated) pays the
+    excess from the free balance, never from what the lease keeps for the others."""
+    account = await new_account(pool, nanos=16 * 700_000 * 2 + 100_000)
     await leased.release((await hold(leased, account, model_catalog, rid())).request_id)
     await lease_ready(leased, account)
-    assert leased.credit is not None
-    lease = leased.credit.leased(account.id)
-    assert lease is not None
-    await pool.execute("UPDATE models SET output_price = 10000000 WHERE id = $1", MODEL)
-    try:
-        free = lease.free
-        dear = await hold(leased, account, model_catalog, rid())  # the node's stale copy
-        await until(lambda: _landed(pool, dear.request_id))
-        await asyncio.sleep(0.01)
-        # The row took 100 x $2 + 100 x $10 = 1_200_000, not the node's 700_000.
-        assert lease.free == free - 1_200_000
-        assert dear.cost_nanos(Usage(0, 100)) == 1_000_000  # the row's snapshot now
-        assert await leased.settle(dear.request_id, Usage(0, 100)) == 1_000_000
-    finally:
-        await pool.execute("UPDATE models SET output_price = 5000000 WHERE id = $1", MODEL)
+    (lease,) = await open_leases(pool, account.id)
+    big = await hold(leased, account, model_catalog, rid())
+    assert big.lease_id == lease["id"]
+    # 100_000 input tokens at $1 + 10 output: $0.10005, far above the 700_000 worst case;
+    # the free balance outside the lease is 11_300_000.
+    charged = await leased.settle(big.request_id, Usage(100_000, 10))
+    assert charged == 11_300_000 + 700_000  # the worst case from the lease, the rest free
+    (after,) = await open_leases(pool, account.id)
+    assert after["amount_nanos"] == lease["amount_nanos"] - 700_000
+    shortfall = await pool.fetchval(
+        "SELECT shortfall_nanos FROM ledger WHERE request_id = $1", big.request_id
+    )
+    assert shortfall == 100_050_000 - 12_000_000
 
 
 async def test_close_all_gives_every_lease_back(
@@ -288,7 +304,7 @@ async def test_close_all_gives_every_lease_back(
     assert leased.credit.leased(account.id) is None
 
 
-async def _landed(pool: asyncpg.Pool, request_id: str) -> bool:
+async def _has_hold_row(pool: asyncpg.Pool, request_id: str) -> bool:
     return bool(
         await pool.fetchval("SELECT count(*) FROM billing_holds WHERE request_id = $1", request_id)
     )

@@ -60,7 +60,7 @@ async def test_database_restart_during_a_run(
             await billing.hold(rid(), account.key_id, "claude-sonnet-4-5", 1, 1, "::1")
         assert await billing.replay_journal() == 0  # still down: nothing lost either
         assert await billing.journal_length() == 2
-        pending = await redis.xrange(billing.stream_key, "-", "+")
+        pending = await redis.xrange(billing.journal.stream_key, "-", "+")
 
         url = await asyncio.to_thread(embedded.start)  # back (same data directory)
 
@@ -88,7 +88,7 @@ async def test_database_restart_during_a_run(
         # a node that applied the entries but died before deleting them: replayed again,
         # nothing changes
         for _, fields in pending:
-            await redis.xadd(billing.stream_key, fields)
+            await redis.xadd(billing.journal.stream_key, fields)
         assert await billing.replay_journal() == 2
         assert await billing.settle(during, Usage(5, 5)) == 22_200_000
         assert await balances(pool, account.id) == (USD - 10_500_000 - 22_200_000, 0)

@@ -8,7 +8,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from alicode_gw.billing import _append_line, _read_lines, _remove_lines
+from alicode_gw.journal import _append_line, _read_lines, _remove_lines
 
 
 def test_removing_applied_lines_keeps_lines_appended_meanwhile(tmp_path: Path) -> None:
