@@ -58,8 +58,9 @@ BEGIN
     RETURN QUERY SELECT v_id, v_amount;
 END $$;
 
--- lease_grow: add least(p_add, max_pct % of the free balance) to an open lease and renew
--- it; returns what was added (0 when the lease is no longer open or nothing is free).
+-- lease_grow: add up to p_add to an open lease, so that it holds at most max_pct % of
+-- what it and the free balance hold together, and renew it; returns what was added (0
+-- when the lease is no longer open or already that large).
 CREATE FUNCTION billing.lease_grow(
     p_lease_id bigint, p_add bigint, p_max_pct integer, p_ttl_seconds double precision
 ) RETURNS bigint
@@ -72,7 +73,9 @@ BEGIN
     IF NOT FOUND OR l.status <> 'open' THEN
         RETURN 0;
     END IF;
-    SELECT greatest(least(p_add, (a.balance_nanos - a.held_nanos) * p_max_pct / 100), 0)
+    -- After growing, the lease is at most max_pct % of what it and the free balance hold.
+    SELECT greatest(least(p_add, (a.balance_nanos - a.held_nanos + l.amount_nanos)
+                                 * p_max_pct / 100 - l.amount_nanos), 0)
       INTO v_amount
       FROM accounts a WHERE a.id = l.account_id FOR UPDATE;
     UPDATE accounts a SET held_nanos = a.held_nanos + v_amount WHERE a.id = l.account_id;

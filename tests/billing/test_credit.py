@@ -308,3 +308,19 @@ async def _has_hold_row(pool: asyncpg.Pool, request_id: str) -> bool:
     return bool(
         await pool.fetchval("SELECT count(*) FROM billing_holds WHERE request_id = $1", request_id)
     )
+
+
+async def test_a_lease_grows_to_at_most_half_of_what_is_free(
+    leased: Billing, pool: asyncpg.Pool, model_catalog: ModelCatalog
+) -> None:
+    account = await new_account(pool, nanos=100 * 700_000)
+    await leased.release((await hold(leased, account, model_catalog, rid())).request_id)
+    await lease_ready(leased, account)
+    assert leased.credit is not None
+    lease = leased.credit.leased(account.id)
+    assert lease is not None and lease.total == 16 * 700_000
+    for _ in range(10):  # asked to grow again and again
+        await pool.fetchval("SELECT billing.lease_grow($1, 1000000000, 50, 60)", lease.id)
+    (row,) = await open_leases(pool, account.id)
+    assert row["amount_nanos"] == 50 * 700_000
+    assert await balances(pool, account.id) == (100 * 700_000, 50 * 700_000)
