@@ -130,29 +130,40 @@ def make_handler(state: State) -> RequestHandler:
     async def handle(request: web.BaseRequest) -> web.StreamResponse:
         ctx = RequestContext(state, request, new_request_id())
         state.in_flight += 1
-        response: web.StreamResponse | None = None
+        status = accesslog.CLIENT_CLOSED
         try:
-            match = state.router.resolve(request.method, request.path)
+            response = await respond(ctx)
+            if not response.prepared:
+                response.headers["request-id"] = ctx.request_id
+            status = response.status
+            # Send the answer before the bookkeeping below: the client does not wait
+            # for its access line. (aiohttp then finds it sent.)
+            with contextlib.suppress(ConnectionError):
+                await response.prepare(request)
+                await response.write_eof()
+            return response
+        finally:
+            state.in_flight -= 1
+            accesslog.finish(ctx, status)
+
+    async def respond(ctx: RequestContext) -> web.StreamResponse:
+        """Route and run the handler; any error rendered in the route's API shape."""
+        try:
+            match = state.router.resolve(ctx.request.method, ctx.request.path)
             ctx.route = match.route.name
             ctx.flavor = match.route.flavor
             ctx.params = match.params
-            response = await match.handler(ctx)
+            return await match.handler(ctx)
         except GatewayError as err:
             accesslog.count_error(ctx, err)
-            response = render(err, ctx.request_id, ctx.flavor)
+            return render(err, ctx.request_id, ctx.flavor)
         except Exception:
             log.exception("unhandled error in %s (request %s)", ctx.route, ctx.request_id)
-            response = render(
+            return render(
                 ApiError(f"Internal error. Quote request id {ctx.request_id} to support."),
                 ctx.request_id,
                 ctx.flavor,
             )
-        finally:
-            state.in_flight -= 1
-            accesslog.finish(ctx, accesslog.CLIENT_CLOSED if response is None else response.status)
-        if not response.prepared:
-            response.headers["request-id"] = ctx.request_id
-        return response
 
     return handle
 

@@ -211,23 +211,11 @@ class Billing:
         client_ip: str,
         *,
         batch: bool = False,
-        account_id: int | None = None,
-        priced: ModelInfo | None = None,
     ) -> Hold:
-        """Reserve the worst-case cost. 402 when the account cannot cover it, 400 for an
-        unknown model, 503 when the database cannot be reached (nothing went upstream).
-        A hold that lands after its caller stopped waiting is released.
-
-        Given the key's ``account_id`` and the model as the node's catalog has it
-        (``priced``), a request that is not a batch is admitted against the account's
-        credit lease when that has the worst case free: no database round trip."""
-        if self.credit is not None and not batch and account_id is not None and priced:
-            amount = hold_amount(priced.prices, estimated_input_tokens, max_tokens)
-            lease_id = self.credit.take(account_id, amount)
-            if lease_id is not None:
-                return self._hold_leased(
-                    request_id, lease_id, amount, priced, key_id, model, client_ip
-                )
+        """Reserve the worst-case cost in the database. 402 when the account cannot
+        cover it, 400 for an unknown model, 503 when the database cannot be reached
+        (nothing went upstream). A hold that lands after its caller stopped waiting is
+        released."""
         future = self._ops.submit(
             {
                 "op": "hold",
@@ -265,18 +253,28 @@ class Billing:
         self._open[request_id] = (held, time.monotonic() + self.hold_ttl)
         return held
 
-    def _hold_leased(
+    def hold_leased(
         self,
         request_id: str,
-        lease_id: int,
-        amount: int,
-        priced: ModelInfo,
         key_id: int,
         requested_model: str,
+        estimated_input_tokens: int,
+        max_tokens: int,
         client_ip: str,
-    ) -> Hold:
-        """Admitted against a lease: the hold is this node's to keep (no database row);
-        the request is billed at the node's prices, without a discount (not a batch)."""
+        *,
+        account_id: int,
+        priced: ModelInfo,
+    ) -> Hold | None:
+        """The hold of a request that is not a batch, admitted against this node's credit
+        lease of the account when it has the worst case free: no I/O, no database row
+        (the request is billed at the node's prices, without a discount). None: there
+        is no such lease (one may be asked for); take :meth:`hold`."""
+        if self.credit is None:
+            return None
+        amount = hold_amount(priced.prices, estimated_input_tokens, max_tokens)
+        lease_id = self.credit.take(account_id, amount)
+        if lease_id is None:
+            return None
         prices = dataclasses.replace(priced.prices, batch_discount_pct=0)
         settlement = {
             "lease_id": lease_id,

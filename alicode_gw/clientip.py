@@ -40,7 +40,10 @@ def _trusted(address: Address, trusted: tuple[Network, ...]) -> bool:
 
 def client_ip(request: web.BaseRequest, trusted: tuple[Network, ...]) -> str:
     """The client address of ``request`` as a canonical string."""
-    peer = _address(request.remote or "")
+    remote = request.remote or ""
+    if not trusted and "." in remote and ":" not in remote:
+        return remote  # an IPv4 peer as the socket reports it: already canonical
+    peer = _address(remote)
     if peer is None:
         return request.remote or UNKNOWN  # e.g. a Unix socket
     if not trusted or not _trusted(peer, trusted):

@@ -166,18 +166,25 @@ async def _admit_and_hold(
     the other is undone before the error (the limits' verdict first) reaches the
     client."""
     state = ctx.state
+    leased = state.billing.hold_leased(
+        ctx.request_id,
+        key.id,
+        request.model,
+        estimate,
+        request.max_tokens,
+        ip,
+        account_id=key.account_id,
+        priced=info,
+    )
+    if leased is not None:  # the hold took no I/O: only the limits are waited for
+        try:
+            return await state.limiter.admit(ip, key, info.target), leased
+        except BaseException:
+            await state.billing.release(ctx.request_id)
+            raise
     admitted, held = await asyncio.gather(
         state.limiter.admit(ip, key, info.target),
-        state.billing.hold(
-            ctx.request_id,
-            key.id,
-            request.model,
-            estimate,
-            request.max_tokens,
-            ip,
-            account_id=key.account_id,
-            priced=info,
-        ),
+        state.billing.hold(ctx.request_id, key.id, request.model, estimate, request.max_tokens, ip),
         return_exceptions=True,
     )
     if isinstance(admitted, BaseException):

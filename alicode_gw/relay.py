@@ -34,6 +34,7 @@ from alicode_gw.upstream import passed_headers
 # Rough characters per generated token, for estimating output of a cut stream.
 CHARS_PER_TOKEN = 4
 _CLIENT_GONE = (ConnectionResetError, aiohttp.ClientConnectionResetError)
+_JSON = json.JSONDecoder()
 
 
 @dataclass(slots=True)
@@ -108,14 +109,41 @@ async def read_json(ctx: RequestContext, upstream: aiohttp.ClientResponse) -> by
     return body
 
 
-def json_result(body: bytes) -> RelayResult:
+_USAGE_MEMBER = b'"usage":'
+
+
+def _last_usage(body: bytes) -> dict[str, Any] | None:
+    """The ``usage`` of a Message read from the end of its body, without decoding the
+    rest (the content can be large): the API sends it as the last member. Taken only
+    when nothing but the closing brace of the body follows it, so that it cannot be a
+    ``usage`` key nested in the content (a quote inside a JSON string is escaped, so
+    ``"usage":`` can only be a key)."""
+    at = body.rfind(_USAGE_MEMBER)
+    if at < 0 or not body.lstrip().startswith(b"{"):
+        return None
     try:
-        message = json.loads(body)
+        text = body[at + len(_USAGE_MEMBER) :].decode()
+        stripped = text.lstrip()
+        usage, end = _JSON.raw_decode(stripped)
     except ValueError:
-        message = None
-    if not isinstance(message, dict):
-        return RelayResult(Usage(), generated=False, estimated=False, complete=False)
-    usage = usage_from_message(message)
+        return None
+    if not isinstance(usage, dict) or stripped[end:].strip() != "}":
+        return None
+    return usage
+
+
+def json_result(body: bytes) -> RelayResult:
+    last = _last_usage(body)
+    if last is not None:
+        usage = _usage(last)
+    else:
+        try:
+            message = json.loads(body)
+        except ValueError:
+            message = None
+        if not isinstance(message, dict):
+            return RelayResult(Usage(), generated=False, estimated=False, complete=False)
+        usage = usage_from_message(message)
     generated = usage.output_tokens > 0 or usage.input_tokens > 0
     return RelayResult(usage, generated=generated, estimated=False, complete=True)
 

@@ -60,9 +60,11 @@ async def hold(
     billing: Billing, account: TestAccount, catalog: ModelCatalog, request_id: str
 ) -> Hold:
     info = catalog.resolve(MODEL)
-    return await billing.hold(
+    assert info is not None
+    leased = billing.hold_leased(
         request_id, account.key_id, MODEL, 100, 100, "::1", account_id=account.id, priced=info
     )
+    return leased or await billing.hold(request_id, account.key_id, MODEL, 100, 100, "::1")
 
 
 async def until(condition: Callable[[], Awaitable[bool]]) -> None:
