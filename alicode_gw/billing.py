@@ -211,11 +211,34 @@ class Billing:
         client_ip: str,
         *,
         batch: bool = False,
+        account_id: int | None = None,
     ) -> Hold:
         """Reserve the worst-case cost in the database. 402 when the account cannot
         cover it, 400 for an unknown model, 503 when the database cannot be reached
         (nothing went upstream). A hold that lands after its caller stopped waiting is
-        released."""
+        released. Given the key's ``account_id``, a hold refused for want of money is
+        tried once more after this node gave its lease of the account back, if it had
+        unused money in one."""
+        args = (request_id, key_id, model, estimated_input_tokens, max_tokens, client_ip, batch)
+        try:
+            return await self._hold(*args)
+        except InsufficientCreditsError:
+            if self.credit is None or account_id is None:
+                raise
+            if not await self.credit.shrink(account_id):
+                raise
+        return await self._hold(*args)
+
+    async def _hold(
+        self,
+        request_id: str,
+        key_id: int,
+        model: str,
+        estimated_input_tokens: int,
+        max_tokens: int,
+        client_ip: str,
+        batch: bool,
+    ) -> Hold:
         future = self._ops.submit(
             {
                 "op": "hold",
@@ -480,7 +503,14 @@ class Billing:
             count = int(await self._db.fetchval("SELECT billing.expire_holds()"))
             count += int(await self._db.fetchval("SELECT billing.expire_leases()"))
         now = time.monotonic()
-        for request_id in [rid for rid, (_, deadline) in self._open.items() if deadline < now]:
+        # Only holds with a database row: a leased request's hold lives only here, and
+        # its settlement needs it however long the request runs.
+        expired = [
+            request_id
+            for request_id, (held, deadline) in self._open.items()
+            if deadline < now and held.lease_id is None
+        ]
+        for request_id in expired:
             del self._open[request_id]
         return count
 

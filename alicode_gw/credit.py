@@ -55,8 +55,7 @@ class Lease:
     total: int  # granted so far (sizes the next growth)
     deadline: float  # monotonic time after which it is no longer used
     in_flight: int = 0  # requests admitted and not yet ended
-    unlanded: int = 0  # their settlements queued but not yet applied
-    taken: int = 0  # requests ever admitted against it
+    unlanded: int = 0  # their settlements queued, not yet applied or journaled
     used: float = 0.0
 
 
@@ -103,7 +102,6 @@ class Credit:
         if lease is not None and lease.deadline > now and lease.free >= amount:
             lease.free -= amount
             lease.in_flight += 1
-            lease.taken += 1
             lease.used = now
             if lease.free < amount * HOLDS_PER_LEASE // 4:
                 self._ask(account_id, amount)
@@ -122,7 +120,7 @@ class Credit:
             lease.unlanded += queued
 
     def landed(self, lease_id: int) -> None:
-        """A settlement against the lease was applied (or journaled)."""
+        """A settlement against the lease was applied, or journaled."""
         lease = self._by_id.get(lease_id)
         if lease is not None:
             lease.unlanded -= 1
@@ -154,11 +152,15 @@ class Credit:
                         self.max_pct,
                         self.ttl,
                     )
-                if added:
-                    lease.free += added
-                    lease.total += added
-                    lease.deadline = sent + self.ttl - self.renew_interval
+                if added is not None:
+                    if added:
+                        lease.free += added
+                        lease.total += added
+                        lease.deadline = sent + self.ttl - self.renew_interval
+                    else:  # as large as it may be: no second lease beside it
+                        self._refused[account_id] = time.monotonic() + REFUSED_BACKOFF
                     return
+                self._forget(lease)  # no longer open (expired): a new one replaces it
             async with asyncio.timeout(self._db_timeout):
                 row = await self._db.fetchrow(
                     "SELECT * FROM billing.lease_open($1, $2, $3, $4, $5, $6)",
@@ -191,27 +193,18 @@ class Credit:
     async def renew(self) -> None:
         """Renew the leases in use, close the idle ones, forget the ones the database no
         longer has open (expired by the sweeper, or replaced and drained)."""
-        now = time.monotonic()
-        idle = [
-            lease
-            for lease in self._by_id.values()
-            if lease.in_flight == 0
-            and lease.unlanded == 0
-            and (
-                now - lease.used > self.idle_close
-                or self._by_account.get(lease.account_id) is not lease
-            )
-        ]
-        for lease in idle:
-            await self._close(lease)
+        for lease in list(self._by_id.values()):
+            # Checked again right before each close: a close yields, and a request may
+            # have been admitted against a later lease meanwhile.
+            if self._idle(lease, time.monotonic()):
+                try:
+                    await self._close(lease)
+                except _DB_ERRORS as exc:
+                    log.warning("idle credit lease %s not closed (it expires): %s", lease.id, exc)
         ids = list(self._by_id)
         if not ids:
             return
-        quiet = {
-            lease.id: lease.taken
-            for lease in self._by_id.values()
-            if lease.in_flight == 0 and lease.unlanded == 0
-        }
+        sent = time.monotonic()
         async with asyncio.timeout(self._db_timeout):
             rows = await self._db.fetch(
                 "SELECT * FROM billing.lease_renew($1::bigint[], $2)", ids, self.ttl
@@ -224,12 +217,19 @@ class Credit:
             if lease_id not in still_open:
                 self._forget(lease)
                 continue
-            lease.deadline = now + self.ttl - self.renew_interval
-            if quiet.get(lease_id) == lease.taken and lease.in_flight == lease.unlanded == 0:
-                # Nothing of this node's was under way on it all along: the database's
-                # figure is exact (the node's is lower when a request cost more than its
-                # worst case, which the lease then did not pay in full).
-                lease.free = still_open[lease_id]
+            lease.deadline = sent + self.ttl - self.renew_interval
+            # A safety net only: what the node counts as free never exceeds what the
+            # database has (settlements not yet applied, or journaled, leave the
+            # database's figure the larger), so this never raises the node's count.
+            lease.free = min(lease.free, still_open[lease_id])
+
+    def _idle(self, lease: Lease, now: float) -> bool:
+        replaced = self._by_account.get(lease.account_id) is not lease
+        return (
+            lease.in_flight == 0
+            and lease.unlanded == 0
+            and (replaced or now - lease.used > self.idle_close)
+        )
 
     async def run(self) -> None:
         """Renew forever (a tracked perpetual task)."""
@@ -240,9 +240,28 @@ class Credit:
             except _DB_ERRORS as exc:
                 log.warning("credit leases not renewed: %s", exc)
 
+    async def shrink(self, account_id: int) -> bool:
+        """Give the unused part of this node's lease of the account back to its free
+        balance (an ordinary hold of the account found too little free: the money may
+        be in the lease). Returns whether anything was given back."""
+        lease = self._by_account.get(account_id)
+        if lease is None or lease.free <= 0:
+            return False
+        amount, lease.free = lease.free, 0
+        self._refused[account_id] = time.monotonic() + REFUSED_BACKOFF  # no regrowth now
+        try:
+            async with asyncio.timeout(self._db_timeout):
+                returned = await self._db.fetchval(
+                    "SELECT billing.lease_shrink($1, $2)", lease.id, amount
+                )
+        except _DB_ERRORS as exc:
+            log.warning("credit lease %s not shrunk: %s", lease.id, exc)
+            return False
+        return bool(returned)
+
     async def close_all(self) -> None:
-        """Give every lease back (the node stops). Holds taken from them and still open
-        close to the free balance."""
+        """Give every lease back (the node stops). A request admitted against one and
+        settled after this is charged from the free balance."""
         for lease in list(self._by_id.values()):
             try:
                 await self._close(lease)

@@ -184,7 +184,15 @@ async def _admit_and_hold(
             raise
     admitted, held = await asyncio.gather(
         state.limiter.admit(ip, key, info.target),
-        state.billing.hold(ctx.request_id, key.id, request.model, estimate, request.max_tokens, ip),
+        state.billing.hold(
+            ctx.request_id,
+            key.id,
+            request.model,
+            estimate,
+            request.max_tokens,
+            ip,
+            account_id=key.account_id,
+        ),
         return_exceptions=True,
     )
     if isinstance(admitted, BaseException):

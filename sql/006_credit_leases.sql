@@ -59,8 +59,8 @@ BEGIN
 END $$;
 
 -- lease_grow: add up to p_add to an open lease, so that it holds at most max_pct % of
--- what it and the free balance hold together, and renew it; returns what was added (0
--- when the lease is no longer open or already that large).
+-- what it and the free balance hold together, and renew it; returns what was added (0:
+-- it is that large already, or nothing is free), NULL when the lease is no longer open.
 CREATE FUNCTION billing.lease_grow(
     p_lease_id bigint, p_add bigint, p_max_pct integer, p_ttl_seconds double precision
 ) RETURNS bigint
@@ -71,9 +71,8 @@ DECLARE
 BEGIN
     SELECT * INTO l FROM billing_leases b WHERE b.id = p_lease_id FOR UPDATE;
     IF NOT FOUND OR l.status <> 'open' THEN
-        RETURN 0;
+        RETURN NULL;
     END IF;
-    -- After growing, the lease is at most max_pct % of what it and the free balance hold.
     SELECT greatest(least(p_add, (a.balance_nanos - a.held_nanos + l.amount_nanos)
                                  * p_max_pct / 100 - l.amount_nanos), 0)
       INTO v_amount
@@ -86,13 +85,39 @@ BEGIN
     RETURN v_amount;
 END $$;
 
+-- lease_shrink: give up to p_amount of an open lease back to the free balance (its node
+-- had that much unused in it); returns what was given back.
+CREATE FUNCTION billing.lease_shrink(p_lease_id bigint, p_amount bigint) RETURNS bigint
+LANGUAGE plpgsql AS $$
+DECLARE
+    l        billing_leases;
+    v_amount bigint;
+BEGIN
+    SELECT * INTO l FROM billing_leases b WHERE b.id = p_lease_id FOR UPDATE;
+    IF NOT FOUND OR l.status <> 'open' THEN
+        RETURN 0;
+    END IF;
+    v_amount := least(greatest(p_amount, 0), l.amount_nanos);
+    PERFORM 1 FROM accounts a WHERE a.id = l.account_id FOR UPDATE;
+    UPDATE accounts a SET held_nanos = a.held_nanos - v_amount WHERE a.id = l.account_id;
+    UPDATE billing_leases b SET amount_nanos = b.amount_nanos - v_amount
+     WHERE b.id = p_lease_id;
+    RETURN v_amount;
+END $$;
+
 -- lease_renew: push back the expiry of the given leases that are still open; returns
--- those, with what each has in it (a node stops using any lease not returned).
+-- those, with what each has in it (a node stops using any lease not returned). Rows are
+-- locked in id order, like everywhere else.
 CREATE FUNCTION billing.lease_renew(p_lease_ids bigint[], p_ttl_seconds double precision)
 RETURNS TABLE (id bigint, amount_nanos bigint)
 LANGUAGE sql AS $$
+    WITH locked AS (
+        SELECT l.id FROM billing_leases l
+         WHERE l.id = ANY (p_lease_ids) AND l.status = 'open'
+         ORDER BY l.id
+           FOR UPDATE)
     UPDATE billing_leases b SET expires_at = now() + make_interval(secs => p_ttl_seconds)
-     WHERE b.id = ANY (p_lease_ids) AND b.status = 'open'
+      FROM locked WHERE b.id = locked.id
     RETURNING b.id, b.amount_nanos
 $$;
 

@@ -18,7 +18,7 @@ from redis.asyncio import Redis
 
 from alicode_gw.billing import Billing, Hold, Usage, hold_amount
 from alicode_gw.catalog import ModelCatalog, Prices
-from alicode_gw.credit import Credit
+from alicode_gw.credit import Credit, Lease
 from alicode_gw.errors import InsufficientCreditsError
 from alicode_gw.tasks import TaskTracker
 from tests.billing.conftest import USD, TestAccount, balances, new_account
@@ -326,3 +326,109 @@ async def test_a_lease_grows_to_at_most_half_of_what_is_free(
     (row,) = await open_leases(pool, account.id)
     assert row["amount_nanos"] == 50 * 700_000
     assert await balances(pool, account.id) == (100 * 700_000, 50 * 700_000)
+
+
+async def test_a_journaled_settlement_and_a_renewal_never_raise_what_the_node_lends(
+    leased: Billing, pool: asyncpg.Pool, model_catalog: ModelCatalog
+) -> None:
+    """The database refused a leased request's settlement (journaled); a renewal before
+    the replay must not hand the node the money the replay is about to take."""
+    account = await new_account(pool, nanos=USD)
+    await leased.release((await hold(leased, account, model_catalog, rid())).request_id)
+    await lease_ready(leased, account)
+    assert leased.credit is not None
+    lease = leased.credit.leased(account.id)
+    assert lease is not None
+    request = await hold(leased, account, model_catalog, rid())
+    flush = leased._ops._flush
+
+    async def unreachable(ops: list[dict[str, object]]) -> list[object]:
+        raise ConnectionRefusedError("database down")
+
+    leased._ops._flush = unreachable  # type: ignore[assignment]
+    try:
+        assert await leased.settle(request.request_id, Usage(100, 10)) == 150_000  # provisional
+    finally:
+        leased._ops._flush = flush  # type: ignore[method-assign]
+    assert await leased.journal_length() == 1
+    await leased.credit.renew()
+    assert await leased.replay_journal() == 1
+    (row,) = await open_leases(pool, account.id)
+    assert lease.free <= row["amount_nanos"] == 16 * 700_000 - 150_000
+
+
+async def test_a_lease_that_may_not_grow_gets_no_second_lease_beside_it(
+    leased: Billing, pool: asyncpg.Pool, model_catalog: ModelCatalog
+) -> None:
+    account = await new_account(pool, nanos=40 * 700_000)
+    await leased.release((await hold(leased, account, model_catalog, rid())).request_id)
+    await lease_ready(leased, account)
+    assert leased.credit is not None
+    for _ in range(6):  # short again and again: it grows to its cap, then stops
+        leased.credit._refused.clear()
+        await leased.credit._acquire(account.id, 700_000)
+    rows = await open_leases(pool, account.id)
+    assert [r["amount_nanos"] for r in rows] == [20 * 700_000]  # one lease, half of it all
+
+
+async def test_a_leased_request_outlives_the_hold_ttl(
+    leased: Billing, pool: asyncpg.Pool, model_catalog: ModelCatalog
+) -> None:
+    """A stream longer than an hour: the sweeper's purge of this node's expired holds
+    must not forget a leased request's hold, its only record."""
+    account = await new_account(pool, nanos=USD)
+    await leased.release((await hold(leased, account, model_catalog, rid())).request_id)
+    await lease_ready(leased, account)
+    long = await hold(leased, account, model_catalog, rid())
+    leased._open[long.request_id] = (long, 0.0)  # its hold TTL has passed
+    await leased.sweep()
+    assert await leased.settle(long.request_id, Usage(100, 10)) == 150_000
+    assert leased.credit is not None
+    lease = leased.credit.leased(account.id)
+    assert lease is not None and lease.in_flight == 0
+
+
+async def test_an_ordinary_hold_may_use_the_unused_money_of_this_nodes_lease(
+    leased: Billing, pool: asyncpg.Pool, model_catalog: ModelCatalog
+) -> None:
+    account = await new_account(pool, nanos=32 * 700_000)
+    await leased.release((await hold(leased, account, model_catalog, rid())).request_id)
+    await lease_ready(leased, account)
+    assert await balances(pool, account.id) == (32 * 700_000, 16 * 700_000)
+    # Worst case 20 x 700_000: more than is free outside the lease, and more than the
+    # lease has; the account has it all the same.
+    big = await leased.hold(rid(), account.key_id, MODEL, 100, 2760, "::1", account_id=account.id)
+    assert big.lease_id is None and big.amount_nanos == 20 * 700_000
+    await leased.release(big.request_id)
+    assert await balances(pool, account.id) == (32 * 700_000, 0)
+
+
+async def test_an_idle_lease_is_not_closed_once_a_request_was_admitted_against_it(
+    leased: Billing, pool: asyncpg.Pool, model_catalog: ModelCatalog
+) -> None:
+    first, second = await new_account(pool, nanos=USD), await new_account(pool, nanos=USD)
+    for account in (first, second):
+        await leased.release((await hold(leased, account, model_catalog, rid())).request_id)
+        await lease_ready(leased, account)
+    credit = leased.credit
+    assert credit is not None
+    for account in (first, second):
+        lease = credit.leased(account.id)
+        assert lease is not None
+        lease.used -= 3600  # idle for an hour
+    close = credit._close
+    admitted: list[Hold] = []
+
+    async def close_while_a_request_arrives(lease: Lease) -> None:
+        if not admitted:  # while the first close waits for the database
+            admitted.append(await hold(leased, second, model_catalog, rid()))
+        await close(lease)
+
+    credit._close = close_while_a_request_arrives  # type: ignore[method-assign]
+    await credit.renew()
+    (request,) = admitted
+    assert request.lease_id is not None and credit.leased(second.id) is not None
+    assert await open_leases(pool, first.id) == []
+    (row,) = await open_leases(pool, second.id)
+    assert row["id"] == request.lease_id
+    await leased.release(request.request_id)
