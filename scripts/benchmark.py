@@ -238,6 +238,11 @@ def main() -> int:
     parser.add_argument("--latency-samples", type=int, default=300)
     parser.add_argument("--streams", type=int, default=1000)
     parser.add_argument("--quick", action="store_true", help="small counts (smoke run)")
+    parser.add_argument(
+        "--no-leases",
+        action="store_true",
+        help="credit leases off (ALICODE_CREDIT_LEASE_PCT=0): every hold waits for PostgreSQL",
+    )
     args = parser.parse_args()
     if args.quick:
         args.requests, args.latency_samples, args.streams = 200, 50, 100
@@ -264,6 +269,7 @@ def main() -> int:
             "ALICODE_IP_CONCURRENCY": "0",
             "ALICODE_LOG_LEVEL": "WARNING",
             "ALICODE_DATA_DIR": str(work),
+            "ALICODE_CREDIT_LEASE_PCT": "0" if args.no_leases else "50",
         }
         spawn = lambda *cmd: procs.append(  # noqa: E731
             subprocess.Popen(cmd, env=env, stdout=server_log, stderr=server_log)
