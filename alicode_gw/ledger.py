@@ -64,12 +64,15 @@ async def topup(
 
 
 async def account_summary(conn: asyncpg.Connection, email: str) -> dict[str, Any]:
-    """The account with its balance, held and available amounts (exact USD strings)."""
+    """The account with its balance, held and available amounts (exact USD strings);
+    ``held`` includes what nodes hold in credit leases of it (``leased``)."""
     row = await conn.fetchrow(
         """
         SELECT a.id, a.email, a.status, a.created_at, a.balance_nanos, a.held_nanos,
                (SELECT count(*) FROM billing_holds h
                  WHERE h.account_id = a.id AND h.status = 'held') AS open_holds,
+               coalesce((SELECT sum(l.amount_nanos) FROM billing_leases l
+                          WHERE l.account_id = a.id AND l.status = 'open'), 0) AS leased,
                coalesce((SELECT sum(l.amount_nanos) FROM ledger l
                           WHERE l.account_id = a.id AND l.kind = 'topup'), 0) AS topups,
                coalesce((SELECT -sum(l.amount_nanos) FROM ledger l
@@ -90,6 +93,7 @@ async def account_summary(conn: asyncpg.Connection, email: str) -> dict[str, Any
         "created_at": row["created_at"].isoformat(),
         "balance_usd": format_usd(balance),
         "held_usd": format_usd(held),
+        "leased_usd": format_usd(int(row["leased"])),
         "available_usd": format_usd(balance - held),
         "balance_nanos": balance,
         "held_nanos": held,

@@ -84,6 +84,18 @@ async def test_topup_show_and_audit(
         "12.50",
     )
     assert shown["balance_nanos"] == 12 * USD + USD // 2
+    # a node's credit lease is held money, shown on its own too
+    lease = await db.fetchval(
+        "SELECT lease_id FROM billing.lease_open($1, 'test', $2, 1, 50, 60)", account.id, USD
+    )
+    status, out, err = await run_cli("account", "show", "--email", account.email, "--json", **urls)
+    shown = json.loads(out)
+    assert (shown["held_usd"], shown["leased_usd"], shown["available_usd"]) == (
+        "1.00",
+        "1.00",
+        "11.50",
+    )
+    assert await db.fetchval("SELECT billing.lease_close($1)", lease) == USD
     row = await db.fetchrow(
         "SELECT kind, amount_nanos, status FROM ledger WHERE account_id = $1", account.id
     )
