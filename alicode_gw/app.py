@@ -142,6 +142,11 @@ def make_handler(state: State) -> RequestHandler:
                 await response.prepare(request)
                 await response.write_eof()
             return response
+        except Exception:
+            # A failure once the answer had started (aiohttp closes the connection:
+            # there is no second answer), or an answer that could not be sent.
+            status = 500
+            raise
         finally:
             state.in_flight -= 1
             accesslog.finish(ctx, status)
@@ -155,10 +160,14 @@ def make_handler(state: State) -> RequestHandler:
             ctx.params = match.params
             return await match.handler(ctx)
         except GatewayError as err:
+            if ctx.request.writer.output_size:  # too late for an answer of its own
+                raise
             accesslog.count_error(ctx, err)
             return render(err, ctx.request_id, ctx.flavor)
         except Exception:
             log.exception("unhandled error in %s (request %s)", ctx.route, ctx.request_id)
+            if ctx.request.writer.output_size:
+                raise
             return render(
                 ApiError(f"Internal error. Quote request id {ctx.request_id} to support."),
                 ctx.request_id,

@@ -56,6 +56,7 @@ class Lease:
     deadline: float  # monotonic time after which it is no longer used
     in_flight: int = 0  # requests admitted and not yet ended
     unlanded: int = 0  # their settlements queued, not yet applied or journaled
+    grown: int = 0  # growths applied (a renewal's figure read before one is stale)
     used: float = 0.0
 
 
@@ -88,7 +89,8 @@ class Credit:
         self.owner = owner or node_owner()
         self._by_account: dict[int, Lease] = {}
         self._by_id: dict[int, Lease] = {}
-        self._asking: set[int] = set()
+        self._asking: dict[int, asyncio.Task[None]] = {}  # a grow or open under way
+        self._shrinking: dict[int, asyncio.Task[bool]] = {}
         self._refused: dict[int, float] = {}
 
     # --- the request path (no I/O) -----------------------------------------------------
@@ -133,8 +135,9 @@ class Credit:
     def _ask(self, account_id: int, amount: int) -> None:
         if account_id in self._asking or self._refused.get(account_id, 0.0) > time.monotonic():
             return
-        self._asking.add(account_id)
-        self._tasks.spawn(self._acquire(account_id, amount), name=f"lease-{account_id}")
+        self._asking[account_id] = self._tasks.spawn(
+            self._acquire(account_id, amount), name=f"lease-{account_id}"
+        )
 
     async def _acquire(self, account_id: int, amount: int) -> None:
         """Grow the account's lease, or open one; a failure only means the requests keep
@@ -156,6 +159,7 @@ class Credit:
                     if added:
                         lease.free += added
                         lease.total += added
+                        lease.grown += 1
                         lease.deadline = sent + self.ttl - self.renew_interval
                     else:  # as large as it may be: no second lease beside it
                         self._refused[account_id] = time.monotonic() + REFUSED_BACKOFF
@@ -188,7 +192,7 @@ class Credit:
             log.warning("credit lease for account %s not taken: %s", account_id, exc)
             self._refused[account_id] = time.monotonic() + REFUSED_BACKOFF
         finally:
-            self._asking.discard(account_id)
+            self._asking.pop(account_id, None)
 
     async def renew(self) -> None:
         """Renew the leases in use, close the idle ones, forget the ones the database no
@@ -204,6 +208,7 @@ class Credit:
         ids = list(self._by_id)
         if not ids:
             return
+        grown = {lease.id: lease.grown for lease in self._by_id.values()}
         sent = time.monotonic()
         async with asyncio.timeout(self._db_timeout):
             rows = await self._db.fetch(
@@ -221,7 +226,16 @@ class Credit:
             # A safety net only: what the node counts as free never exceeds what the
             # database has (settlements not yet applied, or journaled, leave the
             # database's figure the larger), so this never raises the node's count.
-            lease.free = min(lease.free, still_open[lease_id])
+            if lease.grown == grown.get(lease_id) and lease_id not in self._growing():
+                lease.free = min(lease.free, still_open[lease_id])
+
+    def _growing(self) -> set[int]:
+        """Ids of the leases a growth is under way for."""
+        return {
+            lease.id
+            for account_id in self._asking
+            if (lease := self._by_account.get(account_id)) is not None
+        }
 
     def _idle(self, lease: Lease, now: float) -> bool:
         replaced = self._by_account.get(lease.account_id) is not lease
@@ -243,19 +257,37 @@ class Credit:
     async def shrink(self, account_id: int) -> bool:
         """Give the unused part of this node's lease of the account back to its free
         balance (an ordinary hold of the account found too little free: the money may
-        be in the lease). Returns whether anything was given back."""
-        lease = self._by_account.get(account_id)
-        if lease is None or lease.free <= 0:
-            return False
+        be in the lease). Returns whether anything was given back (or is: a shrink
+        already under way is joined). A growth under way is waited for first, so that
+        it cannot take the money back before the caller retries."""
+        growing = self._asking.get(account_id)
+        if growing is not None:
+            await asyncio.wait({growing})
+        running = self._shrinking.get(account_id)
+        if running is None:
+            lease = self._by_account.get(account_id)
+            if lease is None or lease.free <= 0:
+                return False
+            running = self._tasks.spawn(self._shrink(lease), name=f"lease-shrink-{lease.id}")
+            self._shrinking[account_id] = running
+            running.add_done_callback(lambda _: self._shrinking.pop(account_id, None))
+        return await asyncio.shield(running)
+
+    async def _shrink(self, lease: Lease) -> bool:
         amount, lease.free = lease.free, 0
-        self._refused[account_id] = time.monotonic() + REFUSED_BACKOFF  # no regrowth now
+        self._refused[lease.account_id] = time.monotonic() + REFUSED_BACKOFF  # no regrowth
         try:
             async with asyncio.timeout(self._db_timeout):
                 returned = await self._db.fetchval(
                     "SELECT billing.lease_shrink($1, $2)", lease.id, amount
                 )
-        except _DB_ERRORS as exc:
-            log.warning("credit lease %s not shrunk: %s", lease.id, exc)
+        except (*_DB_ERRORS, asyncio.CancelledError) as exc:
+            # Whether it was applied is unknown: this node stops using the lease (its
+            # money comes back when the database expires it).
+            log.warning("credit lease %s not shrunk (%r); no longer used", lease.id, exc)
+            self._forget(lease)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
             return False
         return bool(returned)
 

@@ -110,24 +110,26 @@ async def read_json(ctx: RequestContext, upstream: aiohttp.ClientResponse) -> by
 
 
 _USAGE_MEMBER = b'"usage":'
+_JSON_SPACE = b" \t\r\n"
+_JSON_SPACE_STR = " \t\r\n"
 
 
 def _last_usage(body: bytes) -> dict[str, Any] | None:
     """The ``usage`` of a Message read from the end of its body, without decoding the
     rest (the content can be large): the API sends it as the last member. Taken only
-    when nothing but the closing brace of the body follows it, so that it cannot be a
-    ``usage`` key nested in the content (a quote inside a JSON string is escaped, so
-    ``"usage":`` can only be a key)."""
+    when nothing but JSON whitespace and the closing brace of the body follows it, so
+    that it cannot be a ``usage`` key nested in the content, and not when a backslash
+    precedes it (it could end a longer key, ``"x\\"usage":``); anything else is left to
+    the full decode."""
     at = body.rfind(_USAGE_MEMBER)
-    if at < 0 or not body.lstrip().startswith(b"{"):
+    if at <= 0 or body[at - 1] == 0x5C or not body.lstrip(_JSON_SPACE).startswith(b"{"):
         return None
     try:
-        text = body[at + len(_USAGE_MEMBER) :].decode()
-        stripped = text.lstrip()
-        usage, end = _JSON.raw_decode(stripped)
+        text = body[at + len(_USAGE_MEMBER) :].decode().lstrip(_JSON_SPACE_STR)
+        usage, end = _JSON.raw_decode(text)
     except ValueError:
         return None
-    if not isinstance(usage, dict) or stripped[end:].strip() != "}":
+    if not isinstance(usage, dict) or text[end:].strip(_JSON_SPACE_STR) != "}":
         return None
     return usage
 

@@ -96,6 +96,13 @@ async def _boom(ctx: RequestContext) -> web.StreamResponse:
     raise RuntimeError("secret internal detail")
 
 
+async def _boom_mid_stream(ctx: RequestContext) -> web.StreamResponse:
+    response = web.StreamResponse(headers=ctx.headers())
+    await response.prepare(ctx.request)
+    await response.write(b"event: ping\ndata: {}\n\n")
+    raise RuntimeError("secret internal detail")
+
+
 async def _slow(ctx: RequestContext) -> web.StreamResponse:
     await asyncio.sleep(0.6)
     return web.Response(text="finished", headers=ctx.headers())
@@ -106,6 +113,7 @@ def _test_router() -> Router:
         [
             Route("echo", "/v1/test/echo", {"POST": _echo_json}),
             Route("boom", "/v1/test/boom", {"GET": _boom}),
+            Route("boom-mid-stream", "/v1/test/boom-mid-stream", {"GET": _boom_mid_stream}),
             Route("slow", "/v1/test/slow", {"GET": _slow}),
             Route("item", "/v1/test/items/{item_id}", {"GET": _echo_param}),
         ]
@@ -170,6 +178,19 @@ async def test_unhandled_exception_is_500_without_internals(test_gateway: app.Ga
             body = await resp.json()
             assert_anthropic_error(body, "api_error", resp.headers["request-id"])
             assert "secret internal detail" not in json.dumps(body)
+
+
+async def test_a_failure_after_the_answer_started_sends_no_second_answer(
+    test_gateway: app.Gateway,
+) -> None:
+    host, port = test_gateway.url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(b"GET /v1/test/boom-mid-stream HTTP/1.1\r\nHost: x\r\n\r\n")
+    await writer.drain()
+    received = await asyncio.wait_for(reader.read(), 5)  # until the gateway closes it
+    writer.close()
+    assert received.startswith(b"HTTP/1.1 200 ") and b"event: ping" in received
+    assert received.count(b"HTTP/1.1 ") == 1 and b"secret internal detail" not in received
 
 
 async def test_path_parameters(test_gateway: app.Gateway) -> None:

@@ -50,6 +50,23 @@ def test_a_usage_key_inside_the_content_is_never_taken_for_the_message_usage() -
     assert json_result(body).usage == EXPECTED
 
 
+def test_a_key_that_ends_in_usage_is_not_the_usage() -> None:
+    ends_in_usage = {"input_tokens": 1_000_000, "output_tokens": 1_000_000}
+    body = json.dumps({**message(usage=USAGE), 'x"usage': ends_in_usage}).encode()
+    assert b'x\\"usage":' in body
+    assert json_result(body).usage == EXPECTED
+    body = json.dumps({**message(), 'x"usage': ends_in_usage}).encode()
+    assert json_result(body).usage == Usage() and not json_result(body).generated
+
+
+def test_only_json_whitespace_counts_around_the_usage() -> None:
+    body = json.dumps(message(usage=USAGE)).encode()
+    assert json_result(body[:-1] + b" \r\n\t}").usage == EXPECTED
+    for odd in (b"\x0b", b"\x0c", "\u00a0".encode()):
+        assert _last_usage(body[:-1] + odd + b"}") is None  # and the full decode refuses it
+        assert not json_result(body[:-1] + odd + b"}").generated
+
+
 def test_a_body_that_is_not_a_message_produced_nothing() -> None:
     for body in (b"", b"not json", b"[1, 2]", b'{"usage": 3}', b'{"usage": {} '):
         result = json_result(body)

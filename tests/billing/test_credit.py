@@ -432,3 +432,31 @@ async def test_an_idle_lease_is_not_closed_once_a_request_was_admitted_against_i
     (row,) = await open_leases(pool, second.id)
     assert row["id"] == request.lease_id
     await leased.release(request.request_id)
+
+
+async def test_a_shrink_the_database_may_not_have_applied_retires_the_lease(
+    leased: Billing, pool: asyncpg.Pool, model_catalog: ModelCatalog
+) -> None:
+    account = await new_account(pool, nanos=USD)
+    await leased.release((await hold(leased, account, model_catalog, rid())).request_id)
+    await lease_ready(leased, account)
+    credit = leased.credit
+    assert credit is not None
+    lease = credit.leased(account.id)
+    assert lease is not None
+
+    class Unreachable:
+        async def fetchval(self, *args: object) -> object:
+            raise ConnectionResetError("database gone mid-call")
+
+    database, credit._db = credit._db, Unreachable()  # type: ignore[assignment]
+    try:
+        assert await credit.shrink(account.id) is False
+    finally:
+        credit._db = database
+    # Applied or not, the node lends nothing more from it; the database expires it.
+    assert credit.leased(account.id) is None
+    assert credit.take(account.id, 700_000) is None
+    await pool.execute("UPDATE billing_leases SET expires_at = now() WHERE id = $1", lease.id)
+    await asyncio.sleep(0.01)
+    assert await leased.sweep() >= 1
