@@ -158,3 +158,37 @@ async def test_upstream_cooldown_taken_on_a_is_respected_on_b(
         assert await status_of(nodes.b, customer.key, rate_limit_k0) == 200
     on_b = [ex.api_key for ex in list(mock_upstream.exchanges)[before:]]
     assert len(on_b) == 5 and K0 not in on_b
+
+
+async def test_both_nodes_bill_one_account_exactly_with_their_own_leases(
+    nodes: Nodes, db: asyncpg.Connection
+) -> None:
+    customer: Customer = await make_customer(db, usd=50)
+    before = await db.fetchval(
+        "SELECT balance_nanos FROM accounts WHERE id = $1", customer.account_id
+    )
+    async with client(nodes.a, customer.key) as a, client(nodes.b, customer.key) as b:
+        for wave in range(4):  # later waves are admitted against each node's lease
+            await asyncio.gather(
+                *(c.messages.create(**ask(f"wave {wave} {n}")) for n in range(10) for c in (a, b))
+            )
+    owners = await db.fetch(
+        "SELECT DISTINCT owner FROM billing_leases WHERE account_id = $1 AND status = 'open'",
+        customer.account_id,
+    )
+    assert len(owners) == 2  # one lease per node
+    for _ in range(100):  # settlements land within 50 ms of each answer
+        billed = await db.fetchval(
+            "SELECT count(*) FROM ledger WHERE account_id = $1 AND kind = 'charge'",
+            customer.account_id,
+        )
+        if billed == 80:
+            break
+        await asyncio.sleep(0.05)
+    assert billed == 80
+    after, charged = await db.fetchrow(
+        "SELECT a.balance_nanos, (SELECT -sum(amount_nanos) FROM ledger l"
+        " WHERE l.account_id = a.id AND l.kind = 'charge') FROM accounts a WHERE a.id = $1",
+        customer.account_id,
+    )
+    assert before - after == charged > 0
