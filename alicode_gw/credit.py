@@ -75,10 +75,10 @@ class Credit:
         db_timeout: float = 10.0,
         owner: str | None = None,
     ) -> None:
-        """``max_pct``: the share of an account's free balance one lease (or growth) may
-        take. A lease is used until ``ttl - renew_interval`` seconds after its last
-        renewal was sent, so a node that cannot renew stops before the database
-        expires it."""
+        """``max_pct``: a lease holds at most this share (percent) of what it and the
+        account's free balance hold together. A lease is used until
+        ``ttl - renew_interval`` seconds after its last renewal was sent, so a node that
+        cannot renew stops before the database expires it."""
         self._db = db
         self._tasks = tasks
         self.max_pct = max_pct
@@ -197,6 +197,8 @@ class Credit:
     async def renew(self) -> None:
         """Renew the leases in use, close the idle ones, forget the ones the database no
         longer has open (expired by the sweeper, or replaced and drained)."""
+        now = time.monotonic()
+        self._refused = {a: until for a, until in self._refused.items() if until > now}
         for lease in list(self._by_id.values()):
             # Checked again right before each close: a close yields, and a request may
             # have been admitted against a later lease meanwhile.
