@@ -217,15 +217,15 @@ class Billing:
         cover it, 400 for an unknown model, 503 when the database cannot be reached
         (nothing went upstream). A hold that lands after its caller stopped waiting is
         released. Given the key's ``account_id``, a hold refused for want of money is
-        tried once more after this node gave its lease of the account back, if it had
-        unused money in one."""
+        tried once more after this node gave back unused money of its lease of the
+        account (as much as the hold needs), if it had some."""
         args = (request_id, key_id, model, estimated_input_tokens, max_tokens, client_ip, batch)
         try:
             return await self._hold(*args)
-        except InsufficientCreditsError:
+        except InsufficientCreditsError as refused:
             if self.credit is None or account_id is None:
                 raise
-            if not await self.credit.shrink(account_id):
+            if not await self.credit.shrink(account_id, refused.needed_nanos):
                 raise
         return await self._hold(*args)
 
@@ -266,10 +266,12 @@ class Billing:
         if outcome == "unknown_model":
             raise InvalidRequestError(f"model: unknown model {model!r}", param="model")
         if outcome == "insufficient":
-            raise InsufficientCreditsError(
+            refused = InsufficientCreditsError(
                 "Your credit balance is too low for this request "
                 f"(it may cost up to ${format_usd(row['amount_nanos'])}). Top up to continue."
             )
+            refused.needed_nanos = row["amount_nanos"]
+            raise refused
         if outcome == "unknown_key":
             raise InvalidRequestError("the API key no longer exists")
         held = Hold(request_id, row["priced_model"], row["amount_nanos"], prices_from_row(row))

@@ -256,27 +256,29 @@ class Credit:
             except _DB_ERRORS as exc:
                 log.warning("credit leases not renewed: %s", exc)
 
-    async def shrink(self, account_id: int) -> bool:
-        """Give the unused part of this node's lease of the account back to its free
-        balance (an ordinary hold of the account found too little free: the money may
-        be in the lease). Returns whether anything was given back (or is: a shrink
-        already under way is joined). A growth under way is waited for first, so that
-        it cannot take the money back before the caller retries."""
+    async def shrink(self, account_id: int, amount: int) -> bool:
+        """Give up to ``amount`` of the unused part of this node's lease of the account
+        back to its free balance (an ordinary hold of that size found too little free:
+        the money may be in the lease; the rest stays lent). Returns whether anything
+        was given back (or is: a shrink already under way is joined). A growth under
+        way is waited for first, so that it cannot take the money back before the
+        caller retries."""
         growing = self._asking.get(account_id)
         if growing is not None:
             await asyncio.wait({growing})
         running = self._shrinking.get(account_id)
         if running is None:
             lease = self._by_account.get(account_id)
-            if lease is None or lease.free <= 0:
+            if lease is None or lease.free <= 0 or amount <= 0:
                 return False
-            running = self._tasks.spawn(self._shrink(lease), name=f"lease-shrink-{lease.id}")
+            given = min(lease.free, amount)
+            lease.free -= given  # at once: no request is admitted against it meanwhile
+            running = self._tasks.spawn(self._shrink(lease, given), name=f"lease-shrink-{lease.id}")
             self._shrinking[account_id] = running
             running.add_done_callback(lambda _: self._shrinking.pop(account_id, None))
         return await asyncio.shield(running)
 
-    async def _shrink(self, lease: Lease) -> bool:
-        amount, lease.free = lease.free, 0
+    async def _shrink(self, lease: Lease, amount: int) -> bool:
         self._refused[lease.account_id] = time.monotonic() + REFUSED_BACKOFF  # no regrowth
         try:
             async with asyncio.timeout(self._db_timeout):

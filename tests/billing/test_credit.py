@@ -403,6 +403,25 @@ async def test_an_ordinary_hold_may_use_the_unused_money_of_this_nodes_lease(
     assert await balances(pool, account.id) == (32 * 700_000, 0)
 
 
+async def test_a_refused_hold_takes_from_the_lease_only_what_it_needs(
+    leased: Billing, pool: asyncpg.Pool, model_catalog: ModelCatalog
+) -> None:
+    account = await new_account(pool, nanos=32 * 700_000)
+    await leased.release((await hold(leased, account, model_catalog, rid())).request_id)
+    await lease_ready(leased, account)
+    # Other holds take most of what is free outside the lease: 1_200_000 is left.
+    other = await leased.hold(rid(), account.key_id, MODEL, 0, 2000, "::1")  # 10_000_000
+    assert await balances(pool, account.id) == (32 * 700_000, 16 * 700_000 + 10_000_000)
+    needing = await leased.hold(  # 2_000_000: more than is free, far less than the lease
+        rid(), account.key_id, MODEL, 0, 400, "::1", account_id=account.id
+    )
+    assert needing.amount_nanos == 2_000_000
+    (lease,) = await open_leases(pool, account.id)
+    assert lease["amount_nanos"] == 16 * 700_000 - 2_000_000  # the rest stays lent
+    for request in (other, needing):
+        await leased.release(request.request_id)
+
+
 async def test_an_idle_lease_is_not_closed_once_a_request_was_admitted_against_it(
     leased: Billing, pool: asyncpg.Pool, model_catalog: ModelCatalog
 ) -> None:
@@ -451,7 +470,7 @@ async def test_a_shrink_the_database_may_not_have_applied_retires_the_lease(
 
     database, credit._db = credit._db, Unreachable()  # type: ignore[assignment]
     try:
-        assert await credit.shrink(account.id) is False
+        assert await credit.shrink(account.id, 700_000) is False
     finally:
         credit._db = database
     # Applied or not, the node lends nothing more from it; the database expires it.
