@@ -49,7 +49,11 @@ async def test_500_concurrent_requests_through_the_gateway(
             raw = await client.messages.with_raw_response.create(
                 model="claude-haiku-4-5",
                 max_tokens=2000,
-                messages=[{"role": "user", "content": f"question number {n}"}],
+                # Each answer takes 0.2 s, so that the 500 overlap and their holds
+                # (and the node's lease) cannot cover them all at once.
+                messages=[
+                    {"role": "user", "content": f"question {n} [[mock: first_byte_delay_ms=200]]"}
+                ],
             )
         except anthropic.APIStatusError as exc:
             assert exc.status_code == 402, exc.body

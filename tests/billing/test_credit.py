@@ -479,3 +479,73 @@ async def test_a_shrink_the_database_may_not_have_applied_retires_the_lease(
     await pool.execute("UPDATE billing_leases SET expires_at = now() WHERE id = $1", lease.id)
     await asyncio.sleep(0.01)
     assert await leased.sweep() >= 1
+
+
+class _SlowReplies:
+    """A pool whose answers to one statement arrive late (after it ran)."""
+
+    def __init__(self, pool: asyncpg.Pool, statement: str, delay: float) -> None:
+        self._pool, self._statement, self._delay = pool, statement, delay
+
+    async def _late(self, query: str, result: object) -> object:
+        if self._statement in query:
+            await asyncio.sleep(self._delay)
+        return result
+
+    async def fetch(self, query: str, *args: object) -> object:
+        return await self._late(query, await self._pool.fetch(query, *args))
+
+    async def fetchval(self, query: str, *args: object) -> object:
+        return await self._late(query, await self._pool.fetchval(query, *args))
+
+    async def fetchrow(self, query: str, *args: object) -> object:
+        return await self._late(query, await self._pool.fetchrow(query, *args))
+
+
+async def test_a_renewal_read_before_a_growth_does_not_cut_it(
+    leased: Billing, pool: asyncpg.Pool, model_catalog: ModelCatalog
+) -> None:
+    account = await new_account(pool, nanos=USD)
+    await leased.release((await hold(leased, account, model_catalog, rid())).request_id)
+    await lease_ready(leased, account)
+    credit = leased.credit
+    assert credit is not None
+    lease = credit.leased(account.id)
+    assert lease is not None
+    credit._db = _SlowReplies(pool, "lease_renew", 0.3)  # type: ignore[assignment]
+    try:
+        renewing = asyncio.ensure_future(credit.renew())
+        await asyncio.sleep(0.1)  # the renewal has read the lease; its answer is late
+        credit._refused.clear()
+        await credit._acquire(account.id, 700_000)  # grows it meanwhile
+        await renewing
+    finally:
+        credit._db = pool
+    (row,) = await open_leases(pool, account.id)
+    assert row["amount_nanos"] == 2 * 16 * 700_000
+    assert lease.free == row["amount_nanos"]  # nothing in flight: all of it lendable
+
+
+async def test_a_shrink_waits_for_a_growth_under_way(
+    leased: Billing, pool: asyncpg.Pool, model_catalog: ModelCatalog
+) -> None:
+    account = await new_account(pool, nanos=USD)
+    await leased.release((await hold(leased, account, model_catalog, rid())).request_id)
+    await lease_ready(leased, account)
+    credit = leased.credit
+    assert credit is not None
+    lease = credit.leased(account.id)
+    assert lease is not None
+    credit._db = _SlowReplies(pool, "lease_grow", 0.2)  # type: ignore[assignment]
+    try:
+        credit._refused.clear()
+        credit._ask(account.id, 700_000)  # a growth whose answer is late
+        await asyncio.sleep(0.05)
+        assert await credit.shrink(account.id, 30 * 700_000)
+    finally:
+        credit._db = pool
+    # The shrink came after the growth: it gave back what the grown lease had unused,
+    # up to what was asked, and the node's count matches the database's.
+    (row,) = await open_leases(pool, account.id)
+    assert row["amount_nanos"] == 2 * 16 * 700_000 - 30 * 700_000
+    assert lease.free == row["amount_nanos"]
