@@ -36,7 +36,7 @@ from redis.asyncio import Redis
 
 from alicode_gw import auth
 from alicode_gw.batching import Coalescer
-from alicode_gw.catalog import ModelInfo, Prices, prices_from_row
+from alicode_gw.catalog import ModelInfo, Prices, price_columns, prices_from_row
 from alicode_gw.credit import Credit
 from alicode_gw.errors import (
     InsufficientCreditsError,
@@ -97,7 +97,8 @@ class Hold:
 
     A hold admitted against a credit lease (``lease_id``) lives only in this node's
     memory: ``prices`` is then the node's copy of the catalog (no discount), which
-    ``billing.settle_leased`` bills at, and ``settlement`` the parameters it needs."""
+    ``billing.settle_leased`` bills at, and ``settlement`` the request's parameters it
+    needs beside the hold's own."""
 
     request_id: str
     model: str
@@ -219,41 +220,46 @@ class Billing:
         released. Given the key's ``account_id``, a hold refused for want of money is
         tried once more after this node gave back unused money of its lease of the
         account (as much as the hold needs), if it had some."""
-        args = (request_id, key_id, model, estimated_input_tokens, max_tokens, client_ip, batch)
-        try:
-            return await self._hold(*args)
-        except InsufficientCreditsError as refused:
-            if self.credit is None or account_id is None:
-                raise
-            if not await self.credit.shrink(account_id, refused.needed_nanos):
-                raise
-        return await self._hold(*args)
+        entry = {
+            "op": "hold",
+            "request_id": request_id,
+            "key_id": key_id,
+            "model": model,
+            "estimated_input": estimated_input_tokens,
+            "max_tokens": max_tokens,
+            "client_ip": client_ip,
+            "batch": batch,
+        }
+        row = await self._held_row(entry)
+        if (
+            row["outcome"] == "insufficient"
+            and self.credit is not None
+            and account_id is not None
+            and await self.credit.shrink(account_id, row["amount_nanos"])
+        ):
+            row = await self._held_row(entry)  # refused: nothing was written
+        outcome = row["outcome"]
+        if outcome == "unknown_model":
+            raise InvalidRequestError(f"model: unknown model {model!r}", param="model")
+        if outcome == "insufficient":
+            raise InsufficientCreditsError(
+                "Your credit balance is too low for this request "
+                f"(it may cost up to ${format_usd(row['amount_nanos'])}). Top up to continue."
+            )
+        if outcome == "unknown_key":
+            raise InvalidRequestError("the API key no longer exists")
+        held = Hold(request_id, row["priced_model"], row["amount_nanos"], prices_from_row(row))
+        self._open[request_id] = (held, time.monotonic() + self.hold_ttl)
+        return held
 
-    async def _hold(
-        self,
-        request_id: str,
-        key_id: int,
-        model: str,
-        estimated_input_tokens: int,
-        max_tokens: int,
-        client_ip: str,
-        batch: bool,
-    ) -> Hold:
-        future = self._ops.submit(
-            {
-                "op": "hold",
-                "request_id": request_id,
-                "key_id": key_id,
-                "model": model,
-                "estimated_input": estimated_input_tokens,
-                "max_tokens": max_tokens,
-                "client_ip": client_ip,
-                "batch": batch,
-            }
-        )
+    async def _held_row(self, entry: dict[str, Any]) -> asyncpg.Record:
+        """The database's answer to one hold; 503 when it cannot be reached. A hold
+        that lands after its caller stopped waiting is released."""
+        request_id = str(entry["request_id"])
+        future = self._ops.submit(entry)
         try:
             async with asyncio.timeout(self._db_timeout):
-                row = await asyncio.shield(future)
+                return await asyncio.shield(future)
         except DB_UNREACHABLE as exc:
             future.add_done_callback(functools.partial(self._release_orphan, request_id))
             raise ServiceUnavailableError(
@@ -262,21 +268,6 @@ class Billing:
         except asyncio.CancelledError:
             future.add_done_callback(functools.partial(self._release_orphan, request_id))
             raise
-        outcome = row["outcome"]
-        if outcome == "unknown_model":
-            raise InvalidRequestError(f"model: unknown model {model!r}", param="model")
-        if outcome == "insufficient":
-            refused = InsufficientCreditsError(
-                "Your credit balance is too low for this request "
-                f"(it may cost up to ${format_usd(row['amount_nanos'])}). Top up to continue."
-            )
-            refused.needed_nanos = row["amount_nanos"]
-            raise refused
-        if outcome == "unknown_key":
-            raise InvalidRequestError("the API key no longer exists")
-        held = Hold(request_id, row["priced_model"], row["amount_nanos"], prices_from_row(row))
-        self._open[request_id] = (held, time.monotonic() + self.hold_ttl)
-        return held
 
     def hold_leased(
         self,
@@ -301,19 +292,7 @@ class Billing:
         if lease_id is None:
             return None
         prices = dataclasses.replace(priced.prices, batch_discount_pct=0)
-        settlement = {
-            "lease_id": lease_id,
-            "key_id": key_id,
-            "requested_model": requested_model,
-            "model": priced.target,
-            "client_ip": client_ip,
-            "reserved": amount,
-            "input_price": prices.input,
-            "output_price": prices.output,
-            "cache_write_5m_price": prices.cache_write_5m,
-            "cache_write_1h_price": prices.cache_write_1h,
-            "cache_read_price": prices.cache_read,
-        }
+        settlement = {"key_id": key_id, "requested_model": requested_model, "client_ip": client_ip}
         held = Hold(request_id, priced.target, amount, prices, lease_id, settlement)
         self._open[request_id] = (held, time.monotonic() + self.hold_ttl)
         return held
@@ -335,19 +314,34 @@ class Billing:
         return await self.settle_later(request_id, usage, estimated=estimated, urgent=True)
 
     def settle_later(
-        self, request_id: str, usage: Usage, *, estimated: bool = False, urgent: bool = False
+        self,
+        request_id: str,
+        usage: Usage,
+        *,
+        estimated: bool = False,
+        urgent: bool = False,
+        cost_nanos: int | None = None,
     ) -> Coroutine[Any, Any, int]:
         """Queue the settlement now (so it goes before anything this process queues
         after it, e.g. the same customer's next hold) and return what awaits its
         outcome. Not urgent: it may wait a moment to share another request's round
-        trip."""
+        trip. ``cost_nanos``: the hold's :meth:`Hold.cost_nanos` of ``usage``, when the
+        caller has it already."""
         entry = {"op": "settle", "request_id": request_id, "estimated": estimated}
         entry.update(usage.counts())
         held = self._leased(request_id)
         if held is not None:  # billed by settle_leased; the lease gets the rest back now
-            assert held.lease_id is not None and held.settlement is not None
-            entry.update(held.settlement, op="settle_leased")
-            self._credit().give_back(held.lease_id, held.amount_nanos - held.cost_nanos(usage))
+            assert held.lease_id is not None and held.settlement and held.prices
+            entry.update(
+                held.settlement,
+                op="settle_leased",
+                lease_id=held.lease_id,
+                model=held.model,
+                reserved=held.amount_nanos,
+                **price_columns(held.prices),
+            )
+            spent = held.cost_nanos(usage) if cost_nanos is None else cost_nanos
+            self._credit().give_back(held.lease_id, held.amount_nanos - spent)
         future = self._ops.submit(entry, urgent=urgent)
         return self._settled(entry, usage, future, held.lease_id if held else None)
 

@@ -119,6 +119,18 @@ def prices_from_row(row: Mapping[str, Any]) -> Prices:
     )
 
 
+def price_columns(prices: Prices) -> dict[str, int]:
+    """The price columns of ``prices`` under those names (what :func:`prices_from_row`
+    reads), without the discount."""
+    return {
+        "input_price": prices.input,
+        "output_price": prices.output,
+        "cache_write_5m_price": prices.cache_write_5m,
+        "cache_write_1h_price": prices.cache_write_1h,
+        "cache_read_price": prices.cache_read,
+    }
+
+
 async def load_models(conn: asyncpg.Connection | asyncpg.Pool) -> list[ModelInfo]:
     """Every model and alias, priced models first (newest first), then the aliases."""
     return [_info(row) for row in await conn.fetch(_CATALOG_QUERY)]

@@ -228,16 +228,8 @@ class Credit:
             # A safety net only: what the node counts as free never exceeds what the
             # database has (settlements not yet applied, or journaled, leave the
             # database's figure the larger), so this never raises the node's count.
-            if lease.grown == grown.get(lease_id) and lease_id not in self._growing():
+            if lease.grown == grown.get(lease_id):  # else read before a growth applied
                 lease.free = min(lease.free, still_open[lease_id])
-
-    def _growing(self) -> set[int]:
-        """Ids of the leases a growth is under way for."""
-        return {
-            lease.id
-            for account_id in self._asking
-            if (lease := self._by_account.get(account_id)) is not None
-        }
 
     def _idle(self, lease: Lease, now: float) -> bool:
         replaced = self._by_account.get(lease.account_id) is not lease

@@ -64,7 +64,6 @@ class InsufficientCreditsError(GatewayError):
     error_type = "insufficient_credits"
     openai_type = "insufficient_quota"
     openai_code = "insufficient_quota"
-    needed_nanos: int = 0  # the hold that was refused (not shown to the client)
 
 
 class PermissionDeniedError(GatewayError):

@@ -166,16 +166,8 @@ async def _admit_and_hold(
     the other is undone before the error (the limits' verdict first) reaches the
     client."""
     state = ctx.state
-    leased = state.billing.hold_leased(
-        ctx.request_id,
-        key.id,
-        request.model,
-        estimate,
-        request.max_tokens,
-        ip,
-        account_id=key.account_id,
-        priced=info,
-    )
+    hold = (ctx.request_id, key.id, request.model, estimate, request.max_tokens, ip)
+    leased = state.billing.hold_leased(*hold, account_id=key.account_id, priced=info)
     if leased is not None:  # the hold took no I/O: only the limits are waited for
         try:
             return await state.limiter.admit(ip, key, info.target), leased
@@ -184,15 +176,7 @@ async def _admit_and_hold(
             raise
     admitted, held = await asyncio.gather(
         state.limiter.admit(ip, key, info.target),
-        state.billing.hold(
-            ctx.request_id,
-            key.id,
-            request.model,
-            estimate,
-            request.max_tokens,
-            ip,
-            account_id=key.account_id,
-        ),
+        state.billing.hold(*hold, account_id=key.account_id),
         return_exceptions=True,
     )
     if isinstance(admitted, BaseException):
@@ -280,7 +264,9 @@ def _conclude(ctx: RequestContext, admission: Admission, outcome: _Outcome) -> N
         ctx.cache_read_tokens = usage.cache_read
         ctx.cost_nanos = outcome.cost_nanos
         tokens = _tokens(usage)
-        money = state.billing.settle_later(ctx.request_id, usage, estimated=result.estimated)
+        money = state.billing.settle_later(
+            ctx.request_id, usage, estimated=result.estimated, cost_nanos=outcome.cost_nanos
+        )
     else:
         money = state.billing.release_later(ctx.request_id)
     limits = state.limiter.finish_later(admission, tokens)

@@ -122,7 +122,8 @@ def _last_usage(body: bytes) -> dict[str, Any] | None:
     precedes it (it could end a longer key, ``"x\\"usage":``); anything else is left to
     the full decode."""
     at = body.rfind(_USAGE_MEMBER)
-    if at <= 0 or body[at - 1] == 0x5C or not body.lstrip(_JSON_SPACE).startswith(b"{"):
+    # (Only the body's first bytes are looked at: no copy of a large body.)
+    if at <= 0 or body[at - 1] == 0x5C or not body[:64].lstrip(_JSON_SPACE).startswith(b"{"):
         return None
     try:
         text = body[at + len(_USAGE_MEMBER) :].decode().lstrip(_JSON_SPACE_STR)
