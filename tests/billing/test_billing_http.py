@@ -5,21 +5,25 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+from collections.abc import Callable
 
 import anthropic
 import asyncpg
 
+from alicode_gw import app
 from alicode_gw.billing import parse_usd
+from alicode_gw.config import Config
 from tests.billing.conftest import balances
 from tests.conftest import start_gateway, stop_gateway
-from tests.messages_helpers import make_customer, reset_pool
+from tests.messages_helpers import Customer, make_customer, reset_pool
 
 NANOS = 1_000_000_000
 
 
-async def test_500_concurrent_requests_through_the_gateway(
-    db: asyncpg.Connection, make_config
-) -> None:
+async def funded_gateway(
+    db: asyncpg.Connection, make_config: Callable[..., Config], nanos: int
+) -> tuple[app.Gateway, Customer]:
+    """A gateway without IP limits, and a customer whose account holds ``nanos``."""
     await reset_pool(db)
     gateway = await start_gateway(
         make_config(
@@ -30,8 +34,15 @@ async def test_500_concurrent_requests_through_the_gateway(
         )
     )
     customer = await make_customer(db, usd=0)
+    await db.execute("SELECT billing.topup($1, $2, 'http test')", customer.account_id, nanos)
+    return gateway, customer
+
+
+async def test_500_concurrent_requests_through_the_gateway(
+    db: asyncpg.Connection, make_config
+) -> None:
     top_up = NANOS // 4  # $0.25
-    await db.execute("SELECT billing.topup($1, $2, 'http test')", customer.account_id, top_up)
+    gateway, customer = await funded_gateway(db, make_config, top_up)
     samples: list[tuple[int, int]] = []
     done = asyncio.Event()
 
@@ -91,18 +102,8 @@ async def test_concurrent_requests_admitted_against_a_credit_lease(
     """A funded account: after its first requests, the node admits the rest against a
     credit lease (no hold round trip), streams included; every request is billed once,
     the headers match the ledger, and a stopping node gives its lease back."""
-    await reset_pool(db)
-    gateway = await start_gateway(
-        make_config(
-            redis_prefix=f"bill-lease-{secrets.token_hex(4)}:",
-            ip_rpm=0,
-            ip_concurrency=0,
-            db_pool_size=20,
-        )
-    )
-    customer = await make_customer(db, usd=0)
     top_up = 20 * NANOS
-    await db.execute("SELECT billing.topup($1, $2, 'lease test')", customer.account_id, top_up)
+    gateway, customer = await funded_gateway(db, make_config, top_up)
     client = anthropic.AsyncAnthropic(
         api_key=customer.key, base_url=gateway.url, max_retries=0, timeout=120
     )

@@ -7,9 +7,9 @@ lease reserves is spent twice."""
 from __future__ import annotations
 
 import asyncio
-import json
+import contextlib
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import asyncpg
@@ -91,6 +91,32 @@ async def lease_ready(billing: Billing, account: TestAccount) -> None:
     await until(ready)
 
 
+@contextlib.contextmanager
+def database_down(billing: Billing) -> Iterator[None]:
+    """Every billing batch fails as if PostgreSQL were unreachable."""
+    flush = billing._ops._flush
+
+    async def unreachable(ops: list[dict[str, object]]) -> list[object]:
+        raise ConnectionRefusedError("database down")
+
+    billing._ops._flush = unreachable  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        billing._ops._flush = flush  # type: ignore[method-assign]
+
+
+async def with_lease(billing: Billing, account: TestAccount, catalog: ModelCatalog) -> Lease:
+    """The account's first request takes the ordinary hold (released here) and asks for
+    a lease; the lease once the node has it."""
+    await billing.release((await hold(billing, account, catalog, rid())).request_id)
+    await lease_ready(billing, account)
+    assert billing.credit is not None
+    lease = billing.credit.leased(account.id)
+    assert lease is not None
+    return lease
+
+
 def test_hold_amount_is_the_sql_worst_case() -> None:
     haiku = Prices(1_000_000, 5_000_000, 1_250_000, 2_000_000, 100_000, 50)
     # 100 input at the 1h-write rate ($2) + 100 output at $5, no batch discount
@@ -137,11 +163,8 @@ async def test_a_leased_request_that_produced_nothing_costs_no_round_trip(
     leased: Billing, pool: asyncpg.Pool, model_catalog: ModelCatalog
 ) -> None:
     account = await new_account(pool, nanos=USD)
-    await leased.release((await hold(leased, account, model_catalog, rid())).request_id)
-    await lease_ready(leased, account)
+    lease = await with_lease(leased, account, model_catalog)
     assert leased.credit is not None
-    lease = leased.credit.leased(account.id)
-    assert lease is not None
     free, trips = lease.free, leased.round_trips
     failed = await hold(leased, account, model_catalog, rid())
     assert lease.free == free - 700_000
@@ -154,8 +177,7 @@ async def test_leased_holds_under_concurrency_add_up(
     leased: Billing, pool: asyncpg.Pool, model_catalog: ModelCatalog
 ) -> None:
     account = await new_account(pool, nanos=USD // 10)
-    await leased.release((await hold(leased, account, model_catalog, rid())).request_id)
-    await lease_ready(leased, account)
+    await with_lease(leased, account, model_catalog)
     before, _ = await balances(pool, account.id)
 
     async def one(n: int) -> int:
@@ -203,11 +225,8 @@ async def test_a_lease_never_lends_more_than_the_node_knows_is_free(
     leased: Billing, pool: asyncpg.Pool, model_catalog: ModelCatalog
 ) -> None:
     account = await new_account(pool, nanos=USD)
-    await leased.release((await hold(leased, account, model_catalog, rid())).request_id)
-    await lease_ready(leased, account)
+    lease = await with_lease(leased, account, model_catalog)
     assert leased.credit is not None
-    lease = leased.credit.leased(account.id)
-    assert lease is not None
     holds = [await hold(leased, account, model_catalog, rid()) for _ in range(16)]
     assert all(h.lease_id == lease.id for h in holds)
     assert lease.free == 0
@@ -226,16 +245,13 @@ async def test_a_journaled_leased_settlement_is_billed_once(
     """The database was unreachable when a leased request ended: its settlement went to
     the journal, with everything it needs; replayed (twice), it is billed once."""
     account = await new_account(pool, nanos=USD)
-    await leased.release((await hold(leased, account, model_catalog, rid())).request_id)
-    await lease_ready(leased, account)
+    await with_lease(leased, account, model_catalog)
     request_id = rid()
-    held = await hold(leased, account, model_catalog, request_id)
-    assert held.lease_id is not None and held.settlement is not None
-    entry = {"op": "settle_leased", "request_id": request_id, "estimated": False}
-    entry.update(Usage(100, 10).counts())
-    entry.update(held.settlement)
-    await leased.journal.append(json.loads(json.dumps(entry)))
-    await leased.journal.append(entry)
+    assert (await hold(leased, account, model_catalog, request_id)).lease_id is not None
+    with database_down(leased):
+        assert await leased.settle(request_id, Usage(100, 10)) == 150_000  # provisional
+    (journaled,) = await leased.journal._redis.xrange(leased.journal.stream_key)
+    await leased.journal._redis.xadd(leased.journal.stream_key, journaled[1])  # twice
     assert await leased.replay_journal() == 2
     assert (
         await pool.fetchval(
@@ -249,8 +265,7 @@ async def test_an_expired_lease_goes_back_and_its_requests_still_settle(
     leased: Billing, pool: asyncpg.Pool, model_catalog: ModelCatalog
 ) -> None:
     account = await new_account(pool, nanos=USD)
-    await leased.release((await hold(leased, account, model_catalog, rid())).request_id)
-    await lease_ready(leased, account)
+    await with_lease(leased, account, model_catalog)
     in_flight = await hold(leased, account, model_catalog, rid())
     assert in_flight.lease_id is not None
     # The node stopped renewing (it died, or lost the database): the sweeper takes the
@@ -276,8 +291,7 @@ async def test_a_charge_never_takes_more_than_its_worst_case_from_the_lease(
     """A request that used more than estimated (its input was underestimated) pays the
     excess from the free balance, never from what the lease keeps for the others."""
     account = await new_account(pool, nanos=16 * 700_000 * 2 + 100_000)
-    await leased.release((await hold(leased, account, model_catalog, rid())).request_id)
-    await lease_ready(leased, account)
+    await with_lease(leased, account, model_catalog)
     (lease,) = await open_leases(pool, account.id)
     big = await hold(leased, account, model_catalog, rid())
     assert big.lease_id == lease["id"]
@@ -297,8 +311,7 @@ async def test_close_all_gives_every_lease_back(
     leased: Billing, pool: asyncpg.Pool, model_catalog: ModelCatalog
 ) -> None:
     account = await new_account(pool, nanos=USD)
-    await leased.release((await hold(leased, account, model_catalog, rid())).request_id)
-    await lease_ready(leased, account)
+    await with_lease(leased, account, model_catalog)
     assert leased.credit is not None
     await leased.credit.close_all()
     assert await open_leases(pool, account.id) == []
@@ -316,8 +329,7 @@ async def test_a_lease_grows_to_at_most_half_of_what_is_free(
     leased: Billing, pool: asyncpg.Pool, model_catalog: ModelCatalog
 ) -> None:
     account = await new_account(pool, nanos=100 * 700_000)
-    await leased.release((await hold(leased, account, model_catalog, rid())).request_id)
-    await lease_ready(leased, account)
+    await with_lease(leased, account, model_catalog)
     assert leased.credit is not None
     lease = leased.credit.leased(account.id)
     assert lease is not None and lease.total == 16 * 700_000
@@ -334,22 +346,11 @@ async def test_a_journaled_settlement_and_a_renewal_never_raise_what_the_node_le
     """The database refused a leased request's settlement (journaled); a renewal before
     the replay must not hand the node the money the replay is about to take."""
     account = await new_account(pool, nanos=USD)
-    await leased.release((await hold(leased, account, model_catalog, rid())).request_id)
-    await lease_ready(leased, account)
+    lease = await with_lease(leased, account, model_catalog)
     assert leased.credit is not None
-    lease = leased.credit.leased(account.id)
-    assert lease is not None
     request = await hold(leased, account, model_catalog, rid())
-    flush = leased._ops._flush
-
-    async def unreachable(ops: list[dict[str, object]]) -> list[object]:
-        raise ConnectionRefusedError("database down")
-
-    leased._ops._flush = unreachable  # type: ignore[assignment]
-    try:
+    with database_down(leased):
         assert await leased.settle(request.request_id, Usage(100, 10)) == 150_000  # provisional
-    finally:
-        leased._ops._flush = flush  # type: ignore[method-assign]
     assert await leased.journal_length() == 1
     await leased.credit.renew()
     assert await leased.replay_journal() == 1
@@ -361,8 +362,7 @@ async def test_a_lease_that_may_not_grow_gets_no_second_lease_beside_it(
     leased: Billing, pool: asyncpg.Pool, model_catalog: ModelCatalog
 ) -> None:
     account = await new_account(pool, nanos=40 * 700_000)
-    await leased.release((await hold(leased, account, model_catalog, rid())).request_id)
-    await lease_ready(leased, account)
+    await with_lease(leased, account, model_catalog)
     assert leased.credit is not None
     for _ in range(6):  # short again and again: it grows to its cap, then stops
         leased.credit._refused.clear()
@@ -377,8 +377,7 @@ async def test_a_leased_request_outlives_the_hold_ttl(
     """A stream longer than an hour: the sweeper's purge of this node's expired holds
     must not forget a leased request's hold, its only record."""
     account = await new_account(pool, nanos=USD)
-    await leased.release((await hold(leased, account, model_catalog, rid())).request_id)
-    await lease_ready(leased, account)
+    await with_lease(leased, account, model_catalog)
     long = await hold(leased, account, model_catalog, rid())
     leased._open[long.request_id] = (long, 0.0)  # its hold TTL has passed
     await leased.sweep()
@@ -392,8 +391,7 @@ async def test_an_ordinary_hold_may_use_the_unused_money_of_this_nodes_lease(
     leased: Billing, pool: asyncpg.Pool, model_catalog: ModelCatalog
 ) -> None:
     account = await new_account(pool, nanos=32 * 700_000)
-    await leased.release((await hold(leased, account, model_catalog, rid())).request_id)
-    await lease_ready(leased, account)
+    await with_lease(leased, account, model_catalog)
     assert await balances(pool, account.id) == (32 * 700_000, 16 * 700_000)
     # Worst case 20 x 700_000: more than is free outside the lease, and more than the
     # lease has; the account has it all the same.
@@ -407,8 +405,7 @@ async def test_a_refused_hold_takes_from_the_lease_only_what_it_needs(
     leased: Billing, pool: asyncpg.Pool, model_catalog: ModelCatalog
 ) -> None:
     account = await new_account(pool, nanos=32 * 700_000)
-    await leased.release((await hold(leased, account, model_catalog, rid())).request_id)
-    await lease_ready(leased, account)
+    await with_lease(leased, account, model_catalog)
     # Other holds take most of what is free outside the lease: 1_200_000 is left.
     other = await leased.hold(rid(), account.key_id, MODEL, 0, 2000, "::1")  # 10_000_000
     assert await balances(pool, account.id) == (32 * 700_000, 16 * 700_000 + 10_000_000)
@@ -427,8 +424,7 @@ async def test_an_idle_lease_is_not_closed_once_a_request_was_admitted_against_i
 ) -> None:
     first, second = await new_account(pool, nanos=USD), await new_account(pool, nanos=USD)
     for account in (first, second):
-        await leased.release((await hold(leased, account, model_catalog, rid())).request_id)
-        await lease_ready(leased, account)
+        await with_lease(leased, account, model_catalog)
     credit = leased.credit
     assert credit is not None
     for account in (first, second):
@@ -457,12 +453,9 @@ async def test_a_shrink_the_database_may_not_have_applied_retires_the_lease(
     leased: Billing, pool: asyncpg.Pool, model_catalog: ModelCatalog
 ) -> None:
     account = await new_account(pool, nanos=USD)
-    await leased.release((await hold(leased, account, model_catalog, rid())).request_id)
-    await lease_ready(leased, account)
+    lease = await with_lease(leased, account, model_catalog)
     credit = leased.credit
     assert credit is not None
-    lease = credit.leased(account.id)
-    assert lease is not None
 
     class Unreachable:
         async def fetchval(self, *args: object) -> object:
@@ -502,25 +495,29 @@ class _SlowReplies:
         return await self._late(query, await self._pool.fetchrow(query, *args))
 
 
+@contextlib.contextmanager
+def late_answers(credit: Credit, statement: str, delay: float) -> Iterator[None]:
+    pool = credit._db
+    credit._db = _SlowReplies(pool, statement, delay)  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        credit._db = pool
+
+
 async def test_a_renewal_read_before_a_growth_does_not_cut_it(
     leased: Billing, pool: asyncpg.Pool, model_catalog: ModelCatalog
 ) -> None:
     account = await new_account(pool, nanos=USD)
-    await leased.release((await hold(leased, account, model_catalog, rid())).request_id)
-    await lease_ready(leased, account)
+    lease = await with_lease(leased, account, model_catalog)
     credit = leased.credit
     assert credit is not None
-    lease = credit.leased(account.id)
-    assert lease is not None
-    credit._db = _SlowReplies(pool, "lease_renew", 0.3)  # type: ignore[assignment]
-    try:
+    with late_answers(credit, "lease_renew", 0.3):
         renewing = asyncio.ensure_future(credit.renew())
         await asyncio.sleep(0.1)  # the renewal has read the lease; its answer is late
         credit._refused.clear()
         await credit._acquire(account.id, 700_000)  # grows it meanwhile
         await renewing
-    finally:
-        credit._db = pool
     (row,) = await open_leases(pool, account.id)
     assert row["amount_nanos"] == 2 * 16 * 700_000
     assert lease.free == row["amount_nanos"]  # nothing in flight: all of it lendable
@@ -530,20 +527,14 @@ async def test_a_shrink_waits_for_a_growth_under_way(
     leased: Billing, pool: asyncpg.Pool, model_catalog: ModelCatalog
 ) -> None:
     account = await new_account(pool, nanos=USD)
-    await leased.release((await hold(leased, account, model_catalog, rid())).request_id)
-    await lease_ready(leased, account)
+    lease = await with_lease(leased, account, model_catalog)
     credit = leased.credit
     assert credit is not None
-    lease = credit.leased(account.id)
-    assert lease is not None
-    credit._db = _SlowReplies(pool, "lease_grow", 0.2)  # type: ignore[assignment]
-    try:
+    with late_answers(credit, "lease_grow", 0.2):
         credit._refused.clear()
         credit._ask(account.id, 700_000)  # a growth whose answer is late
         await asyncio.sleep(0.05)
         assert await credit.shrink(account.id, 30 * 700_000)
-    finally:
-        credit._db = pool
     # The shrink came after the growth: it gave back what the grown lease had unused,
     # up to what was asked, and the node's count matches the database's.
     (row,) = await open_leases(pool, account.id)
