@@ -85,6 +85,7 @@ async def open_state(config: Config, backends: Backends) -> State:
         config.redis_prefix,
         ip_rpm=config.ip_rpm,
         ip_concurrency=config.ip_concurrency,
+        share_pct=config.limit_share_pct,
         tasks=tasks,
     )
     tasks.spawn(limiter.refresh_loop(), name="limit-leases", perpetual=True)
@@ -114,6 +115,7 @@ async def close_state(state: State) -> None:
     await state.tasks.drain(state.config.shutdown_timeout)
     if state.billing.credit is not None:  # after the drain: every settlement has landed
         await state.billing.credit.close_all()
+    await state.limiter.close_shares()
     state.metrics.publish()  # the final counts stay in the node's sums
     await state.keypool.close()
     await state.auth.close()

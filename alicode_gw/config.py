@@ -178,6 +178,16 @@ class Config:
             "0 turns leases off (every hold waits for PostgreSQL).",
         },
     )
+    limit_share_pct: int = field(
+        default=25,
+        metadata={
+            "env": "ALICODE_LIMIT_SHARE_PCT",
+            "doc": "Share (percent) of a key's or IP's per-minute and concurrency limits one "
+            "node may hold in reserve, to admit requests in a run without a Redis round trip "
+            "(limits are never exceeded; another node may be refused a few seconds early); "
+            "0 sends every admission to Redis.",
+        },
+    )
     metrics_allow: tuple[Network, ...] = field(
         default=(ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128")),
         metadata={
@@ -313,6 +323,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "ALICODE_DISCONNECT_DRAIN_TIMEOUT": _parse_seconds,
     "ALICODE_COUNT_TOKENS": _parse_choice("upstream", "estimate"),
     "ALICODE_CREDIT_LEASE_PCT": _parse_percent,
+    "ALICODE_LIMIT_SHARE_PCT": _parse_percent,
     "ALICODE_METRICS_ALLOW": _parse_networks,
     "ALICODE_METRICS_TOKEN": _parse_token,
 }

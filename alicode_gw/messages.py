@@ -1,9 +1,9 @@
 """``POST /v1/messages``: the request pipeline, one context object threaded through.
 
-validate → authenticate → model (catalog, allow-list) → limits (one Redis call) →
-estimate input tokens → billing hold → upstream (retries before the first byte) →
-relay (JSON or SSE) → [answer sent] → settle or release, limits finish (a tracked
-background task: the answer waits for no database).
+validate → authenticate → model (catalog, allow-list) → limits (the node's share, else
+one Redis call) → estimate input tokens → billing hold → upstream (retries before the
+first byte) → relay (JSON or SSE) → [answer sent] → settle or release, limits finish
+(a tracked background task: the answer waits for no database).
 """
 
 from __future__ import annotations

@@ -3,7 +3,10 @@
 :meth:`Limiter.admit` is ONE script call (EVALSHA, reloaded on NOSCRIPT) that
 checks, in this order, the IP's requests per minute and concurrency, then the key's
 requests per minute, concurrency and rolling token budget, and takes the slots only
-if every check passes, so limits hold exactly however many nodes admit at once.
+if every check passes, so limits hold exactly however many nodes admit at once. A limit
+this node already holds a share of (:mod:`~alicode_gw.limitshares`: capacity Redis
+counted for it before) is taken from that share instead, and an admission whose every
+limit is covered so makes no call at all.
 
 - Requests per minute: a sliding 60-second log (sorted set of admission tokens scored
   by Redis time). Exact; no burst at a window boundary.
@@ -32,6 +35,7 @@ import asyncio
 import logging
 import math
 import secrets
+import time
 from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,6 +47,8 @@ from redis.exceptions import NoScriptError, RedisError
 from alicode_gw.auth import ApiKey
 from alicode_gw.batching import Coalescer
 from alicode_gw.errors import RateLimitError, ServiceUnavailableError
+from alicode_gw.limitshares import GRANT_MAX, RESERVE_SECONDS, Shares
+from alicode_gw.ratelimit_lua import ADMIT_LUA, FINISH_LUA, REFRESH_LUA, STATUS_LUA
 from alicode_gw.resp import RespConnection
 from alicode_gw.tasks import TaskTracker
 
@@ -52,162 +58,11 @@ RPM_WINDOW_MS = 60_000
 BUDGET_WINDOW_MS = 5 * 3600 * 1000
 BUCKET_MS = 60_000
 PIPELINE_TIMEOUT = 5.0  # seconds for one pipeline's write and replies
-
-_PRELUDE = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local function budget_used(h, z, total, win, bucket)
-  local cutoff = now - win - bucket
-  local old = redis.call('ZRANGEBYSCORE', z, '-inf', cutoff)
-  if #old > 0 then
-    local drop = 0
-    for _, b in ipairs(old) do
-      drop = drop + tonumber(redis.call('HGET', h, b) or '0')
-      redis.call('HDEL', h, b)
-    end
-    redis.call('ZREMRANGEBYSCORE', z, '-inf', cutoff)
-    redis.call('DECRBY', total, drop)
-  end
-  return tonumber(redis.call('GET', total) or '0')
-end
--- when the usage in the window falls below `limit` (ms), or 0 if it already is
-local function budget_reset(h, z, used, limit, win, bucket)
-  local buckets = redis.call('ZRANGE', z, 0, -1)
-  local acc = 0
-  for _, b in ipairs(buckets) do
-    acc = acc + tonumber(redis.call('HGET', h, b) or '0')
-    if used - acc < limit then return tonumber(b) + bucket + win end
-  end
-  return 0
-end
-"""
-
-# KEYS: ip rpm, ip conc, key rpm, key conc, budget hash, budget index, budget total
-# ARGV: token, ip_rpm, ip_conc, key_rpm, key_conc, budget, lease_ms, rpm_win, bud_win, bucket
-# -> {1, key_rpm_remaining, key_rpm_reset_ms, now} or {0, code, limit, reset_ms, retry_ms}
-ADMIT_LUA = (
-    _PRELUDE
-    + """
-local token = ARGV[1]
-local ip_rpm, ip_conc = tonumber(ARGV[2]), tonumber(ARGV[3])
-local key_rpm, key_conc, budget = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
-local lease, rpm_win = tonumber(ARGV[7]), tonumber(ARGV[8])
-local bud_win, bucket = tonumber(ARGV[9]), tonumber(ARGV[10])
-
-local function window(key)
-  redis.call('ZREMRANGEBYSCORE', key, '-inf', now - rpm_win)
-  local n = redis.call('ZCARD', key)
-  local reset = now + rpm_win
-  if n > 0 then
-    reset = tonumber(redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')[2]) + rpm_win
-  end
-  return n, reset
-end
-local function leases(key)
-  redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
-  return redis.call('ZCARD', key)
-end
-
-if ip_rpm > 0 then
-  local n, reset = window(KEYS[1])
-  if n >= ip_rpm then return {0, 1, ip_rpm, reset, reset - now} end
-end
-if ip_conc > 0 and leases(KEYS[2]) >= ip_conc then
-  return {0, 2, ip_conc, now + 1000, 1000}
-end
-local key_n, key_reset = 0, now + rpm_win
-if key_rpm > 0 then
-  key_n, key_reset = window(KEYS[3])
-  if key_n >= key_rpm then return {0, 3, key_rpm, key_reset, key_reset - now} end
-end
-if key_conc > 0 and leases(KEYS[4]) >= key_conc then
-  return {0, 4, key_conc, now + 1000, 1000}
-end
-if budget > 0 then
-  local used = budget_used(KEYS[5], KEYS[6], KEYS[7], bud_win, bucket)
-  if used >= budget then
-    local reset = budget_reset(KEYS[5], KEYS[6], used, budget, bud_win, bucket)
-    if reset <= now then reset = now + bucket end
-    return {0, 5, budget, reset, reset - now}
-  end
-end
-
-if ip_rpm > 0 then
-  redis.call('ZADD', KEYS[1], now, token)
-  redis.call('PEXPIRE', KEYS[1], rpm_win)
-end
-if ip_conc > 0 then
-  redis.call('ZADD', KEYS[2], now + lease, token)
-  redis.call('PEXPIRE', KEYS[2], lease)
-end
-if key_rpm > 0 then
-  redis.call('ZADD', KEYS[3], now, token)
-  redis.call('PEXPIRE', KEYS[3], rpm_win)
-end
-if key_conc > 0 then
-  redis.call('ZADD', KEYS[4], now + lease, token)
-  redis.call('PEXPIRE', KEYS[4], lease)
-end
-return {1, key_rpm - key_n - 1, key_reset, now}
-"""
-)
-
-# KEYS: ip conc, key conc, budget hash, budget index, budget total
-# ARGV: token, tokens used, bud_win, bucket
-FINISH_LUA = """
-redis.call('ZREM', KEYS[1], ARGV[1])
-redis.call('ZREM', KEYS[2], ARGV[1])
-local n = tonumber(ARGV[2])
-if n > 0 then
-  local t = redis.call('TIME')
-  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-  local bud_win, bucket = tonumber(ARGV[3]), tonumber(ARGV[4])
-  local b = now - (now % bucket)
-  redis.call('HINCRBY', KEYS[3], b, n)
-  redis.call('ZADD', KEYS[4], 'NX', b, b)
-  redis.call('INCRBY', KEYS[5], n)
-  local ttl = bud_win + 2 * bucket
-  redis.call('PEXPIRE', KEYS[3], ttl)
-  redis.call('PEXPIRE', KEYS[4], ttl)
-  redis.call('PEXPIRE', KEYS[5], ttl)
-end
-return 1
-"""
-
-# KEYS: lease sets, ARGV: lease_ms, then the token held in each KEYS[i]
-REFRESH_LUA = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local lease = tonumber(ARGV[1])
-local renewed = 0
-for i, key in ipairs(KEYS) do
-  renewed = renewed + redis.call('ZADD', key, 'XX', 'CH', now + lease, ARGV[i + 1])
-  redis.call('PEXPIRE', key, lease)
-end
-return renewed
-"""
-
-# KEYS: key rpm, key conc, budget hash, budget index, budget total
-# ARGV: rpm_win, bud_win, bucket, budget (0 = none)
-# -> {requests in the last minute, in flight, used tokens, oldest bucket expiry, reset, now}
-STATUS_LUA = (
-    _PRELUDE
-    + """
-local rpm_win, bud_win, bucket = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local budget = tonumber(ARGV[4])
-local recent = redis.call('ZCOUNT', KEYS[1], '(' .. (now - rpm_win), '+inf')
-local flying = redis.call('ZCOUNT', KEYS[2], '(' .. now, '+inf')
-local used = budget_used(KEYS[3], KEYS[4], KEYS[5], bud_win, bucket)
-local first = 0
-local oldest = redis.call('ZRANGE', KEYS[4], 0, 0)
-if #oldest > 0 then first = tonumber(oldest[1]) + bucket + bud_win end
-local reset = 0
-if budget > 0 and used >= budget then
-  reset = budget_reset(KEYS[3], KEYS[4], used, budget, bud_win, bucket)
-end
-return {recent, flying, used, first, reset, now}
-"""
-)
+RESERVE_MS = int(RESERVE_SECONDS * 1000)
+SHARE_TICK = 1.0  # seconds between two looks for unused shares to give back
+# A finish (a slot to release, tokens to count) waits up to this long to share another
+# call's round trip; the same key's next admit carries it along in order anyway.
+FINISH_LINGER = 0.05
 
 _REJECTIONS = {
     1: "Too many requests from this IP address: the limit is {limit} per minute. Retry in {retry}.",
@@ -292,8 +147,9 @@ class Admission:
     """Slots taken by one admitted request; give it back to :meth:`Limiter.finish`."""
 
     token: str
-    lease_keys: tuple[str, ...]
-    finish_keys: tuple[str, str, str, str, str]
+    # (concurrency set, member, limit, may be kept in this node's share)
+    slots: tuple[tuple[str, str, int, bool], ...]
+    budget_keys: tuple[str, str, str]
     headers: dict[str, str] = field(default_factory=dict)
     finished: bool = False
 
@@ -309,10 +165,41 @@ class KeyUsage:
     budget_resets_in: float | None  # seconds until an exhausted budget admits again
 
 
+class _Refused(Exception):
+    """Redis refused an admission on the limit at ``index`` (0-3: IP per minute, IP
+    concurrency, key per minute, key concurrency; 4: the key's budget)."""
+
+    def __init__(self, index: int, error: RateLimitError) -> None:
+        super().__init__(error.message)
+        self.index = index
+        self.error = error
+
+
 def _unavailable() -> ServiceUnavailableError:
     return ServiceUnavailableError(
         "Rate limiting is temporarily unavailable (limit store unreachable); retry shortly."
     )
+
+
+def _rejection(result: Sequence[Any]) -> _Refused:
+    _, code, limit, reset_ms, retry_ms = (int(v) for v in result)
+    retry = max(1, math.ceil(retry_ms / 1000))
+    message = _REJECTIONS[code].format(limit=limit, retry=format_duration(retry))
+    err = RateLimitError(
+        message,
+        headers={
+            "Retry-After": str(retry),
+            "X-RateLimit-Limit": str(limit),
+            "X-RateLimit-Remaining": "0",
+            "X-RateLimit-Reset": str(math.ceil(reset_ms / 1000)),
+        },
+    )
+    err.limit = _LIMIT_NAMES.get(code, "other")
+    return _Refused(code - 1, err)
+
+
+# (index of the limit in an admission, its granted count, left, reset) in ADMIT's reply
+_GRANTS = ((0, 4, 6, 7), (2, 5, 1, 2))
 
 
 class Limiter:
@@ -325,14 +212,17 @@ class Limiter:
         *,
         ip_rpm: int,
         ip_concurrency: int,
+        share_pct: int = 25,
         lease_seconds: float = 30.0,
         refresh_interval: float = 10.0,
         budget_window_seconds: int = BUDGET_WINDOW_MS // 1000,
         bucket_seconds: int = BUCKET_MS // 1000,
         tasks: TaskTracker | None = None,
     ) -> None:
-        """``tasks`` tracks the pipeline flushes (the app passes its own tracker, so
-        shutdown drains them)."""
+        """``share_pct``: how much of a limit one node may hold as its share
+        (:mod:`~alicode_gw.limitshares`); 0 sends every admission to Redis. ``tasks``
+        tracks the pipeline flushes (the app passes its own tracker, so shutdown
+        drains them)."""
         self._redis = redis
         self._prefix = prefix + "rl:"
         self.ip_rpm = ip_rpm
@@ -346,13 +236,16 @@ class Limiter:
         self._refresh = redis.register_script(REFRESH_LUA)
         self._status = redis.register_script(STATUS_LUA)
         self._active: dict[str, Admission] = {}
+        self._shares = Shares(share_pct)
         self._pipe = ScriptPipe(redis)
         self._calls: Coalescer[ScriptCall, Any] = Coalescer(
             self._pipe.run,
             tasks if tasks is not None else TaskTracker(),
             name="limits-pipeline",
             max_in_flight=2,  # one connection, replies in order: batches may overlap
+            linger=FINISH_LINGER,
         )
+        self.local_admissions = 0  # admitted from this node's shares alone
 
     async def _call(self, script: AsyncScript, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """One script call, sent in the next pipeline; raises its own error."""
@@ -380,71 +273,151 @@ class Limiter:
         return len(self._active)
 
     async def admit(self, ip: str, key: ApiKey, model: str) -> Admission:
-        """Take a slot for one request of ``key`` from ``ip`` (one round trip) or raise
-        :class:`RateLimitError` (429) / :class:`ServiceUnavailableError` (503).
+        """Take a slot for one request of ``key`` from ``ip`` or raise
+        :class:`RateLimitError` (429) / :class:`ServiceUnavailableError` (503): from
+        this node's shares when they cover every limit, else one round trip (which
+        may also reserve the node's next share).
 
         ``model`` is not limited here: the allow-list (403) is checked by the caller
         before, against the requested name and its alias target (``ApiKey.allows``)."""
         del model
         ip_rpm_key, ip_conc_key = self._ip_keys(ip)
         key_rpm, key_conc, bud_h, bud_z, bud_t = self._key_keys(key.id)
-        token = secrets.token_hex(8)
-        try:
-            result = await self._call(
-                self._admit,
-                [ip_rpm_key, ip_conc_key, key_rpm, key_conc, bud_h, bud_z, bud_t],
-                [
-                    token,
-                    self.ip_rpm,
-                    self.ip_concurrency,
-                    key.rpm_limit or 0,
-                    key.concurrency_limit or 0,
-                    key.budget_tokens or 0,
-                    self.lease_ms,
-                    RPM_WINDOW_MS,
-                    self.budget_window_ms,
-                    self.bucket_ms,
-                ],
-            )
-        except (RedisError, OSError) as exc:
-            raise _unavailable() from exc
-        if int(result[0]) != 1:
-            _, code, limit, reset_ms, retry_ms = (int(v) for v in result)
-            retry = max(1, math.ceil(retry_ms / 1000))
-            message = _REJECTIONS[code].format(limit=limit, retry=format_duration(retry))
-            err = RateLimitError(
-                message,
-                headers={
-                    "Retry-After": str(retry),
-                    "X-RateLimit-Limit": str(limit),
-                    "X-RateLimit-Remaining": "0",
-                    "X-RateLimit-Reset": str(math.ceil(reset_ms / 1000)),
-                },
-            )
-            err.limit = _LIMIT_NAMES.get(code, "other")
-            raise err
-        leases = []
-        if self.ip_concurrency > 0:
-            leases.append(ip_conc_key)
-        if key.concurrency_limit:
-            leases.append(key_conc)
-        headers = {}
-        if key.rpm_limit:
-            headers = {
-                "X-RateLimit-Limit": str(key.rpm_limit),
-                "X-RateLimit-Remaining": str(max(0, int(result[1]))),
-                "X-RateLimit-Reset": str(math.ceil(int(result[2]) / 1000)),
-            }
-        admission = Admission(
-            token, tuple(leases), (ip_conc_key, key_conc, bud_h, bud_z, bud_t), headers
+        shared = not key.budget_tokens  # a budget is checked in Redis at every admission
+        limits = (
+            (ip_rpm_key, self.ip_rpm, True),
+            (ip_conc_key, self.ip_concurrency, True),
+            (key_rpm, key.rpm_limit or 0, shared),
+            (key_conc, key.concurrency_limit or 0, shared),
         )
+        try:
+            return await self._admit_once(key, limits, (bud_h, bud_z, bud_t))
+        except _Refused as refused:
+            # A reply received meanwhile may have given this node a share of the very
+            # limit that refused: then the request is not over the limit. Once more.
+            if refused.index < 4 and self._share_has(limits[refused.index]):
+                try:
+                    return await self._admit_once(key, limits, (bud_h, bud_z, bud_t))
+                except _Refused as again:
+                    raise again.error from None
+            raise refused.error from None
+
+    def _share_has(self, limit: tuple[str, int, bool]) -> bool:
+        set_key, _, shared = limit
+        if not shared:
+            return False
+        if set_key.endswith(":rpm"):
+            return self._shares.has_entry(set_key, time.monotonic())
+        return self._shares.has_slot(set_key)
+
+    async def _admit_once(
+        self,
+        key: ApiKey,
+        limits: tuple[tuple[str, int, bool], ...],
+        budget_keys: tuple[str, str, str],
+    ) -> Admission:
+        shares = self._shares
+        now = time.monotonic()
+        token = secrets.token_hex(8)
+        sent = [0, 0, 0, 0]  # the limits Redis checks (0: off, or covered by the share)
+        entries: list[tuple[str, str, float]] = []  # minute-log entries from the share
+        slots: list[tuple[str, str, int, bool]] = []
+        for i, (set_key, limit, shared) in enumerate(limits):
+            if limit <= 0:
+                continue
+            if shared and shares.pct:
+                if i % 2 == 0:
+                    entry = shares.take_entry(set_key, now)
+                    if entry is not None:
+                        entries.append((set_key, *entry))
+                        continue
+                else:
+                    member = shares.take_slot(set_key, limit)
+                    if member is not None:
+                        slots.append((set_key, member, limit, True))
+                        continue
+            sent[i] = limit
+        budget = key.budget_tokens or 0
+        result: Sequence[Any] | None = None
+        if any(sent) or budget:
+            asks = [
+                limits[i][0] if sent[i] and limits[i][2] and shares.ask(limits[i][0], now) else ""
+                for i in (0, 2)
+            ]
+            try:
+                result = await self._call(
+                    self._admit,
+                    [*(set_key for set_key, _, _ in limits), *budget_keys],
+                    [
+                        token,
+                        *sent,
+                        budget,
+                        self.lease_ms,
+                        RPM_WINDOW_MS,
+                        self.budget_window_ms,
+                        self.bucket_ms,
+                        shares.pct,
+                        GRANT_MAX if asks[0] else 0,
+                        GRANT_MAX if asks[1] else 0,
+                        RESERVE_MS,
+                    ],
+                )
+            except BaseException as exc:
+                self._give_back(entries, slots, now)
+                if isinstance(exc, RedisError | OSError):
+                    raise _unavailable() from exc
+                raise
+            finally:
+                for log_key in asks:
+                    if log_key:
+                        shares.asked(log_key)
+            if int(result[0]) != 1:
+                self._give_back(entries, slots, now)
+                raise _rejection(result)
+            deadline = now + RESERVE_SECONDS  # `now` is older than the reservation
+            for i, got, left, reset in _GRANTS:
+                if sent[i] and limits[i][2] and shares.pct:
+                    members = [f"{token}:{n}" for n in range(1, int(result[got]) + 1)]
+                    reply = int(result[left]), int(result[reset])
+                    shares.reserved(limits[i][0], members, deadline, reply, now)
+            for i in (1, 3):
+                if sent[i]:
+                    slots.append((limits[i][0], token, limits[i][1], limits[i][2]))
+        else:
+            self.local_admissions += 1
+        headers = {}
+        key_rpm, rpm_limit, shared = limits[2]
+        if rpm_limit:
+            if shared and shares.pct:
+                remaining, reset_ms = shares.view(key_rpm)
+            else:
+                assert result is not None  # the key's minute log was checked in Redis
+                remaining, reset_ms = int(result[1]), int(result[2])
+            headers = {
+                "X-RateLimit-Limit": str(rpm_limit),
+                "X-RateLimit-Remaining": str(max(0, remaining)),
+                "X-RateLimit-Reset": str(math.ceil(reset_ms / 1000)),
+            }
+        admission = Admission(token, tuple(slots), budget_keys, headers)
         self._active[token] = admission
         return admission
 
+    def _give_back(
+        self,
+        entries: list[tuple[str, str, float]],
+        slots: list[tuple[str, str, int, bool]],
+        now: float,
+    ) -> None:
+        """Return to the share what a failed admission had taken from it."""
+        for log_key, member, deadline in entries:
+            self._shares.put_entry(log_key, member, deadline)
+        for set_key, member, limit, _ in slots:
+            self._shares.keep_slot(set_key, limit, member, now, force=True)
+
     async def finish(self, admission: Admission, tokens_used: int) -> None:
         """Release the slots and add ``tokens_used`` to the key's rolling budget (one
-        script call). Never raises: if Redis is unreachable the leases expire on their
-        own and the tokens are not counted (logged)."""
+        script call, or none). Never raises: if Redis is unreachable the leases expire
+        on their own and the tokens are not counted (logged)."""
         await self.finish_later(admission, tokens_used, urgent=True)
 
     def finish_later(
@@ -452,20 +425,27 @@ class Limiter:
     ) -> Coroutine[Any, Any, None]:
         """Queue the finish now (it reaches Redis before anything this process queues
         after it, e.g. the same key's next admit) and return what awaits it. Not urgent:
-        it may wait a moment to share another request's round trip."""
+        it may wait a moment to share another request's round trip. A slot the node's
+        share keeps for the next request needs no call at all."""
         if admission.finished:
             return _nothing()
         admission.finished = True
         self._active.pop(admission.token, None)
-        future = self._calls.submit(
-            ScriptCall(
-                self._finish,
-                admission.finish_keys,
-                [admission.token, max(0, tokens_used), self.budget_window_ms, self.bucket_ms],
-            ),
-            urgent=urgent,
-        )
+        now = time.monotonic()
+        keys, args = list(admission.budget_keys), [max(0, tokens_used), *self._windows]
+        for set_key, member, limit, shared in admission.slots:
+            if shared and self._shares.keep_slot(set_key, limit, member, now):
+                continue
+            keys.append(set_key)
+            args.append(member)
+        if tokens_used <= 0 and len(keys) == len(admission.budget_keys):
+            return _nothing()
+        future = self._calls.submit(ScriptCall(self._finish, keys, args), urgent=urgent)
         return self._finished(future, tokens_used)
+
+    @property
+    def _windows(self) -> tuple[int, int]:
+        return self.budget_window_ms, self.bucket_ms
 
     async def _finished(self, future: asyncio.Future[Any], tokens_used: int) -> None:
         try:
@@ -478,11 +458,44 @@ class Limiter:
                 tokens_used,
             )
 
+    async def _remove(self, members: list[tuple[str, str]], *, urgent: bool) -> None:
+        """Remove (set, member) pairs from Redis: unused shares going back."""
+        none = self._prefix + "unused"  # budget keys of a call that adds no tokens
+        for start in range(0, len(members), 256):
+            chunk = members[start : start + 256]
+            await self._calls.submit(
+                ScriptCall(
+                    self._finish,
+                    [none, none, none, *(k for k, _ in chunk)],
+                    [0, *self._windows, *(m for _, m in chunk)],
+                ),
+                urgent=urgent,
+            )
+
+    async def give_back_unused(self, at: float | None = None) -> int:
+        """Give back to Redis the share this node no longer needs (reserved entries
+        past their deadline, slots kept too long) as of ``at`` (default now, monotonic
+        clock); returns how many."""
+        members = self._shares.expired(time.monotonic() if at is None else at)
+        await self._remove(members, urgent=False)
+        return len(members)
+
+    async def close_shares(self) -> None:
+        """Give back everything this node holds in reserve (shutdown, after the drain).
+        Never raises: what is not given back expires on its own within a minute."""
+        try:
+            await self._remove(self._shares.everything(), urgent=True)
+        except (RedisError, OSError, RuntimeError) as exc:
+            log.warning("could not give back limit shares (%s)", type(exc).__name__)
+
     async def refresh(self, admission: Admission | None = None) -> int:
         """Renew the leases of ``admission`` (default: every live admission of this
-        process); returns how many were renewed. :meth:`refresh_loop` calls it."""
+        process and every slot its share keeps); returns how many were renewed.
+        :meth:`refresh_loop` calls it."""
         admissions = [admission] if admission is not None else list(self._active.values())
-        pairs = [(k, a.token) for a in admissions if not a.finished for k in a.lease_keys]
+        pairs = [(k, m) for a in admissions if not a.finished for k, m, _, _ in a.slots]
+        if admission is None:
+            pairs += self._shares.kept_slots()
         renewed = 0
         for start in range(0, len(pairs), 256):
             chunk = pairs[start : start + 256]
@@ -494,16 +507,23 @@ class Limiter:
         return renewed
 
     async def refresh_loop(self) -> None:
-        """Perpetual task: keep this node's leases alive while their requests run."""
+        """Perpetual task: give back unused shares (every second) and keep this node's
+        leases alive while their requests run (every ``refresh_interval``)."""
+        tick = min(self.refresh_interval, SHARE_TICK)
+        renew_at = time.monotonic() + self.refresh_interval
         while True:
-            await asyncio.sleep(self.refresh_interval)
+            await asyncio.sleep(tick)
             try:
-                await self.refresh()
-            except (RedisError, OSError) as exc:
-                log.warning("could not renew concurrency leases (%s)", type(exc).__name__)
+                await self.give_back_unused()
+                if time.monotonic() >= renew_at:
+                    renew_at = time.monotonic() + self.refresh_interval
+                    await self.refresh()
+            except (RedisError, OSError, RuntimeError) as exc:
+                log.warning("could not renew or give back limit slots (%s)", type(exc).__name__)
 
     async def usage(self, key: ApiKey) -> KeyUsage:
-        """The key's live counters (one round trip); 503 if Redis is unreachable."""
+        """The key's live counters (one round trip); 503 if Redis is unreachable. What
+        this node holds in reserve for the key is not counted as used."""
         key_rpm, key_conc, bud_h, bud_z, bud_t = self._key_keys(key.id)
         try:
             # Through the pipeline: finishes of this node still waiting go first.
@@ -516,8 +536,8 @@ class Limiter:
             raise _unavailable() from exc
         recent, flying, used, first, reset, now = (int(v) for v in result)
         return KeyUsage(
-            requests_last_minute=recent,
-            in_flight=flying,
+            requests_last_minute=max(0, recent - self._shares.unused(key_rpm)),
+            in_flight=max(0, flying - self._shares.unused(key_conc)),
             used_tokens=used,
             oldest_expires_in=(first - now) / 1000 if first else None,
             budget_resets_in=(reset - now) / 1000 if reset else None,

@@ -178,15 +178,19 @@ async def measure(
 
 
 async def latencies(
-    url: str, key: str, payload: bytes, count: int
-) -> tuple[list[float], list[float]]:
-    totals, firsts = [], []
+    targets: dict[str, tuple[str, str]], payload: bytes, count: int
+) -> dict[str, tuple[list[float], list[float]]]:
+    """``count`` sequential requests per target, the targets taking turns request by
+    request (name -> (url, key)), so a slow moment of the machine falls on all of them
+    alike instead of on whichever target was being measured then."""
+    out: dict[str, tuple[list[float], list[float]]] = {name: ([], []) for name in targets}
     async with aiohttp.ClientSession() as http:
         for _ in range(count):
-            total, first = await one(http, url, key, payload)
-            totals.append(total)
-            firsts.append(first)
-    return totals, firsts
+            for name, (url, key) in targets.items():
+                total, first = await one(http, url, key, payload)
+                out[name][0].append(total)
+                out[name][1].append(first)
+    return out
 
 
 def pct(values: list[float], q: float) -> float:
@@ -309,12 +313,14 @@ def main() -> int:
                 )
 
         lat: dict[str, tuple[list[float], list[float]]] = {}
+        targets = {
+            "direct": (mock_url, DEFAULT_MOCK_KEY),
+            "bare": (relay_url, key),
+            "gateway": (gw_url, key),
+        }
         for kind, payload in (("json", body(False)), ("sse", body(True, STREAM_WORDS))):
-            for name, url in (("direct", mock_url), ("bare", relay_url), ("gateway", gw_url)):
-                k = DEFAULT_MOCK_KEY if name == "direct" else key
-                lat[f"{name}-{kind}"] = asyncio.run(
-                    latencies(url, k, payload, args.latency_samples)
-                )
+            measured = asyncio.run(latencies(targets, payload, args.latency_samples))
+            lat.update({f"{name}-{kind}": values for name, values in measured.items()})
 
         ok, peak = asyncio.run(slow_streams(gw_url, key, args.streams, gw_pid))
     finally:
@@ -355,7 +361,8 @@ def main() -> int:
           f"| {pct(lat['bare-sse'][0], 0.5) - pct(lat['direct-sse'][0], 0.5):.2f} |")  # fmt: skip
     print(f"| {args.streams} concurrent slow streams: completed | - | {ok}/{args.streams} |")
     print(f"| gateway peak RSS with them (MB) | - | {peak:.0f} |")
-    print(f"\n(latency: {args.latency_samples} sequential requests per target; "
+    print(f"\n(latency: {args.latency_samples} sequential requests per target, the targets "
+          "taking turns; "
           f"CPU: {args.requests} requests per phase, concurrency {args.concurrency})")  # fmt: skip
     return 0
 

@@ -13,14 +13,9 @@ from redis.asyncio import Redis
 from alicode_gw.auth import ApiKey
 from alicode_gw.backends import create_redis
 from alicode_gw.errors import RateLimitError, ServiceUnavailableError
-from alicode_gw.ratelimit import (
-    FINISH_LUA,
-    Admission,
-    Limiter,
-    ScriptCall,
-    ScriptPipe,
-    format_duration,
-)
+from alicode_gw.limitshares import KEEP_SECONDS, RESERVE_SECONDS
+from alicode_gw.ratelimit import Admission, Limiter, ScriptCall, ScriptPipe, format_duration
+from alicode_gw.ratelimit_lua import FINISH_LUA
 from tests.keyhelpers import RedisProxy, unique_ip
 
 KEY_IDS = iter(range(10_000_000, 20_000_000))
@@ -261,11 +256,12 @@ async def test_concurrent_calls_share_pipelines_and_keep_their_own_errors(
     await client.set(wrong_type, "not a sorted set")
     good_keys = [f"{redis_prefix}ok:{i}" for i in range(5)]
     pipe = ScriptPipe(client)
+    # Budget keys, then a set and the member to remove from it.
     outcomes = await pipe.run(
         [
-            ScriptCall(script, good_keys, ["t", 0, 1000, 60]),
-            ScriptCall(script, [wrong_type, *good_keys[1:]], ["t", 0, 1000, 60]),
-            ScriptCall(script, good_keys, ["t", 0, 1000, 60]),
+            ScriptCall(script, good_keys[:4], [0, 1000, 60, "t"]),
+            ScriptCall(script, [*good_keys[:3], wrong_type], [0, 1000, 60, "t"]),
+            ScriptCall(script, good_keys[:4], [0, 1000, 60, "t"]),
         ],
     )
     assert outcomes[0] == 1 and outcomes[2] == 1
@@ -287,6 +283,119 @@ async def test_a_dropped_connection_is_replaced_without_failing_requests(
     assert await client.client_kill_filter(_id=client_id) == 1
     await node.finish(await node.admit(unique_ip(), key, "m"), 0)
     assert (await node.usage(key)).requests_last_minute == 2
+
+
+LATER = RESERVE_SECONDS + KEEP_SECONDS + 1  # seconds: every share is past its time
+
+
+async def redis_counts(client: Redis, redis_prefix: str, key: ApiKey) -> tuple[int, int]:
+    """(entries in the key's minute log, slots in its concurrency set), as Redis holds them."""
+    base = f"{redis_prefix}rl:key:{key.id}:"
+    return await client.zcard(base + "rpm"), await client.zcard(base + "conc")
+
+
+async def test_a_run_of_requests_is_admitted_from_the_node_share(
+    clients, redis_prefix: str, two_nodes
+) -> None:
+    node, other = two_nodes()
+    key = api_key(rpm_limit=1000, concurrency_limit=40)
+    ip = unique_ip()
+    trips = node.round_trips
+    for _ in range(60):
+        admission = await node.admit(ip, key, "m")
+        await node.finish(admission, 0)
+    # The first admission finds no run, the second reserves 32 more entries, and so on;
+    # every slot is the one kept from the request before.
+    assert node.local_admissions >= 55
+    assert node.round_trips - trips <= 4
+    remaining = int(admission.headers["X-RateLimit-Remaining"])
+    assert remaining <= 1000 - 60
+    # Redis counts what the node holds in reserve; the node's view of the key does not.
+    entries, slots = await redis_counts(clients[0], redis_prefix, key)
+    assert entries > 60 and slots == 1
+    assert (await node.usage(key)).requests_last_minute == 60
+    assert (await node.usage(key)).in_flight == 0
+    assert (await other.usage(key)).in_flight == 1  # another node sees the kept slot
+    assert await node.give_back_unused(time.monotonic() + LATER) == entries - 60 + 1
+    await asyncio.sleep(0.1)  # given back in a call that lingers
+    assert await redis_counts(clients[0], redis_prefix, key) == (60, 0)
+    assert (await other.usage(key)).requests_last_minute == 60
+
+
+async def test_shares_never_take_a_limit_beyond_its_count(
+    clients, redis_prefix: str, two_nodes
+) -> None:
+    """Two nodes take turns running requests of one key until both are refused; their
+    shares go back between turns. Exactly the limit is admitted, never more."""
+    nodes = two_nodes()
+    key = api_key(rpm_limit=40, concurrency_limit=12)
+    admitted = 0
+    refused_in_a_row = 0
+    while refused_in_a_row < 2:
+        for node in nodes:
+            ran = 0
+            while ran < 7:
+                try:
+                    admission = await node.admit(unique_ip(), key, "m")
+                except RateLimitError:
+                    break
+                await node.finish(admission, 0)
+                ran += 1
+            admitted += ran
+            refused_in_a_row = refused_in_a_row + 1 if ran == 0 else 0
+            for each in nodes:
+                await each.give_back_unused(time.monotonic() + LATER)
+        assert admitted <= 40
+    assert admitted == 40
+    await asyncio.sleep(0.1)
+    assert await redis_counts(clients[0], redis_prefix, key) == (40, 0)
+
+
+async def test_a_refusal_uses_a_share_that_arrived_meanwhile(
+    clients, redis_prefix: str, two_nodes
+) -> None:
+    """Ten admissions at once: the first one's reply reserves an entry for the node;
+    an admission Redis refuses afterwards takes it rather than a 429."""
+    node = two_nodes()[0]
+    key = api_key(rpm_limit=8)
+    await node.admit(unique_ip(), key, "m")  # a run begins: the next one asks for a share
+    admitted, rejected = await admit_many([node], 10, key)
+    assert (len(admitted), len(rejected)) == (7, 3)
+    assert await redis_counts(clients[0], redis_prefix, key) == (8, 0)
+
+
+async def test_a_kept_slot_is_never_one_too_many(clients, redis_prefix: str, two_nodes) -> None:
+    node, other = two_nodes()
+    key = api_key(concurrency_limit=8)  # a node keeps at most 2 of 8
+    for _ in range(5):
+        await node.finish(await node.admit(unique_ip(), key, "m"), 0)
+    assert node.local_admissions == 4
+    admitted, _ = await admit_many([other], 10, key)
+    assert len(admitted) == 7  # one of the eight is kept by the first node
+    await node.give_back_unused(time.monotonic() + LATER)
+    await asyncio.sleep(0.1)
+    admitted += (await admit_many([other], 3, key))[0]
+    assert len(admitted) == 8
+
+
+async def test_shares_go_back_when_the_node_stops(clients, redis_prefix: str, two_nodes) -> None:
+    node = two_nodes()[0]
+    key = api_key(rpm_limit=100, concurrency_limit=20)
+    for _ in range(3):
+        await node.finish(await node.admit(unique_ip(), key, "m"), 0)
+    entries, slots = await redis_counts(clients[0], redis_prefix, key)
+    assert entries > 3 and slots == 1
+    await node.close_shares()
+    assert await redis_counts(clients[0], redis_prefix, key) == (3, 0)
+
+
+async def test_a_share_of_zero_asks_redis_every_time(clients, redis_prefix: str, two_nodes) -> None:
+    node = two_nodes(share_pct=0)[0]
+    key = api_key(rpm_limit=100, concurrency_limit=20)
+    for _ in range(5):
+        await node.finish(await node.admit(unique_ip(), key, "m"), 0)
+    assert node.local_admissions == 0
+    assert await redis_counts(clients[0], redis_prefix, key) == (5, 0)
 
 
 def test_format_duration() -> None:
