@@ -44,13 +44,10 @@ end
 ADMIT_LUA = (
     _PRELUDE
     + """
-local token = ARGV[1]
-local ip_rpm, ip_conc = tonumber(ARGV[2]), tonumber(ARGV[3])
-local key_rpm, key_conc, budget = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local token, budget = ARGV[1], tonumber(ARGV[6])
 local lease, rpm_win = tonumber(ARGV[7]), tonumber(ARGV[8])
 local bud_win, bucket = tonumber(ARGV[9]), tonumber(ARGV[10])
-local share, ip_want, key_want = tonumber(ARGV[11]), tonumber(ARGV[12]), tonumber(ARGV[13])
-local reserve = tonumber(ARGV[14])
+local share, reserve = tonumber(ARGV[11]), tonumber(ARGV[14])
 
 local function window(key)
   redis.call('ZREMRANGEBYSCORE', key, '-inf', now - rpm_win)
@@ -66,21 +63,16 @@ local function leases(key)
   return redis.call('ZCARD', key)
 end
 
-local ip_n, ip_reset = 0, now + rpm_win
-if ip_rpm > 0 then
-  ip_n, ip_reset = window(KEYS[1])
-  if ip_n >= ip_rpm then return {0, 1, ip_rpm, ip_reset, ip_reset - now} end
-end
-if ip_conc > 0 and leases(KEYS[2]) >= ip_conc then
-  return {0, 2, ip_conc, now + 1000, 1000}
-end
-local key_n, key_reset = 0, now + rpm_win
-if key_rpm > 0 then
-  key_n, key_reset = window(KEYS[3])
-  if key_n >= key_rpm then return {0, 3, key_rpm, key_reset, key_reset - now} end
-end
-if key_conc > 0 and leases(KEYS[4]) >= key_conc then
-  return {0, 4, key_conc, now + 1000, 1000}
+local n, reset, got = {0, 0}, {now + rpm_win, now + rpm_win}, {0, 0}
+for s = 1, 2 do  -- the IP's limits, then the key's
+  local rpm, conc = tonumber(ARGV[2 * s]), tonumber(ARGV[2 * s + 1])
+  if rpm > 0 then
+    n[s], reset[s] = window(KEYS[2 * s - 1])
+    if n[s] >= rpm then return {0, 2 * s - 1, rpm, reset[s], reset[s] - now} end
+  end
+  if conc > 0 and leases(KEYS[2 * s]) >= conc then
+    return {0, 2 * s, conc, now + 1000, 1000}
+  end
 end
 if budget > 0 then
   local used = budget_used(KEYS[5], KEYS[6], KEYS[7], bud_win, bucket)
@@ -92,26 +84,23 @@ if budget > 0 then
 end
 
 -- the request's own entry, then up to `want` more for the node (share % of what is left)
-local function take(key, limit, n, want)
-  redis.call('ZADD', key, now, token)
-  local give = math.min(want, math.floor((limit - n - 1) * share / 100))
-  for i = 1, give do redis.call('ZADD', key, now + reserve, token .. ':' .. i) end
-  redis.call('PEXPIRE', key, rpm_win + reserve)
-  return math.max(give, 0)
+for s = 1, 2 do
+  local rpm, conc = tonumber(ARGV[2 * s]), tonumber(ARGV[2 * s + 1])
+  if rpm > 0 then
+    local key, want = KEYS[2 * s - 1], tonumber(ARGV[11 + s])
+    redis.call('ZADD', key, now, token)
+    got[s] = math.max(0, math.min(want, math.floor((rpm - n[s] - 1) * share / 100)))
+    for i = 1, got[s] do redis.call('ZADD', key, now + reserve, token .. ':' .. i) end
+    redis.call('PEXPIRE', key, rpm_win + reserve)
+  end
+  if conc > 0 then
+    redis.call('ZADD', KEYS[2 * s], now + lease, token)
+    redis.call('PEXPIRE', KEYS[2 * s], lease)
+  end
 end
-local ip_got, key_got = 0, 0
-if ip_rpm > 0 then ip_got = take(KEYS[1], ip_rpm, ip_n, ip_want) end
-if ip_conc > 0 then
-  redis.call('ZADD', KEYS[2], now + lease, token)
-  redis.call('PEXPIRE', KEYS[2], lease)
-end
-if key_rpm > 0 then key_got = take(KEYS[3], key_rpm, key_n, key_want) end
-if key_conc > 0 then
-  redis.call('ZADD', KEYS[4], now + lease, token)
-  redis.call('PEXPIRE', KEYS[4], lease)
-end
-return {1, key_rpm - key_n - 1 - key_got, key_reset, now, ip_got, key_got,
-        ip_rpm - ip_n - 1 - ip_got, ip_reset}
+local ip_rpm, key_rpm = tonumber(ARGV[2]), tonumber(ARGV[4])
+return {1, key_rpm - n[2] - 1 - got[2], reset[2], now, got[1], got[2],
+        ip_rpm - n[1] - 1 - got[1], reset[1]}
 """
 )
 

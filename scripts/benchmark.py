@@ -247,6 +247,11 @@ def main() -> int:
         action="store_true",
         help="credit leases off (ALICODE_CREDIT_LEASE_PCT=0): every hold waits for PostgreSQL",
     )
+    parser.add_argument(
+        "--no-shares",
+        action="store_true",
+        help="limit shares off (ALICODE_LIMIT_SHARE_PCT=0): every admission waits for Redis",
+    )
     args = parser.parse_args()
     if args.quick:
         args.requests, args.latency_samples, args.streams = 200, 50, 100
@@ -274,6 +279,7 @@ def main() -> int:
             "ALICODE_LOG_LEVEL": "WARNING",
             "ALICODE_DATA_DIR": str(work),
             "ALICODE_CREDIT_LEASE_PCT": "0" if args.no_leases else "50",
+            "ALICODE_LIMIT_SHARE_PCT": "0" if args.no_shares else "25",
         }
         spawn = lambda *cmd: procs.append(  # noqa: E731
             subprocess.Popen(cmd, env=env, stdout=server_log, stderr=server_log)
