@@ -82,6 +82,19 @@ class SSEParser:
         """Like :meth:`feed`, without building :class:`SSEEvent` or decoding: each
         event as ``(type or None, data, last event id, retry)``, type and data as bytes
         (a relay reads every event of a stream; most of them it only measures)."""
+        if (  # the usual chunk: whole `event:`+`data:` events, from a clean state
+            chunk.endswith(b"\n\n")
+            and not self._parts
+            and not self._data
+            and self._event is None
+            and self._retry is None
+            and not self._pending_cr
+            and not self._start
+            and b"\r" not in chunk
+        ):
+            events = self._whole_events(chunk)
+            if events is not None:
+                return events
         out: list[RawEvent] = []
         for line in self._lines(chunk):
             if not line:
@@ -98,6 +111,21 @@ class SSEParser:
                 self._event = line[7:]
             elif line[0] != _COLON:  # ...and the general rules for the rest
                 self._field(line)
+        return out
+
+    def _whole_events(self, chunk: bytes) -> list[RawEvent] | None:
+        """The events of a chunk made only of ``event: X`` + ``data: Y`` pairs, each
+        ended by a blank line, exactly as the general rules would read them; None if
+        any part of the chunk is something else (the general rules then take it)."""
+        out: list[RawEvent] = []
+        last_id = self._last_id
+        for block in chunk[:-2].split(b"\n\n"):
+            if not block.startswith(b"event: "):
+                return None
+            eol = block.find(b"\n")
+            if eol < 0 or block[eol + 1 : eol + 7] != b"data: " or b"\n" in block[eol + 7 :]:
+                return None
+            out.append((block[7:eol] or None, block[eol + 7 :], last_id, None))
         return out
 
     def _lines(self, chunk: bytes) -> list[bytes]:

@@ -193,6 +193,32 @@ def test_byte_by_byte() -> None:
     assert feed_all(SSEParser(), [STREAM[i : i + 1] for i in range(len(STREAM))]) == EXPECTED
 
 
+WHOLE_EVENT_CHUNKS = [
+    b"event: message_start\ndata: {}\n\n",  # the usual chunk: read by the fast path
+    b"event: a\ndata: 1\n\nevent: b\ndata: 2\n\n",
+    b"event: \ndata: no type\n\n",  # an empty type is no type
+    b"event: e\ndata: \n\n",  # empty data is still dispatched
+    b"id: 7\n\n",  # the general rules: sets the last id, dispatches nothing
+    b"event: after-id\ndata: x\n\n",  # the fast path reports the last id too
+    b"retry: 10\n",  # a field pending...
+    b"event: r\ndata: y\n\n",  # ...belongs to this event: general rules
+    b": comment\n\nevent: c\ndata: z\n\n",
+    b"event: two\ndata: 1\ndata: 2\n\n",  # two data lines
+    b"event: f\ndata: 3\n\n\n",  # a blank line more
+    b"data: untyped\n\n",
+    b"event: g\r\ndata: 4\r\n\r\n",
+]
+
+
+def test_whole_event_chunks_read_as_the_general_rules_read_them() -> None:
+    """Chunks of whole events take a fast path; byte by byte takes the general one."""
+    data = b"".join(WHOLE_EVENT_CHUNKS)
+    assert feed_all(SSEParser(), WHOLE_EVENT_CHUNKS) == feed_all(
+        SSEParser(), [data[i : i + 1] for i in range(len(data))]
+    )
+    assert len(feed_all(SSEParser(), WHOLE_EVENT_CHUNKS)) == 12
+
+
 @pytest.mark.parametrize("seed", range(20))
 def test_random_splits(seed: int) -> None:
     assert feed_all(SSEParser(), random_splits(STREAM, seed)) == EXPECTED
