@@ -48,15 +48,19 @@ class _Kept:
     """Freed concurrency slots of one set, kept for the next request."""
 
     limit: int
-    slots: list[tuple[str, float]] = field(default_factory=list)  # (member, kept since)
+    # (member, kept since, when Redis last confirmed its lease: monotonic, before the call)
+    slots: list[tuple[str, float, float]] = field(default_factory=list)
 
 
 class Shares:
     """Per-node bookkeeping of reserved minute-log entries and kept concurrency slots,
     keyed by the Redis set they live in. ``now`` is the caller's monotonic clock."""
 
-    def __init__(self, pct: int) -> None:
+    def __init__(self, pct: int, lease_seconds: float = 30.0) -> None:
+        """A kept slot is reused only while its lease, as last confirmed, has at
+        least half of ``lease_seconds`` left (renewals every 10 s keep it so)."""
         self.pct = pct
+        self.slot_max_age = lease_seconds / 2
         self._reserves: dict[str, _Reserve] = {}
         self._kept: dict[str, _Kept] = {}
         self._lapsed: list[tuple[str, str]] = []  # entries past their deadline
@@ -78,6 +82,10 @@ class Shares:
                 return member, deadline
             self._lapsed.append((log_key, member))
         return None
+
+    def lapse(self, set_key: str, member: str) -> None:
+        """Have ``member`` of ``set_key`` removed from Redis with the next give-back."""
+        self._lapsed.append((set_key, member))
 
     def put_entry(self, log_key: str, member: str, deadline: float) -> None:
         """Give back an entry taken by an admission that failed on another limit."""
@@ -134,36 +142,63 @@ class Shares:
         """How many freed slots of a set with this limit one node may keep."""
         return limit * self.pct // 100
 
-    def take_slot(self, set_key: str, limit: int) -> str | None:
-        """A kept slot of ``set_key`` (now in use again), or None. Slots kept under
-        another limit (the key was changed) are set aside for :meth:`expired`."""
+    def take_slot(self, set_key: str, limit: int, now: float) -> tuple[str, float] | None:
+        """A kept slot of ``set_key`` (now in use again) with its confirmation time, or
+        None. Slots kept under another limit (the key was changed) and slots whose lease
+        was not confirmed lately are set aside for :meth:`expired`."""
         kept = self._kept.get(set_key)
         if kept is None or not kept.slots:
             return None
         if kept.limit != limit:
-            self._lapsed.extend((set_key, member) for member, _ in kept.slots)
+            self._lapsed.extend((set_key, member) for member, _, _ in kept.slots)
             del self._kept[set_key]
             return None
-        return kept.slots.pop()[0]
+        while kept.slots:
+            member, _, confirmed = kept.slots.pop()
+            if now - confirmed < self.slot_max_age:
+                return member, confirmed
+            self._lapsed.append((set_key, member))
+        return None
 
     def keep_slot(
-        self, set_key: str, limit: int, member: str, now: float, *, force: bool = False
+        self,
+        set_key: str,
+        limit: int,
+        slot: tuple[str, float],
+        now: float,
+        *,
+        force: bool = False,
     ) -> bool:
-        """Keep the slot ``member`` of a finished request, if the share allows; False
-        means the caller gives it back to Redis. ``force``: a slot taken from the share
-        by an admission that then failed goes back to it whatever the count."""
+        """Keep ``slot`` (member, confirmed) of a finished request, if the share allows
+        and its lease was confirmed lately; False means the caller gives it back to
+        Redis. ``force``: a slot taken from the share by an admission that then failed
+        goes back to it whatever the count."""
         cap = self.keep_cap(limit)
-        if cap <= 0 and not force:
+        member, confirmed = slot
+        if (cap <= 0 and not force) or now - confirmed >= self.slot_max_age:
             return False
         kept = self._kept.get(set_key)
         if kept is None or kept.limit != limit:
             if kept is not None:
-                self._lapsed.extend((set_key, m) for m, _ in kept.slots)
+                self._lapsed.extend((set_key, m) for m, _, _ in kept.slots)
             kept = self._kept[set_key] = _Kept(limit)
         if len(kept.slots) >= cap and not force:
             return False
-        kept.slots.append((member, now))
+        kept.slots.append((member, now, confirmed))
         return True
+
+    def confirmed(self, renewed: dict[tuple[str, str], bool], at: float) -> None:
+        """A renewal's outcome for kept slots ((set, member) -> found in Redis), sent at
+        ``at``: a slot Redis no longer had is forgotten (it counts nowhere)."""
+        for set_key, kept in list(self._kept.items()):
+            slots = []
+            for member, since, confirmed in kept.slots:
+                found = renewed.get((set_key, member))
+                if found is None:
+                    slots.append((member, since, confirmed))
+                elif found:
+                    slots.append((member, since, at))
+            kept.slots = slots
 
     def has_slot(self, set_key: str) -> bool:
         kept = self._kept.get(set_key)
@@ -171,7 +206,7 @@ class Shares:
 
     def kept_slots(self) -> list[tuple[str, str]]:
         """(set, member) of every kept slot: renewed with the live ones."""
-        return [(key, m) for key, kept in self._kept.items() for m, _ in kept.slots]
+        return [(key, m) for key, kept in self._kept.items() for m, _, _ in kept.slots]
 
     # both
 
@@ -188,18 +223,31 @@ class Shares:
         left and no recent request are forgotten."""
         out, self._lapsed = self._lapsed, []
         for log_key, reserve in list(self._reserves.items()):
-            entries = reserve.entries
-            while entries and entries[0][1] <= now:
-                out.append((log_key, entries.popleft()[0]))
-            if not entries and now - reserve.seen >= RESERVE_SECONDS:
+            if any(deadline <= now for _, deadline in reserve.entries):
+                out.extend((log_key, m) for m, d in reserve.entries if d <= now)
+                reserve.entries = deque((m, d) for m, d in reserve.entries if d > now)
+            idle = now - reserve.seen >= RESERVE_SECONDS
+            if not reserve.entries and idle and not reserve.asking:
                 del self._reserves[log_key]
         for set_key, kept in list(self._kept.items()):
-            stale = [m for m, since in kept.slots if now - since >= KEEP_SECONDS]
+            stale = [m for m, since, _ in kept.slots if now - since >= KEEP_SECONDS]
             if stale:
-                kept.slots = [(m, s) for m, s in kept.slots if now - s < KEEP_SECONDS]
+                kept.slots = [slot for slot in kept.slots if now - slot[1] < KEEP_SECONDS]
                 out.extend((set_key, m) for m in stale)
             if not kept.slots:
                 del self._kept[set_key]
+        return out
+
+    def stale(self, set_key: str, now: float) -> list[tuple[str, str]]:
+        """Take out and return what of ``set_key`` is to go back to Redis now (a limit
+        refused a request: this node's own leftovers must not be why)."""
+        out = [pair for pair in self._lapsed if pair[0] == set_key]
+        if out:
+            self._lapsed = [pair for pair in self._lapsed if pair[0] != set_key]
+        reserve = self._reserves.get(set_key)
+        if reserve is not None and any(d <= now for _, d in reserve.entries):
+            out.extend((set_key, m) for m, d in reserve.entries if d <= now)
+            reserve.entries = deque((m, d) for m, d in reserve.entries if d > now)
         return out
 
     def everything(self) -> list[tuple[str, str]]:

@@ -42,14 +42,14 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import RedisError
 
 from alicode_gw.auth import ApiKey
 from alicode_gw.batching import Coalescer
 from alicode_gw.errors import RateLimitError, ServiceUnavailableError
 from alicode_gw.limitshares import GRANT_MAX, RESERVE_SECONDS, Shares
 from alicode_gw.ratelimit_lua import ADMIT_LUA, FINISH_LUA, REFRESH_LUA, STATUS_LUA
-from alicode_gw.resp import RespConnection
+from alicode_gw.resp import ScriptCall, ScriptPipe
 from alicode_gw.tasks import TaskTracker
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,6 @@ log = logging.getLogger(__name__)
 RPM_WINDOW_MS = 60_000
 BUDGET_WINDOW_MS = 5 * 3600 * 1000
 BUCKET_MS = 60_000
-PIPELINE_TIMEOUT = 5.0  # seconds for one pipeline's write and replies
 RESERVE_MS = int(RESERVE_SECONDS * 1000)
 SHARE_TICK = 1.0  # seconds between two looks for unused shares to give back
 # A finish (a slot to release, tokens to count) waits up to this long to share another
@@ -95,51 +94,19 @@ def format_duration(seconds: float) -> str:
     return f"{hours}h {minutes}m" if hours else f"{minutes}m"
 
 
-@dataclass(frozen=True, slots=True)
-class ScriptCall:
-    """One EVALSHA waiting in the pipeline."""
-
-    script: AsyncScript
-    keys: Sequence[str]
-    args: Sequence[str | int]
-
-
-class ScriptPipe:
-    """Runs batches of script calls as one pipelined write on a lean connection of its
-    own (:class:`~alicode_gw.resp.RespConnection`; the :class:`Coalescer` in front
-    sends one batch at a time)."""
-
-    def __init__(self, redis: Redis, timeout: float = PIPELINE_TIMEOUT) -> None:
-        self._redis = redis
-        self._timeout = timeout
-        self.connection = RespConnection.like(redis)
-
-    async def run(self, calls: list[ScriptCall]) -> list[Any]:
-        """One outcome per call: its reply, or the error of that call. Calls whose
-        script the server does not know (after a restart or ``SCRIPT FLUSH``) are run
-        again once it is loaded."""
-        outcomes = await self._send(calls)
-        missing = [i for i, outcome in enumerate(outcomes) if isinstance(outcome, NoScriptError)]
-        if missing:
-            try:
-                for script in {calls[i].script for i in missing}:
-                    await self._redis.script_load(script.script)
-                retried = await self._send([calls[i] for i in missing])
-            except (RedisError, OSError) as exc:  # only the calls still to do fail
-                retried = [exc] * len(missing)
-            for i, outcome in zip(missing, retried, strict=True):
-                outcomes[i] = outcome
-        return outcomes
-
-    async def _send(self, calls: list[ScriptCall]) -> list[Any]:
-        async with asyncio.timeout(self._timeout):
-            return await self.connection.execute(
-                ("EVALSHA", c.script.sha, len(c.keys), *c.keys, *c.args) for c in calls
-            )
-
-
 async def _nothing() -> None:
     return None
+
+
+@dataclass(slots=True, eq=False)
+class Slot:
+    """A concurrency slot an admitted request holds."""
+
+    set_key: str
+    member: str
+    limit: int
+    shared: bool  # may be kept in this node's share when the request ends
+    confirmed: float  # when Redis last confirmed its lease (monotonic, before the call)
 
 
 @dataclass(slots=True, eq=False)
@@ -147,8 +114,7 @@ class Admission:
     """Slots taken by one admitted request; give it back to :meth:`Limiter.finish`."""
 
     token: str
-    # (concurrency set, member, limit, may be kept in this node's share)
-    slots: tuple[tuple[str, str, int, bool], ...]
+    slots: tuple[Slot, ...]
     budget_keys: tuple[str, str, str]
     headers: dict[str, str] = field(default_factory=dict)
     finished: bool = False
@@ -201,6 +167,22 @@ def _rejection(result: Sequence[Any]) -> _Refused:
 # (index of the limit in an admission, its granted count, left, reset) in ADMIT's reply
 _GRANTS = ((0, 4, 6, 7), (2, 5, 1, 2))
 
+# (Redis set, limit, may come from this node's share): IP per minute, IP concurrency,
+# key per minute, key concurrency
+Limits = tuple[tuple[str, int, bool], ...]
+
+
+@dataclass(slots=True, eq=False)
+class _Attempt:
+    """One try at admitting a request: what came from the share, what Redis checks."""
+
+    limits: Limits
+    token: str
+    now: float  # monotonic, before anything was asked of Redis
+    sent: list[int] = field(default_factory=lambda: [0, 0, 0, 0])  # 0: not asked of Redis
+    entries: list[tuple[str, str, float]] = field(default_factory=list)  # from the share
+    slots: list[Slot] = field(default_factory=list)
+
 
 class Limiter:
     """Cluster-wide limits in Redis (``state.limiter``); see the module docstring."""
@@ -236,7 +218,7 @@ class Limiter:
         self._refresh = redis.register_script(REFRESH_LUA)
         self._status = redis.register_script(STATUS_LUA)
         self._active: dict[str, Admission] = {}
-        self._shares = Shares(share_pct)
+        self._shares = Shares(share_pct, lease_seconds)
         self._pipe = ScriptPipe(redis)
         self._calls: Coalescer[ScriptCall, Any] = Coalescer(
             self._pipe.run,
@@ -293,14 +275,27 @@ class Limiter:
         try:
             return await self._admit_once(key, limits, (bud_h, bud_z, bud_t))
         except _Refused as refused:
-            # A reply received meanwhile may have given this node a share of the very
-            # limit that refused: then the request is not over the limit. Once more.
-            if refused.index < 4 and self._share_has(limits[refused.index]):
-                try:
-                    return await self._admit_once(key, limits, (bud_h, bud_z, bud_t))
-                except _Refused as again:
-                    raise again.error from None
-            raise refused.error from None
+            if refused.index > 3 or not await self._room_of_own(limits[refused.index]):
+                raise refused.error from None
+        try:  # once more
+            return await self._admit_once(key, limits, (bud_h, bud_z, bud_t))
+        except _Refused as again:
+            raise again.error from None
+
+    async def _room_of_own(self, limit: tuple[str, int, bool]) -> bool:
+        """After ``limit`` refused a request: whether this node's own share explains it,
+        so that trying again is not over the limit. Either a reply received meanwhile
+        gave the node a share of it, or the node still holds some of it that has
+        lapsed (given back now, instead of at the next tick)."""
+        set_key = limit[0]
+        stale = self._shares.stale(set_key, time.monotonic())
+        if stale:
+            try:
+                await self._remove(stale, urgent=True)
+            except (RedisError, OSError, RuntimeError):
+                return False
+            return True
+        return self._share_has(limit)
 
     def _share_has(self, limit: tuple[str, int, bool]) -> bool:
         set_key, _, shared = limit
@@ -311,78 +306,28 @@ class Limiter:
         return self._shares.has_slot(set_key)
 
     async def _admit_once(
-        self,
-        key: ApiKey,
-        limits: tuple[tuple[str, int, bool], ...],
-        budget_keys: tuple[str, str, str],
+        self, key: ApiKey, limits: Limits, budget_keys: tuple[str, str, str]
     ) -> Admission:
         shares = self._shares
-        now = time.monotonic()
-        token = secrets.token_hex(8)
-        sent = [0, 0, 0, 0]  # the limits Redis checks (0: off, or covered by the share)
-        entries: list[tuple[str, str, float]] = []  # minute-log entries from the share
-        slots: list[tuple[str, str, int, bool]] = []
+        attempt = _Attempt(limits, secrets.token_hex(8), time.monotonic())
         for i, (set_key, limit, shared) in enumerate(limits):
             if limit <= 0:
                 continue
             if shared and shares.pct:
                 if i % 2 == 0:
-                    entry = shares.take_entry(set_key, now)
+                    entry = shares.take_entry(set_key, attempt.now)
                     if entry is not None:
-                        entries.append((set_key, *entry))
+                        attempt.entries.append((set_key, *entry))
                         continue
                 else:
-                    member = shares.take_slot(set_key, limit)
-                    if member is not None:
-                        slots.append((set_key, member, limit, True))
+                    kept = shares.take_slot(set_key, limit, attempt.now)
+                    if kept is not None:
+                        attempt.slots.append(Slot(set_key, kept[0], limit, True, kept[1]))
                         continue
-            sent[i] = limit
-        budget = key.budget_tokens or 0
+            attempt.sent[i] = limit
         result: Sequence[Any] | None = None
-        if any(sent) or budget:
-            asks = [
-                limits[i][0] if sent[i] and limits[i][2] and shares.ask(limits[i][0], now) else ""
-                for i in (0, 2)
-            ]
-            try:
-                result = await self._call(
-                    self._admit,
-                    [*(set_key for set_key, _, _ in limits), *budget_keys],
-                    [
-                        token,
-                        *sent,
-                        budget,
-                        self.lease_ms,
-                        RPM_WINDOW_MS,
-                        self.budget_window_ms,
-                        self.bucket_ms,
-                        shares.pct,
-                        GRANT_MAX if asks[0] else 0,
-                        GRANT_MAX if asks[1] else 0,
-                        RESERVE_MS,
-                    ],
-                )
-            except BaseException as exc:
-                self._give_back(entries, slots, now)
-                if isinstance(exc, RedisError | OSError):
-                    raise _unavailable() from exc
-                raise
-            finally:
-                for log_key in asks:
-                    if log_key:
-                        shares.asked(log_key)
-            if int(result[0]) != 1:
-                self._give_back(entries, slots, now)
-                raise _rejection(result)
-            deadline = now + RESERVE_SECONDS  # `now` is older than the reservation
-            for i, got, left, reset in _GRANTS:
-                if sent[i] and limits[i][2] and shares.pct:
-                    members = [f"{token}:{n}" for n in range(1, int(result[got]) + 1)]
-                    reply = int(result[left]), int(result[reset])
-                    shares.reserved(limits[i][0], members, deadline, reply, now)
-            for i in (1, 3):
-                if sent[i]:
-                    slots.append((limits[i][0], token, limits[i][1], limits[i][2]))
+        if any(attempt.sent) or key.budget_tokens:
+            result = await self._admit_in_redis(attempt, key, budget_keys)
         else:
             self.local_admissions += 1
         headers = {}
@@ -398,21 +343,99 @@ class Limiter:
                 "X-RateLimit-Remaining": str(max(0, remaining)),
                 "X-RateLimit-Reset": str(math.ceil(reset_ms / 1000)),
             }
-        admission = Admission(token, tuple(slots), budget_keys, headers)
-        self._active[token] = admission
+        admission = Admission(attempt.token, tuple(attempt.slots), budget_keys, headers)
+        self._active[attempt.token] = admission
         return admission
 
-    def _give_back(
-        self,
-        entries: list[tuple[str, str, float]],
-        slots: list[tuple[str, str, int, bool]],
-        now: float,
-    ) -> None:
-        """Return to the share what a failed admission had taken from it."""
-        for log_key, member, deadline in entries:
+    async def _admit_in_redis(
+        self, attempt: _Attempt, key: ApiKey, budget_keys: tuple[str, str, str]
+    ) -> Sequence[Any]:
+        """The round trip for the limits the share did not cover (what came from the
+        share is given back if the admission fails); adds the slots it took to the
+        attempt and records the share it reserved."""
+        shares, limits, sent, now = self._shares, attempt.limits, attempt.sent, attempt.now
+        asks = [
+            limits[i][0] if sent[i] and limits[i][2] and shares.ask(limits[i][0], now) else ""
+            for i in (0, 2)
+        ]
+        used = {log_key: member for log_key, member, _ in attempt.entries}  # counted now
+        future = self._calls.submit(
+            ScriptCall(
+                self._admit,
+                [*(set_key for set_key, _, _ in limits), *budget_keys],
+                [
+                    attempt.token,
+                    *sent,
+                    key.budget_tokens or 0,
+                    self.lease_ms,
+                    RPM_WINDOW_MS,
+                    self.budget_window_ms,
+                    self.bucket_ms,
+                    shares.pct,
+                    GRANT_MAX if asks[0] else 0,
+                    GRANT_MAX if asks[1] else 0,
+                    RESERVE_MS,
+                    used.get(limits[0][0], ""),
+                    used.get(limits[2][0], ""),
+                ],
+            )
+        )
+        try:
+            result = await asyncio.shield(future)
+        except BaseException as exc:
+            self._give_back(attempt)
+            if isinstance(exc, RedisError | OSError):
+                raise _unavailable() from exc
+            if not future.done():  # the caller went away; Redis may still admit it
+                future.add_done_callback(lambda done: self._admitted_late(done, attempt))
+            raise
+        finally:
+            for log_key in asks:
+                if log_key:
+                    shares.asked(log_key)
+        if int(result[0]) != 1:
+            self._give_back(attempt)
+            raise _rejection(result)
+        self._record_grants(result, attempt)
+        for i in (1, 3):
+            if sent[i]:
+                set_key, limit, shared = limits[i]
+                attempt.slots.append(Slot(set_key, attempt.token, limit, shared, now))
+        return result
+
+    def _record_grants(self, result: Sequence[Any], attempt: _Attempt) -> None:
+        """Put the entries an admission reserved for this node in its share."""
+        if not self._shares.pct:
+            return
+        deadline = attempt.now + RESERVE_SECONDS  # `now` is older than the reservation
+        for i, got, left, reset in _GRANTS:
+            log_key, _, shared = attempt.limits[i]
+            if attempt.sent[i] and shared:
+                members = [f"{attempt.token}:{n}" for n in range(1, int(result[got]) + 1)]
+                reply = int(result[left]), int(result[reset])
+                self._shares.reserved(log_key, members, deadline, reply, attempt.now)
+
+    def _admitted_late(self, future: asyncio.Future[Any], attempt: _Attempt) -> None:
+        """The reply to an admission whose request went away while it was under way:
+        what it reserved joins the share, the slots it took go back."""
+        if future.cancelled() or future.exception() is not None:
+            return
+        result = future.result()
+        if int(result[0]) != 1:
+            return
+        self._record_grants(result, attempt)
+        for i in (1, 3):
+            if attempt.sent[i]:
+                self._shares.lapse(attempt.limits[i][0], attempt.token)
+
+    def _give_back(self, attempt: _Attempt) -> None:
+        """Return to the share what a failed attempt had taken from it."""
+        for log_key, member, deadline in attempt.entries:
             self._shares.put_entry(log_key, member, deadline)
-        for set_key, member, limit, _ in slots:
-            self._shares.keep_slot(set_key, limit, member, now, force=True)
+        for slot in attempt.slots:
+            kept = (slot.member, slot.confirmed)
+            if not self._shares.keep_slot(slot.set_key, slot.limit, kept, attempt.now, force=True):
+                self._shares.lapse(slot.set_key, slot.member)
 
     async def finish(self, admission: Admission, tokens_used: int) -> None:
         """Release the slots and add ``tokens_used`` to the key's rolling budget (one
@@ -433,11 +456,12 @@ class Limiter:
         self._active.pop(admission.token, None)
         now = time.monotonic()
         keys, args = list(admission.budget_keys), [max(0, tokens_used), *self._windows]
-        for set_key, member, limit, shared in admission.slots:
-            if shared and self._shares.keep_slot(set_key, limit, member, now):
+        for slot in admission.slots:
+            kept = (slot.member, slot.confirmed)
+            if slot.shared and self._shares.keep_slot(slot.set_key, slot.limit, kept, now):
                 continue
-            keys.append(set_key)
-            args.append(member)
+            keys.append(slot.set_key)
+            args.append(slot.member)
         if tokens_used <= 0 and len(keys) == len(admission.budget_keys):
             return _nothing()
         future = self._calls.submit(ScriptCall(self._finish, keys, args), urgent=urgent)
@@ -490,21 +514,26 @@ class Limiter:
 
     async def refresh(self, admission: Admission | None = None) -> int:
         """Renew the leases of ``admission`` (default: every live admission of this
-        process and every slot its share keeps); returns how many were renewed.
-        :meth:`refresh_loop` calls it."""
+        process and every slot its share keeps); returns how many were renewed. A slot
+        Redis no longer had (its lease lapsed while Redis could not be reached, or
+        Redis lost it) is not kept for another request. :meth:`refresh_loop` calls it."""
         admissions = [admission] if admission is not None else list(self._active.values())
-        pairs = [(k, m) for a in admissions if not a.finished for k, m, _, _ in a.slots]
+        live = [slot for a in admissions if not a.finished for slot in a.slots]
+        pairs = [(slot.set_key, slot.member) for slot in live]
         if admission is None:
             pairs += self._shares.kept_slots()
-        renewed = 0
+        at = time.monotonic()
+        found: dict[tuple[str, str], bool] = {}
         for start in range(0, len(pairs), 256):
             chunk = pairs[start : start + 256]
-            renewed += int(
-                await self._refresh(
-                    keys=[k for k, _ in chunk], args=[self.lease_ms, *(t for _, t in chunk)]
-                )
+            flags = await self._refresh(
+                keys=[k for k, _ in chunk], args=[self.lease_ms, *(m for _, m in chunk)]
             )
-        return renewed
+            found.update(zip(chunk, (bool(int(f)) for f in flags), strict=True))
+        for slot in live:
+            slot.confirmed = at if found.get((slot.set_key, slot.member)) else -math.inf
+        self._shares.confirmed(found, at)
+        return sum(found.values())
 
     async def refresh_loop(self) -> None:
         """Perpetual task: give back unused shares (every second) and keep this node's
@@ -515,11 +544,14 @@ class Limiter:
             await asyncio.sleep(tick)
             try:
                 await self.give_back_unused()
-                if time.monotonic() >= renew_at:
-                    renew_at = time.monotonic() + self.refresh_interval
-                    await self.refresh()
             except (RedisError, OSError, RuntimeError) as exc:
-                log.warning("could not renew or give back limit slots (%s)", type(exc).__name__)
+                log.warning("could not give back limit shares (%s)", type(exc).__name__)
+            if time.monotonic() >= renew_at:
+                renew_at = time.monotonic() + self.refresh_interval
+                try:
+                    await self.refresh()
+                except (RedisError, OSError, RuntimeError) as exc:
+                    log.warning("could not renew concurrency leases (%s)", type(exc).__name__)
 
     async def usage(self, key: ApiKey) -> KeyUsage:
         """The key's live counters (one round trip); 503 if Redis is unreachable. What

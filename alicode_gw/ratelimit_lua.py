@@ -35,8 +35,9 @@ end
 
 # KEYS: ip rpm, ip conc, key rpm, key conc, budget hash, budget index, budget total
 # ARGV: token, ip_rpm, ip_conc, key_rpm, key_conc, budget, lease_ms, rpm_win, bud_win, bucket,
-#       share_pct, ip_want, key_want, reserve_ms
-#   (a limit of 0 is not checked here: off, or taken from the node's share)
+#       share_pct, ip_want, key_want, reserve_ms, ip_entry, key_entry
+#   (a limit of 0 is not checked here: off, or taken from the node's share; *_entry, if
+#   not empty, is the reserved entry the node took for it: it is counted from now on)
 # -> {1, key_rpm_left, key_rpm_reset_ms, now, ip_granted, key_granted, ip_rpm_left,
 #     ip_rpm_reset_ms} or {0, code, limit, reset_ms, retry_ms}
 # A granted count of extra minute-log entries were reserved for the node, as members
@@ -97,6 +98,9 @@ for s = 1, 2 do
     redis.call('ZADD', KEYS[2 * s], now + lease, token)
     redis.call('PEXPIRE', KEYS[2 * s], lease)
   end
+  if ARGV[14 + s] ~= '' then
+    redis.call('ZADD', KEYS[2 * s - 1], 'XX', now, ARGV[14 + s])
+  end
 end
 local ip_rpm, key_rpm = tonumber(ARGV[2]), tonumber(ARGV[4])
 return {1, key_rpm - n[2] - 1 - got[2], reset[2], now, got[1], got[2],
@@ -128,16 +132,22 @@ return 1
 """
 
 # KEYS: lease sets, ARGV: lease_ms, then the token held in each KEYS[i]
+# -> for each, 1 if it was renewed, 0 if the set no longer had it
 REFRESH_LUA = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local lease = tonumber(ARGV[1])
-local renewed = 0
+local found = {}
 for i, key in ipairs(KEYS) do
-  renewed = renewed + redis.call('ZADD', key, 'XX', 'CH', now + lease, ARGV[i + 1])
-  redis.call('PEXPIRE', key, lease)
+  if redis.call('ZSCORE', key, ARGV[i + 1]) then
+    redis.call('ZADD', key, now + lease, ARGV[i + 1])
+    redis.call('PEXPIRE', key, lease)
+    found[i] = 1
+  else
+    found[i] = 0
+  end
 end
-return renewed
+return found
 """
 
 # KEYS: key rpm, key conc, budget hash, budget index, budget total

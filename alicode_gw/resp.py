@@ -19,15 +19,18 @@ import asyncio
 import collections
 import ssl
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any, cast
 
 import hiredis
 from redis.asyncio import Redis
 from redis.asyncio.connection import SSLConnection
+from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 Arg = bytes | str | int
+PIPELINE_TIMEOUT = 5.0  # seconds for one pipeline's write and replies
 
 
 def encode(command: Sequence[Arg]) -> bytes:
@@ -209,3 +212,46 @@ class _NothingRead(Exception):
     def __init__(self, error: BaseException) -> None:
         super().__init__(str(error))
         self.error = error
+
+
+@dataclass(frozen=True, slots=True)
+class ScriptCall:
+    """One EVALSHA waiting in the pipeline."""
+
+    script: AsyncScript
+    keys: Sequence[str]
+    args: Sequence[str | int]
+
+
+class ScriptPipe:
+    """Runs batches of script calls as one pipelined write on a lean connection of its
+    own (:class:`~alicode_gw.resp.RespConnection`; the :class:`Coalescer` in front
+    sends one batch at a time)."""
+
+    def __init__(self, redis: Redis, timeout: float = PIPELINE_TIMEOUT) -> None:
+        self._redis = redis
+        self._timeout = timeout
+        self.connection = RespConnection.like(redis)
+
+    async def run(self, calls: list[ScriptCall]) -> list[Any]:
+        """One outcome per call: its reply, or the error of that call. Calls whose
+        script the server does not know (after a restart or ``SCRIPT FLUSH``) are run
+        again once it is loaded."""
+        outcomes = await self._send(calls)
+        missing = [i for i, outcome in enumerate(outcomes) if isinstance(outcome, NoScriptError)]
+        if missing:
+            try:
+                for script in {calls[i].script for i in missing}:
+                    await self._redis.script_load(script.script)
+                retried = await self._send([calls[i] for i in missing])
+            except (RedisError, OSError) as exc:  # only the calls still to do fail
+                retried = [exc] * len(missing)
+            for i, outcome in zip(missing, retried, strict=True):
+                outcomes[i] = outcome
+        return outcomes
+
+    async def _send(self, calls: list[ScriptCall]) -> list[Any]:
+        async with asyncio.timeout(self._timeout):
+            return await self.connection.execute(
+                ("EVALSHA", c.script.sha, len(c.keys), *c.keys, *c.args) for c in calls
+            )

@@ -50,34 +50,69 @@ def test_expired_keeps_what_is_valid_and_forgets_idle_sets() -> None:
 def test_kept_slots_are_capped_by_the_share_and_go_back_when_idle() -> None:
     shares = Shares(25)
     assert shares.keep_cap(3) == 0 and shares.keep_cap(8) == 2
-    assert not shares.keep_slot(SLOTS, 3, "x", 0.0)  # a small limit keeps nothing
-    assert shares.keep_slot(SLOTS, 8, "s1", 0.0)
-    assert shares.keep_slot(SLOTS, 8, "s2", 0.5)
-    assert not shares.keep_slot(SLOTS, 8, "s3", 0.5)  # two of eight at most
+    assert not shares.keep_slot(SLOTS, 3, ("x", 0.0), 0.0)  # a small limit keeps nothing
+    assert shares.keep_slot(SLOTS, 8, ("s1", 0.0), 0.0)
+    assert shares.keep_slot(SLOTS, 8, ("s2", 0.0), 0.5)
+    assert not shares.keep_slot(SLOTS, 8, ("s3", 0.0), 0.5)  # two of eight at most
     assert shares.kept_slots() == [(SLOTS, "s1"), (SLOTS, "s2")]
-    assert shares.take_slot(SLOTS, 8) == "s2"
-    assert shares.keep_slot(SLOTS, 8, "s2", 1.0)
+    assert shares.take_slot(SLOTS, 8, 1.0) == ("s2", 0.0)
+    assert shares.keep_slot(SLOTS, 8, ("s2", 0.0), 1.0)
     assert shares.expired(KEEP_SECONDS) == [(SLOTS, "s1")]
-    assert shares.take_slot(SLOTS, 8) == "s2" and shares.take_slot(SLOTS, 8) is None
-    assert shares.keep_slot(SLOTS, 8, "s2", 3.0)
-    assert shares.keep_slot(SLOTS, 8, "s4", 3.0)
-    assert shares.keep_slot(SLOTS, 8, "s5", 3.0, force=True)  # given back by a failure
+    assert shares.take_slot(SLOTS, 8, 2.5) == ("s2", 0.0)
+    assert shares.take_slot(SLOTS, 8, 2.5) is None
+    assert shares.keep_slot(SLOTS, 8, ("s2", 0.0), 3.0)
+    assert shares.keep_slot(SLOTS, 8, ("s4", 0.0), 3.0)
+    assert shares.keep_slot(SLOTS, 8, ("s5", 0.0), 3.0, force=True)  # back from a failure
+
+
+def test_a_slot_whose_lease_was_not_confirmed_lately_is_not_reused() -> None:
+    shares = Shares(25, lease_seconds=30)  # reused while confirmed in the last 15 s
+    assert not shares.keep_slot(SLOTS, 8, ("old", 0.0), 15.0)
+    assert shares.keep_slot(SLOTS, 8, ("a", 0.0), 14.0)
+    assert shares.take_slot(SLOTS, 8, 15.0) is None  # too old by now: given back instead
+    assert shares.expired(15.0) == [(SLOTS, "a")]
+    # A renewal confirms a kept slot, or forgets one that Redis no longer had.
+    assert shares.keep_slot(SLOTS, 8, ("b", 0.0), 10.0)
+    assert shares.keep_slot(SLOTS, 8, ("c", 0.0), 10.0)
+    shares.confirmed({(SLOTS, "b"): True, (SLOTS, "c"): False}, at=11.0)
+    assert shares.kept_slots() == [(SLOTS, "b")]
+    assert shares.take_slot(SLOTS, 8, 20.0) == ("b", 11.0)
 
 
 def test_slots_kept_under_another_limit_go_back() -> None:
     shares = Shares(25)
-    assert shares.keep_slot(SLOTS, 8, "s1", 0.0)
-    assert shares.take_slot(SLOTS, 4) is None  # the key's limit changed
+    assert shares.keep_slot(SLOTS, 8, ("s1", 0.0), 0.0)
+    assert shares.take_slot(SLOTS, 4, 0.0) is None  # the key's limit changed
     assert shares.expired(0.1) == [(SLOTS, "s1")]
-    assert shares.keep_slot(SLOTS, 8, "s2", 0.0)
-    assert shares.keep_slot(SLOTS, 12, "s3", 0.0)
+    assert shares.keep_slot(SLOTS, 8, ("s2", 0.0), 0.0)
+    assert shares.keep_slot(SLOTS, 12, ("s3", 0.0), 0.0)
     assert shares.everything() == [(SLOTS, "s2"), (SLOTS, "s3")]
+
+
+def test_stale_gives_back_one_set_at_once() -> None:
+    shares = Shares(25)
+    shares.reserved(LOG, ["t:1", "t:2"], 2.0, (5, 0), now=0.0)
+    shares.lapse("other", "x")
+    shares.put_entry(LOG, "late", 9.0)  # given back first, though valid longer
+    assert shares.stale(LOG, 2.0) == [(LOG, "t:1"), (LOG, "t:2")]
+    assert shares.take_entry(LOG, 2.0) == ("late", 9.0)
+    assert shares.expired(2.0) == [("other", "x")]
+
+
+def test_a_set_with_a_reservation_under_way_is_not_forgotten() -> None:
+    shares = Shares(25)
+    shares.reserved(LOG, [], 2.0, (5, 0), now=0.0)
+    assert shares.ask(LOG, 1.0)
+    assert shares.expired(5.0) == []
+    shares.asked(LOG)
+    shares.reserved(LOG, ["t:1"], 7.0, (5, 0), now=5.0)
+    assert shares.take_entry(LOG, 5.0) == ("t:1", 7.0)
 
 
 def test_everything_takes_all_out() -> None:
     shares = Shares(25)
     shares.reserved(LOG, ["t:1", "t:2"], 5.0, (1, 0), now=0.0)
-    shares.keep_slot(SLOTS, 40, "s", 0.0)
+    shares.keep_slot(SLOTS, 40, ("s", 0.0), 0.0)
     assert shares.everything() == [(LOG, "t:1"), (LOG, "t:2"), (SLOTS, "s")]
     assert shares.everything() == [] and shares.unused(LOG) == 0
 
@@ -86,5 +121,5 @@ def test_a_share_of_zero_holds_nothing() -> None:
     shares = Shares(0)
     shares.reserved(LOG, [], 5.0, (1, 0), now=0.0)
     assert not shares.ask(LOG, 0.1)
-    assert not shares.keep_slot(SLOTS, 1000, "s", 0.0)
+    assert not shares.keep_slot(SLOTS, 1000, ("s", 0.0), 0.0)
     assert shares.everything() == []

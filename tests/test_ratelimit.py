@@ -14,8 +14,9 @@ from alicode_gw.auth import ApiKey
 from alicode_gw.backends import create_redis
 from alicode_gw.errors import RateLimitError, ServiceUnavailableError
 from alicode_gw.limitshares import KEEP_SECONDS, RESERVE_SECONDS
-from alicode_gw.ratelimit import Admission, Limiter, ScriptCall, ScriptPipe, format_duration
+from alicode_gw.ratelimit import Admission, Limiter, format_duration
 from alicode_gw.ratelimit_lua import FINISH_LUA
+from alicode_gw.resp import ScriptCall, ScriptPipe
 from tests.keyhelpers import RedisProxy, unique_ip
 
 KEY_IDS = iter(range(10_000_000, 20_000_000))
@@ -396,6 +397,83 @@ async def test_a_share_of_zero_asks_redis_every_time(clients, redis_prefix: str,
         await node.finish(await node.admit(unique_ip(), key, "m"), 0)
     assert node.local_admissions == 0
     assert await redis_counts(clients[0], redis_prefix, key) == (5, 0)
+
+
+async def test_a_kept_slot_redis_lost_is_not_reused(clients, redis_prefix: str, two_nodes) -> None:
+    """Redis lost the lease of a slot the node keeps (it could not renew it, or Redis
+    restarted): the next renewal notices, and the slot is not handed out again."""
+    node, other = two_nodes()
+    key = api_key(concurrency_limit=8)
+    await node.finish(await node.admit(unique_ip(), key, "m"), 0)
+    base = f"{redis_prefix}rl:key:{key.id}:"
+    await clients[0].delete(base + "conc")
+    assert await node.refresh() == 0
+    await node.admit(unique_ip(), key, "m")
+    assert node.local_admissions == 0  # asked Redis: counted there again
+    assert await clients[0].zcard(base + "conc") == 1
+    admitted, _ = await admit_many([other], 10, key)
+    assert len(admitted) == 7
+
+
+async def test_an_entry_taken_before_a_round_trip_is_counted_from_its_use(
+    clients, redis_prefix: str, two_nodes
+) -> None:
+    """A reserved entry is taken while the concurrency limit still asks Redis: the
+    entry is then counted as used at that admission (Redis time), not as reserved."""
+    node = two_nodes()[0]
+    key = api_key(rpm_limit=100, concurrency_limit=2)  # 2: no slot is kept
+    for _ in range(2):
+        await node.finish(await node.admit(unique_ip(), key, "m"), 0)
+    base = f"{redis_prefix}rl:key:{key.id}:"
+    before = dict(await clients[0].zrange(base + "rpm", 0, -1, withscores=True))
+    admission = await node.admit(unique_ip(), key, "m")  # an entry + a Redis call
+    after = dict(await clients[0].zrange(base + "rpm", 0, -1, withscores=True))
+    moved = [m for m in before if after[m] != before[m]]
+    assert len(moved) == 1 and after[moved[0]] < before[moved[0]]
+    assert admission.token.encode() not in after  # no entry of its own: it used one
+    await node.finish(admission, 0)
+
+
+async def test_a_cancelled_admission_keeps_nothing(clients, redis_prefix: str, two_nodes) -> None:
+    """The caller went away while its admission was under way: what Redis reserved for
+    the node joins its share (and goes back unused), the slot it took goes back."""
+    node = two_nodes()[0]
+    key = api_key(rpm_limit=100, concurrency_limit=2)
+    await node.finish(await node.admit(unique_ip(), key, "m"), 0)  # a run: the next asks
+    task = asyncio.create_task(node.admit(unique_ip(), key, "m"))
+    await asyncio.sleep(0)  # submitted, not answered yet
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await asyncio.sleep(0.05)  # the reply arrives
+    entries, slots = await redis_counts(clients[0], redis_prefix, key)
+    assert entries > 2 and slots == 1
+    assert await node.give_back_unused(time.monotonic() + LATER) == entries - 2 + 1
+    await asyncio.sleep(0.1)
+    assert await redis_counts(clients[0], redis_prefix, key) == (2, 0)
+
+
+async def test_lapsed_share_is_given_back_before_a_429(
+    clients, redis_prefix: str, two_nodes
+) -> None:
+    """On one node, a limit refuses at the same point as without shares: entries the
+    node reserved and no longer uses go back at once, not at the next tick."""
+    node = two_nodes()[0]
+    key = api_key(rpm_limit=20)
+    for _ in range(2):
+        await node.finish(await node.admit(unique_ip(), key, "m"), 0)
+    entries, _ = await redis_counts(clients[0], redis_prefix, key)
+    assert entries > 2  # the second admission reserved some
+    await asyncio.sleep(RESERVE_SECONDS + 0.1)  # they lapse, unused
+    admitted = 0
+    while True:
+        try:
+            await node.admit(unique_ip(), key, "m")
+        except RateLimitError:
+            break
+        admitted += 1
+        assert admitted <= 20
+    assert admitted + 2 == 20
 
 
 def test_format_duration() -> None:
