@@ -52,10 +52,16 @@ class LineBuffer(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            self._lines.append(self.format(record))
+            line = self.format(record)
         except Exception:  # logging's contract: never raise from a handler
             self.handleError(record)
             return
+        self.add(line)
+
+    def add(self, line: str) -> None:
+        """Queue one formatted line (:func:`finish` calls this directly: no log record
+        is made per request)."""
+        self._lines.append(line)
         if len(self._lines) >= self.max_lines:
             self.flush()
 
@@ -172,4 +178,9 @@ def finish(ctx: RequestContext, status: int) -> None:
         "upstream": ctx.upstream_name,
         "attempts": ctx.attempts,
     }
-    access_log.info(json.dumps(line, separators=(",", ":")))
+    text = json.dumps(line, separators=(",", ":"))
+    handlers = access_log.handlers
+    if len(handlers) == 1 and isinstance(handlers[0], LineBuffer):  # as configure() sets
+        handlers[0].add(text)
+    else:
+        access_log.info(text)

@@ -18,7 +18,7 @@ from alicode_gw import accounts
 from alicode_gw.billing import format_usd
 from alicode_gw.clientip import client_ip
 from alicode_gw.errors import ServiceUnavailableError
-from alicode_gw.ratelimit import format_duration
+from alicode_gw.ratelimit_errors import format_duration
 from alicode_gw.state import RequestContext
 
 

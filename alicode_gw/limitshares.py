@@ -63,7 +63,10 @@ class Shares:
         self.slot_max_age = lease_seconds / 2
         self._reserves: dict[str, _Reserve] = {}
         self._kept: dict[str, _Kept] = {}
-        self._lapsed: list[tuple[str, str]] = []  # entries past their deadline
+        self._lapsed: list[tuple[str, str]] = []  # to go back with the next give-back
+        # Slots the last renewal did not find in Redis: not kept, not reused (one taken
+        # from the share while that renewal was under way may still come back).
+        self._gone: set[tuple[str, str]] = set()
 
     # requests per minute
 
@@ -132,10 +135,6 @@ class Shares:
             return 0, 0
         return reserve.left + len(reserve.entries), reserve.reset_ms
 
-    def has_entry(self, log_key: str, now: float) -> bool:
-        reserve = self._reserves.get(log_key)
-        return reserve is not None and any(now < d for _, d in reserve.entries)
-
     # concurrency
 
     def keep_cap(self, limit: int) -> int:
@@ -155,7 +154,7 @@ class Shares:
             return None
         while kept.slots:
             member, _, confirmed = kept.slots.pop()
-            if now - confirmed < self.slot_max_age:
+            if now - confirmed < self.slot_max_age and (set_key, member) not in self._gone:
                 return member, confirmed
             self._lapsed.append((set_key, member))
         return None
@@ -177,6 +176,8 @@ class Shares:
         member, confirmed = slot
         if (cap <= 0 and not force) or now - confirmed >= self.slot_max_age:
             return False
+        if (set_key, member) in self._gone:
+            return False
         kept = self._kept.get(set_key)
         if kept is None or kept.limit != limit:
             if kept is not None:
@@ -189,7 +190,9 @@ class Shares:
 
     def confirmed(self, renewed: dict[tuple[str, str], bool], at: float) -> None:
         """A renewal's outcome for kept slots ((set, member) -> found in Redis), sent at
-        ``at``: a slot Redis no longer had is forgotten (it counts nowhere)."""
+        ``at``: a slot Redis no longer had is forgotten (it counts nowhere), and not
+        kept again if a request had it meanwhile."""
+        self._gone = {pair for pair, found in renewed.items() if not found}
         for set_key, kept in list(self._kept.items()):
             slots = []
             for member, since, confirmed in kept.slots:
@@ -200,15 +203,20 @@ class Shares:
                     slots.append((member, since, at))
             kept.slots = slots
 
-    def has_slot(self, set_key: str) -> bool:
-        kept = self._kept.get(set_key)
-        return kept is not None and bool(kept.slots)
-
     def kept_slots(self) -> list[tuple[str, str]]:
         """(set, member) of every kept slot: renewed with the live ones."""
         return [(key, m) for key, kept in self._kept.items() for m, _, _ in kept.slots]
 
     # both
+
+    def holds(self, key: str, now: float) -> bool:
+        """Whether this node holds usable capacity of ``key``: a reserved entry still
+        valid, or a kept slot."""
+        reserve = self._reserves.get(key)
+        if reserve is not None and any(now < d for _, d in reserve.entries):
+            return True
+        kept = self._kept.get(key)
+        return kept is not None and bool(kept.slots)
 
     def unused(self, key: str) -> int:
         """Reserved entries or kept slots of ``key`` that no request of this node uses

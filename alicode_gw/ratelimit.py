@@ -32,6 +32,7 @@ reached, admission fails closed with a 503 (``ServiceUnavailableError``).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import math
 import secrets
@@ -48,6 +49,7 @@ from alicode_gw.auth import ApiKey
 from alicode_gw.batching import Coalescer
 from alicode_gw.errors import RateLimitError, ServiceUnavailableError
 from alicode_gw.limitshares import GRANT_MAX, RESERVE_SECONDS, Shares
+from alicode_gw.ratelimit_errors import rejection
 from alicode_gw.ratelimit_lua import ADMIT_LUA, FINISH_LUA, REFRESH_LUA, STATUS_LUA
 from alicode_gw.resp import ScriptCall, ScriptPipe
 from alicode_gw.tasks import TaskTracker
@@ -62,36 +64,6 @@ SHARE_TICK = 1.0  # seconds between two looks for unused shares to give back
 # A finish (a slot to release, tokens to count) waits up to this long to share another
 # call's round trip; the same key's next admit carries it along in order anyway.
 FINISH_LINGER = 0.05
-
-_REJECTIONS = {
-    1: "Too many requests from this IP address: the limit is {limit} per minute. Retry in {retry}.",
-    2: "Too many concurrent requests from this IP address (limit {limit}). "
-    "Retry when one finishes.",
-    3: "Rate limit exceeded for this API key: {limit} requests per minute. Retry in {retry}.",
-    4: "Too many concurrent requests for this API key (limit {limit}). Retry when one finishes.",
-    5: "Token budget exceeded for this API key ({limit} tokens per 5h rolling window). "
-    "Resets in {retry}.",
-}
-
-
-# Rejection code -> the limit's name (the alicode_limit_rejections_total label).
-_LIMIT_NAMES = {
-    1: "ip_rpm",
-    2: "ip_concurrency",
-    3: "key_rpm",
-    4: "key_concurrency",
-    5: "key_budget",
-}
-
-
-def format_duration(seconds: float) -> str:
-    """``8100`` -> ``"2h 15m"``; under a minute, ``"42s"``."""
-    total = max(0, math.ceil(seconds))
-    if total < 60:
-        return f"{total}s"
-    hours, rest = divmod(total, 3600)
-    minutes = math.ceil(rest / 60) if hours == 0 else rest // 60
-    return f"{hours}h {minutes}m" if hours else f"{minutes}m"
 
 
 async def _nothing() -> None:
@@ -145,23 +117,6 @@ def _unavailable() -> ServiceUnavailableError:
     return ServiceUnavailableError(
         "Rate limiting is temporarily unavailable (limit store unreachable); retry shortly."
     )
-
-
-def _rejection(result: Sequence[Any]) -> _Refused:
-    _, code, limit, reset_ms, retry_ms = (int(v) for v in result)
-    retry = max(1, math.ceil(retry_ms / 1000))
-    message = _REJECTIONS[code].format(limit=limit, retry=format_duration(retry))
-    err = RateLimitError(
-        message,
-        headers={
-            "Retry-After": str(retry),
-            "X-RateLimit-Limit": str(limit),
-            "X-RateLimit-Remaining": "0",
-            "X-RateLimit-Reset": str(math.ceil(reset_ms / 1000)),
-        },
-    )
-    err.limit = _LIMIT_NAMES.get(code, "other")
-    return _Refused(code - 1, err)
 
 
 # (index of the limit in an admission, its granted count, left, reset) in ADMIT's reply
@@ -219,9 +174,16 @@ class Limiter:
         self._status = redis.register_script(STATUS_LUA)
         self._active: dict[str, Admission] = {}
         self._shares = Shares(share_pct, lease_seconds)
+        # Admission tokens (members of the Redis sets): unique to this process, and
+        # across processes by the random prefix; nothing about them needs to be secret.
+        self._node = secrets.token_hex(6) + "-"
+        self._serial = itertools.count()
         self._pipe = ScriptPipe(redis)
+        # Token-only finish calls still queued, by the key's budget keys: their count
+        # (args[0]) takes in the tokens of later finishes of the same key.
+        self._queued_tokens: dict[tuple[str, ...], list[Any]] = {}
         self._calls: Coalescer[ScriptCall, Any] = Coalescer(
-            self._pipe.run,
+            self._send,
             tasks if tasks is not None else TaskTracker(),
             name="limits-pipeline",
             max_in_flight=2,  # one connection, replies in order: batches may overlap
@@ -295,21 +257,13 @@ class Limiter:
             except (RedisError, OSError, RuntimeError):
                 return False
             return True
-        return self._share_has(limit)
-
-    def _share_has(self, limit: tuple[str, int, bool]) -> bool:
-        set_key, _, shared = limit
-        if not shared:
-            return False
-        if set_key.endswith(":rpm"):
-            return self._shares.has_entry(set_key, time.monotonic())
-        return self._shares.has_slot(set_key)
+        return limit[2] and self._shares.holds(set_key, time.monotonic())
 
     async def _admit_once(
         self, key: ApiKey, limits: Limits, budget_keys: tuple[str, str, str]
     ) -> Admission:
         shares = self._shares
-        attempt = _Attempt(limits, secrets.token_hex(8), time.monotonic())
+        attempt = _Attempt(limits, f"{self._node}{next(self._serial):x}", time.monotonic())
         for i, (set_key, limit, shared) in enumerate(limits):
             if limit <= 0:
                 continue
@@ -383,19 +337,20 @@ class Limiter:
         try:
             result = await asyncio.shield(future)
         except BaseException as exc:
-            self._give_back(attempt)
+            # Redis may have run the call (and counted the entries from the share as
+            # used now): they go back to Redis, not to the share.
+            self._give_back(attempt, entries_counted=True)
             if isinstance(exc, RedisError | OSError):
+                self._asked(asks)
                 raise _unavailable() from exc
-            if not future.done():  # the caller went away; Redis may still admit it
-                future.add_done_callback(lambda done: self._admitted_late(done, attempt))
+            # The caller went away (maybe with the reply already in): what Redis did
+            # for it is taken care of when the reply is in.
+            future.add_done_callback(lambda done: self._admitted_late(done, attempt, asks))
             raise
-        finally:
-            for log_key in asks:
-                if log_key:
-                    shares.asked(log_key)
+        self._asked(asks)
         if int(result[0]) != 1:
             self._give_back(attempt)
-            raise _rejection(result)
+            raise _Refused(*rejection(result))
         self._record_grants(result, attempt)
         for i in (1, 3):
             if sent[i]:
@@ -415,9 +370,17 @@ class Limiter:
                 reply = int(result[left]), int(result[reset])
                 self._shares.reserved(log_key, members, deadline, reply, attempt.now)
 
-    def _admitted_late(self, future: asyncio.Future[Any], attempt: _Attempt) -> None:
+    def _asked(self, asks: list[str]) -> None:
+        for log_key in asks:
+            if log_key:
+                self._shares.asked(log_key)
+
+    def _admitted_late(
+        self, future: asyncio.Future[Any], attempt: _Attempt, asks: list[str]
+    ) -> None:
         """The reply to an admission whose request went away while it was under way:
         what it reserved joins the share, the slots it took go back."""
+        self._asked(asks)
         if future.cancelled() or future.exception() is not None:
             return
         result = future.result()
@@ -428,10 +391,14 @@ class Limiter:
             if attempt.sent[i]:
                 self._shares.lapse(attempt.limits[i][0], attempt.token)
 
-    def _give_back(self, attempt: _Attempt) -> None:
-        """Return to the share what a failed attempt had taken from it."""
+    def _give_back(self, attempt: _Attempt, *, entries_counted: bool = False) -> None:
+        """Return to the share what a failed attempt had taken from it; entries Redis
+        may have counted as used are removed from Redis instead."""
         for log_key, member, deadline in attempt.entries:
-            self._shares.put_entry(log_key, member, deadline)
+            if entries_counted:
+                self._shares.lapse(log_key, member)
+            else:
+                self._shares.put_entry(log_key, member, deadline)
         for slot in attempt.slots:
             kept = (slot.member, slot.confirmed)
             if not self._shares.keep_slot(slot.set_key, slot.limit, kept, attempt.now, force=True):
@@ -448,8 +415,9 @@ class Limiter:
     ) -> Coroutine[Any, Any, None]:
         """Queue the finish now (it reaches Redis before anything this process queues
         after it, e.g. the same key's next admit) and return what awaits it. Not urgent:
-        it may wait a moment to share another request's round trip. A slot the node's
-        share keeps for the next request needs no call at all."""
+        it may wait a moment to share another request's round trip, and tokens of a
+        key whose tokens are already queued join that call. A slot the node's share
+        keeps for the next request needs no call at all."""
         if admission.finished:
             return _nothing()
         admission.finished = True
@@ -462,10 +430,28 @@ class Limiter:
                 continue
             keys.append(slot.set_key)
             args.append(slot.member)
-        if tokens_used <= 0 and len(keys) == len(admission.budget_keys):
-            return _nothing()
+        if len(keys) == len(admission.budget_keys):  # tokens to count, nothing else
+            if tokens_used <= 0:
+                return _nothing()
+            queued = self._queued_tokens.get(admission.budget_keys)
+            if queued is not None and not urgent:
+                queued[0] += tokens_used  # not sent yet: see _send
+                return _nothing()
+            if not urgent:
+                self._queued_tokens[admission.budget_keys] = args
         future = self._calls.submit(ScriptCall(self._finish, keys, args), urgent=urgent)
         return self._finished(future, tokens_used)
+
+    async def _send(self, calls: list[ScriptCall]) -> list[Any]:
+        """The Coalescer's flush: a batch leaves, so the token counts queued in it take
+        no more additions (a later finish of the same key queues a call of its own)."""
+        queued = self._queued_tokens
+        for call in calls:
+            if call.script is self._finish:
+                budget_keys = tuple(call.keys[:3])
+                if queued.get(budget_keys) is call.args:
+                    del queued[budget_keys]
+        return await self._pipe.run(calls)
 
     @property
     def _windows(self) -> tuple[int, int]:

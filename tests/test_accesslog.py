@@ -145,6 +145,26 @@ def test_configure_writes_bare_json_lines() -> None:
     assert lines == [{"request_id": "req_x"}, {"request_id": "req_y"}]
 
 
+async def test_configured_lines_skip_the_log_record(gw: app.Gateway, customer: Customer) -> None:
+    """As `serve` configures it, a request's line goes straight to the line buffer."""
+    logger = logging.getLogger(accesslog.LOGGER_NAME)
+    saved = (list(logger.handlers), logger.propagate, logger.level)
+    stream = io.StringIO()
+    try:
+        accesslog.configure(stream)
+        async with client_for(gw, customer) as client:
+            raw = await client.messages.with_raw_response.create(
+                model=MODEL, max_tokens=32, messages=[{"role": "user", "content": "hi"}]
+            )
+        accesslog.flush()
+    finally:
+        logger.handlers, logger.propagate = saved[0], saved[1]
+        logger.setLevel(saved[2])
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    (line,) = [line for line in lines if line["request_id"] == raw.request_id]
+    assert (line["route"], line["status"], line["key_id"]) == ("messages", 200, customer.public_id)
+
+
 def _anthropic_conversation(marker: str) -> dict:
     return {
         "model": MODEL,

@@ -32,7 +32,7 @@ def test_an_entry_given_back_is_used_next() -> None:
     member, deadline = shares.take_entry(LOG, 1.0) or ("", 0.0)
     shares.put_entry(LOG, member, deadline)
     assert shares.take_entry(LOG, 1.0) == ("t:1", 10.0)
-    assert shares.has_entry(LOG, 9.9) and not shares.has_entry(LOG, 10.0)
+    assert shares.holds(LOG, 9.9) and not shares.holds(LOG, 10.0)
 
 
 def test_expired_keeps_what_is_valid_and_forgets_idle_sets() -> None:
@@ -55,6 +55,7 @@ def test_kept_slots_are_capped_by_the_share_and_go_back_when_idle() -> None:
     assert shares.keep_slot(SLOTS, 8, ("s2", 0.0), 0.5)
     assert not shares.keep_slot(SLOTS, 8, ("s3", 0.0), 0.5)  # two of eight at most
     assert shares.kept_slots() == [(SLOTS, "s1"), (SLOTS, "s2")]
+    assert shares.holds(SLOTS, 1.0) and not shares.holds("rl:key:2:conc", 1.0)
     assert shares.take_slot(SLOTS, 8, 1.0) == ("s2", 0.0)
     assert shares.keep_slot(SLOTS, 8, ("s2", 0.0), 1.0)
     assert shares.expired(KEEP_SECONDS) == [(SLOTS, "s1")]
@@ -77,6 +78,8 @@ def test_a_slot_whose_lease_was_not_confirmed_lately_is_not_reused() -> None:
     shares.confirmed({(SLOTS, "b"): True, (SLOTS, "c"): False}, at=11.0)
     assert shares.kept_slots() == [(SLOTS, "b")]
     assert shares.take_slot(SLOTS, 8, 20.0) == ("b", 11.0)
+    # "c" was in use when the renewal did not find it: not kept when its request ends.
+    assert not shares.keep_slot(SLOTS, 8, ("c", 11.0), 12.0)
 
 
 def test_slots_kept_under_another_limit_go_back() -> None:

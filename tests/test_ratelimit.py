@@ -14,7 +14,8 @@ from alicode_gw.auth import ApiKey
 from alicode_gw.backends import create_redis
 from alicode_gw.errors import RateLimitError, ServiceUnavailableError
 from alicode_gw.limitshares import KEEP_SECONDS, RESERVE_SECONDS
-from alicode_gw.ratelimit import Admission, Limiter, format_duration
+from alicode_gw.ratelimit import Admission, Limiter
+from alicode_gw.ratelimit_errors import format_duration
 from alicode_gw.ratelimit_lua import FINISH_LUA
 from alicode_gw.resp import ScriptCall, ScriptPipe
 from tests.keyhelpers import RedisProxy, unique_ip
@@ -453,6 +454,51 @@ async def test_a_cancelled_admission_keeps_nothing(clients, redis_prefix: str, t
     assert await redis_counts(clients[0], redis_prefix, key) == (2, 0)
 
 
+async def test_cancelled_as_its_reply_lands_the_admission_gives_its_slot_back(
+    clients, redis_prefix: str, two_nodes
+) -> None:
+    node, other = two_nodes()
+    key = api_key(concurrency_limit=1)
+    submit = node._calls.submit
+    task: asyncio.Task[Admission] | None = None
+
+    def cancel_on_reply(item: ScriptCall, **kw: bool) -> asyncio.Future[object]:
+        future = submit(item, **kw)
+        if task is not None:
+            future.add_done_callback(lambda _: task.cancel())
+        return future
+
+    node._calls.submit = cancel_on_reply  # type: ignore[method-assign]
+    task = asyncio.create_task(node.admit(unique_ip(), key, "m"))
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    node._calls.submit = submit  # type: ignore[method-assign]
+    assert await node.give_back_unused(time.monotonic()) == 1
+    await asyncio.sleep(0.1)
+    await other.finish(await other.admit(unique_ip(), key, "m"), 0)
+
+
+async def test_an_entry_of_a_cancelled_admission_goes_back_to_redis(
+    clients, redis_prefix: str, two_nodes
+) -> None:
+    """Redis may have counted it as used at that admission: it is not used again."""
+    node = two_nodes()[0]
+    key = api_key(rpm_limit=100, concurrency_limit=2)  # 2: every request asks Redis
+    for _ in range(2):
+        await node.finish(await node.admit(unique_ip(), key, "m"), 0)
+    entries, _ = await redis_counts(clients[0], redis_prefix, key)
+    task = asyncio.create_task(node.admit(unique_ip(), key, "m"))  # an entry + a call
+    await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await asyncio.sleep(0.05)
+    # Its slot and the entry it took go back; the rest of the share stays usable.
+    assert await node.give_back_unused(time.monotonic()) == 2
+    await asyncio.sleep(0.1)
+    assert await redis_counts(clients[0], redis_prefix, key) == (entries - 1, 0)
+
+
 async def test_lapsed_share_is_given_back_before_a_429(
     clients, redis_prefix: str, two_nodes
 ) -> None:
@@ -474,6 +520,29 @@ async def test_lapsed_share_is_given_back_before_a_429(
         admitted += 1
         assert admitted <= 20
     assert admitted + 2 == 20
+
+
+async def test_token_counts_of_one_key_share_a_call(clients, redis_prefix: str, two_nodes) -> None:
+    """Finishes that only count tokens join the call of the same key still queued:
+    one script call carries them all, and the budget holds every token."""
+    node = two_nodes()[0]
+    key = api_key(rpm_limit=1000, concurrency_limit=400)
+    admitted = await asyncio.gather(*(node.admit(unique_ip(), key, "m") for _ in range(40)))
+    for admission in admitted:  # slots kept or given back in calls of their own
+        await node.finish(admission, 0)
+    sent: list[ScriptCall] = []
+    send = node._pipe.run
+
+    async def spy(calls: list[ScriptCall]) -> list[object]:
+        sent.extend(calls)
+        return await send(calls)
+
+    node._pipe.run = spy  # type: ignore[method-assign]
+    admitted = [await node.admit(unique_ip(), key, "m") for _ in range(40)]
+    sent.clear()
+    await asyncio.gather(*(node.finish_later(a, 10 + i) for i, a in enumerate(admitted)))
+    assert len(sent) == 1
+    assert (await node.usage(key)).used_tokens == sum(10 + i for i in range(40))
 
 
 def test_format_duration() -> None:
