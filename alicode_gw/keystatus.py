@@ -58,9 +58,10 @@ async def handle_key_status(ctx: RequestContext) -> web.StreamResponse:
             "resets_in_seconds": resets_in_seconds,
         },
         "rate_limit": {"rpm": key.rpm_limit, "concurrent": key.concurrency_limit},
+        # Requests are counted per key only against a limit: null, not 0, without one.
         "usage": {
-            "requests_last_minute": usage.requests_last_minute,
-            "in_flight": usage.in_flight,
+            "requests_last_minute": usage.requests_last_minute if key.rpm_limit else None,
+            "in_flight": usage.in_flight if key.concurrency_limit else None,
         },
         "spend": {
             "cap_usd": None if key.spend_cap_nanos is None else format_usd(key.spend_cap_nanos),

@@ -71,6 +71,7 @@ async def test_valid_key_on_x_api_key(gw: app.Gateway, db: asyncpg.Connection) -
     assert body["status"] == "active"
     assert body["rate_limit"] == {"rpm": 60, "concurrent": 5}
     assert body["budget"]["total_tokens"] == 5_000_000
+    assert body["usage"] == {"requests_last_minute": 0, "in_flight": 0}  # counted: none yet
 
 
 async def test_valid_key_on_authorization_bearer(
@@ -83,6 +84,7 @@ async def test_valid_key_on_authorization_bearer(
     assert "x-api-key" not in raw.request.headers
     assert raw.request.headers["authorization"] == f"Bearer {secret}"
     assert raw.json()["key"] == record.masked
+    assert raw.json()["usage"] == {"requests_last_minute": None, "in_flight": None}  # no limits
 
 
 async def test_missing_key_is_401(gw: app.Gateway) -> None:
