@@ -135,7 +135,8 @@ class Config:
         default=300.0,
         metadata={
             "env": "ALICODE_UPSTREAM_IDLE_TIMEOUT",
-            "doc": "Seconds allowed between two chunks of an upstream body.",
+            "doc": "Seconds allowed between two chunks of an upstream body (a stream is "
+            "cut after this long of silence, at most half as long again).",
         },
     )
     upstream_max_attempts: int = field(

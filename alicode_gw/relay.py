@@ -192,13 +192,20 @@ async def relay_stream(
         drain_until = loop.time() + config.disconnect_drain_timeout
     streams = ctx.state.metrics.streams
     streams.inc()
+    # The idle timer is pushed back lazily: by `idle` plus a slack of idle/2 whenever
+    # less than `idle` is left, so a stream cut after between `idle` and 1.5 x `idle`
+    # of silence, without rescheduling a timer for every chunk.
+    deadline = min(loop.time() + idle, drain_until)
     try:
-        async with asyncio.timeout(loop.time() + idle) as timer:
+        async with asyncio.timeout(deadline) as timer:
             while True:
                 chunk = await upstream.content.readany()
                 if not chunk:
                     break
-                timer.reschedule(min(loop.time() + idle, drain_until))
+                now = loop.time()
+                if now + idle > deadline:
+                    deadline = min(now + idle * 1.5, drain_until)
+                    timer.reschedule(deadline)
                 scanner.feed(chunk)
                 if client_gone:
                     continue
@@ -211,7 +218,8 @@ async def relay_stream(
                 except _CLIENT_GONE:
                     client_gone = True
                     drain_until = loop.time() + config.disconnect_drain_timeout
-                    timer.reschedule(min(loop.time() + idle, drain_until))
+                    deadline = min(loop.time() + idle, drain_until)
+                    timer.reschedule(deadline)
                     continue
                 if ctx.ttfb is None:
                     ctx.ttfb = time.perf_counter() - ctx.started

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import secrets
 
 import aiohttp
 import anthropic
@@ -14,7 +15,7 @@ import pytest
 
 from alicode_gw import app, ledger
 from alicode_gw.mock_upstream import MockUpstream
-from tests.conftest import UPSTREAM_KEYS
+from tests.conftest import UPSTREAM_KEYS, start_gateway, stop_gateway
 from tests.messages_helpers import (
     MODEL,
     Customer,
@@ -22,6 +23,7 @@ from tests.messages_helpers import (
     customer,
     gw,
     make_customer,
+    reset_pool,
     upstream_exchanges,
 )
 from tests.test_messages import client_for, ledger_rows
@@ -194,6 +196,64 @@ async def test_dropped_upstream_ends_stream_with_error_event(
     assert b"message_stop" not in received
     rows = await ledger_rows(db, request_id)
     assert len(rows) == 1 and rows[0]["status"] == "estimated"
+
+
+async def test_silent_upstream_ends_stream_with_timeout_error(
+    db: asyncpg.Connection, make_config, customer: Customer
+) -> None:
+    """ALICODE_UPSTREAM_IDLE_TIMEOUT: the upstream goes quiet after message_start; the
+    client gets an in-band error, and what was generated is billed."""
+    await reset_pool(db)
+    gateway = await start_gateway(
+        make_config(redis_prefix=f"idle-{secrets.token_hex(4)}:", upstream_idle_timeout=0.3)
+    )
+    headers = {"x-api-key": customer.key, "anthropic-version": "2023-06-01"}
+    payload = ask("[[mock: words=30 chunk_delay_ms=3000]]", stream=True)
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.post(
+                gateway.url + "/v1/messages", json=payload, headers=headers
+            ) as resp:
+                assert resp.status == 200
+                received = await resp.read()
+                request_id = resp.headers["request-id"]
+    finally:
+        await stop_gateway(gateway)
+    events = [block for block in received.split(b"\n\n") if block]
+    assert events[0].startswith(b"event: message_start")
+    assert events[-1].startswith(b"event: error\ndata: ")
+    error = json.loads(events[-1].split(b"data: ", 1)[1])
+    assert error["request_id"] == request_id and "timed out" in error["error"]["message"]
+    rows = await ledger_rows(db, request_id)  # what message_start reported
+    start = json.loads(events[0].split(b"data: ", 1)[1])["message"]["usage"]
+    assert len(rows) == 1 and rows[0]["input_tokens"] == start["input_tokens"] > 0
+    assert not await ledger.audit(db)
+
+
+async def test_upstream_slow_to_answer_is_502_unbilled(
+    db: asyncpg.Connection, make_config, customer: Customer, mock_upstream: MockUpstream
+) -> None:
+    """ALICODE_UPSTREAM_FIRST_BYTE_TIMEOUT: no credential answers in time; each attempt
+    goes to another credential, then the client gets the API's 502, and nothing is
+    billed."""
+    await reset_pool(db)
+    gateway = await start_gateway(
+        make_config(redis_prefix=f"slow-{secrets.token_hex(4)}:", upstream_first_byte_timeout=0.2)
+    )
+    before = await balance(gateway, db, customer.email)
+    asked = len(upstream_exchanges(mock_upstream))
+    try:
+        async with client_for(gateway, customer) as client:
+            with pytest.raises(anthropic.InternalServerError) as info:
+                await client.messages.create(**ask("[[mock: first_byte_delay_ms=2000]]"))
+        keys = [ex.api_key for ex in upstream_exchanges(mock_upstream)[asked:]]
+    finally:
+        await stop_gateway(gateway)
+    assert info.value.status_code == 502
+    assert info.value.body["error"]["type"] == "api_error"
+    assert not await ledger_rows(db, info.value.request_id)
+    assert await balance(gateway, db, customer.email) == before
+    assert sorted(keys) == sorted(UPSTREAM_KEYS)  # three attempts, three credentials
 
 
 async def test_client_disconnect_settles_exact_usage(
