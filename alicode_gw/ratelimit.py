@@ -180,8 +180,9 @@ class Limiter:
         self._serial = itertools.count()
         self._pipe = ScriptPipe(redis)
         # Token-only finish calls still queued, by the key's budget keys: their count
-        # (args[0]) takes in the tokens of later finishes of the same key.
-        self._queued_tokens: dict[tuple[str, ...], list[Any]] = {}
+        # (args[0]) takes in the tokens of later finishes of the same key (a call whose
+        # future is done without being sent, at shutdown, takes none).
+        self._queued_tokens: dict[tuple[str, ...], tuple[list[Any], asyncio.Future[Any]]] = {}
         self._calls: Coalescer[ScriptCall, Any] = Coalescer(
             self._send,
             tasks if tasks is not None else TaskTracker(),
@@ -434,13 +435,13 @@ class Limiter:
             if tokens_used <= 0:
                 return _nothing()
             queued = self._queued_tokens.get(admission.budget_keys)
-            if queued is not None and not urgent:
-                queued[0] += tokens_used  # not sent yet: see _send
+            if queued is not None and not urgent and not queued[1].done():
+                queued[0][0] += tokens_used  # not sent yet: see _send
                 return _nothing()
-            if not urgent:
-                self._queued_tokens[admission.budget_keys] = args
         future = self._calls.submit(ScriptCall(self._finish, keys, args), urgent=urgent)
-        return self._finished(future, tokens_used)
+        if len(keys) == len(admission.budget_keys) and not urgent:
+            self._queued_tokens[admission.budget_keys] = (args, future)
+        return self._finished(future, args)
 
     async def _send(self, calls: list[ScriptCall]) -> list[Any]:
         """The Coalescer's flush: a batch leaves, so the token counts queued in it take
@@ -449,7 +450,7 @@ class Limiter:
         for call in calls:
             if call.script is self._finish:
                 budget_keys = tuple(call.keys[:3])
-                if queued.get(budget_keys) is call.args:
+                if budget_keys in queued and queued[budget_keys][0] is call.args:
                     del queued[budget_keys]
         return await self._pipe.run(calls)
 
@@ -457,7 +458,7 @@ class Limiter:
     def _windows(self) -> tuple[int, int]:
         return self.budget_window_ms, self.bucket_ms
 
-    async def _finished(self, future: asyncio.Future[Any], tokens_used: int) -> None:
+    async def _finished(self, future: asyncio.Future[Any], args: list[Any]) -> None:
         try:
             await future
         except (RedisError, OSError, RuntimeError) as exc:
@@ -465,7 +466,7 @@ class Limiter:
                 "could not release limits (%s); leases expire in %d s, %d token(s) uncounted",
                 type(exc).__name__,
                 self.lease_ms // 1000,
-                tokens_used,
+                args[0],  # with those of the finishes that joined this call
             )
 
     async def _remove(self, members: list[tuple[str, str]], *, urgent: bool) -> None:

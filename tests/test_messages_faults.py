@@ -230,6 +230,28 @@ async def test_silent_upstream_ends_stream_with_timeout_error(
     assert not await ledger.audit(db)
 
 
+async def test_first_byte_timeout_does_not_cut_a_slow_stream(
+    db: asyncpg.Connection, make_config, customer: Customer
+) -> None:
+    """The first-byte timeout covers the wait for the answer; between the chunks of a
+    stream only the idle timeout applies."""
+    await reset_pool(db)
+    gateway = await start_gateway(
+        make_config(
+            redis_prefix=f"gaps-{secrets.token_hex(4)}:",
+            upstream_first_byte_timeout=0.3,
+            upstream_idle_timeout=5,
+        )
+    )
+    try:
+        async with client_for(gateway, customer) as client:
+            async with client.messages.stream(**ask("[[mock: words=2 chunk_delay_ms=600]]")) as s:
+                message = await s.get_final_message()
+    finally:
+        await stop_gateway(gateway)
+    assert message.stop_reason == "end_turn" and message.usage.output_tokens == 2
+
+
 async def test_upstream_slow_to_answer_is_502_unbilled(
     db: asyncpg.Connection, make_config, customer: Customer, mock_upstream: MockUpstream
 ) -> None:

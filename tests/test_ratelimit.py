@@ -545,6 +545,26 @@ async def test_token_counts_of_one_key_share_a_call(clients, redis_prefix: str, 
     assert (await node.usage(key)).used_tokens == sum(10 + i for i in range(40))
 
 
+async def test_tokens_that_joined_a_failed_call_are_all_reported(
+    redis_url: str, redis_prefix: str, made, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with RedisProxy(redis_url) as proxy:
+        client = create_redis(proxy.url)
+        node = Limiter(client, redis_prefix, ip_rpm=0, ip_concurrency=0)
+        made.append(node)
+        try:
+            key = api_key(rpm_limit=100)
+            admitted = [await node.admit(unique_ip(), key, "m") for _ in range(3)]
+            await proxy.cut()
+            with caplog.at_level("WARNING", logger="alicode_gw.ratelimit"):
+                await asyncio.gather(
+                    *(node.finish_later(a, n) for a, n in zip(admitted, (10, 20, 30), strict=True))
+                )
+        finally:
+            await client.aclose()
+    assert "60 token(s) uncounted" in caplog.text
+
+
 def test_format_duration() -> None:
     assert format_duration(8100) == "2h 15m"
     assert format_duration(42.1) == "43s"
