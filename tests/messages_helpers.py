@@ -56,6 +56,17 @@ async def reset_pool(db: asyncpg.Connection, secrets_: tuple[str, ...] = UPSTREA
         )
 
 
+async def own_gateway(
+    db: asyncpg.Connection, make_config, tag: str, **changes: object
+) -> app.Gateway:
+    """A gateway of the test's own (stop it with ``stop_gateway``): a fresh pool of
+    upstream credentials, its own Redis prefix, and ``changes`` to the test config."""
+    await reset_pool(db)
+    return await start_gateway(
+        make_config(redis_prefix=f"{tag}-{secrets.token_hex(4)}:", **changes)
+    )
+
+
 @pytest.fixture
 async def customer(db: asyncpg.Connection) -> Customer:
     return await make_customer(db)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import secrets
 
 import aiohttp
 import anthropic
@@ -15,7 +14,7 @@ import pytest
 
 from alicode_gw import app, ledger
 from alicode_gw.mock_upstream import MockUpstream
-from tests.conftest import UPSTREAM_KEYS, start_gateway, stop_gateway
+from tests.conftest import UPSTREAM_KEYS, stop_gateway
 from tests.messages_helpers import (
     MODEL,
     Customer,
@@ -23,7 +22,7 @@ from tests.messages_helpers import (
     customer,
     gw,
     make_customer,
-    reset_pool,
+    own_gateway,
     upstream_exchanges,
 )
 from tests.test_messages import client_for, ledger_rows
@@ -203,10 +202,7 @@ async def test_silent_upstream_ends_stream_with_timeout_error(
 ) -> None:
     """ALICODE_UPSTREAM_IDLE_TIMEOUT: the upstream goes quiet after message_start; the
     client gets an in-band error, and what was generated is billed."""
-    await reset_pool(db)
-    gateway = await start_gateway(
-        make_config(redis_prefix=f"idle-{secrets.token_hex(4)}:", upstream_idle_timeout=0.3)
-    )
+    gateway = await own_gateway(db, make_config, "idle", upstream_idle_timeout=0.3)
     headers = {"x-api-key": customer.key, "anthropic-version": "2023-06-01"}
     payload = ask("[[mock: words=30 chunk_delay_ms=3000]]", stream=True)
     try:
@@ -235,13 +231,8 @@ async def test_first_byte_timeout_does_not_cut_a_slow_stream(
 ) -> None:
     """The first-byte timeout covers the wait for the answer; between the chunks of a
     stream only the idle timeout applies."""
-    await reset_pool(db)
-    gateway = await start_gateway(
-        make_config(
-            redis_prefix=f"gaps-{secrets.token_hex(4)}:",
-            upstream_first_byte_timeout=0.3,
-            upstream_idle_timeout=5,
-        )
+    gateway = await own_gateway(
+        db, make_config, "gaps", upstream_first_byte_timeout=0.3, upstream_idle_timeout=5
     )
     try:
         async with client_for(gateway, customer) as client:
@@ -258,10 +249,7 @@ async def test_upstream_slow_to_answer_is_502_unbilled(
     """ALICODE_UPSTREAM_FIRST_BYTE_TIMEOUT: no credential answers in time; each attempt
     goes to another credential, then the client gets the API's 502, and nothing is
     billed."""
-    await reset_pool(db)
-    gateway = await start_gateway(
-        make_config(redis_prefix=f"slow-{secrets.token_hex(4)}:", upstream_first_byte_timeout=0.2)
-    )
+    gateway = await own_gateway(db, make_config, "slow", upstream_first_byte_timeout=0.2)
     before = await balance(gateway, db, customer.email)
     asked = len(upstream_exchanges(mock_upstream))
     try:

@@ -4,7 +4,6 @@ official anthropic SDK, at an account whose balance covers only some of them."""
 from __future__ import annotations
 
 import asyncio
-import secrets
 from collections.abc import Callable
 
 import anthropic
@@ -14,8 +13,8 @@ from alicode_gw import app
 from alicode_gw.billing import parse_usd
 from alicode_gw.config import Config
 from tests.billing.conftest import balances
-from tests.conftest import start_gateway, stop_gateway
-from tests.messages_helpers import Customer, make_customer, reset_pool
+from tests.conftest import stop_gateway
+from tests.messages_helpers import Customer, make_customer, own_gateway
 
 NANOS = 1_000_000_000
 
@@ -24,14 +23,8 @@ async def funded_gateway(
     db: asyncpg.Connection, make_config: Callable[..., Config], nanos: int
 ) -> tuple[app.Gateway, Customer]:
     """A gateway without IP limits, and a customer whose account holds ``nanos``."""
-    await reset_pool(db)
-    gateway = await start_gateway(
-        make_config(
-            redis_prefix=f"bill-http-{secrets.token_hex(4)}:",
-            ip_rpm=0,
-            ip_concurrency=0,
-            db_pool_size=20,
-        )
+    gateway = await own_gateway(
+        db, make_config, "bill-http", ip_rpm=0, ip_concurrency=0, db_pool_size=20
     )
     customer = await make_customer(db, usd=0)
     await db.execute("SELECT billing.topup($1, $2, 'http test')", customer.account_id, nanos)
