@@ -157,16 +157,26 @@ class Metrics:
         self._own_file = f"{os.getpid()}-{secrets.token_hex(4)}.json"
         self._recent: collections.deque[list[int]] = collections.deque(maxlen=RECENT_WINDOW)
         self._publishing = threading.Lock()
+        # Labelled children of the request-path series, looked up once per label set
+        # (bounded: routes, catalog models, statuses, credential names, kinds).
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+    def _child(self, metric: Counter | Histogram, *labels: str) -> Any:
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     # ------------------------------------------------------------ request path
 
     def request_done(
         self, route: str, model: str, status: int, duration: float, ttfb: float | None
     ) -> None:
-        self.requests.labels(route, model, str(status)).inc()
-        self.duration.labels(route).observe(duration)
+        self._child(self.requests, route, model, str(status)).inc()
+        self._child(self.duration, route).observe(duration)
         if ttfb is not None:
-            self.ttfb.labels(route).observe(ttfb)
+            self._child(self.ttfb, route).observe(ttfb)
 
     def usage(
         self,
@@ -185,12 +195,12 @@ class Metrics:
             ("cache_read", cache_read_tokens),
         ):
             if count:
-                self.tokens.labels(model, kind).inc(count)
+                self._child(self.tokens, model, kind).inc(count)
         if cost_nanos:
-            self.charged.labels(model).inc(cost_nanos)
+            self._child(self.charged, model).inc(cost_nanos)
 
     def upstream_attempt(self, credential: str, outcome: str) -> None:
-        self.upstream_attempts.labels(credential, outcome).inc()
+        self._child(self.upstream_attempts, credential, outcome).inc()
         now = int(time.monotonic())
         recent = self._recent
         if not recent or recent[-1][0] != now:
