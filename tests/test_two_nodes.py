@@ -99,6 +99,32 @@ async def test_per_key_rpm_is_shared(nodes: Nodes, db: asyncpg.Connection) -> No
     assert statuses == [200] * 5 + [429] * 3
 
 
+async def test_limit_shares_never_admit_beyond_the_limit(
+    nodes: Nodes, db: asyncpg.Connection
+) -> None:
+    """Runs of requests on each node in turn: each node admits from its own share of
+    the key's minute window, and the two together admit exactly the limit. Shares a
+    node no longer uses go back within seconds, so the other node gets the rest."""
+    customer: Customer = await make_customer(db, rpm=30)
+    served = 0
+    refused_in_a_row = 0
+    async with client(nodes.a, customer.key) as a, client(nodes.b, customer.key) as b:
+        while refused_in_a_row < 2:
+            for node in (a, b):
+                ran = 0
+                for _ in range(12):
+                    try:
+                        await node.messages.create(**ask())
+                    except anthropic.RateLimitError:
+                        break
+                    ran += 1
+                served += ran
+                refused_in_a_row = refused_in_a_row + 1 if ran == 0 else 0
+                assert served <= 30
+                await asyncio.sleep(4)  # what the other node reserved goes back
+    assert served == 30
+
+
 async def test_revocation_on_one_node_is_seen_on_the_other(
     nodes: Nodes, db: asyncpg.Connection, redis_url: str
 ) -> None:
