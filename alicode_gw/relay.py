@@ -29,7 +29,7 @@ from alicode_gw.errors import (
 )
 from alicode_gw.sse import UsageScanner
 from alicode_gw.state import RequestContext
-from alicode_gw.upstream import passed_headers
+from alicode_gw.upstream import body_read_timeout, passed_headers
 
 # Rough characters per generated token, for estimating output of a cut stream.
 CHARS_PER_TOKEN = 4
@@ -96,19 +96,8 @@ def usage_from_scanner(scanner: UsageScanner) -> tuple[Usage, bool]:
     return usage, estimated
 
 
-def body_read_timeout(upstream: aiohttp.ClientResponse, seconds: float | None) -> None:
-    """The session's per-read timeout (``ALICODE_UPSTREAM_FIRST_BYTE_TIMEOUT``) covered
-    the wait for the answer's headers; the body's reads get ``seconds`` (None: none,
-    the caller keeps its own idle timer)."""
-    connection = upstream.connection
-    if connection is not None and connection.protocol is not None:
-        connection.protocol.read_timeout = seconds
-        connection.protocol.start_timeout()  # the timer running now, too
-
-
 async def read_json(ctx: RequestContext, upstream: aiohttp.ClientResponse) -> bytes:
     """The whole upstream JSON body (a non-streamed Message)."""
-    body_read_timeout(upstream, ctx.state.config.upstream_idle_timeout)
     try:
         body = await upstream.read()
     except (aiohttp.ClientError, TimeoutError) as exc:
@@ -207,7 +196,7 @@ async def relay_stream(
     # less than `idle` is left, so a stream cut after between `idle` and 1.5 x `idle`
     # of silence, without rescheduling a timer for every chunk.
     deadline = min(loop.time() + idle, drain_until)
-    body_read_timeout(upstream, None)
+    body_read_timeout(upstream, None)  # this loop's own idle timer instead
     try:
         async with asyncio.timeout(deadline) as timer:
             while True:

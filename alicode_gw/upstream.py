@@ -90,6 +90,17 @@ async def _report(
     await ctx.state.keypool.report(credential, outcome, cooldown)
 
 
+def body_read_timeout(response: aiohttp.ClientResponse, seconds: float | None) -> None:
+    """The per-read timeout of an answer's connection: ``open_upstream`` waits for the
+    headers under ``ALICODE_UPSTREAM_FIRST_BYTE_TIMEOUT``, then gives the body's reads
+    the idle timeout (aiohttp would apply the first one to every read). None: no
+    timeout, for a reader that keeps its own idle timer."""
+    connection = response.connection
+    if connection is not None and connection.protocol is not None:
+        connection.protocol.read_timeout = seconds
+        connection.protocol.start_timeout()  # the timer running now, too
+
+
 async def open_upstream(
     ctx: RequestContext, path: str, body: bytes
 ) -> tuple[aiohttp.ClientResponse, Credential] | Refusal:
@@ -136,6 +147,7 @@ async def open_upstream(
             continue
         if response.status < 300:
             await _report(ctx, credential, Outcome.OK)
+            body_read_timeout(response, config.upstream_idle_timeout)
             return response, credential
         try:
             error_body = await response.content.read(ERROR_BODY_LIMIT)
