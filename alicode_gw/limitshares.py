@@ -52,6 +52,15 @@ class _Kept:
     slots: list[tuple[str, float, float]] = field(default_factory=list)
 
 
+def _past_deadline(log_key: str, reserve: _Reserve, now: float) -> list[tuple[str, str]]:
+    """Take the entries past their deadline out of ``reserve``; (set, member) of each."""
+    if all(now < deadline for _, deadline in reserve.entries):
+        return []
+    due = [(log_key, m) for m, d in reserve.entries if d <= now]
+    reserve.entries = deque((m, d) for m, d in reserve.entries if d > now)
+    return due
+
+
 class Shares:
     """Per-node bookkeeping of reserved minute-log entries and kept concurrency slots,
     keyed by the Redis set they live in. ``now`` is the caller's monotonic clock."""
@@ -149,8 +158,7 @@ class Shares:
         if kept is None or not kept.slots:
             return None
         if kept.limit != limit:
-            self._lapsed.extend((set_key, member) for member, _, _ in kept.slots)
-            del self._kept[set_key]
+            self._drop_kept(set_key)
             return None
         while kept.slots:
             member, _, confirmed = kept.slots.pop()
@@ -180,13 +188,18 @@ class Shares:
             return False
         kept = self._kept.get(set_key)
         if kept is None or kept.limit != limit:
-            if kept is not None:
-                self._lapsed.extend((set_key, m) for m, _, _ in kept.slots)
+            self._drop_kept(set_key)
             kept = self._kept[set_key] = _Kept(limit)
         if len(kept.slots) >= cap and not force:
             return False
         kept.slots.append((member, now, confirmed))
         return True
+
+    def _drop_kept(self, set_key: str) -> None:
+        """Give back every slot kept of ``set_key`` (kept under another limit)."""
+        kept = self._kept.pop(set_key, None)
+        if kept is not None:
+            self._lapsed.extend((set_key, member) for member, _, _ in kept.slots)
 
     def confirmed(self, renewed: dict[tuple[str, str], bool], at: float) -> None:
         """A renewal's outcome for kept slots ((set, member) -> found in Redis), sent at
@@ -231,9 +244,7 @@ class Shares:
         left and no recent request are forgotten."""
         out, self._lapsed = self._lapsed, []
         for log_key, reserve in list(self._reserves.items()):
-            if any(deadline <= now for _, deadline in reserve.entries):
-                out.extend((log_key, m) for m, d in reserve.entries if d <= now)
-                reserve.entries = deque((m, d) for m, d in reserve.entries if d > now)
+            out += _past_deadline(log_key, reserve, now)
             idle = now - reserve.seen >= RESERVE_SECONDS
             if not reserve.entries and idle and not reserve.asking:
                 del self._reserves[log_key]
@@ -253,9 +264,8 @@ class Shares:
         if out:
             self._lapsed = [pair for pair in self._lapsed if pair[0] != set_key]
         reserve = self._reserves.get(set_key)
-        if reserve is not None and any(d <= now for _, d in reserve.entries):
-            out.extend((set_key, m) for m, d in reserve.entries if d <= now)
-            reserve.entries = deque((m, d) for m, d in reserve.entries if d > now)
+        if reserve is not None:
+            out += _past_deadline(set_key, reserve, now)
         return out
 
     def everything(self) -> list[tuple[str, str]]:

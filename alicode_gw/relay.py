@@ -111,7 +111,7 @@ async def read_json(ctx: RequestContext, upstream: aiohttp.ClientResponse) -> by
 
 _USAGE_MEMBER = b'"usage":'
 _JSON_SPACE = b" \t\r\n"
-_JSON_SPACE_STR = " \t\r\n"
+_JSON_SPACE_STR = _JSON_SPACE.decode()
 
 
 def _last_usage(body: bytes) -> dict[str, Any] | None:
