@@ -577,12 +577,11 @@ async def test_rpm_429_over_http_with_headers(make_config, db) -> None:
     success, then a 429 rate_limit_error with Retry-After."""
     import anthropic
 
-    from tests.conftest import start_gateway, stop_gateway
-    from tests.messages_helpers import make_customer, reset_pool
+    from tests.conftest import stop_gateway
+    from tests.messages_helpers import make_customer, own_gateway
 
-    await reset_pool(db)
+    gateway = await own_gateway(db, make_config, "rpm-http")
     customer = await make_customer(db, rpm=2)
-    gateway = await start_gateway(make_config())
     client = anthropic.AsyncAnthropic(api_key=customer.key, base_url=gateway.url, max_retries=0)
     try:
         async with client:

@@ -56,6 +56,13 @@ async def leased(
     await credit.close_all()
 
 
+@pytest.fixture
+def credit(leased: Billing) -> Credit:
+    """The credit leases of ``leased``."""
+    assert leased.credit is not None
+    return leased.credit
+
+
 async def hold(
     billing: Billing, account: TestAccount, catalog: ModelCatalog, request_id: str
 ) -> Hold:
@@ -160,11 +167,10 @@ async def test_second_hold_is_taken_from_a_lease_and_billed_the_same(
 
 
 async def test_a_leased_request_that_produced_nothing_costs_no_round_trip(
-    leased: Billing, pool: asyncpg.Pool, model_catalog: ModelCatalog
+    leased: Billing, credit: Credit, pool: asyncpg.Pool, model_catalog: ModelCatalog
 ) -> None:
     account = await new_account(pool, nanos=USD)
     lease = await with_lease(leased, account, model_catalog)
-    assert leased.credit is not None
     free, trips = lease.free, leased.round_trips
     failed = await hold(leased, account, model_catalog, rid())
     assert lease.free == free - 700_000
@@ -174,7 +180,7 @@ async def test_a_leased_request_that_produced_nothing_costs_no_round_trip(
 
 
 async def test_leased_holds_under_concurrency_add_up(
-    leased: Billing, pool: asyncpg.Pool, model_catalog: ModelCatalog
+    leased: Billing, credit: Credit, pool: asyncpg.Pool, model_catalog: ModelCatalog
 ) -> None:
     account = await new_account(pool, nanos=USD // 10)
     await with_lease(leased, account, model_catalog)
@@ -195,7 +201,6 @@ async def test_leased_holds_under_concurrency_add_up(
     charged: list[int] = []
     for wave in range(10):  # 30 at a time: later waves find the lease grown
         charged += await asyncio.gather(*(one(wave * 30 + n) for n in range(30)))
-    assert leased.credit is not None
     held_rows = await pool.fetchval(
         "SELECT count(*) FROM billing_holds WHERE account_id = $1", account.id
     )
@@ -222,11 +227,10 @@ async def test_a_poor_account_gets_no_lease_and_402_as_before(
 
 
 async def test_a_lease_never_lends_more_than_the_node_knows_is_free(
-    leased: Billing, pool: asyncpg.Pool, model_catalog: ModelCatalog
+    leased: Billing, credit: Credit, pool: asyncpg.Pool, model_catalog: ModelCatalog
 ) -> None:
     account = await new_account(pool, nanos=USD)
     lease = await with_lease(leased, account, model_catalog)
-    assert leased.credit is not None
     holds = [await hold(leased, account, model_catalog, rid()) for _ in range(16)]
     assert all(h.lease_id == lease.id for h in holds)
     assert lease.free == 0
@@ -262,7 +266,7 @@ async def test_a_journaled_leased_settlement_is_billed_once(
 
 
 async def test_an_expired_lease_goes_back_and_its_requests_still_settle(
-    leased: Billing, pool: asyncpg.Pool, model_catalog: ModelCatalog
+    leased: Billing, credit: Credit, pool: asyncpg.Pool, model_catalog: ModelCatalog
 ) -> None:
     account = await new_account(pool, nanos=USD)
     await with_lease(leased, account, model_catalog)
@@ -280,9 +284,8 @@ async def test_an_expired_lease_goes_back_and_its_requests_still_settle(
     assert await leased.settle(in_flight.request_id, Usage(100, 10)) == 150_000
     assert await balances(pool, account.id) == (USD - 150_000, 0)
     # The node learns it at its next renewal and stops using the lease.
-    assert leased.credit is not None
-    await leased.credit.renew()
-    assert leased.credit.leased(account.id) is None
+    await credit.renew()
+    assert credit.leased(account.id) is None
 
 
 async def test_a_charge_never_takes_more_than_its_worst_case_from_the_lease(
@@ -308,15 +311,14 @@ async def test_a_charge_never_takes_more_than_its_worst_case_from_the_lease(
 
 
 async def test_close_all_gives_every_lease_back(
-    leased: Billing, pool: asyncpg.Pool, model_catalog: ModelCatalog
+    leased: Billing, credit: Credit, pool: asyncpg.Pool, model_catalog: ModelCatalog
 ) -> None:
     account = await new_account(pool, nanos=USD)
     await with_lease(leased, account, model_catalog)
-    assert leased.credit is not None
-    await leased.credit.close_all()
+    await credit.close_all()
     assert await open_leases(pool, account.id) == []
     assert await balances(pool, account.id) == (USD, 0)
-    assert leased.credit.leased(account.id) is None
+    assert credit.leased(account.id) is None
 
 
 async def _has_hold_row(pool: asyncpg.Pool, request_id: str) -> bool:
@@ -326,12 +328,11 @@ async def _has_hold_row(pool: asyncpg.Pool, request_id: str) -> bool:
 
 
 async def test_a_lease_grows_to_at_most_half_of_what_is_free(
-    leased: Billing, pool: asyncpg.Pool, model_catalog: ModelCatalog
+    leased: Billing, credit: Credit, pool: asyncpg.Pool, model_catalog: ModelCatalog
 ) -> None:
     account = await new_account(pool, nanos=100 * 700_000)
     await with_lease(leased, account, model_catalog)
-    assert leased.credit is not None
-    lease = leased.credit.leased(account.id)
+    lease = credit.leased(account.id)
     assert lease is not None and lease.total == 16 * 700_000
     for _ in range(10):  # asked to grow again and again
         await pool.fetchval("SELECT billing.lease_grow($1, 1000000000, 50, 60)", lease.id)
@@ -341,38 +342,36 @@ async def test_a_lease_grows_to_at_most_half_of_what_is_free(
 
 
 async def test_a_journaled_settlement_and_a_renewal_never_raise_what_the_node_lends(
-    leased: Billing, pool: asyncpg.Pool, model_catalog: ModelCatalog
+    leased: Billing, credit: Credit, pool: asyncpg.Pool, model_catalog: ModelCatalog
 ) -> None:
     """The database refused a leased request's settlement (journaled); a renewal before
     the replay must not hand the node the money the replay is about to take."""
     account = await new_account(pool, nanos=USD)
     lease = await with_lease(leased, account, model_catalog)
-    assert leased.credit is not None
     request = await hold(leased, account, model_catalog, rid())
     with database_down(leased):
         assert await leased.settle(request.request_id, Usage(100, 10)) == 150_000  # provisional
     assert await leased.journal_length() == 1
-    await leased.credit.renew()
+    await credit.renew()
     assert await leased.replay_journal() == 1
     (row,) = await open_leases(pool, account.id)
     assert lease.free <= row["amount_nanos"] == 16 * 700_000 - 150_000
 
 
 async def test_a_lease_that_may_not_grow_gets_no_second_lease_beside_it(
-    leased: Billing, pool: asyncpg.Pool, model_catalog: ModelCatalog
+    leased: Billing, credit: Credit, pool: asyncpg.Pool, model_catalog: ModelCatalog
 ) -> None:
     account = await new_account(pool, nanos=40 * 700_000)
     await with_lease(leased, account, model_catalog)
-    assert leased.credit is not None
     for _ in range(6):  # short again and again: it grows to its cap, then stops
-        leased.credit._refused.clear()
-        await leased.credit._acquire(account.id, 700_000)
+        credit._refused.clear()
+        await credit._acquire(account.id, 700_000)
     rows = await open_leases(pool, account.id)
     assert [r["amount_nanos"] for r in rows] == [20 * 700_000]  # one lease, half of it all
 
 
 async def test_a_leased_request_outlives_the_hold_ttl(
-    leased: Billing, pool: asyncpg.Pool, model_catalog: ModelCatalog
+    leased: Billing, credit: Credit, pool: asyncpg.Pool, model_catalog: ModelCatalog
 ) -> None:
     """A stream longer than an hour: the sweeper's purge of this node's expired holds
     must not forget a leased request's hold, its only record."""
@@ -382,8 +381,7 @@ async def test_a_leased_request_outlives_the_hold_ttl(
     leased._open[long.request_id] = (long, 0.0)  # its hold TTL has passed
     await leased.sweep()
     assert await leased.settle(long.request_id, Usage(100, 10)) == 150_000
-    assert leased.credit is not None
-    lease = leased.credit.leased(account.id)
+    lease = credit.leased(account.id)
     assert lease is not None and lease.in_flight == 0
 
 
@@ -420,13 +418,11 @@ async def test_a_refused_hold_takes_from_the_lease_only_what_it_needs(
 
 
 async def test_an_idle_lease_is_not_closed_once_a_request_was_admitted_against_it(
-    leased: Billing, pool: asyncpg.Pool, model_catalog: ModelCatalog
+    leased: Billing, credit: Credit, pool: asyncpg.Pool, model_catalog: ModelCatalog
 ) -> None:
     first, second = await new_account(pool, nanos=USD), await new_account(pool, nanos=USD)
     for account in (first, second):
         await with_lease(leased, account, model_catalog)
-    credit = leased.credit
-    assert credit is not None
     for account in (first, second):
         lease = credit.leased(account.id)
         assert lease is not None
@@ -450,12 +446,10 @@ async def test_an_idle_lease_is_not_closed_once_a_request_was_admitted_against_i
 
 
 async def test_a_shrink_the_database_may_not_have_applied_retires_the_lease(
-    leased: Billing, pool: asyncpg.Pool, model_catalog: ModelCatalog
+    leased: Billing, credit: Credit, pool: asyncpg.Pool, model_catalog: ModelCatalog
 ) -> None:
     account = await new_account(pool, nanos=USD)
     lease = await with_lease(leased, account, model_catalog)
-    credit = leased.credit
-    assert credit is not None
 
     class Unreachable:
         async def fetchval(self, *args: object) -> object:
@@ -506,12 +500,10 @@ def late_answers(credit: Credit, statement: str, delay: float) -> Iterator[None]
 
 
 async def test_a_renewal_read_before_a_growth_does_not_cut_it(
-    leased: Billing, pool: asyncpg.Pool, model_catalog: ModelCatalog
+    leased: Billing, credit: Credit, pool: asyncpg.Pool, model_catalog: ModelCatalog
 ) -> None:
     account = await new_account(pool, nanos=USD)
     lease = await with_lease(leased, account, model_catalog)
-    credit = leased.credit
-    assert credit is not None
     with late_answers(credit, "lease_renew", 0.3):
         renewing = asyncio.ensure_future(credit.renew())
         await asyncio.sleep(0.1)  # the renewal has read the lease; its answer is late
@@ -524,12 +516,10 @@ async def test_a_renewal_read_before_a_growth_does_not_cut_it(
 
 
 async def test_a_shrink_waits_for_a_growth_under_way(
-    leased: Billing, pool: asyncpg.Pool, model_catalog: ModelCatalog
+    leased: Billing, credit: Credit, pool: asyncpg.Pool, model_catalog: ModelCatalog
 ) -> None:
     account = await new_account(pool, nanos=USD)
     lease = await with_lease(leased, account, model_catalog)
-    credit = leased.credit
-    assert credit is not None
     with late_answers(credit, "lease_grow", 0.2):
         credit._refused.clear()
         credit._ask(account.id, 700_000)  # a growth whose answer is late
