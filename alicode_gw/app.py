@@ -15,23 +15,23 @@ import aiohttp
 import uvloop
 from aiohttp import web
 
-from alicode_gw import accesslog
-from alicode_gw.auth import Authenticator
-from alicode_gw.backends import Backends, create_pool, create_redis, start_backends
-from alicode_gw.billing import Billing
-from alicode_gw.catalog import ModelCatalog
 from alicode_gw.config import Config
-from alicode_gw.credit import Credit
 from alicode_gw.errors import ApiError, GatewayError, render
-from alicode_gw.health import HealthMonitor
+from alicode_gw.identity.auth import Authenticator
 from alicode_gw.ids import new_request_id
-from alicode_gw.keypool import KeyPool
-from alicode_gw.metrics import Metrics, clear_share_dir, share_dir
-from alicode_gw.ratelimit import Limiter
+from alicode_gw.limits.limiter import Limiter
+from alicode_gw.money.billing import Billing
+from alicode_gw.money.catalog import ModelCatalog
+from alicode_gw.money.leases import Credit
+from alicode_gw.observe import accesslog
+from alicode_gw.observe.health import HealthMonitor
+from alicode_gw.observe.metrics import Metrics, clear_share_dir, share_dir
 from alicode_gw.routes import build_router
 from alicode_gw.state import RequestContext, State
+from alicode_gw.store.backends import Backends, create_pool, create_redis, start_backends
 from alicode_gw.tasks import TaskTracker
 from alicode_gw.tokens import TokenCounter
+from alicode_gw.upstream.pool import KeyPool
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ async def close_state(state: State) -> None:
 
 def make_handler(state: State) -> RequestHandler:
     """The root handler: request id, routing, error rendering, in-flight count, and
-    the request's metrics and access line (:mod:`alicode_gw.accesslog`)."""
+    the request's metrics and access line (:mod:`alicode_gw.observe.accesslog`)."""
 
     async def handle(request: web.BaseRequest) -> web.StreamResponse:
         ctx = RequestContext(state, request, new_request_id())

@@ -21,9 +21,9 @@ import signal
 
 import uvloop
 
-from alicode_gw.backends import Backends, create_pool, create_redis, start_backends
-from alicode_gw.billing import Billing
 from alicode_gw.config import Config
+from alicode_gw.money.billing import Billing
+from alicode_gw.store.backends import Backends, create_pool, create_redis, start_backends
 from alicode_gw.tasks import TaskTracker
 
 log = logging.getLogger(__name__)

@@ -13,8 +13,10 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from alicode_gw import count_tokens, health, keystatus, messages, metrics, models, openai_chat
+from alicode_gw.endpoints import count_tokens, messages, models, openai_chat
+from alicode_gw.endpoints import key_status as keystatus
 from alicode_gw.errors import Flavor, MethodNotAllowedError, NotFoundError
+from alicode_gw.observe import health, metrics
 from alicode_gw.state import RequestContext
 
 Handler = Callable[[RequestContext], Awaitable[web.StreamResponse]]

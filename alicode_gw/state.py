@@ -17,15 +17,15 @@ from alicode_gw.errors import Flavor
 from alicode_gw.tasks import TaskTracker
 
 if TYPE_CHECKING:
-    from alicode_gw.auth import Authenticator
-    from alicode_gw.billing import Billing
-    from alicode_gw.catalog import ModelCatalog
-    from alicode_gw.health import HealthMonitor
-    from alicode_gw.keypool import KeyPool
-    from alicode_gw.metrics import Metrics
-    from alicode_gw.ratelimit import Limiter
+    from alicode_gw.identity.auth import Authenticator
+    from alicode_gw.limits.limiter import Limiter
+    from alicode_gw.money.billing import Billing
+    from alicode_gw.money.catalog import ModelCatalog
+    from alicode_gw.observe.health import HealthMonitor
+    from alicode_gw.observe.metrics import Metrics
     from alicode_gw.routes import Router
     from alicode_gw.tokens import TokenCounter
+    from alicode_gw.upstream.pool import KeyPool
 
 
 @dataclass(slots=True)

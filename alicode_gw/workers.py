@@ -42,9 +42,9 @@ from multiprocessing.process import BaseProcess
 import uvloop
 
 from alicode_gw import app
-from alicode_gw.backends import Backends, start_backends
 from alicode_gw.config import Config, ConfigError
-from alicode_gw.metrics import clear_share_dir, share_dir
+from alicode_gw.observe.metrics import clear_share_dir, share_dir
+from alicode_gw.store.backends import Backends, start_backends
 
 log = logging.getLogger(__name__)
 

@@ -19,11 +19,13 @@ import time
 import uvloop
 from aiohttp.test_utils import make_mocked_request
 
-from alicode_gw import accounts, config, migrate
-from alicode_gw.auth import Authenticator
-from alicode_gw.backends import create_pool, create_redis, start_backends
+from alicode_gw import config
 from alicode_gw.errors import AuthenticationError
-from alicode_gw.ratelimit import Limiter
+from alicode_gw.identity import accounts
+from alicode_gw.identity.auth import Authenticator
+from alicode_gw.limits.limiter import Limiter
+from alicode_gw.store import migrate
+from alicode_gw.store.backends import create_pool, create_redis, start_backends
 
 
 async def run(database_url: str, redis_url: str, prefix: str, n: int) -> dict[str, float]:

@@ -29,9 +29,9 @@ from urllib.parse import urlsplit, urlunsplit
 import aiohttp
 import asyncpg
 
-from alicode_gw.backends import start_backends
 from alicode_gw.config import Config
-from alicode_gw.mock_upstream import DEFAULT_MOCK_KEY
+from alicode_gw.dev.mock_upstream import DEFAULT_MOCK_KEY
+from alicode_gw.store.backends import start_backends
 
 TICKS = os.sysconf("SC_CLK_TCK")
 MODEL = "claude-sonnet-4-6"

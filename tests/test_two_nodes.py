@@ -15,13 +15,14 @@ import anthropic
 import asyncpg
 import pytest
 
-from alicode_gw import accounts, ledger
-from alicode_gw.auth import announce_revoked
-from alicode_gw.backends import create_redis
-from alicode_gw.mock_upstream import MockUpstream
-from tests import procs
-from tests.conftest import UPSTREAM_KEYS
-from tests.messages_helpers import MODEL, Customer, make_customer, reset_pool
+from alicode_gw.dev.mock_upstream import MockUpstream
+from alicode_gw.identity import accounts
+from alicode_gw.identity.auth import announce_revoked
+from alicode_gw.money import ledger
+from alicode_gw.store.backends import create_redis
+from tests.support import procs
+from tests.support.customers import MODEL, Customer, make_customer, reset_pool
+from tests.support.gateway import UPSTREAM_KEYS
 
 pytestmark = pytest.mark.slow
 

@@ -18,11 +18,10 @@ import anthropic
 import asyncpg
 import pytest
 
-from alicode_gw import ledger
-from alicode_gw.mock_upstream import MockUpstream
-from tests import procs
-from tests.messages_helpers import MODEL, Customer, customer, reset_pool  # noqa: F401
-from tests.test_messages import ledger_rows
+from alicode_gw.dev.mock_upstream import MockUpstream
+from alicode_gw.money import ledger
+from tests.support import procs
+from tests.support.customers import MODEL, Customer, ledger_rows, reset_pool
 
 pytestmark = pytest.mark.slow
 

@@ -12,9 +12,10 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from alicode_gw import __version__, accesslog
+from alicode_gw import __version__
 from alicode_gw.cli import accounts, billing, keys, server, upstream
 from alicode_gw.config import ConfigError, load
+from alicode_gw.observe import accesslog
 
 EXIT_USAGE = 2
 _GROUPS = (server, accounts, billing, keys, upstream)

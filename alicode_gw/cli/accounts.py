@@ -10,9 +10,9 @@ from typing import Any
 import asyncpg
 from redis.asyncio import Redis
 
-from alicode_gw import accounts, auth
 from alicode_gw.cli.common import account_subparsers, emit, fail, with_db
 from alicode_gw.config import Config
+from alicode_gw.identity import accounts, auth
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

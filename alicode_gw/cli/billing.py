@@ -8,10 +8,10 @@ from typing import Any
 import asyncpg
 from redis.asyncio import Redis
 
-from alicode_gw import catalog, ledger
-from alicode_gw.billing import parse_usd
 from alicode_gw.cli.common import account_subparsers, emit, fail, with_db
 from alicode_gw.config import Config
+from alicode_gw.money import catalog, ledger
+from alicode_gw.money.billing import parse_usd
 
 _PRICE_FLAGS = (
     ("--input", "input_price", "input"),

@@ -12,8 +12,8 @@ import asyncpg
 import uvloop
 from redis.asyncio import Redis
 
-from alicode_gw.backends import create_redis, start_backends
 from alicode_gw.config import Config
+from alicode_gw.store.backends import create_redis, start_backends
 
 T = TypeVar("T")
 

@@ -8,10 +8,10 @@ from typing import Any
 import asyncpg
 from redis.asyncio import Redis
 
-from alicode_gw import accounts, auth
-from alicode_gw.billing import format_usd, parse_usd
 from alicode_gw.cli.common import emit, fail, with_db
 from alicode_gw.config import Config
+from alicode_gw.identity import accounts, auth
+from alicode_gw.money.billing import format_usd, parse_usd
 
 
 def _positive_int(text: str) -> int:

@@ -7,10 +7,11 @@ from typing import Any
 
 import uvloop
 
-from alicode_gw import app, migrate
-from alicode_gw.backends import start_backends
+from alicode_gw import app
 from alicode_gw.cli.common import emit
 from alicode_gw.config import Config, ConfigError, load, parse_listen
+from alicode_gw.store import migrate
+from alicode_gw.store.backends import start_backends
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -79,7 +80,7 @@ def run_worker(args: argparse.Namespace, config: Config) -> int:
 
 
 def run_dev(args: argparse.Namespace, config: Config) -> int:
-    from alicode_gw import devserver
+    from alicode_gw.dev import server as devserver
 
     return devserver.run(config)
 
@@ -99,7 +100,7 @@ def run_migrate(args: argparse.Namespace, config: Config) -> int:
 
 
 def run_mock_upstream(args: argparse.Namespace, config: Config) -> int:
-    from alicode_gw import mock_upstream
+    from alicode_gw.dev import mock_upstream
 
     keys = args.keys or [mock_upstream.DEFAULT_MOCK_KEY]
     print(f"mock upstream on http://{args.host}:{args.port}", flush=True)

@@ -15,10 +15,10 @@ import asyncpg
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from alicode_gw import keypool
-from alicode_gw import upstream_credentials as creds
 from alicode_gw.cli.common import emit, fail, with_db
 from alicode_gw.config import Config
+from alicode_gw.upstream import credentials as creds
+from alicode_gw.upstream import pool as keypool
 
 log = logging.getLogger(__name__)
 

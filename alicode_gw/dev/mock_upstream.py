@@ -1,0 +1,434 @@
+"""A mock Anthropic API server speaking the real wire format, with fault injection.
+
+Used as the gateway's upstream by the tests, by ``alicode-gw dev`` and by the
+benchmark. Built on aiohttp's low-level `aiohttp.web.Server` (no application, no
+router). Answers are deterministic (see `alicode_gw.dev.mock_answers`).
+
+Faults are requested per request, either with a header ``x-mock-fault: k=v k=v`` or
+with ``[[mock: k=v k=v]]`` anywhere in the text of the last user message (that one
+survives a gateway that forwards bodies unchanged). Keys:
+
+``status=N`` (400, 401, 403, 404, 413, 429, 500, 529: an Anthropic error response),
+``retry_after=S`` (with status=429), ``only_key=K1,K2`` (faults hit only these
+credentials), ``drop_after=N`` (streaming: close the connection after N events),
+``error_after=N`` (streaming: an ``error`` event after N events, then end),
+``first_byte_delay_ms=N``, ``chunk_delay_ms=N``, ``words=N`` (answer length),
+``mode=tool|text`` (call the first tool even without a forcing ``tool_choice``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import secrets
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from types import MappingProxyType, TracebackType
+from typing import Any
+
+from aiohttp import web
+
+from alicode_gw.dev.mock_answers import (
+    MODELS,
+    Directives,
+    PromptCache,
+    RequestError,
+    build_answer,
+    count_input_tokens,
+    error_body,
+    invalid,
+    message_json,
+    model_json,
+    new_id,
+    parse_directives,
+    status_error,
+    stream_events,
+)
+from alicode_gw.upstream.sse import format_event
+
+__all__ = ["DEFAULT_MOCK_KEY", "Exchange", "MockUpstream", "serve"]
+
+DEFAULT_MOCK_KEY = "sk-ant-mock-0000"
+
+_ROUTES: Mapping[str, tuple[str, ...]] = MappingProxyType(
+    {
+        "/v1/messages": ("POST",),
+        "/v1/messages/count_tokens": ("POST",),
+        "/v1/models": ("GET",),
+    }
+)
+_REQUESTS_LIMIT = 4000
+_TOKENS_LIMIT = 2_000_000
+_STREAM_ERROR = '{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}'
+
+
+@dataclass(slots=True)
+class Exchange:
+    """One request the mock received and what it sent back.
+
+    `headers` has lower-cased names. `response_bytes` is exactly the response body
+    written to the socket, in order (for streams: the SSE bytes, without the chunked
+    transfer framing). `done` turns true once the handler has finished (also after a
+    drop or a client disconnect; `aborted` tells those apart).
+    """
+
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes = b""
+    api_key: str | None = None
+    status: int = 0
+    response_bytes: bytearray = field(default_factory=bytearray)
+    done: bool = False
+    aborted: bool = False
+    request_id: str = ""
+
+
+# ---------------------------------------------------------------- validation
+
+
+def _validate_common(body: Any) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise invalid("Request body must be a JSON object")
+    if "model" not in body:
+        raise invalid("model: Field required")
+    if not isinstance(body["model"], str) or not body["model"]:
+        raise invalid("model: Input should be a valid string")
+    messages = body.get("messages")
+    if messages is None:
+        raise invalid("messages: Field required")
+    if not isinstance(messages, list):
+        raise invalid("messages: Input should be a valid list")
+    if not messages:
+        raise invalid("messages: at least one message is required")
+    for i, msg in enumerate(messages):
+        if not isinstance(msg, dict) or msg.get("role") not in ("user", "assistant"):
+            raise invalid(f"messages.{i}.role: Input should be 'user' or 'assistant'")
+        if "content" not in msg:
+            raise invalid(f"messages.{i}.content: Field required")
+    return body
+
+
+def _validate_count(body: Any) -> dict[str, Any]:
+    return _validate_common(body)
+
+
+def _validate_messages(body: Any) -> dict[str, Any]:
+    body = _validate_common(body)
+    if "max_tokens" not in body:
+        raise invalid("max_tokens: Field required")
+    max_tokens = body["max_tokens"]
+    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool):
+        raise invalid("max_tokens: Input should be a valid integer")
+    if max_tokens < 1:
+        raise invalid("max_tokens: Input should be greater than or equal to 1")
+    thinking = body.get("thinking")
+    if isinstance(thinking, dict) and thinking.get("type") == "enabled":
+        budget = thinking.get("budget_tokens")
+        if not isinstance(budget, int) or budget < 1024:
+            raise invalid(
+                "thinking.enabled.budget_tokens: Input should be greater than or equal to 1024"
+            )
+        if budget >= max_tokens:
+            raise invalid("`max_tokens` must be greater than `thinking.budget_tokens`.")
+    stops = body.get("stop_sequences")
+    if stops is not None and not (
+        isinstance(stops, list) and all(isinstance(s, str) for s in stops)
+    ):
+        raise invalid("stop_sequences: Input should be a valid list")
+    return body
+
+
+def _rfc3339(when: datetime) -> str:
+    return when.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _credential(request: web.BaseRequest) -> str | None:
+    key = request.headers.get("x-api-key")
+    if key:
+        return key
+    auth = request.headers.get("authorization", "")
+    scheme, _, token = auth.partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    return None
+
+
+class MockUpstream:
+    """A running mock of ``api.anthropic.com``; see the module docstring for faults."""
+
+    def __init__(
+        self,
+        api_keys: Iterable[str],
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        history: int = 1000,
+    ) -> None:
+        self._keys = frozenset(api_keys)
+        self._host = host
+        self._port = port
+        self._runner: web.ServerRunner | None = None
+        self._cache = PromptCache()
+        self._org_id = str(uuid.uuid4())
+        self.exchanges: collections.deque[Exchange] = collections.deque(maxlen=history)
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        if self._runner is not None:
+            raise RuntimeError("MockUpstream already started")
+        server = web.Server(self._handle, access_log=None)
+        runner = web.ServerRunner(server, shutdown_timeout=1.0)
+        await runner.setup()
+        site = web.TCPSite(runner, self._host, self._port)
+        try:
+            await site.start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        self._port = int(runner.addresses[0][1])
+
+    async def close(self) -> None:
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+
+    async def __aenter__(self) -> MockUpstream:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    @property
+    def port(self) -> int:
+        return self._port
+
+    @property
+    def url(self) -> str:
+        host = f"[{self._host}]" if ":" in self._host else self._host
+        return f"http://{host}:{self._port}"
+
+    # ------------------------------------------------------------ responses
+
+    def _headers(self, ex: Exchange, *, limited: int | None = None) -> dict[str, str]:
+        now = datetime.now(UTC)
+        wait = limited or 0
+        remaining = "0" if limited is not None else str(_REQUESTS_LIMIT - 1)
+        tokens_left = "0" if limited is not None else str(_TOKENS_LIMIT - 1000)
+        headers = {
+            "request-id": ex.request_id,
+            "anthropic-organization-id": self._org_id,
+            "anthropic-ratelimit-requests-limit": str(_REQUESTS_LIMIT),
+            "anthropic-ratelimit-requests-remaining": remaining,
+            "anthropic-ratelimit-requests-reset": _rfc3339(now + timedelta(seconds=wait or 1)),
+            "anthropic-ratelimit-tokens-limit": str(_TOKENS_LIMIT),
+            "anthropic-ratelimit-tokens-remaining": tokens_left,
+            "anthropic-ratelimit-tokens-reset": _rfc3339(now + timedelta(seconds=wait or 1)),
+            "anthropic-ratelimit-input-tokens-limit": str(_TOKENS_LIMIT),
+            "anthropic-ratelimit-input-tokens-remaining": tokens_left,
+            "anthropic-ratelimit-input-tokens-reset": _rfc3339(now + timedelta(seconds=wait or 1)),
+            "anthropic-ratelimit-output-tokens-limit": str(_TOKENS_LIMIT // 5),
+            "anthropic-ratelimit-output-tokens-remaining": str(_TOKENS_LIMIT // 5),
+            "anthropic-ratelimit-output-tokens-reset": _rfc3339(now + timedelta(seconds=1)),
+            "server": "cloudflare",
+            "cf-ray": secrets.token_hex(8) + "-SJC",
+            "x-robots-tag": "none",
+        }
+        if limited is not None:
+            headers["retry-after"] = str(limited)
+        return headers
+
+    async def _send_json(
+        self,
+        request: web.BaseRequest,
+        ex: Exchange,
+        status: int,
+        obj: Any,
+        headers: dict[str, str] | None = None,
+    ) -> web.StreamResponse:
+        payload = json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+        resp = web.Response(status=status, body=payload, headers=headers or self._headers(ex))
+        resp.content_type = "application/json"
+        ex.status = status
+        try:
+            await resp.prepare(request)
+            await resp.write_eof()  # sends the body
+        except ConnectionError:  # the client went away
+            ex.aborted = True
+            return resp
+        ex.response_bytes += payload
+        return resp
+
+    async def _send_error(
+        self, request: web.BaseRequest, ex: Exchange, err: RequestError
+    ) -> web.StreamResponse:
+        headers = self._headers(ex, limited=err.retry_after if err.status == 429 else None)
+        if err.status == 405:
+            headers["allow"] = ", ".join(_ROUTES.get(ex.path, ("GET",)))
+        body = error_body(err.etype, err.message, ex.request_id)
+        return await self._send_json(request, ex, err.status, body, headers)
+
+    # ------------------------------------------------------------ dispatch
+
+    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        ex = Exchange(
+            method=request.method,
+            path=request.path,
+            headers={k.lower(): v for k, v in request.headers.items()},
+            api_key=_credential(request),
+            request_id=new_id("req_011C", 20),
+        )
+        self.exchanges.append(ex)
+        try:
+            ex.body = await request.read()
+            return await self._route(request, ex)
+        except RequestError as err:
+            return await self._send_error(request, ex, err)
+        finally:
+            ex.done = True
+
+    async def _route(self, request: web.BaseRequest, ex: Exchange) -> web.StreamResponse:
+        path, method = ex.path, ex.method
+        model_id: str | None = None
+        if path.startswith("/v1/models/") and path.count("/") == 3:
+            allowed: tuple[str, ...] = ("GET",)
+            model_id = path.rsplit("/", 1)[1]
+        else:
+            allowed = _ROUTES.get(path, ())
+        if not allowed:
+            raise RequestError(404, "not_found_error", "Not found")
+        if method not in allowed:
+            raise RequestError(405, "invalid_request_error", f"Method {method} not allowed")
+        if ex.api_key is None or ex.api_key not in self._keys:
+            raise RequestError(401, "authentication_error", "invalid x-api-key")
+        if not request.headers.get("anthropic-version"):
+            raise invalid("anthropic-version: header is required")
+        if path == "/v1/models":
+            return await self._send_json(request, ex, 200, self._model_page(request))
+        if model_id is not None:
+            for mid, name, created in MODELS:
+                if mid == model_id:
+                    return await self._send_json(request, ex, 200, model_json(mid, name, created))
+            raise RequestError(404, "not_found_error", f"model: {model_id}")
+        body = self._json_body(ex)
+        directives = parse_directives(
+            request.headers.get("x-mock-fault"), body if isinstance(body, dict) else None
+        )
+        if not directives.faults_apply(ex.api_key):
+            directives = Directives(words=directives.words, mode=directives.mode)
+        if directives.first_byte_delay_ms:
+            await asyncio.sleep(directives.first_byte_delay_ms / 1000)
+        if directives.status is not None:
+            raise status_error(directives.status, directives.retry_after)
+        if path == "/v1/messages/count_tokens":
+            _validate_count(body)
+            return await self._send_json(
+                request, ex, 200, {"input_tokens": count_input_tokens(body)}
+            )
+        return await self._messages(request, ex, body, directives)
+
+    @staticmethod
+    def _json_body(ex: Exchange) -> Any:
+        try:
+            return json.loads(ex.body)
+        except ValueError:
+            raise invalid("There was an error parsing the body of your request") from None
+
+    @staticmethod
+    def _model_page(request: web.BaseRequest) -> dict[str, Any]:
+        q = request.query
+        try:
+            limit = int(q.get("limit", "20"))
+        except ValueError:
+            raise invalid("limit: Input should be a valid integer") from None
+        if not 1 <= limit <= 1000:
+            raise invalid("limit: Input should be between 1 and 1000")
+        ids = [m[0] for m in MODELS]
+        items = list(MODELS)
+        if "after_id" in q and "before_id" in q:
+            raise invalid("Cannot specify both before_id and after_id")
+        if "after_id" in q:
+            if q["after_id"] not in ids:
+                raise RequestError(404, "not_found_error", f"model: {q['after_id']}")
+            rest = items[ids.index(q["after_id"]) + 1 :]
+            page, has_more = rest[:limit], len(rest) > limit
+        elif "before_id" in q:
+            if q["before_id"] not in ids:
+                raise RequestError(404, "not_found_error", f"model: {q['before_id']}")
+            rest = items[: ids.index(q["before_id"])]
+            page, has_more = rest[-limit:], len(rest) > limit
+        else:
+            page, has_more = items[:limit], len(items) > limit
+        return {
+            "data": [model_json(*m) for m in page],
+            "has_more": has_more,
+            "first_id": page[0][0] if page else None,
+            "last_id": page[-1][0] if page else None,
+        }
+
+    async def _messages(
+        self, request: web.BaseRequest, ex: Exchange, body: Any, directives: Directives
+    ) -> web.StreamResponse:
+        body = _validate_messages(body)
+        answer = build_answer(body, directives)
+        cache = self._cache.usage(body)
+        msg_id = new_id("msg_01", 22)
+        if body.get("stream") is True:
+            events = stream_events(msg_id, body["model"], answer, cache)
+            return await self._stream(request, ex, events, directives)
+        return await self._send_json(
+            request, ex, 200, message_json(msg_id, body["model"], answer, cache)
+        )
+
+    async def _stream(
+        self,
+        request: web.BaseRequest,
+        ex: Exchange,
+        events: list[tuple[str, str]],
+        directives: Directives,
+    ) -> web.StreamResponse:
+        headers = self._headers(ex)
+        headers["content-type"] = "text/event-stream; charset=utf-8"
+        headers["cache-control"] = "no-cache"
+        resp = web.StreamResponse(status=200, headers=headers)
+        ex.status = 200
+        delay = directives.chunk_delay_ms / 1000
+        try:
+            await resp.prepare(request)
+            for n, (name, data) in enumerate(events):
+                if directives.drop_after is not None and n >= directives.drop_after:
+                    ex.aborted = True
+                    if request.transport is not None:
+                        request.transport.close()  # flushes what was written, then FIN
+                    return resp
+                if directives.error_after is not None and n >= directives.error_after:
+                    chunk = format_event("error", _STREAM_ERROR)
+                    await resp.write(chunk)
+                    ex.response_bytes += chunk
+                    break
+                if n and delay:
+                    await asyncio.sleep(delay)
+                chunk = format_event(name, data)
+                await resp.write(chunk)
+                ex.response_bytes += chunk
+            await resp.write_eof()
+        except ConnectionError:  # the client went away mid-stream
+            ex.aborted = True
+        return resp
+
+
+async def serve(host: str, port: int, api_keys: list[str]) -> None:
+    """Run a `MockUpstream` on host:port until cancelled."""
+    async with MockUpstream(api_keys, host=host, port=port):
+        await asyncio.Event().wait()

@@ -1,0 +1,101 @@
+"""``alicode-gw dev``: the zero-setup local gateway behind the README's first command.
+
+Embedded (or configured) PostgreSQL and Redis, migrations, the mock upstream unless
+real upstream credentials are configured, a demo account and key, then serve until
+Ctrl-C and stop everything it started.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+
+import asyncpg
+import uvloop
+
+from alicode_gw import app
+from alicode_gw.config import Config
+from alicode_gw.dev.mock_upstream import DEFAULT_MOCK_KEY, MockUpstream
+from alicode_gw.identity import accounts
+from alicode_gw.money import ledger
+from alicode_gw.store import migrate
+from alicode_gw.store.backends import Backends, start_backends
+from alicode_gw.upstream import pool as keypool
+
+log = logging.getLogger(__name__)
+
+DEMO_EMAIL = "demo@alicode.local"
+DEMO_TOPUP_NANOS = 100 * 1_000_000_000  # $100 of demo credit, once
+
+
+def banner(base_url: str, upstream: str, key: str) -> str:
+    return f"""
+alicode_gw is running.
+
+  base URL   {base_url}
+  upstream   {upstream}
+  demo key   {key}   (account {DEMO_EMAIL}, shown once)
+
+  curl {base_url}/v1/messages \\
+    -H 'x-api-key: {key}' -H 'anthropic-version: 2023-06-01' \\
+    -H 'content-type: application/json' \\
+    -d '{{"model":"claude-sonnet-4-6","max_tokens":64,\
+         "messages":[{{"role":"user","content":"hi"}}]}}'
+
+  python -c "import anthropic; c = anthropic.Anthropic(api_key='{key}', base_url='{base_url}'); \\
+print(c.messages.create(model='claude-sonnet-4-6', max_tokens=64, \\
+messages=[{{'role': 'user', 'content': 'hi'}}]).content[0].text)"
+
+Press Ctrl-C to stop.
+""".rstrip()
+
+
+async def prepare_demo(database_url: str, upstream_keys: tuple[str, ...]) -> str:
+    """The demo account (topped up once), a fresh demo key, and the upstream pool:
+    the mock's credential, or the configured real ones (the mock's is then disabled)."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        account = await accounts.find_account(conn, DEMO_EMAIL)
+        if account is None:
+            account = await accounts.create_account(conn, DEMO_EMAIL)
+            await ledger.topup(conn, DEMO_EMAIL, DEMO_TOPUP_NANOS, "dev demo balance")
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        _, key = await accounts.create_key(conn, account.id, f"dev-{stamp}")
+        await keypool.ensure_credentials(conn, list(upstream_keys) or [DEFAULT_MOCK_KEY])
+        if upstream_keys:
+            await keypool.disable_credential(conn, DEFAULT_MOCK_KEY, "dev: real upstream in use")
+        return key
+    finally:
+        await conn.close()
+
+
+async def _run(config: Config, backends: Backends) -> None:
+    applied = await migrate.run(backends.database_url)
+    for name in applied:
+        log.info("applied migration %s", name)
+    demo_key = await prepare_demo(backends.database_url, config.upstream_keys)
+    mock: MockUpstream | None = None
+    if not config.upstream_keys:
+        mock = MockUpstream([DEFAULT_MOCK_KEY])
+        await mock.start()
+        config = dataclasses.replace(config, upstream_url=mock.url)
+    upstream = f"{config.upstream_url} (mock)" if mock else config.upstream_url
+    try:
+        await app.run_until_signalled(
+            config,
+            backends,
+            lambda gateway: print(banner(gateway.url, upstream, demo_key), flush=True),
+        )
+    finally:
+        if mock is not None:
+            await mock.close()
+
+
+def run(config: Config) -> int:
+    backends = start_backends(config)
+    try:
+        uvloop.run(_run(config, backends))
+    finally:
+        backends.stop()
+    return 0

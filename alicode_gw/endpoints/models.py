@@ -1,0 +1,124 @@
+"""``GET /v1/models`` and ``GET /v1/models/{model_id}`` from the model table.
+
+Anthropic clients (requests with an ``anthropic-version`` header) get Anthropic's shape
+with its pagination; everyone else gets OpenAI's list shape. Aliases are listed as
+entries of their own (their display name says what they point at). Errors follow the
+same choice of shape.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+
+from alicode_gw.clientip import client_ip
+from alicode_gw.errors import Flavor, InvalidRequestError, NotFoundError
+from alicode_gw.money.catalog import ModelInfo
+from alicode_gw.state import RequestContext
+
+DEFAULT_LIMIT = 20
+MAX_LIMIT = 1000
+OWNER = "anthropic"
+
+
+def _flavor(ctx: RequestContext) -> Flavor:
+    if "anthropic-version" in ctx.request.headers:
+        return Flavor.ANTHROPIC
+    return Flavor.OPENAI
+
+
+def anthropic_model(info: ModelInfo) -> dict[str, Any]:
+    caps = info.capabilities
+    return {
+        "type": "model",
+        "id": info.id,
+        "display_name": info.display_name,
+        "created_at": info.created_at.isoformat().replace("+00:00", "Z"),
+        "lifecycle": "active",
+        "max_input_tokens": caps.context_window,
+        "max_tokens": caps.max_output_tokens,
+        "capabilities": {
+            "image_input": {"supported": caps.vision},
+            "thinking": {"supported": caps.thinking},
+        },
+    }
+
+
+def openai_model(info: ModelInfo) -> dict[str, Any]:
+    return {
+        "id": info.id,
+        "object": "model",
+        "created": int(info.created_at.timestamp()),
+        "owned_by": OWNER,
+    }
+
+
+def ordered(models: list[ModelInfo]) -> list[ModelInfo]:
+    """Newest first, as Anthropic lists them; ties by id for a stable order."""
+    return sorted(models, key=lambda m: (-m.created_at.timestamp(), m.id))
+
+
+def page(models: list[ModelInfo], query: dict[str, str]) -> dict[str, Any]:
+    """Anthropic's cursor pagination over ``models`` (already ordered)."""
+    raw_limit = query.get("limit", str(DEFAULT_LIMIT))
+    if not (raw_limit.isascii() and raw_limit.isdigit()) or not 1 <= int(raw_limit) <= MAX_LIMIT:
+        raise InvalidRequestError(f"limit: must be an integer from 1 to {MAX_LIMIT}")
+    limit = int(raw_limit)
+    ids = [m.id for m in models]
+    before, after = query.get("before_id"), query.get("after_id")
+    if before and after:
+        raise InvalidRequestError("before_id and after_id cannot be used together")
+    for cursor in (before, after):
+        if cursor and cursor not in ids:
+            raise InvalidRequestError(f"unknown model id in cursor: {cursor!r}")
+    if before:
+        end = ids.index(before)
+        chosen = models[max(0, end - limit) : end]
+        has_more = end - limit > 0
+    else:
+        start = ids.index(after) + 1 if after else 0
+        chosen = models[start : start + limit]
+        has_more = start + limit < len(models)
+    return {
+        "data": [anthropic_model(m) for m in chosen],
+        "has_more": has_more,
+        "first_id": chosen[0].id if chosen else None,
+        "last_id": chosen[-1].id if chosen else None,
+    }
+
+
+async def _authenticate(ctx: RequestContext) -> None:
+    ctx.flavor = _flavor(ctx)
+    state = ctx.state
+    ip = ctx.client_ip = client_ip(ctx.request, state.config.trusted_proxies)
+    key = await state.auth.authenticate(ctx.request, ip)
+    ctx.key_public_id, ctx.account_id = key.public_id, key.account_id
+
+
+def _json(ctx: RequestContext, value: dict[str, Any]) -> web.Response:
+    return web.Response(
+        body=json.dumps(value, separators=(",", ":")).encode(),
+        content_type="application/json",
+        headers=ctx.headers(),
+    )
+
+
+async def handle_list(ctx: RequestContext) -> web.StreamResponse:
+    await _authenticate(ctx)
+    models = ordered(ctx.state.catalog.all())
+    if ctx.flavor is Flavor.ANTHROPIC:
+        return _json(ctx, page(models, dict(ctx.request.query)))
+    return _json(ctx, {"object": "list", "data": [openai_model(m) for m in models]})
+
+
+async def handle_get(ctx: RequestContext) -> web.StreamResponse:
+    await _authenticate(ctx)
+    model_id = ctx.params["model_id"]
+    info = ctx.state.catalog.resolve(model_id)
+    if info is None:
+        raise NotFoundError(f"model: {model_id}", param="model")
+    if ctx.flavor is Flavor.ANTHROPIC:
+        return _json(ctx, anthropic_model(info))
+    return _json(ctx, openai_model(info))

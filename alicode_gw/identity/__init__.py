@@ -1,0 +1,1 @@
+"""Who is calling: customer key format, accounts and keys in PostgreSQL, authentication."""

@@ -1,0 +1,3 @@
+"""Money: prices (the catalog), holds and settlements, credit leases, the settlement
+journal, the ledger.
+"""

@@ -1,0 +1,529 @@
+"""Prepaid billing on the request path: hold, settle, release, and the hold sweeper.
+
+The money logic is the PL/pgSQL in ``sql/`` (``billing.hold``, ``billing.settle``,
+``billing.release``, ``billing.expire_holds`` in 003; ``billing.settle_leased`` and the
+credit leases in 006); this module passes numbers in and reads the outcomes. The
+operations of concurrent requests share round trips (``billing.apply_batch``).
+
+A request is admitted either with a hold row in the database (one round trip before it
+goes upstream) or, when this node holds a credit lease of the account with the
+request's worst case free, against that lease in memory (:mod:`alicode_gw.money.leases`; no
+round trip). Either way it is settled exactly once per request id.
+
+Money is integer nano-USD (1 USD = 1 000 000 000). :func:`format_usd` and
+:func:`parse_usd` convert exactly, through :class:`~decimal.Decimal`.
+
+When the database cannot take a settlement or release, it goes to the journal
+(:mod:`alicode_gw.money.journal`) and is replayed from there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import functools
+import json
+import logging
+import time
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+from redis.asyncio import Redis
+
+from alicode_gw.errors import (
+    InsufficientCreditsError,
+    InvalidRequestError,
+    ServiceUnavailableError,
+)
+from alicode_gw.identity import auth
+from alicode_gw.money.catalog import ModelInfo, Prices, price_columns, prices_from_row
+from alicode_gw.money.journal import DB_UNREACHABLE, JOURNAL_FILE, SettlementJournal
+from alicode_gw.money.leases import Credit
+from alicode_gw.store.batching import Coalescer
+from alicode_gw.tasks import TaskTracker
+
+log = logging.getLogger(__name__)
+
+NANOS_PER_USD = 1_000_000_000
+
+
+def format_usd(nanos: int) -> str:
+    """Integer nano-USD -> exact decimal string, at least two decimals ("12.50",
+    "0.039", "0.000000001")."""
+    sign = "-" if nanos < 0 else ""
+    whole, frac = divmod(abs(nanos), NANOS_PER_USD)
+    digits = f"{frac:09d}".rstrip("0").ljust(2, "0")
+    return f"{sign}{whole}.{digits}"
+
+
+def parse_usd(text: str) -> int:
+    """Decimal USD string -> integer nano-USD, exactly; more precision than a nano is
+    refused (ValueError), never rounded."""
+    try:
+        value = Decimal(text.strip())
+    except InvalidOperation:
+        raise ValueError(f"expected an amount in USD, got {text!r}") from None
+    if not value.is_finite():
+        raise ValueError(f"expected an amount in USD, got {text!r}")
+    nanos = value * NANOS_PER_USD
+    if nanos != nanos.to_integral_value():
+        raise ValueError(f"{text!r} has more than 9 decimal places (1 nano-USD)")
+    return int(nanos)
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Token counts of one request, by kind (the upstream's ``usage``)."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_creation_5m: int = 0
+    cache_creation_1h: int = 0
+    cache_read: int = 0
+
+    def counts(self) -> dict[str, int]:
+        """The counts by field name (a shallow ``asdict``, which deep-copies)."""
+        return {name: getattr(self, name) for name in self.__slots__}
+
+
+@dataclass(slots=True)
+class Hold:
+    """A reservation made by :meth:`Billing.hold`; ``model`` is the priced model id and
+    ``prices`` the snapshot the request will be billed at (its discount resolved).
+
+    A hold admitted against a credit lease (``lease_id``) lives only in this node's
+    memory: ``prices`` is then the node's copy of the catalog (no discount), which
+    ``billing.settle_leased`` bills at, and ``settlement`` the request's parameters it
+    needs beside the hold's own."""
+
+    request_id: str
+    model: str
+    amount_nanos: int
+    prices: Prices | None = None
+    lease_id: int | None = None
+    settlement: dict[str, Any] | None = None
+
+    def cost_nanos(self, usage: Usage) -> int:
+        """What ``billing.settle`` will record as this request's cost for ``usage``
+        (the same rule and prices); 0 when the snapshot is unknown."""
+        if self.prices is None:
+            return 0
+        counts = {name: max(0, value) for name, value in usage.counts().items()}
+        return self.prices.cost_nanos(**counts, batch=True)
+
+
+def hold_amount(prices: Prices, estimated_input_tokens: int, max_tokens: int) -> int:
+    """The worst case ``billing.hold`` reserves for a request that is not a batch: every
+    estimated input token at the dearest input-side rate, plus ``max_tokens`` of output."""
+    dearest = max(prices.input, prices.cache_write_5m, prices.cache_write_1h, prices.cache_read)
+    worst = Prices(dearest, prices.output, 0, 0, 0, 0)
+    return worst.cost_nanos(
+        input_tokens=max(estimated_input_tokens, 0), output_tokens=max(max_tokens, 0)
+    )
+
+
+BATCH_SQL = "SELECT * FROM billing.apply_batch($1::jsonb, $2)"
+TRANSIENT_RETRIES = 3  # re-runs of a batch the server rolled back (deadlock, conflict)
+# A settlement nobody waits for (the answer is out) waits up to this long for others to
+# share its round trip, unless a hold, which someone waits for, goes out first. Leased
+# requests queue nothing but settlements, so this sets how many share a commit.
+SETTLE_LINGER = 0.05
+
+
+class Billing:
+    """``state.billing``: the request path's access to the PL/pgSQL money functions.
+
+    Holds, settlements and releases of concurrent requests are group-committed: one
+    :class:`~alicode_gw.store.batching.Coalescer` sends what queued up during the previous
+    round trip as one ``billing.apply_batch`` call (``sql/005_billing_batch.sql``).
+    A lone request goes out at once."""
+
+    def __init__(
+        self,
+        db: asyncpg.Pool,
+        redis: Redis,
+        *,
+        redis_prefix: str,
+        data_dir: Path,
+        hold_ttl: float = 3600.0,
+        sweep_interval: float = 30.0,
+        replay_interval: float = 5.0,
+        db_timeout: float = 10.0,
+        tasks: TaskTracker | None = None,
+        credit: Credit | None = None,
+    ) -> None:
+        """``tasks`` tracks the batch flushes and the release of holds nobody waits for
+        any more (the app passes its own tracker, so shutdown drains them). ``credit``:
+        the node's credit leases (:mod:`alicode_gw.money.leases`); None: every hold is a
+        database round trip."""
+        self._db = db
+        self._redis = redis
+        self._prefix = redis_prefix
+        self.hold_ttl = hold_ttl
+        self._sweep_interval = sweep_interval
+        self._replay_interval = replay_interval
+        self._db_timeout = db_timeout
+        self.journal = SettlementJournal(
+            redis,
+            f"{redis_prefix}billing:journal",
+            data_dir / JOURNAL_FILE,
+            self._apply,
+            applied=lambda request_id: self._open.pop(request_id, None),
+        )
+        self._tasks = tasks if tasks is not None else TaskTracker()
+        self.credit = credit
+        self._ops: Coalescer[dict[str, Any], asyncpg.Record] = Coalescer(
+            # One batch at a time: they commit in the order they were queued, so a
+            # settlement always lands before the same customer's next hold.
+            self._run_batch,
+            self._tasks,
+            name="billing-batch",
+            linger=SETTLE_LINGER,
+        )
+        # Holds of this process not yet settled or released: only for the provisional
+        # cost of a journaled settlement. Entries older than the hold TTL are purged.
+        self._open: dict[str, tuple[Hold, float]] = {}
+
+    def start(self, tasks: TaskTracker) -> None:
+        """Start the sweeper and the journal replayer (tracked perpetual tasks)."""
+        tasks.spawn(self._sweep_loop(), name="billing-sweeper", perpetual=True)
+        tasks.spawn(
+            self.journal.run(self._replay_interval), name="billing-journal-replay", perpetual=True
+        )
+
+    @property
+    def round_trips(self) -> int:
+        """Batches sent to PostgreSQL on the request path so far."""
+        return self._ops.flushes
+
+    # --- the request path ----------------------------------------------------------------
+
+    async def hold(
+        self,
+        request_id: str,
+        key_id: int,
+        model: str,
+        estimated_input_tokens: int,
+        max_tokens: int,
+        client_ip: str,
+        *,
+        batch: bool = False,
+        account_id: int | None = None,
+    ) -> Hold:
+        """Reserve the worst-case cost in the database. 402 when the account cannot
+        cover it, 400 for an unknown model, 503 when the database cannot be reached
+        (nothing went upstream). A hold that lands after its caller stopped waiting is
+        released. Given the key's ``account_id``, a hold refused for want of money is
+        tried once more after this node gave back unused money of its lease of the
+        account (as much as the hold needs), if it had some."""
+        entry = {
+            "op": "hold",
+            "request_id": request_id,
+            "key_id": key_id,
+            "model": model,
+            "estimated_input": estimated_input_tokens,
+            "max_tokens": max_tokens,
+            "client_ip": client_ip,
+            "batch": batch,
+        }
+        row = await self._held_row(entry)
+        if (
+            row["outcome"] == "insufficient"
+            and self.credit is not None
+            and account_id is not None
+            and await self.credit.shrink(account_id, row["amount_nanos"])
+        ):
+            row = await self._held_row(entry)  # refused: nothing was written
+        outcome = row["outcome"]
+        if outcome == "unknown_model":
+            raise InvalidRequestError(f"model: unknown model {model!r}", param="model")
+        if outcome == "insufficient":
+            raise InsufficientCreditsError(
+                "Your credit balance is too low for this request "
+                f"(it may cost up to ${format_usd(row['amount_nanos'])}). Top up to continue."
+            )
+        if outcome == "unknown_key":
+            raise InvalidRequestError("the API key no longer exists")
+        held = Hold(request_id, row["priced_model"], row["amount_nanos"], prices_from_row(row))
+        self._open[request_id] = (held, time.monotonic() + self.hold_ttl)
+        return held
+
+    async def _held_row(self, entry: dict[str, Any]) -> asyncpg.Record:
+        """The database's answer to one hold; 503 when it cannot be reached. A hold
+        that lands after its caller stopped waiting is released."""
+        request_id = str(entry["request_id"])
+        future = self._ops.submit(entry)
+        try:
+            async with asyncio.timeout(self._db_timeout):
+                return await asyncio.shield(future)
+        except DB_UNREACHABLE as exc:
+            future.add_done_callback(functools.partial(self._release_orphan, request_id))
+            raise ServiceUnavailableError(
+                "Billing is temporarily unavailable; please retry shortly."
+            ) from exc
+        except asyncio.CancelledError:
+            future.add_done_callback(functools.partial(self._release_orphan, request_id))
+            raise
+
+    def hold_leased(
+        self,
+        request_id: str,
+        key_id: int,
+        requested_model: str,
+        estimated_input_tokens: int,
+        max_tokens: int,
+        client_ip: str,
+        *,
+        account_id: int,
+        priced: ModelInfo,
+    ) -> Hold | None:
+        """The hold of a request that is not a batch, admitted against this node's credit
+        lease of the account when it has the worst case free: no I/O, no database row
+        (the request is billed at the node's prices, without a discount). None: there
+        is no such lease (one may be asked for); take :meth:`hold`."""
+        if self.credit is None:
+            return None
+        amount = hold_amount(priced.prices, estimated_input_tokens, max_tokens)
+        lease_id = self.credit.take(account_id, amount)
+        if lease_id is None:
+            return None
+        prices = dataclasses.replace(priced.prices, batch_discount_pct=0)
+        settlement = {"key_id": key_id, "requested_model": requested_model, "client_ip": client_ip}
+        held = Hold(request_id, priced.target, amount, prices, lease_id, settlement)
+        self._open[request_id] = (held, time.monotonic() + self.hold_ttl)
+        return held
+
+    def _release_orphan(self, request_id: str, future: asyncio.Future[asyncpg.Record]) -> None:
+        """A hold whose requester is gone (cancelled, or timed out waiting) but which
+        the database made anyway: give the money back now, not at the TTL."""
+        if future.cancelled() or future.exception() is not None:
+            return
+        row = future.result()
+        if row["outcome"] != "held":
+            return
+        self._tasks.spawn(self.release_later(request_id), name=f"release-{request_id}")
+
+    async def settle(self, request_id: str, usage: Usage, *, estimated: bool = False) -> int:
+        """Bill the real usage once; returns the amount charged in nano-USD. Idempotent.
+        When the database cannot apply it now the settlement is journaled and the
+        returned amount is provisional (the cost at the hold's price snapshot)."""
+        return await self.settle_later(request_id, usage, estimated=estimated, urgent=True)
+
+    def settle_later(
+        self,
+        request_id: str,
+        usage: Usage,
+        *,
+        estimated: bool = False,
+        urgent: bool = False,
+        cost_nanos: int | None = None,
+    ) -> Coroutine[Any, Any, int]:
+        """Queue the settlement now (so it goes before anything this process queues
+        after it, e.g. the same customer's next hold) and return what awaits its
+        outcome. Not urgent: it may wait a moment to share another request's round
+        trip. ``cost_nanos``: the hold's :meth:`Hold.cost_nanos` of ``usage``, when the
+        caller has it already."""
+        entry = {"op": "settle", "request_id": request_id, "estimated": estimated}
+        entry.update(usage.counts())
+        held = self._leased(request_id)
+        if held is not None:  # billed by settle_leased; the lease gets the rest back now
+            assert held.lease_id is not None and held.settlement and held.prices
+            entry.update(
+                held.settlement,
+                op="settle_leased",
+                lease_id=held.lease_id,
+                model=held.model,
+                reserved=held.amount_nanos,
+                **price_columns(held.prices),
+            )
+            spent = held.cost_nanos(usage) if cost_nanos is None else cost_nanos
+            self._credit().give_back(held.lease_id, held.amount_nanos - spent)
+        future = self._ops.submit(entry, urgent=urgent)
+        return self._settled(entry, usage, future, held.lease_id if held else None)
+
+    def _leased(self, request_id: str) -> Hold | None:
+        """The open hold of ``request_id`` if it was admitted against a lease."""
+        opened = self._open.get(request_id)
+        return opened[0] if opened is not None and opened[0].lease_id is not None else None
+
+    def _credit(self) -> Credit:
+        assert self.credit is not None, "a leased hold without credit leases"
+        return self.credit
+
+    async def _settled(
+        self,
+        entry: dict[str, Any],
+        usage: Usage,
+        future: asyncio.Future[asyncpg.Record],
+        lease_id: int | None,
+    ) -> int:
+        charged = await self._landed(entry, future, lease_id)
+        if charged is None:
+            return self._provisional_cost(str(entry["request_id"]), usage)
+        return charged
+
+    async def release(self, request_id: str) -> None:
+        """The request produced nothing billable: give the hold back."""
+        await self.release_later(request_id, urgent=True)
+
+    def release_later(
+        self, request_id: str, *, urgent: bool = False
+    ) -> Coroutine[Any, Any, int | None]:
+        """Queue the release now; return what awaits its outcome (see
+        :meth:`settle_later`)."""
+        held = self._leased(request_id)
+        if held is not None:  # nothing was written: the lease has it all back at once
+            assert held.lease_id is not None
+            self._credit().give_back(held.lease_id, held.amount_nanos, queued=False)
+            del self._open[request_id]
+            return _nothing()
+        entry: dict[str, Any] = {"op": "release", "request_id": request_id}
+        return self._landed(entry, self._ops.submit(entry, urgent=urgent))
+
+    async def _landed(
+        self,
+        entry: dict[str, Any],
+        future: asyncio.Future[asyncpg.Record],
+        lease_id: int | None = None,
+    ) -> int | None:
+        """The outcome of a queued settle/release: the amount charged, or None when it
+        failed and went to the journal (both are idempotent: replaying is safe)."""
+        try:
+            charged = await self._conclude(entry, await future)
+        except asyncio.CancelledError:  # shutdown cut it short: the journal keeps it
+            await self._journal_failed(entry, "cancelled by shutdown")
+            raise
+        except Exception as exc:
+            await self._journal_failed(entry, exc)
+            return None
+        finally:
+            if lease_id is not None and self.credit is not None:
+                self.credit.landed(lease_id)
+        self._open.pop(str(entry["request_id"]), None)
+        return charged
+
+    async def _journal_failed(self, entry: dict[str, Any], reason: object) -> None:
+        expected = isinstance(reason, (str, asyncpg.PostgresError, *DB_UNREACHABLE))
+        log.log(
+            logging.WARNING if expected else logging.ERROR,
+            "%s of %s journaled: %s",
+            entry["op"],
+            entry["request_id"],
+            reason,
+            exc_info=None if expected else reason,  # a bug: show where
+        )
+        await self.journal.append(entry)
+
+    # --- applying operations -------------------------------------------------------------
+
+    async def _run_batch(self, ops: list[dict[str, Any]]) -> list[asyncpg.Record | Exception]:
+        """One ``billing.apply_batch`` call for ``ops``; one row (or error) per op. If
+        the batch fails for a reason other than an outage (a deadlock with a foreign
+        transaction, a bad entry), nothing of it was applied, so each op is tried alone
+        and only the faulty one fails."""
+        payload = json.dumps([{**op, "i": i} for i, op in enumerate(ops)], separators=(",", ":"))
+        try:
+            rows = await self._fetch_batch(payload)
+        except asyncpg.PostgresError as exc:
+            if len(ops) == 1 or isinstance(exc, DB_UNREACHABLE):
+                raise
+            log.warning("billing batch of %d failed; applying its operations one by one", len(ops))
+            outcomes: list[asyncpg.Record | Exception] = []
+            for op in ops:
+                try:
+                    outcomes.extend(await self._run_batch([op]))
+                except Exception as exc:  # this op's own failure (an outage included)
+                    outcomes.append(exc)
+            return outcomes
+        by_ord = {row["ord"]: row for row in rows}
+        return [by_ord.get(i) or RuntimeError("billing batch: no outcome") for i in range(len(ops))]
+
+    async def _fetch_batch(self, payload: str) -> list[asyncpg.Record]:
+        """The call itself; a transaction the server rolled back to break a deadlock or
+        a serialization conflict (SQLSTATE class 40) is simply run again."""
+        for attempt in range(TRANSIENT_RETRIES + 1):
+            try:
+                async with asyncio.timeout(self._db_timeout):
+                    return list(await self._db.fetch(BATCH_SQL, payload, self.hold_ttl))
+            except asyncpg.TransactionRollbackError:
+                if attempt == TRANSIENT_RETRIES:
+                    raise
+                log.info("billing batch rolled back by the server; running it again")
+        raise AssertionError("unreachable")
+
+    async def _conclude(self, entry: dict[str, Any], row: asyncpg.Record) -> int:
+        """Log the unusual outcomes of a settle/release; returns the amount charged."""
+        request_id = str(entry["request_id"])
+        if entry["op"] == "release":
+            if row["outcome"] == "settled":
+                log.warning("release of %s ignored: already settled", request_id)
+            return 0
+        if row["outcome"] in ("unknown", "released", "unknown_key"):
+            log.warning("settlement of %s ignored: hold is %s", request_id, row["outcome"])
+        if row["revoked_public_id"] is not None:
+            await self._announce_revoked(row["revoked_public_id"])
+        return int(row["amount_nanos"])
+
+    async def _apply(self, entry: dict[str, Any]) -> int:
+        """Run one journaled settle/release now (not batched); returns the amount charged."""
+        (outcome,) = await self._run_batch([entry])
+        if isinstance(outcome, Exception):
+            raise outcome
+        return await self._conclude(entry, outcome)
+
+    async def _announce_revoked(self, public_id: str) -> None:
+        """Tell every node a key reached its spend cap (their caches drop it)."""
+        await auth.announce_revoked(self._redis, self._prefix, [public_id])
+
+    def _provisional_cost(self, request_id: str, usage: Usage) -> int:
+        opened = self._open.pop(request_id, None)
+        return 0 if opened is None else opened[0].cost_nanos(usage)
+
+    # --- the sweeper -------------------------------------------------------------------
+
+    async def replay_journal(self) -> int:
+        """Apply what the journal holds (see :meth:`SettlementJournal.replay`)."""
+        return await self.journal.replay()
+
+    async def journal_length(self) -> int:
+        return await self.journal.length()
+
+    async def sweep(self) -> int:
+        """Release expired holds and credit leases (left by a crashed node); returns how
+        many. Two statements: each locks in the documented order on its own."""
+        async with asyncio.timeout(self._db_timeout):
+            count = int(await self._db.fetchval("SELECT billing.expire_holds()"))
+            count += int(await self._db.fetchval("SELECT billing.expire_leases()"))
+        now = time.monotonic()
+        # Only holds with a database row: a leased request's hold lives only here, and
+        # its settlement needs it however long the request runs.
+        expired = [
+            request_id
+            for request_id, (held, deadline) in self._open.items()
+            if deadline < now and held.lease_id is None
+        ]
+        for request_id in expired:
+            del self._open[request_id]
+        return count
+
+    async def _sweep_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._sweep_interval)
+            try:
+                expired = await self.sweep()
+            except DB_UNREACHABLE as exc:
+                log.warning("hold sweeper: database unreachable (%s)", exc)
+                continue
+            except Exception:  # keep the sweeper alive; the next round retries
+                log.exception("hold sweeper failed")
+                continue
+            if expired:
+                log.warning("hold sweeper: released %d expired hold(s)", expired)
+
+
+async def _nothing() -> None:
+    return None

@@ -1,0 +1,1 @@
+"""Observability: the access log, Prometheus metrics, the health checks."""

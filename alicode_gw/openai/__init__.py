@@ -1,0 +1,1 @@
+"""OpenAI Chat Completions <-> Anthropic Messages translation (pure, no I/O)."""

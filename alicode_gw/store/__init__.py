@@ -1,0 +1,1 @@
+"""PostgreSQL and Redis: connections, migrations, group commit, what "unavailable" means."""

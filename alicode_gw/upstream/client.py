@@ -1,0 +1,166 @@
+"""Calling the upstream Anthropic API: which headers cross in each direction, and the
+attempt loop that retries on another credential before anything reached the client.
+
+The customer's key, cookies and client-identifying headers never go upstream; the
+upstream credential is added here and nowhere else. Upstream ``anthropic-ratelimit-*``
+headers (they describe the operator's account) never come back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import aiohttp
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from alicode_gw import __version__
+from alicode_gw.errors import (
+    OverloadedError,
+    RateLimitError,
+    ServiceUnavailableError,
+    UpstreamError,
+)
+from alicode_gw.state import RequestContext
+from alicode_gw.upstream.outcome import Outcome, classify
+from alicode_gw.upstream.pool import Credential
+
+# Request headers the client may set that the upstream needs to see.
+FORWARDED_REQUEST_HEADERS = ("anthropic-version", "anthropic-beta", "content-type")
+# Upstream response headers a client may see (besides the body itself).
+PASSED_RESPONSE_HEADERS = ("content-type", "retry-after", "x-should-retry")
+USER_AGENT = f"alicode_gw/{__version__}"
+# Largest error body read from an upstream failure (to classify it).
+ERROR_BODY_LIMIT = 64 * 1024
+
+
+def outbound_headers(client_headers: Mapping[str, str], credential: Credential) -> dict[str, str]:
+    headers = {"x-api-key": credential.secret, "user-agent": USER_AGENT}
+    for name in FORWARDED_REQUEST_HEADERS:
+        value = client_headers.get(name)
+        if value is not None:
+            headers[name] = value
+    headers.setdefault("content-type", "application/json")
+    headers.setdefault("anthropic-version", "2023-06-01")
+    headers["accept-encoding"] = "identity"
+    return headers
+
+
+def passed_headers(upstream: CIMultiDictProxy[str] | CIMultiDict[str]) -> dict[str, str]:
+    return {name: upstream[name] for name in PASSED_RESPONSE_HEADERS if name in upstream}
+
+
+@dataclass(slots=True)
+class Refusal:
+    """An upstream 4xx that is the client's fault: passed through as received."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass(slots=True)
+class Attempts:
+    """What the attempts of one request saw (for the final error and the logs)."""
+
+    outcomes: list[Outcome] = field(default_factory=list)
+    retry_after: list[float] = field(default_factory=list)
+
+    def exhausted(self) -> Exception:
+        """The error the official API would give for these outcomes."""
+        if self.outcomes and all(o is Outcome.RATE_LIMITED for o in self.outcomes):
+            wait = max(1, round(min(self.retry_after))) if self.retry_after else 5
+            return RateLimitError(
+                "The upstream is rate limited on every available credential; retry later.",
+                headers={"retry-after": str(wait)},
+            )
+        if Outcome.OVERLOADED in self.outcomes:
+            return OverloadedError("Overloaded")
+        if not self.outcomes:
+            return ServiceUnavailableError("No healthy upstream credential is available.")
+        return UpstreamError("The upstream failed; retry the request.")
+
+
+async def _report(
+    ctx: RequestContext, credential: Credential, outcome: Outcome, cooldown: float | None = None
+) -> None:
+    """Count the attempt (metrics) and tell the pool how it went."""
+    ctx.state.metrics.upstream_attempt(credential.name, outcome.value)
+    await ctx.state.keypool.report(credential, outcome, cooldown)
+
+
+def body_read_timeout(response: aiohttp.ClientResponse, seconds: float | None) -> None:
+    """The per-read timeout of an answer's connection: ``open_upstream`` waits for the
+    headers under ``ALICODE_UPSTREAM_FIRST_BYTE_TIMEOUT``, then gives the body's reads
+    the idle timeout (aiohttp would apply the first one to every read). None: no
+    timeout, for a reader that keeps its own idle timer."""
+    connection = response.connection
+    if connection is not None and connection.protocol is not None:
+        connection.protocol.read_timeout = seconds
+        connection.protocol.start_timeout()  # the timer running now, too
+
+
+async def open_upstream(
+    ctx: RequestContext, path: str, body: bytes
+) -> tuple[aiohttp.ClientResponse, Credential] | Refusal:
+    """POST ``body`` upstream, trying other credentials on retryable failures.
+
+    Returns the open 2xx response (the caller relays and releases it) and the
+    credential it came from, or a :class:`Refusal` to pass through. Raises the mapped
+    error when every attempt failed.
+    """
+    state = ctx.state
+    config = state.config
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + config.upstream_retry_budget
+    tried: set[int] = set()
+    attempts = Attempts()
+    url = config.upstream_url + path
+    timeout = aiohttp.ClientTimeout(
+        total=None,
+        sock_connect=config.upstream_connect_timeout,
+        sock_read=config.upstream_first_byte_timeout,
+    )
+    for number in range(config.upstream_max_attempts):
+        if number and loop.time() > deadline:
+            break
+        try:
+            credential = state.keypool.pick(frozenset(tried))
+        except ServiceUnavailableError:
+            if number == 0:
+                raise
+            break
+        tried.add(credential.id)
+        ctx.attempts += 1
+        ctx.upstream_name = credential.name
+        try:
+            response = await state.http.post(
+                url,
+                data=body,
+                headers=outbound_headers(ctx.request.headers, credential),
+                timeout=timeout,
+            )
+        except (aiohttp.ClientError, TimeoutError):
+            attempts.outcomes.append(Outcome.CONNECT_ERROR)
+            await _report(ctx, credential, Outcome.CONNECT_ERROR)
+            continue
+        if response.status < 300:
+            await _report(ctx, credential, Outcome.OK)
+            body_read_timeout(response, config.upstream_idle_timeout)
+            return response, credential
+        try:
+            error_body = await response.content.read(ERROR_BODY_LIMIT)
+        except (aiohttp.ClientError, TimeoutError):
+            error_body = b""
+        finally:
+            response.release()
+        outcome, cooldown = classify(response.status, response.headers, error_body)
+        if outcome is Outcome.CLIENT_ERROR:
+            await _report(ctx, credential, outcome)  # frees a half-open probe
+            return Refusal(response.status, passed_headers(response.headers), error_body)
+        attempts.outcomes.append(outcome)
+        if cooldown is not None:
+            attempts.retry_after.append(cooldown)
+        await _report(ctx, credential, outcome, cooldown)
+    raise attempts.exhausted()

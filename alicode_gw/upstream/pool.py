@@ -1,0 +1,530 @@
+"""The upstream credential pool: which operator key the next request uses.
+
+Credentials live in PostgreSQL (``upstream_credentials``); their health is shared by
+every node through Redis, under ``{prefix}upstream:``:
+
+``cool:{id}``   exists while the credential cools down (TTL = the cooldown)
+``trip:{id}``   consecutive-failure count; exists until a request succeeds after the
+                cooldown (the half-open probe), which deletes it
+``probe:{id}``  SET NX lock naming the one node allowed to send the probe request
+``events``      pub/sub channel: ``cool``/``ok``/``disable`` from :meth:`KeyPool.report`,
+                ``reload`` from the CLI, so other nodes update their view at once
+
+:meth:`KeyPool.pick` is synchronous and does no I/O: it reads the in-process view that
+:meth:`KeyPool.report`, the pub/sub listener and a refresh loop (one pipelined Redis
+read per second, the table every few seconds) keep current. When a cooldown expires
+the refresh loop wakes, and the node that wins ``probe:{id}`` lets exactly one request
+through; its outcome decides (OK: healthy again; failure: a longer cooldown).
+
+Secrets are never printed: :class:`Credential` hides the secret from ``repr`` and
+offers a masked :attr:`Credential.display`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from alicode_gw.errors import ServiceUnavailableError
+from alicode_gw.tasks import TaskTracker
+from alicode_gw.upstream.credentials import (
+    Credential,
+    PoolError,
+    add_credential,
+    disable_credential,
+    ensure_credentials,
+    mask_secret,
+)
+from alicode_gw.upstream.outcome import RATE_LIMIT_COOLDOWN_CAP, Outcome, classify
+
+__all__ = [
+    "Credential",
+    "KeyPool",
+    "Outcome",
+    "PoolError",
+    "add_credential",
+    "classify",
+    "disable_credential",
+    "ensure_credentials",
+    "mask_secret",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_RATE_LIMIT_COOLDOWN = 5.0  # a 429 that names no reset time
+MIN_COOLDOWN = 1.0
+BACKOFF_BASE = 1.0  # 529 / 5xx / connection errors: 1 s, 2 s, 4 s ... capped
+BACKOFF_CAP = 60.0
+PROBE_TTL = 60.0  # how long a node may hold the half-open probe before another may
+TRIP_TTL = 3600.0  # a tripped credential nobody probed for this long is trusted again
+NO_HEALTHY_MESSAGE = "no healthy upstream credential"
+_DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
+_REDIS_ERRORS = (RedisError, OSError)
+_BACKOFF = frozenset({Outcome.OVERLOADED, Outcome.SERVER_ERROR, Outcome.CONNECT_ERROR})
+_DISABLE_REASONS = {
+    Outcome.AUTH_FAILED: "upstream rejected the credential (401)",
+    Outcome.BILLING_FAILED: "upstream billing error (credit balance too low)",
+}
+
+
+# ---------------------------------------------------------------- Redis layout
+
+
+def events_channel(prefix: str) -> str:
+    return f"{prefix}upstream:events"
+
+
+def health_keys(prefix: str, cred_id: int) -> tuple[str, str, str]:
+    """(cool, trip, probe) keys of one credential."""
+    base = f"{prefix}upstream:"
+    return f"{base}cool:{cred_id}", f"{base}trip:{cred_id}", f"{base}probe:{cred_id}"
+
+
+# KEYS: cool, trip, probe. ARGV: mode (fixed|backoff), ms (fixed) or base ms, cap ms,
+# trip ttl ms, channel, message prefix. One cooldown episode counts once: a failure
+# reported while the credential already cools only ever lengthens a fixed cooldown.
+_FAIL_SCRIPT = """
+local current = redis.call('PTTL', KEYS[1])
+local ms = tonumber(ARGV[2])
+if current > 0 then
+  if ARGV[1] == 'fixed' and ms > current then
+    redis.call('SET', KEYS[1], ms, 'PX', ms)
+    redis.call('PUBLISH', ARGV[5], ARGV[6] .. ms)
+    return ms
+  end
+  return current
+end
+local n = redis.call('INCR', KEYS[2])
+redis.call('PEXPIRE', KEYS[2], ARGV[4])
+if ARGV[1] == 'backoff' then
+  ms = math.min(ms * 2 ^ (n - 1), tonumber(ARGV[3]))
+end
+ms = math.floor(ms)
+redis.call('SET', KEYS[1], ms, 'PX', ms)
+redis.call('DEL', KEYS[3])
+redis.call('PUBLISH', ARGV[5], ARGV[6] .. ms)
+return ms
+"""
+
+# KEYS: cool, trip, probe. ARGV: channel, message. A success while the cooldown still
+# runs (a request that started before the failure) does not end it.
+_OK_SCRIPT = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('DEL', KEYS[2], KEYS[3])
+redis.call('PUBLISH', ARGV[1], ARGV[2])
+return 1
+"""
+
+
+async def clear_health(redis: Redis, prefix: str, cred_id: int) -> None:
+    """Forget a credential's cooldown and failure streak (operator re-enable)."""
+    await redis.delete(*health_keys(prefix, cred_id))
+
+
+async def announce_reload(redis: Redis, prefix: str) -> None:
+    """Tell every node to re-read the credentials table now."""
+    await redis.publish(events_channel(prefix), "reload")
+
+
+# ---------------------------------------------------------------- the pool
+
+_LISTEN_POLL = 1.0
+
+
+def _raise_if_cancelled() -> None:
+    """redis-py (8.1) can swallow a cancellation that lands while it connects; the
+    task then still reports ``cancelling()``. Honour it, or shutdown would hang."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
+@dataclass(slots=True)
+class _Entry:
+    cred: Credential
+    disabled: bool = False
+    disabled_reason: str | None = None
+    current: int = 0  # smooth weighted round-robin
+    tripped: bool = False  # failed; healthy again only after a successful probe
+    cool_until: float = 0.0  # monotonic
+    streak: int = 0  # local failure count, used only when Redis is unreachable
+    probe_until: float = 0.0  # this node holds the probe lock until then
+    probe_out: bool = False  # ... and has handed the probe to a request
+    version: int = 0  # bumped by local changes; a refresh that raced one is ignored
+
+
+class KeyPool:
+    """The in-process view of the credential pool; see the module docstring."""
+
+    def __init__(
+        self,
+        db: asyncpg.Pool,
+        redis: Redis,
+        prefix: str,
+        *,
+        refresh_interval: float = 1.0,
+        reload_interval: float = 5.0,
+        backoff_base: float = BACKOFF_BASE,
+        backoff_cap: float = BACKOFF_CAP,
+        probe_ttl: float = PROBE_TTL,
+    ) -> None:
+        self._db = db
+        self._redis = redis
+        self._prefix = prefix
+        self._channel = events_channel(prefix)
+        self._refresh_interval = refresh_interval
+        self._reload_interval = reload_interval
+        self._backoff_base = backoff_base
+        self._backoff_cap = backoff_cap
+        self._probe_ttl = probe_ttl
+        self._node = secrets.token_hex(6)
+        self._entries: list[_Entry] = []
+        self._by_id: dict[int, _Entry] = {}
+        self._wake = asyncio.Event()
+        self._reload_requested = False
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._fail_script = redis.register_script(_FAIL_SCRIPT)
+        self._ok_script = redis.register_script(_OK_SCRIPT)
+
+    @classmethod
+    async def open(
+        cls, db: asyncpg.Pool, redis: Redis, prefix: str, tasks: TaskTracker, **options: Any
+    ) -> KeyPool:
+        """Load the credentials and their health, then keep them current."""
+        pool = cls(db, redis, prefix, **options)
+        await pool.start(tasks)
+        return pool
+
+    async def start(self, tasks: TaskTracker) -> None:
+        await self.refresh(reload=True)
+        self._tasks = [
+            tasks.spawn(self._refresh_loop(), name="keypool-refresh", perpetual=True),
+            tasks.spawn(self._listen_loop(), name="keypool-events", perpetual=True),
+        ]
+
+    async def close(self) -> None:
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    # ------------------------------------------------------------ hot path
+
+    def pick(self, exclude: frozenset[int] = frozenset()) -> Credential:
+        """The credential for the next attempt (never one in ``exclude``).
+
+        Half-open credentials whose probe this node holds go first (one request
+        each); otherwise smooth weighted round-robin over the healthy ones.
+        """
+        now = time.monotonic()
+        entries = self._entries
+        best: _Entry | None = None
+        total = 0
+        for entry in entries:
+            if entry.disabled or entry.cred.id in exclude:
+                continue
+            if entry.tripped:
+                if entry.cool_until <= now and entry.probe_until > now and not entry.probe_out:
+                    entry.probe_out = True
+                    return entry.cred
+                continue
+            entry.current += entry.cred.weight
+            total += entry.cred.weight
+            if best is None or entry.current > best.current:
+                best = entry
+        if best is None:
+            raise ServiceUnavailableError(NO_HEALTHY_MESSAGE)
+        best.current -= total
+        return best.cred
+
+    async def report(
+        self, cred: Credential, outcome: Outcome, cooldown: float | None = None
+    ) -> None:
+        """Apply what an attempt with ``cred`` showed; shared with every node.
+
+        OK costs no I/O unless the credential was tripped (the probe's success).
+        Never raises for Redis/PostgreSQL trouble: the view is then updated locally.
+        """
+        entry = self._by_id.get(cred.id)
+        if outcome is Outcome.OK:
+            if entry is not None and entry.tripped and entry.cool_until <= time.monotonic():
+                await self._recovered(cred, entry)
+        elif outcome is Outcome.CLIENT_ERROR:
+            if entry is not None:
+                entry.probe_out = False  # says nothing about the key: let another probe
+        elif outcome in _DISABLE_REASONS:
+            await self._disable(cred, entry, _DISABLE_REASONS[outcome])
+        elif outcome is Outcome.RATE_LIMITED:
+            seconds = DEFAULT_RATE_LIMIT_COOLDOWN if cooldown is None else cooldown
+            seconds = min(max(seconds, MIN_COOLDOWN), RATE_LIMIT_COOLDOWN_CAP)
+            await self._trip(cred, entry, "fixed", seconds)
+        elif outcome in _BACKOFF:
+            await self._trip(cred, entry, "backoff", self._backoff_base)
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        """Per credential: name, masked key, weight, state and cooldown remaining."""
+        now = time.monotonic()
+        rows: list[dict[str, Any]] = []
+        for entry in self._entries:
+            remaining = max(entry.cool_until - now, 0.0) if entry.tripped else 0.0
+            if entry.disabled:
+                state = "disabled"
+            elif entry.tripped:
+                state = "cooling"
+            else:
+                state = "healthy"
+            rows.append(
+                {
+                    "id": entry.cred.id,
+                    "name": entry.cred.name,
+                    "display": entry.cred.display,
+                    "weight": entry.cred.weight,
+                    "state": state,
+                    "half_open": entry.tripped and not entry.disabled and remaining == 0.0,
+                    "cooldown_remaining": round(remaining, 3),
+                    "disabled_reason": entry.disabled_reason,
+                }
+            )
+        return rows
+
+    # ------------------------------------------------------------ report helpers
+
+    async def _trip(
+        self, cred: Credential, entry: _Entry | None, mode: str, seconds: float
+    ) -> None:
+        cool, trip, probe = health_keys(self._prefix, cred.id)
+        try:
+            ms = int(
+                await self._fail_script(
+                    keys=[cool, trip, probe],
+                    args=[
+                        mode,
+                        int(seconds * 1000),
+                        int(self._backoff_cap * 1000),
+                        int(TRIP_TTL * 1000),
+                        self._channel,
+                        f"cool {self._node} {cred.id} ",
+                    ],
+                )
+            )
+        except _REDIS_ERRORS as exc:
+            log.warning("upstream %s: cannot share its cooldown (%s)", cred.name, exc)
+            if entry is None:
+                return
+            if entry.tripped and entry.cool_until > time.monotonic():
+                return
+            entry.streak += 1
+            if mode == "backoff":
+                seconds = min(seconds * 2 ** (entry.streak - 1), self._backoff_cap)
+            ms = int(seconds * 1000)
+        log.info("upstream %s cools down for %.1f s", cred.name, ms / 1000)
+        if entry is not None:
+            self._apply_cool(entry, ms)
+
+    async def _recovered(self, cred: Credential, entry: _Entry) -> None:
+        cool, trip, probe = health_keys(self._prefix, cred.id)
+        try:
+            done = await self._ok_script(
+                keys=[cool, trip, probe], args=[self._channel, f"ok {self._node} {cred.id}"]
+            )
+        except _REDIS_ERRORS as exc:
+            log.warning("upstream %s: cannot share its recovery (%s)", cred.name, exc)
+            done = 1
+        if done:
+            log.info("upstream %s is healthy again", cred.name)
+            self._apply_ok(entry)
+
+    async def _disable(self, cred: Credential, entry: _Entry | None, reason: str) -> None:
+        log.warning("upstream %s disabled: %s", cred.name, reason)
+        if entry is not None:
+            entry.disabled, entry.disabled_reason = True, reason
+            entry.version += 1
+        try:
+            await self._db.execute(
+                "UPDATE upstream_credentials SET status = 'disabled', disabled_reason = $2,"
+                " disabled_at = now(), updated_at = now() WHERE id = $1 AND status = 'active'",
+                cred.id,
+                reason,
+            )
+        except _DB_ERRORS as exc:
+            log.error("upstream %s: cannot record that it is disabled (%s)", cred.name, exc)
+        try:
+            await self._redis.publish(self._channel, f"disable {self._node} {cred.id}")
+        except _REDIS_ERRORS as exc:
+            log.warning("upstream %s: cannot announce that it is disabled (%s)", cred.name, exc)
+
+    def _apply_cool(self, entry: _Entry, ms: int) -> None:
+        entry.tripped = True
+        entry.cool_until = max(entry.cool_until, time.monotonic() + ms / 1000)
+        entry.probe_until, entry.probe_out = 0.0, False
+        entry.version += 1
+        self._wake.set()  # the refresh loop re-plans its wake-up for the expiry
+
+    @staticmethod
+    def _apply_ok(entry: _Entry) -> None:
+        entry.tripped, entry.cool_until, entry.streak = False, 0.0, 0
+        entry.probe_until, entry.probe_out = 0.0, False
+        entry.version += 1
+
+    # ------------------------------------------------------------ background
+
+    async def refresh(self, *, reload: bool = False) -> None:
+        """Bring the view up to date now: the table (if ``reload``) and Redis."""
+        if reload:
+            await self._load()
+        await self._sync()
+
+    async def _load(self) -> None:
+        rows = await self._db.fetch(
+            "SELECT id, name, secret, weight, status, disabled_reason"
+            " FROM upstream_credentials ORDER BY id"
+        )
+        entries: list[_Entry] = []
+        for row in rows:
+            cred = Credential(row["id"], row["name"], row["weight"], row["secret"])
+            entry = self._by_id.get(cred.id)
+            if entry is None:
+                entry = _Entry(cred)
+            elif entry.cred != cred:
+                entry.cred = cred
+            entry.disabled = row["status"] == "disabled"
+            entry.disabled_reason = row["disabled_reason"]
+            entries.append(entry)
+        self._entries = entries
+        self._by_id = {entry.cred.id: entry for entry in entries}
+
+    async def _sync(self) -> None:
+        """One pipelined read of every credential's cooldown; then take the probe
+        lock of each credential whose cooldown is over."""
+        entries = [entry for entry in self._entries if not entry.disabled]
+        if not entries:
+            return
+        versions = [entry.version for entry in entries]
+        pipe = self._redis.pipeline(transaction=False)
+        for entry in entries:
+            cool, trip, _ = health_keys(self._prefix, entry.cred.id)
+            pipe.pttl(cool)
+            pipe.exists(trip)
+        try:
+            replies = await pipe.execute()
+        except _REDIS_ERRORS:
+            await self._take_probes()  # Redis is down: cooldowns still end, locally
+            raise
+        now = time.monotonic()
+        for i, entry in enumerate(entries):
+            if entry.version != versions[i]:
+                continue  # changed locally meanwhile: that news is newer
+            ttl, tripped = replies[2 * i], replies[2 * i + 1]
+            if ttl > 0:
+                entry.tripped = True
+                entry.cool_until = now + ttl / 1000
+            elif tripped:
+                entry.tripped = True
+                entry.cool_until = min(entry.cool_until, now)
+            elif entry.tripped:
+                self._apply_ok(entry)
+        await self._take_probes()
+
+    async def _take_probes(self) -> None:
+        now = time.monotonic()
+        wanted = [
+            entry
+            for entry in self._entries
+            if entry.tripped
+            and not entry.disabled
+            and entry.cool_until <= now
+            and entry.probe_until <= now
+        ]
+        if not wanted:
+            return
+        ttl_ms = int(self._probe_ttl * 1000)
+        try:
+            pipe = self._redis.pipeline(transaction=False)
+            for entry in wanted:
+                probe = health_keys(self._prefix, entry.cred.id)[2]
+                pipe.set(probe, self._node, nx=True, px=ttl_ms)
+            won = await pipe.execute()
+        except _REDIS_ERRORS as exc:
+            log.warning("key pool: probing without Redis coordination (%s)", exc)
+            won = [True] * len(wanted)
+        until = time.monotonic() + self._probe_ttl
+        for entry, ok in zip(wanted, won, strict=True):
+            if ok:
+                entry.probe_until, entry.probe_out = until, False
+
+    def _next_wake(self) -> float:
+        now = time.monotonic()
+        delay = self._refresh_interval
+        for entry in self._entries:
+            if entry.tripped and entry.cool_until > now:
+                delay = min(delay, entry.cool_until - now + 0.005)
+        return max(delay, 0.01)
+
+    async def _refresh_loop(self) -> None:
+        next_reload = time.monotonic() + self._reload_interval
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._next_wake()):
+                    await self._wake.wait()
+            self._wake.clear()
+            reload = self._reload_requested or time.monotonic() >= next_reload
+            try:
+                if reload:
+                    self._reload_requested = False
+                    next_reload = time.monotonic() + self._reload_interval
+                await self.refresh(reload=reload)
+            except (*_DB_ERRORS, *_REDIS_ERRORS) as exc:
+                log.warning("key pool refresh failed: %s", exc)
+            _raise_if_cancelled()
+
+    async def _listen_loop(self) -> None:
+        while True:
+            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self._channel)
+                self._wake.set()  # messages may have been missed while unsubscribed
+                while True:
+                    _raise_if_cancelled()
+                    message = await pubsub.get_message(timeout=_LISTEN_POLL)
+                    if message is not None:
+                        self._on_event(message.get("data"))
+            except _REDIS_ERRORS as exc:
+                log.warning("key pool: event subscription lost (%s)", exc)
+            finally:
+                with contextlib.suppress(*_REDIS_ERRORS):
+                    await pubsub.aclose()
+            _raise_if_cancelled()
+            await asyncio.sleep(1.0)
+
+    def _on_event(self, data: Any) -> None:
+        text = data.decode() if isinstance(data, bytes) else str(data)
+        parts = text.split()
+        if parts == ["reload"]:
+            self._reload_requested = True
+            self._wake.set()
+            return
+        if len(parts) < 3 or parts[1] == self._node or not parts[2].isdigit():
+            return
+        entry = self._by_id.get(int(parts[2]))
+        if entry is None:
+            self._reload_requested = True  # a credential added since the last load
+            self._wake.set()
+            return
+        if parts[0] == "cool" and len(parts) == 4 and parts[3].isdigit():
+            self._apply_cool(entry, int(parts[3]))
+        elif parts[0] == "ok":
+            self._apply_ok(entry)
+        elif parts[0] == "disable":
+            entry.disabled = True
+            entry.version += 1
+            self._reload_requested = True  # for the reason
+            self._wake.set()
