@@ -26,7 +26,7 @@ from alicode_gw.money.leases import Credit
 from alicode_gw.observe import accesslog
 from alicode_gw.observe.health import HealthMonitor
 from alicode_gw.observe.metrics import Metrics, clear_share_dir, share_dir
-from alicode_gw.routes import build_router
+from alicode_gw.routes import Router, build_router
 from alicode_gw.state import RequestContext, State
 from alicode_gw.store.backends import Backends, create_pool, create_redis, start_backends
 from alicode_gw.tasks import TaskTracker
@@ -97,7 +97,6 @@ async def open_state(config: Config, backends: Backends) -> State:
         db=db,
         redis=redis,
         http=upstream_session(config),
-        router=build_router(),
         tasks=tasks,
         keypool=keypool,
         catalog=catalog,
@@ -125,9 +124,10 @@ async def close_state(state: State) -> None:
     await state.db.close()
 
 
-def make_handler(state: State) -> RequestHandler:
-    """The root handler: request id, routing, error rendering, in-flight count, and
-    the request's metrics and access line (:mod:`alicode_gw.observe.accesslog`)."""
+def make_handler(state: State, router: Router) -> RequestHandler:
+    """The root handler: request id, routing, authentication of the routes that declare
+    it, error rendering, in-flight count, and the request's metrics and access line
+    (:mod:`alicode_gw.observe.accesslog`)."""
 
     async def handle(request: web.BaseRequest) -> web.StreamResponse:
         ctx = RequestContext(state, request, new_request_id())
@@ -156,10 +156,14 @@ def make_handler(state: State) -> RequestHandler:
     async def respond(ctx: RequestContext) -> web.StreamResponse:
         """Route and run the handler; any error rendered in the route's API shape."""
         try:
-            match = state.router.resolve(ctx.request.method, ctx.request.path)
-            ctx.route = match.route.name
-            ctx.flavor = match.route.flavor
+            match = router.resolve(ctx.request.method, ctx.request.path)
+            route = match.route
+            ctx.route = route.name
+            ctx.flavor = route.flavor if route.flavor_of is None else route.flavor_of(ctx.request)
             ctx.params = match.params
+            if route.auth:
+                key = ctx.key = await state.auth.authenticate(ctx.request, ctx.ip)
+                ctx.key_public_id, ctx.account_id = key.public_id, key.account_id
             return await match.handler(ctx)
         except GatewayError as err:
             if ctx.request.writer.output_size:  # too late for an answer of its own
@@ -182,9 +186,9 @@ def make_handler(state: State) -> RequestHandler:
 class Gateway:
     """The HTTP server around a :class:`State`: start, report the port, stop gracefully."""
 
-    def __init__(self, state: State) -> None:
+    def __init__(self, state: State, router: Router | None = None) -> None:
         self.state = state
-        self._server = web.Server(make_handler(state), access_log=None)
+        self._server = web.Server(make_handler(state, router or build_router()), access_log=None)
         self._runner = web.ServerRunner(
             self._server, handle_signals=False, shutdown_timeout=state.config.shutdown_timeout
         )

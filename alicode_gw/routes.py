@@ -1,7 +1,9 @@
 """The route table and its matcher (no routing library).
 
 A route is a path pattern (``{name}`` segments are parameters), the handler for each
-method, and the error flavor its errors use. Paths are tried as given, then with a
+method, the error flavor its errors use, and whether it needs a customer key (``auth``:
+the root handler in :mod:`alicode_gw.app` authenticates before the handler runs, so no
+handler does it itself). Paths are tried as given, then with a
 doubled ``/v1/v1/`` collapsed (clients configured with a base URL ending in ``/v1``)
 and then with ``/v1`` prepended (OpenAI clients configured without it).
 """
@@ -13,10 +15,16 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from alicode_gw.endpoints import count_tokens, messages, models, openai_chat
-from alicode_gw.endpoints import key_status as keystatus
+from alicode_gw.endpoints import (
+    count_tokens,
+    health,
+    key_status,
+    messages,
+    metrics,
+    models,
+    openai_chat,
+)
 from alicode_gw.errors import Flavor, MethodNotAllowedError, NotFoundError
-from alicode_gw.observe import health, metrics
 from alicode_gw.state import RequestContext
 
 Handler = Callable[[RequestContext], Awaitable[web.StreamResponse]]
@@ -28,6 +36,9 @@ class Route:
     pattern: str
     methods: Mapping[str, Handler]
     flavor: Flavor = Flavor.ANTHROPIC
+    auth: bool = False
+    # A route whose clients speak either API: its flavor read from each request.
+    flavor_of: Callable[[web.BaseRequest], Flavor] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,20 +103,34 @@ def build_router() -> Router:
         [
             Route("health", "/v1/health", {"GET": health.handle_health}),
             Route("metrics", "/metrics", {"GET": metrics.handle_metrics}),
-            Route("key_status", "/v1/key-status", {"GET": keystatus.handle_key_status}),
-            Route("messages", "/v1/messages", {"POST": messages.handle_messages}),
+            Route("key_status", "/v1/key-status", {"GET": key_status.handle_key_status}, auth=True),
+            Route("messages", "/v1/messages", {"POST": messages.handle_messages}, auth=True),
             Route(
                 "count_tokens",
                 "/v1/messages/count_tokens",
                 {"POST": count_tokens.handle_count_tokens},
+                auth=True,
             ),
-            Route("models", "/v1/models", {"GET": models.handle_list}),
-            Route("model", "/v1/models/{model_id}", {"GET": models.handle_get}),
+            Route(
+                "models",
+                "/v1/models",
+                {"GET": models.handle_list},
+                auth=True,
+                flavor_of=models.flavor_of,
+            ),
+            Route(
+                "model",
+                "/v1/models/{model_id}",
+                {"GET": models.handle_get},
+                auth=True,
+                flavor_of=models.flavor_of,
+            ),
             Route(
                 "chat_completions",
                 "/v1/chat/completions",
                 {"POST": openai_chat.handle_chat_completions},
                 Flavor.OPENAI,
+                auth=True,
             ),
         ]
     )

@@ -5,25 +5,25 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import aiohttp
 import asyncpg
 from aiohttp import web
 from redis.asyncio import Redis
 
+from alicode_gw.clientip import client_ip
 from alicode_gw.config import Config
 from alicode_gw.errors import Flavor
 from alicode_gw.tasks import TaskTracker
 
 if TYPE_CHECKING:
-    from alicode_gw.identity.auth import Authenticator
+    from alicode_gw.identity.auth import ApiKey, Authenticator
     from alicode_gw.limits.limiter import Limiter
     from alicode_gw.money.billing import Billing
     from alicode_gw.money.catalog import ModelCatalog
     from alicode_gw.observe.health import HealthMonitor
     from alicode_gw.observe.metrics import Metrics
-    from alicode_gw.routes import Router
     from alicode_gw.tokens import TokenCounter
     from alicode_gw.upstream.pool import KeyPool
 
@@ -36,7 +36,6 @@ class State:
     db: asyncpg.Pool
     redis: Redis
     http: aiohttp.ClientSession
-    router: Router
     tasks: TaskTracker
     keypool: KeyPool
     catalog: ModelCatalog
@@ -50,10 +49,6 @@ class State:
     in_flight: int = 0
     draining: bool = False
 
-    def redis_key(self, *parts: str) -> str:
-        """A Redis key under the configured prefix."""
-        return self.config.redis_prefix + ":".join(parts)
-
 
 @dataclass(slots=True)
 class RequestContext:
@@ -66,12 +61,14 @@ class RequestContext:
     route: str = "unknown"
     params: dict[str, str] = field(default_factory=dict)
     started: float = field(default_factory=time.perf_counter)
+    key: ApiKey | None = None  # set before the handler runs on a route with auth=True
     # What the access log reports; filled in as the request goes through the pipeline.
     client_ip: str | None = None
     key_public_id: str | None = None
     account_id: int | None = None
     model: str | None = None
     upstream_name: str | None = None
+    upstream_request_id: str | None = None  # the upstream's id of the last attempt
     attempts: int = 0
     ttfb: float | None = None
     input_tokens: int = 0
@@ -79,7 +76,20 @@ class RequestContext:
     cache_write_tokens: int = 0
     cache_read_tokens: int = 0
     cost_nanos: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ip(self) -> str:
+        """The client's address (forwarding headers believed from trusted proxies only)."""
+        if self.client_ip is None:
+            self.client_ip = client_ip(self.request, self.state.config.trusted_proxies)
+        return self.client_ip
+
+    @property
+    def authenticated(self) -> ApiKey:
+        """The request's key; only handlers of routes declared with ``auth=True`` ask."""
+        if self.key is None:
+            raise AssertionError(f"route {self.route} reads a key but is not declared auth=True")
+        return self.key
 
     def headers(self, **more: str) -> dict[str, str]:
         """Response headers every answer carries (``request-id``) plus ``more``."""

@@ -43,6 +43,7 @@ import uvloop
 
 from alicode_gw import app
 from alicode_gw.config import Config, ConfigError
+from alicode_gw.observe.logs import setup_logging
 from alicode_gw.observe.metrics import clear_share_dir, share_dir
 from alicode_gw.store.backends import Backends, start_backends
 
@@ -69,7 +70,6 @@ def worker_count(text: str) -> int:
 def _worker_main(config: Config, database_url: str, redis_url: str, ready: Connection) -> None:
     """A worker process: the single-process gateway, reporting when it listens."""
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    from alicode_gw.cli import setup_logging
 
     setup_logging(config.log_level)
 

@@ -126,8 +126,7 @@ async def _echo_param(ctx: RequestContext) -> web.StreamResponse:
 
 @pytest.fixture
 async def test_gateway(make_config):
-    gw = await start_gateway(make_config(max_body_bytes=4096))
-    gw.state.router = _test_router()
+    gw = await start_gateway(make_config(max_body_bytes=4096), _test_router())
     try:
         yield gw
     finally:
@@ -200,8 +199,7 @@ async def test_path_parameters(test_gateway: app.Gateway) -> None:
 
 
 async def test_graceful_shutdown_lets_in_flight_finish(make_config) -> None:
-    gw = await start_gateway(make_config())
-    gw.state.router = _test_router()
+    gw = await start_gateway(make_config(), _test_router())
     url = gw.url
     async with aiohttp.ClientSession() as http:
 

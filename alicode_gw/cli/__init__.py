@@ -8,14 +8,13 @@ setting prints one line naming the variable and exits 2.
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Sequence
 
 from alicode_gw import __version__
 from alicode_gw.cli import accounts, billing, keys, server, upstream
 from alicode_gw.config import ConfigError, load
-from alicode_gw.observe import accesslog
+from alicode_gw.observe.logs import setup_logging
 
 EXIT_USAGE = 2
 _GROUPS = (server, accounts, billing, keys, upstream)
@@ -30,17 +29,6 @@ def build_parser() -> argparse.ArgumentParser:
     for group in _GROUPS:
         group.register(subparsers)
     return parser
-
-
-def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    accesslog.configure(sys.stderr)
-    # pgserver narrates every initdb/pg_ctl step at INFO; keep its warnings only.
-    logging.getLogger("pgserver").setLevel(max(logging.WARNING, logging.getLevelName(level)))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -12,9 +12,8 @@ import json
 
 from aiohttp import web
 
-from alicode_gw.clientip import client_ip
-from alicode_gw.endpoints.messages import resolve_model, upstream_body
 from alicode_gw.errors import GatewayError, InvalidRequestError
+from alicode_gw.pipeline import resolve_model, upstream_body
 from alicode_gw.requestbody import read_json
 from alicode_gw.state import RequestContext
 from alicode_gw.upstream.client import Refusal, open_upstream, passed_headers
@@ -37,12 +36,8 @@ async def handle_count_tokens(ctx: RequestContext) -> web.StreamResponse:
     state = ctx.state
     body, payload = await read_json(ctx.request, state.config.max_body_bytes)
     model = _validate(payload)
-    ip = ctx.client_ip = client_ip(ctx.request, state.config.trusted_proxies)
-    key = await state.auth.authenticate(ctx.request, ip)
-    ctx.key_public_id, ctx.account_id = key.public_id, key.account_id
-    info = resolve_model(ctx, model, key.allowed_models)
-    ctx.model = info.target
-    admission = await state.limiter.admit(ip, key, info.target)
+    info = resolve_model(ctx, model)
+    admission = await state.limiter.admit(ctx.ip, ctx.authenticated, info.target)
     try:
         if state.config.count_tokens == "upstream":
             try:

@@ -14,7 +14,6 @@ from typing import Any
 import asyncpg
 from aiohttp import web
 
-from alicode_gw.clientip import client_ip
 from alicode_gw.errors import ServiceUnavailableError
 from alicode_gw.identity import accounts
 from alicode_gw.limits.refusals import format_duration
@@ -30,9 +29,7 @@ def _duration(seconds: float | None) -> tuple[str | None, int | None]:
 
 async def handle_key_status(ctx: RequestContext) -> web.StreamResponse:
     state = ctx.state
-    ip = ctx.client_ip = client_ip(ctx.request, state.config.trusted_proxies)
-    key = await state.auth.authenticate(ctx.request, ip)
-    ctx.key_public_id, ctx.account_id = key.public_id, key.account_id
+    key = ctx.authenticated
     usage = await state.limiter.usage(key)
     try:
         record = await accounts.get_key(state.db, key.id)

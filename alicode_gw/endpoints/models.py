@@ -13,7 +13,6 @@ from typing import Any
 
 from aiohttp import web
 
-from alicode_gw.clientip import client_ip
 from alicode_gw.errors import Flavor, InvalidRequestError, NotFoundError
 from alicode_gw.money.catalog import ModelInfo
 from alicode_gw.state import RequestContext
@@ -23,8 +22,10 @@ MAX_LIMIT = 1000
 OWNER = "anthropic"
 
 
-def _flavor(ctx: RequestContext) -> Flavor:
-    if "anthropic-version" in ctx.request.headers:
+def flavor_of(request: web.BaseRequest) -> Flavor:
+    """Anthropic's shape for Anthropic clients (they send ``anthropic-version``),
+    OpenAI's for the rest (the route table asks this before authenticating)."""
+    if "anthropic-version" in request.headers:
         return Flavor.ANTHROPIC
     return Flavor.OPENAI
 
@@ -89,14 +90,6 @@ def page(models: list[ModelInfo], query: dict[str, str]) -> dict[str, Any]:
     }
 
 
-async def _authenticate(ctx: RequestContext) -> None:
-    ctx.flavor = _flavor(ctx)
-    state = ctx.state
-    ip = ctx.client_ip = client_ip(ctx.request, state.config.trusted_proxies)
-    key = await state.auth.authenticate(ctx.request, ip)
-    ctx.key_public_id, ctx.account_id = key.public_id, key.account_id
-
-
 def _json(ctx: RequestContext, value: dict[str, Any]) -> web.Response:
     return web.Response(
         body=json.dumps(value, separators=(",", ":")).encode(),
@@ -106,7 +99,6 @@ def _json(ctx: RequestContext, value: dict[str, Any]) -> web.Response:
 
 
 async def handle_list(ctx: RequestContext) -> web.StreamResponse:
-    await _authenticate(ctx)
     models = ordered(ctx.state.catalog.all())
     if ctx.flavor is Flavor.ANTHROPIC:
         return _json(ctx, page(models, dict(ctx.request.query)))
@@ -114,7 +106,6 @@ async def handle_list(ctx: RequestContext) -> web.StreamResponse:
 
 
 async def handle_get(ctx: RequestContext) -> web.StreamResponse:
-    await _authenticate(ctx)
     model_id = ctx.params["model_id"]
     info = ctx.state.catalog.resolve(model_id)
     if info is None:

@@ -10,7 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
-from alicode_gw.endpoints import messages
+from alicode_gw import pipeline
 from alicode_gw.errors import GatewayError, error_for_status
 from alicode_gw.ids import random_token
 from alicode_gw.openai.request import (
@@ -86,4 +86,4 @@ async def handle_chat_completions(ctx: RequestContext) -> web.StreamResponse:
     translated = to_anthropic(payload)
     body = json.dumps(translated, separators=(",", ":")).encode()
     surface = OpenAISurface(stream_include_usage(payload))
-    return await messages.serve(ctx, body, translated, surface)
+    return await pipeline.serve(ctx, body, translated, surface)

@@ -176,6 +176,7 @@ def finish(ctx: RequestContext, status: int) -> None:
         "duration_ms": _ms(duration),
         "ttfb_ms": _ms(ctx.ttfb),
         "upstream": ctx.upstream_name,
+        "upstream_request_id": ctx.upstream_request_id,
         "attempts": ctx.attempts,
     }
     text = json.dumps(line, separators=(",", ":"))

@@ -1,4 +1,5 @@
-"""Prometheus metrics (``state.metrics``) and ``GET /metrics``.
+"""Prometheus metrics (``state.metrics``); ``GET /metrics`` is
+:mod:`alicode_gw.endpoints.metrics`.
 
 Every series is named ``alicode_…`` and lives in registries this object owns (never
 ``prometheus_client``'s global default registry). Two kinds:
@@ -28,8 +29,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import hmac
-import ipaddress
 import json
 import logging
 import math
@@ -41,18 +40,15 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.metrics_core import Metric
 
 from alicode_gw import __version__
-from alicode_gw.clientip import client_ip
-from alicode_gw.errors import PermissionDeniedError
 
 if TYPE_CHECKING:
     from alicode_gw.config import Config
-    from alicode_gw.state import RequestContext, State
+    from alicode_gw.money.billing import Billing
+    from alicode_gw.upstream.pool import KeyPool
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +62,6 @@ NO_MODEL = "none"
 OTHER_MODEL = "other"
 # Outcomes that say nothing bad about the upstream (the client's own 4xx is not an error).
 _GOOD_OUTCOMES = frozenset({"ok", "client_error"})
-_FORWARDING_HEADERS = ("x-forwarded-for", "x-real-ip", "forwarded")
 CREDENTIAL_STATES = ("healthy", "cooling", "disabled")
 
 
@@ -222,15 +217,15 @@ class Metrics:
 
     # ------------------------------------------------------------ node series
 
-    async def refresh_node(self, state: State) -> None:
+    async def refresh_node(self, keypool: KeyPool, billing: Billing) -> None:
         """Set the node series from live state (the credential pool, the journal)."""
         counts = dict.fromkeys(CREDENTIAL_STATES, 0)
-        for row in state.keypool.snapshot():
+        for row in keypool.snapshot():
             counts[row["state"]] = counts.get(row["state"], 0) + 1
         for name, count in counts.items():
             self.credentials.labels(name).set(count)
         try:
-            backlog = float(await asyncio.wait_for(state.billing.journal_length(), 0.5))
+            backlog = float(await asyncio.wait_for(billing.journal_length(), 0.5))
         except Exception as exc:  # Redis down: the series says unknown, the scrape works
             log.debug("billing journal length unavailable: %r", exc)
             backlog = math.nan
@@ -362,43 +357,3 @@ def clear_share_dir(path: Path) -> None:
         for old in path.glob(pattern):
             with contextlib.suppress(FileNotFoundError):
                 old.unlink()
-
-
-# ---------------------------------------------------------------- GET /metrics
-
-
-def _allowed(ctx: RequestContext) -> bool:
-    config = ctx.state.config
-    request = ctx.request
-    token = config.metrics_token
-    if token:
-        header = request.headers.get("authorization", "")
-        scheme, _, presented = header.partition(" ")
-        if scheme.lower() == "bearer" and hmac.compare_digest(
-            presented.strip().encode(), token.encode()
-        ):
-            return True
-    address = client_ip(request, config.trusted_proxies)
-    if address == (request.remote or "") and any(h in request.headers for h in _FORWARDING_HEADERS):
-        # Forwarded by a proxy we do not trust: the real client is unknown (e.g. nginx on
-        # loopback without ALICODE_TRUSTED_PROXIES), so its loopback address proves nothing.
-        return False
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return False
-    return any(ip.version == net.version and ip in net for net in config.metrics_allow)
-
-
-async def handle_metrics(ctx: RequestContext) -> web.StreamResponse:
-    """``GET /metrics``: loopback (``ALICODE_METRICS_ALLOW``) or the operator token."""
-    if not _allowed(ctx):
-        raise PermissionDeniedError(
-            "/metrics is reachable only from ALICODE_METRICS_ALLOW or with ALICODE_METRICS_TOKEN."
-        )
-    state = ctx.state
-    await state.metrics.refresh_node(state)
-    body = await asyncio.to_thread(state.metrics.exposition)
-    headers = ctx.headers(**{"cache-control": "no-store"})
-    headers["content-type"] = CONTENT_TYPE_LATEST
-    return web.Response(body=body, headers=headers)

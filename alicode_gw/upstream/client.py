@@ -9,6 +9,7 @@ headers (they describe the operator's account) never come back.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -53,11 +54,39 @@ def passed_headers(upstream: CIMultiDictProxy[str] | CIMultiDict[str]) -> dict[s
 
 @dataclass(slots=True)
 class Refusal:
-    """An upstream 4xx that is the client's fault: passed through as received."""
+    """An upstream 4xx that is the client's fault: passed through as received, except
+    that its ``request_id`` is the gateway's (the one in the ``request-id`` header and
+    the access log; the upstream's is in ``x-upstream-request-id``)."""
 
     status: int
     headers: dict[str, str]
     body: bytes
+
+
+def rebrand_error(body: bytes, request_id: str) -> tuple[bytes, str | None]:
+    """An upstream error body with the gateway's ``request_id`` in place of the
+    upstream's, and the upstream's id. A body that is not a JSON object stays as is."""
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        return body, None
+    if not isinstance(payload, dict):
+        return body, None
+    upstream_id = payload.get("request_id")
+    payload["request_id"] = request_id
+    rebranded = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+    return rebranded, upstream_id if isinstance(upstream_id, str) else None
+
+
+def refusal(ctx: RequestContext, response: aiohttp.ClientResponse, body: bytes) -> Refusal:
+    """The client's copy of an upstream client error (see :class:`Refusal`)."""
+    body, body_id = rebrand_error(body, ctx.request_id)
+    upstream_id = body_id or ctx.upstream_request_id
+    headers = passed_headers(response.headers)
+    if upstream_id:
+        ctx.upstream_request_id = upstream_id
+        headers["x-upstream-request-id"] = upstream_id
+    return Refusal(response.status, headers, body)
 
 
 @dataclass(slots=True)
@@ -145,6 +174,7 @@ async def open_upstream(
             attempts.outcomes.append(Outcome.CONNECT_ERROR)
             await _report(ctx, credential, Outcome.CONNECT_ERROR)
             continue
+        ctx.upstream_request_id = response.headers.get("request-id")
         if response.status < 300:
             await _report(ctx, credential, Outcome.OK)
             body_read_timeout(response, config.upstream_idle_timeout)
@@ -158,7 +188,7 @@ async def open_upstream(
         outcome, cooldown = classify(response.status, response.headers, error_body)
         if outcome is Outcome.CLIENT_ERROR:
             await _report(ctx, credential, outcome)  # frees a half-open probe
-            return Refusal(response.status, passed_headers(response.headers), error_body)
+            return refusal(ctx, response, error_body)
         attempts.outcomes.append(outcome)
         if cooldown is not None:
             attempts.retry_after.append(cooldown)

@@ -109,11 +109,11 @@ async def test_draining_is_down(node: app.Gateway) -> None:
 async def test_live_checks_are_cached_and_shared(node: app.Gateway) -> None:
     state = node.state
     state.health.invalidate()
-    results = await asyncio.gather(*(state.health.checks(state) for _ in range(20)))
+    results = await asyncio.gather(*(state.health.checks(state.db, state.redis) for _ in range(20)))
     assert all(r is results[0] for r in results)  # one check served 20 concurrent polls
-    assert await state.health.checks(state) is results[0]
+    assert await state.health.checks(state.db, state.redis) is results[0]
     await asyncio.sleep(1.05)
-    assert await state.health.checks(state) is not results[0]
+    assert await state.health.checks(state.db, state.redis) is not results[0]
     # Polling every 50 ms for a second costs a handful of live checks at most.
     loop = asyncio.get_running_loop()
     started = loop.time()

@@ -281,4 +281,24 @@ async def test_upstream_client_error_passes_through_unbilled(
     assert info.value.request_id.startswith("req_")
     assert await balance(gw, db, customer.email) == before
     assert gw.state.keypool.snapshot()[0]["state"] == "healthy"
+
+
+async def test_relayed_upstream_error_carries_the_gateways_request_id(
+    gw: app.Gateway, customer: Customer, mock_upstream: MockUpstream
+) -> None:
+    """One id per answer: the body's ``request_id`` is the ``request-id`` header (the one
+    the gateway logs); the upstream's id travels in ``x-upstream-request-id``."""
+    async with client_for(gw, customer) as client:
+        with pytest.raises(anthropic.BadRequestError) as info:
+            await client.messages.create(
+                model=MODEL,
+                max_tokens=5,
+                messages=[{"role": "user", "content": "[[mock: status=400]]"}],
+            )
+    response = info.value.response
+    upstream_id = upstream_exchanges(mock_upstream)[-1].request_id
+    assert upstream_id.startswith("req_")
+    assert info.value.request_id == response.headers["request-id"]
+    assert response.json()["request_id"] == response.headers["request-id"] != upstream_id
+    assert response.headers["x-upstream-request-id"] == upstream_id
     assert all(c["state"] == "healthy" for c in gw.state.keypool.snapshot())

@@ -92,7 +92,11 @@ def access_lines(capture: Capture) -> list[dict]:
 
 
 async def test_one_json_line_per_request(
-    gw: app.Gateway, customer: Customer, db: asyncpg.Connection, captured: Capture
+    gw: app.Gateway,
+    customer: Customer,
+    db: asyncpg.Connection,
+    captured: Capture,
+    mock_upstream: MockUpstream,
 ) -> None:
     async with client_for(gw, customer) as client:
         raw = await client.messages.with_raw_response.create(
@@ -117,6 +121,7 @@ async def test_one_json_line_per_request(
     assert line["cost_usd"] == raw.headers["x-alicode-cost-usd"]
     assert line["duration_ms"] >= line["ttfb_ms"] > 0
     assert line["upstream"] in {f"cred-{n}" for n in range(3)} and line["attempts"] == 1
+    assert line["upstream_request_id"] == upstream_exchanges(mock_upstream)[-1].request_id
     assert line["time"].endswith("Z")
     other = lines[missing_id]
     assert (other["route"], other["status"], other["key_id"], other["upstream"]) == (

@@ -13,6 +13,7 @@ import asyncpg
 
 from alicode_gw import app
 from alicode_gw.config import Config
+from alicode_gw.routes import Router
 from alicode_gw.store import migrate
 from alicode_gw.store.backends import Backends
 
@@ -47,10 +48,10 @@ def migrated_database(server_database_url: str, prefix: str) -> Iterator[str]:
         asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
-async def start_gateway(config: Config) -> app.Gateway:
+async def start_gateway(config: Config, router: Router | None = None) -> app.Gateway:
     assert config.database_url is not None and config.redis_url is not None
     state = await app.open_state(config, Backends(config.database_url, config.redis_url))
-    gateway = app.Gateway(state)
+    gateway = app.Gateway(state, router)
     await gateway.start(port=0)
     return gateway
 

@@ -1,0 +1,287 @@
+"""The request path shared by ``/v1/messages``, ``/v1/chat/completions`` and
+``/v1/messages/count_tokens``, one :class:`~alicode_gw.state.RequestContext` threaded
+through:
+
+    [route: authenticate] → validate → model (catalog, allow-list) → admit ∥ hold
+    → forward (retries before the first byte) → relay (JSON or SSE) → [answer sent]
+    → conclude (settle or release, limits finish: a tracked task, the answer waits
+    for no database)
+
+Authentication is declared on the route (:mod:`alicode_gw.routes`) and done by the root
+handler before an endpoint runs: ``ctx.key`` is set here. The endpoints only read their
+body and choose a :class:`Surface` (how the client side speaks).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from aiohttp import web
+
+from alicode_gw.errors import InvalidRequestError, PermissionDeniedError
+from alicode_gw.identity.auth import ApiKey
+from alicode_gw.limits.limiter import Admission
+from alicode_gw.money.billing import Hold, Usage, format_usd
+from alicode_gw.money.catalog import ModelInfo
+from alicode_gw.state import RequestContext
+from alicode_gw.upstream.client import Refusal, open_upstream, passed_headers
+from alicode_gw.upstream.relay import (
+    RelayResult,
+    StreamFormat,
+    json_result,
+    read_json,
+    relay_stream,
+)
+
+UPSTREAM_PATH = "/v1/messages"
+
+
+@dataclass(frozen=True, slots=True)
+class MessagesRequest:
+    model: str
+    max_tokens: int
+    stream: bool
+
+
+def validate(payload: dict[str, Any]) -> MessagesRequest:
+    """The checks the gateway needs before anything goes upstream (the upstream
+    validates the rest and its 400s are passed through)."""
+    model = payload.get("model")
+    if model is None:
+        raise InvalidRequestError("model: Field required", param="model")
+    if not isinstance(model, str) or not model:
+        raise InvalidRequestError("model: Input should be a non-empty string", param="model")
+    max_tokens = payload.get("max_tokens")
+    if max_tokens is None:
+        raise InvalidRequestError("max_tokens: Field required", param="max_tokens")
+    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
+        raise InvalidRequestError(
+            "max_tokens: Input should be an integer of at least 1", param="max_tokens"
+        )
+    messages = payload.get("messages")
+    if messages is None:
+        raise InvalidRequestError("messages: Field required", param="messages")
+    if not isinstance(messages, list) or not messages:
+        raise InvalidRequestError("messages: Input should be a non-empty list", param="messages")
+    stream = payload.get("stream", False)
+    if not isinstance(stream, bool):
+        raise InvalidRequestError("stream: Input should be a valid boolean", param="stream")
+    return MessagesRequest(model, max_tokens, stream)
+
+
+def resolve_model(ctx: RequestContext, name: str) -> ModelInfo:
+    """The model ``name`` as the catalog knows it, if the request's key may use it (by
+    the name it sent or, for an alias, its target)."""
+    info = ctx.state.catalog.resolve(name)
+    if info is None:
+        raise InvalidRequestError(
+            f"model: '{name}' is not available on this gateway; see GET /v1/models",
+            param="model",
+        )
+    if not ctx.authenticated.allows(name, info.target):
+        raise PermissionDeniedError(f"This API key is not allowed to use the model '{name}'.")
+    ctx.model = info.target
+    return info
+
+
+def check_max_tokens(max_tokens: int, info: ModelInfo) -> None:
+    """The model's output ceiling, as the API checks it (and before any hold is sized)."""
+    ceiling = info.capabilities.max_output_tokens
+    if max_tokens > ceiling:
+        raise InvalidRequestError(
+            f"max_tokens: {max_tokens} > {ceiling}, which is the maximum allowed number "
+            f"of output tokens for {info.target}",
+            param="max_tokens",
+        )
+
+
+def upstream_body(body: bytes, payload: dict[str, Any], info: ModelInfo) -> bytes:
+    """The body to send: unchanged, except an alias replaced by its target model."""
+    if not info.is_alias:
+        return body
+    return json.dumps({**payload, "model": info.target}, separators=(",", ":")).encode()
+
+
+class Surface(Protocol):
+    """How the client side speaks: Anthropic's API relays as is; the OpenAI surface
+    (:mod:`alicode_gw.endpoints.openai_chat`) re-encodes answers and errors."""
+
+    def json_body(self, raw: bytes, model: str) -> bytes: ...
+
+    def stream_format(self, model: str) -> StreamFormat | None: ...
+
+    def refusal(self, refusal: Refusal, ctx: RequestContext) -> web.StreamResponse: ...
+
+
+class AnthropicSurface:
+    """``/v1/messages``: bytes as received, upstream client errors passed through."""
+
+    def json_body(self, raw: bytes, model: str) -> bytes:
+        return raw
+
+    def stream_format(self, model: str) -> StreamFormat | None:
+        return None
+
+    def refusal(self, refusal: Refusal, ctx: RequestContext) -> web.StreamResponse:
+        return web.Response(
+            status=refusal.status, body=refusal.body, headers={**refusal.headers, **ctx.headers()}
+        )
+
+
+ANTHROPIC = AnthropicSurface()
+
+
+async def serve(
+    ctx: RequestContext, body: bytes, payload: dict[str, Any], surface: Surface
+) -> web.StreamResponse:
+    """The pipeline after the body is read: ``body`` is what goes upstream (bar an
+    alias rewrite), ``payload`` its decoded form."""
+    state = ctx.state
+    request = validate(payload)
+    key, ip = ctx.authenticated, ctx.ip
+    info = resolve_model(ctx, request.model)
+    check_max_tokens(request.max_tokens, info)
+    estimate = await state.tokens.count_async(payload)
+    admission, hold = await _admit_and_hold(ctx, key, info, request, estimate, ip)
+    outcome = _Outcome()
+    try:
+        headers = dict(admission.headers)
+        if info.is_alias:
+            headers["x-alicode-model"] = info.target
+        body = upstream_body(body, payload, info)
+        return await _forward(ctx, body, request.stream, headers, surface, info, hold, outcome)
+    finally:
+        _conclude(ctx, admission, outcome)
+
+
+async def _admit_and_hold(
+    ctx: RequestContext,
+    key: ApiKey,
+    info: ModelInfo,
+    request: MessagesRequest,
+    estimate: int,
+    ip: str,
+) -> tuple[Admission, Hold]:
+    """The limits (Redis) and the billing hold (PostgreSQL, or none: the account's credit
+    lease on this node) at once: one round trip of latency at most. Whichever refuses,
+    the other is undone before the error (the limits' verdict first) reaches the
+    client."""
+    state = ctx.state
+    hold = (ctx.request_id, key.id, request.model, estimate, request.max_tokens, ip)
+    leased = state.billing.hold_leased(*hold, account_id=key.account_id, priced=info)
+    if leased is not None:  # the hold took no I/O: only the limits are waited for
+        try:
+            return await state.limiter.admit(ip, key, info.target), leased
+        except BaseException:
+            await state.billing.release(ctx.request_id)
+            raise
+    admitted, held = await asyncio.gather(
+        state.limiter.admit(ip, key, info.target),
+        state.billing.hold(*hold, account_id=key.account_id),
+        return_exceptions=True,
+    )
+    if isinstance(admitted, BaseException):
+        if not isinstance(held, BaseException):
+            await state.billing.release(ctx.request_id)
+        raise admitted
+    if isinstance(held, BaseException):
+        await state.limiter.finish(admitted, 0)
+        raise held
+    return admitted, held
+
+
+def _tokens(usage: Usage) -> int:
+    """What a request counts against its key's rolling token budget."""
+    return (
+        usage.input_tokens
+        + usage.output_tokens
+        + usage.cache_creation_5m
+        + usage.cache_creation_1h
+        + usage.cache_read
+    )
+
+
+@dataclass(slots=True)
+class _Outcome:
+    """What the upstream produced, kept as soon as it is known (so that a failure after
+    it still settles it rather than releasing the hold), with its cost from the hold's
+    price snapshot: the figure ``billing.settle`` records."""
+
+    result: RelayResult | None = None
+    cost_nanos: int = 0
+
+    def record(self, result: RelayResult, hold: Hold) -> None:
+        self.result = result
+        if result.generated:
+            self.cost_nanos = hold.cost_nanos(result.usage)
+
+
+async def _forward(
+    ctx: RequestContext,
+    body: bytes,
+    stream: bool,
+    headers: dict[str, str],
+    surface: Surface,
+    info: ModelInfo,
+    hold: Hold,
+    outcome: _Outcome,
+) -> web.StreamResponse:
+    """Upstream call and relay; what was generated is left in ``outcome``."""
+    opened = await open_upstream(ctx, UPSTREAM_PATH, body)
+    if isinstance(opened, Refusal):
+        return surface.refusal(opened, ctx)
+    upstream, _credential = opened
+    if stream:
+        fmt = surface.stream_format(info.target)
+        response, result = await relay_stream(ctx, upstream, ctx.headers(**headers), fmt)
+        outcome.record(result, hold)
+        return response
+    raw = await read_json(ctx, upstream)
+    result = json_result(raw)
+    outcome.record(result, hold)
+    if result.generated:
+        headers["x-alicode-cost-usd"] = format_usd(outcome.cost_nanos)
+    return web.Response(
+        status=upstream.status,
+        body=surface.json_body(raw, info.target),
+        headers={**passed_headers(upstream.headers), **headers},
+    )
+
+
+def _conclude(ctx: RequestContext, admission: Admission, outcome: _Outcome) -> None:
+    """Record what the request used (for the access log and metrics), then queue the
+    settlement of what was generated (or the release of the hold) and the limits finish
+    at once, before the answer leaves: both then reach their store ahead of anything the
+    client sends next (its next hold, its next admit). A tracked task awaits them; the
+    answer does not."""
+    state = ctx.state
+    tokens = 0
+    result = outcome.result
+    if result is not None and result.generated:
+        usage = result.usage
+        ctx.input_tokens = usage.input_tokens
+        ctx.output_tokens = usage.output_tokens
+        ctx.cache_write_tokens = usage.cache_creation_5m + usage.cache_creation_1h
+        ctx.cache_read_tokens = usage.cache_read
+        ctx.cost_nanos = outcome.cost_nanos
+        tokens = _tokens(usage)
+        money = state.billing.settle_later(
+            ctx.request_id, usage, estimated=result.estimated, cost_nanos=outcome.cost_nanos
+        )
+    else:
+        money = state.billing.release_later(ctx.request_id)
+    limits = state.limiter.finish_later(admission, tokens)
+    state.tasks.spawn(_settled(money, limits), name=f"settle-{ctx.request_id}")
+
+
+async def _settled(money: Coroutine[Any, Any, Any], limits: Coroutine[Any, Any, None]) -> None:
+    """Both steps were queued already; awaiting them only collects the outcomes (each
+    logs or journals its own failure)."""
+    try:
+        await money
+    finally:
+        await limits
