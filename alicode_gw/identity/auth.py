@@ -4,18 +4,23 @@ Hot path (a key this process has verified in the last ``cache_ttl`` seconds): pa
 key, one keyed SHA-256 of the secret, a constant-time compare with the digest cached
 when bcrypt accepted it. No bcrypt, no database, no Redis.
 
-Everything else is the cold path, which first asks Redis whether the client IP is
-throttled for failed attempts (fail closed: 503 when Redis is down), then:
+Everything else is the cold path, which first counts the attempt against the client
+IP in Redis, atomically, before any work (fail closed: 503 when Redis is down; 429 past
+``fail_limit`` attempts in ``fail_window`` seconds; the count is given back when the key
+is accepted), so concurrent attempts cannot all pass a check made before any of them
+was counted. Then:
 
 - missing / malformed key: 401 without any lookup;
 - unknown public id, revoked key, stopped account: 401 after one indexed query, no bcrypt;
 - a wrong secret for a cached key: 401 without bcrypt (a key's hash never changes);
 - otherwise bcrypt once, in a small thread pool; concurrent checks of the same
   (key, secret) share one bcrypt run, and a recently rejected secret is not re-checked.
+  One client IP has at most ``bcrypt_per_ip`` checks running at a time (the rest of its
+  checks wait their turn), so one address cannot take every bcrypt thread.
 
-Every failure counts against the IP (``fail_limit`` per ``fail_window`` seconds, then
-429) and is answered no sooner than ``failure_floor`` seconds after it arrived, so
-missing, malformed, unknown and revoked keys look alike in body and timing.
+Every failure stays counted against the IP and is answered no sooner than
+``failure_floor`` seconds after it arrived, so missing, malformed, unknown and revoked
+keys look alike in body and timing.
 
 Revocation: :func:`announce_revoked` publishes public ids on Redis; every node's
 :meth:`Authenticator.listen` drops them from its cache at once. The safety net is the
@@ -33,7 +38,7 @@ import logging
 import math
 import secrets
 import time
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -53,6 +58,13 @@ MISSING_MESSAGE = (
 )
 INVALID_MESSAGE = "Invalid API key."
 REJECTED_TTL = 300.0
+# Give back one counted attempt, never below zero and never on a count that has expired
+# (a DECR there would create a count without expiry).
+_GIVE_BACK_LUA = """
+local n = tonumber(redis.call('GET', KEYS[1]) or '0')
+if n > 0 then return redis.call('DECR', KEYS[1]) end
+return 0
+"""
 _DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
 
 
@@ -92,6 +104,12 @@ class ApiKey:
     def allows(self, *models: str) -> bool:
         """Whether any of ``models`` (e.g. an alias and its target) is allowed."""
         return self.allowed_models is None or any(m in self.allowed_models for m in models)
+
+
+@dataclass(slots=True)
+class _Gate:
+    semaphore: asyncio.Semaphore
+    users: int = 0
 
 
 @dataclass(slots=True)
@@ -148,6 +166,7 @@ class Authenticator:
         fail_window: int = 60,
         failure_floor: float = 0.05,
         bcrypt_threads: int = 2,
+        bcrypt_per_ip: int | None = None,
         max_pending_checks: int = 256,
         max_entries: int = 100_000,
     ) -> None:
@@ -169,6 +188,10 @@ class Authenticator:
         self._generations: dict[str, int] = {}  # bumped when one key is revoked
         self._last_used: dict[int, float] = {}
         self._executor = ThreadPoolExecutor(bcrypt_threads, thread_name_prefix="bcrypt")
+        # Default: half the threads, so other addresses always find one free.
+        self.bcrypt_per_ip = bcrypt_per_ip or max(1, bcrypt_threads // 2)
+        self._ip_gates: dict[str, _Gate] = {}
+        self._give_back_script = redis.register_script(_GIVE_BACK_LUA)
         self.subscribed = asyncio.Event()
         self.bcrypt_runs = 0
 
@@ -189,23 +212,26 @@ class Authenticator:
             ):
                 self._last_used[entry.key.id] = time.time()
                 return entry.key
+        await self._count_attempt(client_ip)
         try:
-            await self._check_throttle(client_ip)
             if raw is None:
                 raise AuthenticationError(MISSING_MESSAGE)
             if parsed is None:
                 raise AuthenticationError(INVALID_MESSAGE)
-            key = await self._verify(parsed)
+            key = await self._verify(parsed, client_ip)
         except AuthenticationError:
-            await self._record_failure(client_ip)
             delay = started + self.failure_floor - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
             raise
+        except BaseException:
+            await self._give_back(client_ip)  # not the client's failure (e.g. 503)
+            raise
+        await self._give_back(client_ip)
         self._last_used[key.id] = time.time()
         return key
 
-    async def _verify(self, parsed: keys.ParsedKey) -> ApiKey:
+    async def _verify(self, parsed: keys.ParsedKey, client_ip: str) -> ApiKey:
         public_id = parsed.public_id
         digest = keys.secret_digest(self._pepper, parsed.secret)
         entry = self._cache.get(public_id)
@@ -230,7 +256,9 @@ class Authenticator:
             if not keys.same_digest(entry.digest, digest):
                 raise AuthenticationError(INVALID_MESSAGE)
         known = entry is not None and entry.secret_hash == row.secret_hash
-        if not known and not await self._bcrypt(public_id, digest, parsed.secret, row.secret_hash):
+        if not known and not await self._bcrypt(
+            client_ip, public_id, digest, parsed.secret, row.secret_hash
+        ):
             raise AuthenticationError(INVALID_MESSAGE)
         key = ApiKey.from_record(row.key)
         if self._epoch == epoch and self._generations.get(public_id, 0) == generation:
@@ -250,47 +278,80 @@ class Authenticator:
                 "The key store is temporarily unavailable; retry shortly."
             ) from exc
 
-    async def _bcrypt(self, public_id: str, digest: bytes, secret: str, secret_hash: str) -> bool:
-        """One bcrypt check off the event loop, shared by concurrent identical checks;
-        recent rejections are remembered so they cost no bcrypt again."""
+    async def _bcrypt(
+        self, client_ip: str, public_id: str, digest: bytes, secret: str, secret_hash: str
+    ) -> bool:
+        """One bcrypt check off the event loop, shared by concurrent identical checks and
+        at most ``bcrypt_per_ip`` at a time for one address; recent rejections are
+        remembered so they cost no bcrypt again."""
         token = (public_id, digest)
         rejected_until = self._rejected.get(token)
         if rejected_until is not None and rejected_until > time.monotonic():
             return False
         future = self._checks.get(token)
-        if future is None:
-            if len(self._checks) >= self._max_pending:
-                raise ServiceUnavailableError("Too many key checks in progress; retry shortly.")
-            future = asyncio.get_running_loop().run_in_executor(
-                self._executor, keys.check_secret, secret, secret_hash
-            )
-            self.bcrypt_runs += 1
-            self._checks[token] = future
-        try:
-            ok = await asyncio.shield(future)
-        finally:
-            # Removed by the first waiter to resume, which then fills the cache without
-            # awaiting again: a later arrival finds either the future or the entry.
-            if self._checks.get(token) is future:
-                del self._checks[token]
+        if future is not None:  # joining a check under way takes no turn of its own
+            ok = await self._outcome(token, future)
+        else:
+            async with self._gate(client_ip):
+                future = self._checks.get(token)
+                if future is None:
+                    if len(self._checks) >= self._max_pending:
+                        raise ServiceUnavailableError(
+                            "Too many key checks in progress; retry shortly."
+                        )
+                    future = asyncio.get_running_loop().run_in_executor(
+                        self._executor, keys.check_secret, secret, secret_hash
+                    )
+                    self.bcrypt_runs += 1
+                    self._checks[token] = future
+                ok = await self._outcome(token, future)
         if not ok:
             if len(self._rejected) >= 10_000:
                 self._rejected.clear()
             self._rejected[token] = time.monotonic() + REJECTED_TTL
         return ok
 
+    async def _outcome(self, token: tuple[str, bytes], future: asyncio.Future[bool]) -> bool:
+        try:
+            return await asyncio.shield(future)
+        finally:
+            # Removed by the first waiter to resume, which then fills the cache without
+            # awaiting again: a later arrival finds either the future or the entry.
+            if self._checks.get(token) is future:
+                del self._checks[token]
+
+    @contextlib.asynccontextmanager
+    async def _gate(self, client_ip: str) -> AsyncIterator[None]:
+        """A turn among this address's bcrypt checks (forgotten when none waits)."""
+        gate = self._ip_gates.get(client_ip)
+        if gate is None:
+            gate = self._ip_gates[client_ip] = _Gate(asyncio.Semaphore(self.bcrypt_per_ip))
+        gate.users += 1
+        try:
+            async with gate.semaphore:
+                yield
+        finally:
+            gate.users -= 1
+            if not gate.users:
+                del self._ip_gates[client_ip]
+
     # -- failed-attempt throttling (Redis, per client IP) ----------------------------------
 
     def _fail_key(self, ip: str) -> str:
         return f"{self._prefix}authfail:{ip}"
 
-    async def _check_throttle(self, ip: str) -> None:
+    async def _count_attempt(self, ip: str) -> None:
+        """Count a cold-path attempt of ``ip`` first, in one atomic step; refuse it past
+        ``fail_limit`` (the window starts with the first attempt counted)."""
         name = self._fail_key(ip)
         try:
-            count = await self._redis.get(name)
-            if count is None or int(count) < self.fail_limit:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.incr(name)
+                pipe.expire(name, self.fail_window, nx=True)
+                pipe.pttl(name)
+                count, _, ttl_ms = await pipe.execute()
+            if count <= self.fail_limit:
                 return
-            ttl_ms = await self._redis.pttl(name)
         except (RedisError, OSError) as exc:
             raise ServiceUnavailableError(
                 "Authentication is temporarily unavailable (rate-limit store unreachable); "
@@ -304,15 +365,12 @@ class Authenticator:
         err.limit = "auth_failures"
         raise err
 
-    async def _record_failure(self, ip: str) -> None:
-        name = self._fail_key(ip)
+    async def _give_back(self, ip: str) -> None:
+        """An attempt that was not a failed authentication no longer counts."""
         try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.incr(name)
-                pipe.expire(name, self.fail_window, nx=True)
-                await pipe.execute()
+            await self._give_back_script(keys=[self._fail_key(ip)])
         except (RedisError, OSError) as exc:
-            log.warning("could not record a failed authentication: %r", exc)
+            log.warning("could not give back an authentication attempt: %r", exc)
 
     # -- revocation ---------------------------------------------------------------------
 

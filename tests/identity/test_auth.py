@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import threading
 import time
 from collections.abc import AsyncIterator
 
@@ -312,4 +313,76 @@ async def test_last_used_is_recorded_in_batches(
         assert (await accounts.get_key(db, record.id)).last_used_at is not None  # type: ignore[union-attr]
     finally:
         await authenticator.close()
+        await pool.close()
+
+
+async def test_concurrent_bad_attempts_pass_the_throttle_at_most_its_limit(
+    gw: app.Gateway, db: asyncpg.Connection
+) -> None:
+    """The attempt is counted before the check, atomically: 100 concurrent wrong secrets
+    for a real key from one address cost at most ``fail_limit`` bcrypt runs; the rest
+    are refused at once with 429."""
+    _, secret = await new_key(db)
+    ip = unique_ip()
+    limit = gw.state.auth.fail_limit
+    runs = gw.state.auth.bcrypt_runs
+
+    async def attempt(number: int) -> int:
+        wrong = secret[:-6] + f"{number:06d}"
+        headers = {"x-api-key": wrong, "X-Forwarded-For": ip}
+        async with http.get(gw.url + "/v1/key-status", headers=headers) as resp:
+            return resp.status
+
+    async with aiohttp.ClientSession() as http:
+        statuses = await asyncio.gather(*(attempt(n) for n in range(100)))
+    assert set(statuses) == {401, 429}
+    assert statuses.count(401) <= limit
+    assert gw.state.auth.bcrypt_runs - runs <= limit
+
+
+async def test_one_address_takes_its_share_of_bcrypt_threads(
+    database_url: str, redis: object, redis_prefix: str, db: asyncpg.Connection, monkeypatch
+) -> None:
+    """One client IP runs at most ``bcrypt_per_ip`` checks at a time, however many
+    threads there are: the other addresses always find one free."""
+    _, secret = await new_key(db)
+    running = 0
+    most = 0
+    lock = threading.Lock()
+    check_secret = keys.check_secret
+
+    def slow_check(presented: str, secret_hash: str) -> bool:
+        nonlocal running, most
+        with lock:
+            running += 1
+            most = max(most, running)
+        time.sleep(0.05)
+        with lock:
+            running -= 1
+        return check_secret(presented, secret_hash)
+
+    monkeypatch.setattr(keys, "check_secret", slow_check)
+    pool = await create_pool(database_url, 2)
+    try:
+        authenticator = Authenticator(
+            pool,  # type: ignore[arg-type]
+            redis,  # type: ignore[arg-type]
+            redis_prefix,
+            bcrypt_threads=4,
+            bcrypt_per_ip=1,
+        )
+        try:
+            ip = unique_ip()
+            results = await asyncio.gather(
+                *(
+                    authenticator.authenticate(_request(secret[:-6] + f"{n:06d}"), ip)  # type: ignore[arg-type]
+                    for n in range(8)
+                ),
+                return_exceptions=True,
+            )
+            assert all(isinstance(r, AuthenticationError) for r in results)
+            assert authenticator.bcrypt_runs == 8 and most == 1
+        finally:
+            await authenticator.close()
+    finally:
         await pool.close()
