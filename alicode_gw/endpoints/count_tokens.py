@@ -18,7 +18,7 @@ from alicode_gw.errors import GatewayError, InvalidRequestError
 from alicode_gw.requestbody import read_json
 from alicode_gw.state import RequestContext
 from alicode_gw.upstream.client import Refusal, open_upstream, passed_headers
-from alicode_gw.upstream.relay import read_json as read_upstream_body
+from alicode_gw.upstream.relay import read_upstream_json
 
 UPSTREAM_PATH = "/v1/messages/count_tokens"
 
@@ -42,7 +42,7 @@ async def handle_count_tokens(ctx: RequestContext) -> web.StreamResponse:
     ctx.key_public_id, ctx.account_id = key.public_id, key.account_id
     info = resolve_model(ctx, model, key.allowed_models)
     ctx.model = info.target
-    admission = await state.limiter.admit(ip, key, info.target)
+    admission = await state.limiter.admit(ip, key)
     try:
         if state.config.count_tokens == "upstream":
             try:
@@ -69,7 +69,7 @@ async def _from_upstream(ctx: RequestContext, body: bytes) -> web.StreamResponse
             status=opened.status, body=opened.body, headers={**opened.headers, **ctx.headers()}
         )
     upstream, _ = opened
-    raw = await read_upstream_body(ctx, upstream)
+    raw = await read_upstream_json(ctx, upstream)
     return web.Response(
         status=upstream.status,
         body=raw,

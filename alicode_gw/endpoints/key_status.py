@@ -11,15 +11,14 @@ import json
 import math
 from typing import Any
 
-import asyncpg
 from aiohttp import web
 
 from alicode_gw.clientip import client_ip
-from alicode_gw.errors import ServiceUnavailableError
 from alicode_gw.identity import accounts
 from alicode_gw.limits.refusals import format_duration
 from alicode_gw.money.billing import format_usd
 from alicode_gw.state import RequestContext
+from alicode_gw.store.unavailable import DATABASE_FAILED, unavailable
 
 
 def _duration(seconds: float | None) -> tuple[str | None, int | None]:
@@ -34,10 +33,8 @@ async def handle_key_status(ctx: RequestContext) -> web.StreamResponse:
     key = await state.auth.authenticate(ctx.request, ip)
     ctx.key_public_id, ctx.account_id = key.public_id, key.account_id
     usage = await state.limiter.usage(key)
-    try:
+    with unavailable("The key store is temporarily unavailable.", DATABASE_FAILED):
         record = await accounts.get_key(state.db, key.id)
-    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
-        raise ServiceUnavailableError("The key store is temporarily unavailable.") from exc
     spent = record.spent_nanos if record is not None else 0
     status = record.status if record is not None else "active"
 
