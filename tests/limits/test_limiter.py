@@ -18,6 +18,7 @@ from alicode_gw.limits.refusals import format_duration
 from alicode_gw.limits.resp import ScriptCall, ScriptPipe
 from alicode_gw.limits.shares import KEEP_SECONDS, RESERVE_SECONDS
 from alicode_gw.store.backends import create_redis
+from alicode_gw.tasks import TaskTracker
 from tests.support.keys import RedisProxy, unique_ip
 
 KEY_IDS = iter(range(10_000_000, 20_000_000))
@@ -563,6 +564,31 @@ async def test_tokens_that_joined_a_failed_call_are_all_reported(
         finally:
             await client.aclose()
     assert "60 token(s) uncounted" in caplog.text
+
+
+async def test_finishes_still_queued_at_shutdown_are_logged_as_such(
+    redis_url: str, redis_prefix: str, made, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with RedisProxy(redis_url) as proxy:
+        client, tasks = create_redis(proxy.url), TaskTracker()
+        node = Limiter(client, redis_prefix, ip_rpm=0, ip_concurrency=0, share_pct=0, tasks=tasks)
+        made.append(node)
+        try:
+            key = api_key(concurrency_limit=100)
+            sent, queued = [await node.admit(unique_ip(), key) for _ in range(2)]
+            proxy.stall()  # Redis stops answering: the first finish stays in flight
+            in_flight = node.finish_later(sent, 1, urgent=True)
+            await asyncio.sleep(0.05)
+            behind = node.finish_later(queued, 2, urgent=True)  # waits for the next batch
+            with caplog.at_level("WARNING", logger="alicode_gw.limits.limiter"):
+                await tasks.drain(0.05)  # shutdown: the flusher is cancelled
+                await behind  # never raises
+            with pytest.raises(asyncio.CancelledError):
+                await in_flight
+        finally:
+            proxy.resume()
+            await client.aclose()
+    assert "could not release limits (Closed)" in caplog.text
 
 
 def test_format_duration() -> None:
