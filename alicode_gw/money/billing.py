@@ -43,7 +43,7 @@ from alicode_gw.identity import auth
 from alicode_gw.money.catalog import ModelInfo, Prices, price_columns, prices_from_row
 from alicode_gw.money.journal import JOURNAL_FILE, SettlementJournal
 from alicode_gw.money.leases import Credit
-from alicode_gw.store.batching import Coalescer
+from alicode_gw.store.batching import Closed, Coalescer
 from alicode_gw.store.unavailable import DATABASE_UNREACHABLE
 from alicode_gw.tasks import TaskTracker, nothing
 
@@ -408,7 +408,8 @@ class Billing:
         return charged
 
     async def _journal_failed(self, entry: dict[str, Any], reason: object) -> None:
-        expected = isinstance(reason, (str, asyncpg.PostgresError, *DATABASE_UNREACHABLE))
+        # An outage, a statement the database refused, or shutdown: not a bug.
+        expected = isinstance(reason, (str, asyncpg.PostgresError, *DATABASE_UNREACHABLE, Closed))
         log.log(
             logging.WARNING if expected else logging.ERROR,
             "%s of %s journaled: %s",
