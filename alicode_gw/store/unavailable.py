@@ -1,8 +1,10 @@
 """What "the store is unavailable" means, in one place, and its translation into a 503.
 
-Every catch of a PostgreSQL or Redis failure in the package names one of these tuples;
-:func:`unavailable` turns them into :class:`~alicode_gw.errors.ServiceUnavailableError`
-(``raise ... from exc``) where a request is waiting for the answer.
+Code that handles the store failing names one of these tuples (a catch-all such as a
+health check's is the exception); :func:`unavailable` turns them into
+:class:`~alicode_gw.errors.ServiceUnavailableError` (``raise ... from exc``) where a
+request is waiting for the answer. ``TimeoutError`` (which ``asyncio.TimeoutError`` is)
+is an ``OSError`` subclass; the tuples name it anyway, so nobody has to know that.
 
 PostgreSQL (asyncpg):
 
