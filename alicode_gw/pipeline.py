@@ -33,7 +33,7 @@ from alicode_gw.upstream.relay import (
     RelayResult,
     StreamFormat,
     json_result,
-    read_json,
+    read_upstream_json,
     relay_stream,
 )
 
@@ -175,12 +175,12 @@ async def _admit_and_hold(
     leased = state.billing.hold_leased(*hold, account_id=key.account_id, priced=info)
     if leased is not None:  # the hold took no I/O: only the limits are waited for
         try:
-            return await state.limiter.admit(ip, key, info.target), leased
+            return await state.limiter.admit(ip, key), leased
         except BaseException:
             await state.billing.release(ctx.request_id)
             raise
     admitted, held = await asyncio.gather(
-        state.limiter.admit(ip, key, info.target),
+        state.limiter.admit(ip, key),
         state.billing.hold(*hold, account_id=key.account_id),
         return_exceptions=True,
     )
@@ -240,7 +240,7 @@ async def _forward(
         response, result = await relay_stream(ctx, upstream, ctx.headers(**headers), fmt)
         outcome.record(result, hold)
         return response
-    raw = await read_json(ctx, upstream)
+    raw = await read_upstream_json(ctx, upstream)
     result = json_result(raw)
     outcome.record(result, hold)
     if result.generated:

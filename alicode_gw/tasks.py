@@ -10,6 +10,11 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 
+async def nothing() -> None:
+    """Work already done: for a function that returns what its caller awaits, when
+    there is nothing to wait for."""
+
+
 class TaskTracker:
     """Owns background tasks so shutdown can wait for them (or cancel them)."""
 

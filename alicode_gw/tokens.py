@@ -52,10 +52,6 @@ class TokenCounter:
         texts, fixed = _collect(payload)
         return fixed + sum(self.count_text(text) for text in texts)
 
-    def texts_size(self, payload: dict[str, Any]) -> int:
-        texts, _ = _collect(payload)
-        return sum(len(text) for text in texts)
-
     async def count_async(self, payload: dict[str, Any]) -> int:
         """Like :meth:`count`, in a thread when the texts are large."""
         texts, fixed = _collect(payload)

@@ -13,10 +13,10 @@ from typing import Any
 
 import asyncpg
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from alicode_gw.cli.common import emit, fail, with_db
 from alicode_gw.config import Config
+from alicode_gw.store.unavailable import REDIS_FAILED
 from alicode_gw.upstream import credentials as creds
 from alicode_gw.upstream import pool as keypool
 
@@ -87,7 +87,7 @@ def _row_dict(row: asyncpg.Record, health: str | None = None) -> dict[str, Any]:
 async def _announce(redis: Redis, config: Config) -> None:
     try:
         await keypool.announce_reload(redis, config.redis_prefix)
-    except (RedisError, OSError) as exc:
+    except REDIS_FAILED as exc:
         log.warning("running nodes will notice within seconds (Redis: %s)", exc)
 
 
@@ -166,7 +166,7 @@ def _change(args: argparse.Namespace, config: Config, sql: str, *params: Any) ->
         await conn.execute(sql, row["id"], *params)
         try:
             await keypool.clear_health(redis, config.redis_prefix, row["id"])
-        except (RedisError, OSError) as exc:
+        except REDIS_FAILED as exc:
             log.warning("cannot clear the cooldown in Redis: %s", exc)
         await _announce(redis, config)
         return row

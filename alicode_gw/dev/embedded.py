@@ -19,6 +19,8 @@ from typing import Any
 
 import redis
 
+from alicode_gw.store.unavailable import REDIS_FAILED
+
 log = logging.getLogger(__name__)
 
 # A Unix socket path must fit in sockaddr_un (108 bytes with the terminator).
@@ -77,7 +79,7 @@ class EmbeddedRedis:
         client = redis.Redis(unix_socket_path=str(self.socket_path), socket_timeout=1)
         try:
             return bool(client.ping())
-        except (redis.RedisError, OSError):
+        except REDIS_FAILED:
             return False
         finally:
             client.close()

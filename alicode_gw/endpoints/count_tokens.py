@@ -17,7 +17,7 @@ from alicode_gw.pipeline import resolve_model, upstream_body
 from alicode_gw.requestbody import read_json
 from alicode_gw.state import RequestContext
 from alicode_gw.upstream.client import Refusal, open_upstream, passed_headers
-from alicode_gw.upstream.relay import read_json as read_upstream_body
+from alicode_gw.upstream.relay import read_upstream_json
 
 UPSTREAM_PATH = "/v1/messages/count_tokens"
 
@@ -37,7 +37,7 @@ async def handle_count_tokens(ctx: RequestContext) -> web.StreamResponse:
     body, payload = await read_json(ctx.request, state.config.max_body_bytes)
     model = _validate(payload)
     info = resolve_model(ctx, model)
-    admission = await state.limiter.admit(ctx.ip, ctx.authenticated, info.target)
+    admission = await state.limiter.admit(ctx.ip, ctx.authenticated)
     try:
         if state.config.count_tokens == "upstream":
             try:
@@ -64,7 +64,7 @@ async def _from_upstream(ctx: RequestContext, body: bytes) -> web.StreamResponse
             status=opened.status, body=opened.body, headers={**opened.headers, **ctx.headers()}
         )
     upstream, _ = opened
-    raw = await read_upstream_body(ctx, upstream)
+    raw = await read_upstream_json(ctx, upstream)
     return web.Response(
         status=upstream.status,
         body=raw,

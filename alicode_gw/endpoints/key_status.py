@@ -11,14 +11,13 @@ import json
 import math
 from typing import Any
 
-import asyncpg
 from aiohttp import web
 
-from alicode_gw.errors import ServiceUnavailableError
 from alicode_gw.identity import accounts
 from alicode_gw.limits.refusals import format_duration
 from alicode_gw.money.billing import format_usd
 from alicode_gw.state import RequestContext
+from alicode_gw.store.unavailable import DATABASE_FAILED, unavailable
 
 
 def _duration(seconds: float | None) -> tuple[str | None, int | None]:
@@ -31,10 +30,8 @@ async def handle_key_status(ctx: RequestContext) -> web.StreamResponse:
     state = ctx.state
     key = ctx.authenticated
     usage = await state.limiter.usage(key)
-    try:
+    with unavailable("The key store is temporarily unavailable.", DATABASE_FAILED):
         record = await accounts.get_key(state.db, key.id)
-    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
-        raise ServiceUnavailableError("The key store is temporarily unavailable.") from exc
     spent = record.spent_nanos if record is not None else 0
     status = record.status if record is not None else "active"
 

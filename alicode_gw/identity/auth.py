@@ -45,10 +45,10 @@ from dataclasses import dataclass, field
 import asyncpg
 from aiohttp import web
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from alicode_gw.errors import AuthenticationError, RateLimitError, ServiceUnavailableError
 from alicode_gw.identity import accounts, keys
+from alicode_gw.store.unavailable import DATABASE_FAILED, REDIS_FAILED, unavailable
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,10 @@ MISSING_MESSAGE = (
     "Missing API key: send it in the x-api-key header or as 'Authorization: Bearer <key>'."
 )
 INVALID_MESSAGE = "Invalid API key."
+KEY_STORE_UNAVAILABLE = "The key store is temporarily unavailable; retry shortly."
+THROTTLE_UNAVAILABLE = (
+    "Authentication is temporarily unavailable (rate-limit store unreachable); retry shortly."
+)
 REJECTED_TTL = 300.0
 # Give back one counted attempt, never below zero and never on a count that has expired
 # (a DECR there would create a count without expiry).
@@ -65,7 +69,6 @@ local n = tonumber(redis.call('GET', KEYS[1]) or '0')
 if n > 0 then return redis.call('DECR', KEYS[1]) end
 return 0
 """
-_DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,7 +146,7 @@ async def announce_revoked(redis: Redis, prefix: str, public_ids: Iterable[str])
         return
     try:
         await redis.publish(prefix + REVOKED_CHANNEL, json.dumps({"revoked": ids}))
-    except (RedisError, OSError) as exc:
+    except REDIS_FAILED as exc:
         log.warning(
             "could not announce %d revoked key(s) on Redis (%s); nodes drop them within "
             "their cache TTL",
@@ -271,12 +274,8 @@ class Authenticator:
         return key
 
     async def _fetch(self, public_id: str) -> accounts.AuthRow | None:
-        try:
+        with unavailable(KEY_STORE_UNAVAILABLE, DATABASE_FAILED):
             return await accounts.fetch_auth_row(self._db, public_id)
-        except _DB_ERRORS as exc:
-            raise ServiceUnavailableError(
-                "The key store is temporarily unavailable; retry shortly."
-            ) from exc
 
     async def _bcrypt(
         self, client_ip: str, public_id: str, digest: bytes, secret: str, secret_hash: str
@@ -344,7 +343,7 @@ class Authenticator:
         """Count a cold-path attempt of ``ip`` first, in one atomic step; refuse it past
         ``fail_limit`` (the window starts with the first attempt counted)."""
         name = self._fail_key(ip)
-        try:
+        with unavailable(THROTTLE_UNAVAILABLE, REDIS_FAILED):
             async with self._redis.pipeline(transaction=True) as pipe:
                 pipe.incr(name)
                 pipe.expire(name, self.fail_window, nx=True)
@@ -352,11 +351,6 @@ class Authenticator:
                 count, _, ttl_ms = await pipe.execute()
             if count <= self.fail_limit:
                 return
-        except (RedisError, OSError) as exc:
-            raise ServiceUnavailableError(
-                "Authentication is temporarily unavailable (rate-limit store unreachable); "
-                "retry shortly."
-            ) from exc
         retry = max(1, math.ceil(ttl_ms / 1000)) if ttl_ms > 0 else self.fail_window
         err = RateLimitError(
             f"Too many failed authentication attempts from this address; retry in {retry} s.",
@@ -369,7 +363,7 @@ class Authenticator:
         """An attempt that was not a failed authentication no longer counts."""
         try:
             await self._give_back_script(keys=[self._fail_key(ip)])
-        except (RedisError, OSError) as exc:
+        except REDIS_FAILED as exc:
             log.warning("could not give back an authentication attempt: %r", exc)
 
     # -- revocation ---------------------------------------------------------------------
@@ -425,13 +419,13 @@ class Authenticator:
                         raise asyncio.CancelledError
                     if message is not None and message.get("type") == "message":
                         self._apply(message["data"])
-            except (RedisError, OSError) as exc:
+            except REDIS_FAILED as exc:
                 log.warning("revocation channel lost (%s); resubscribing", type(exc).__name__)
             finally:
                 self.subscribed.clear()
                 # Bounded: closing a pubsub cancelled mid-subscribe can wait forever
                 # (the client's own close at shutdown drops the connection anyway).
-                with contextlib.suppress(RedisError, OSError, TimeoutError):
+                with contextlib.suppress(*REDIS_FAILED):
                     await asyncio.wait_for(pubsub.aclose(), 1.0)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 5.0)
@@ -445,7 +439,7 @@ class Authenticator:
         stamps = {key_id: dt.datetime.fromtimestamp(at, dt.UTC) for key_id, at in pending.items()}
         try:
             await accounts.touch_keys(self._db, stamps)
-        except _DB_ERRORS as exc:
+        except DATABASE_FAILED as exc:
             log.warning("could not record key last-use times (%s)", type(exc).__name__)
 
     async def flush_loop(self, interval: float = 30.0) -> None:

@@ -43,7 +43,6 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
-from redis.exceptions import RedisError
 
 from alicode_gw.errors import RateLimitError, ServiceUnavailableError
 from alicode_gw.identity.auth import ApiKey
@@ -51,8 +50,9 @@ from alicode_gw.limits.lua import ADMIT_LUA, FINISH_LUA, REFRESH_LUA, STATUS_LUA
 from alicode_gw.limits.refusals import rejection
 from alicode_gw.limits.resp import ScriptCall, ScriptPipe
 from alicode_gw.limits.shares import GRANT_MAX, RESERVE_SECONDS, Shares
-from alicode_gw.store.batching import Coalescer
-from alicode_gw.tasks import TaskTracker
+from alicode_gw.store.batching import Closed, Coalescer
+from alicode_gw.store.unavailable import REDIS_FAILED, unavailable
+from alicode_gw.tasks import TaskTracker, nothing
 
 log = logging.getLogger(__name__)
 
@@ -64,10 +64,9 @@ SHARE_TICK = 1.0  # seconds between two looks for unused shares to give back
 # A finish (a slot to release, tokens to count) waits up to this long to share another
 # call's round trip; the same key's next admit carries it along in order anyway.
 FINISH_LINGER = 0.05
-
-
-async def _nothing() -> None:
-    return None
+UNAVAILABLE_MESSAGE = (
+    "Rate limiting is temporarily unavailable (limit store unreachable); retry shortly."
+)
 
 
 @dataclass(slots=True, eq=False)
@@ -111,12 +110,6 @@ class _Refused(Exception):
         super().__init__(error.message)
         self.index = index
         self.error = error
-
-
-def _unavailable() -> ServiceUnavailableError:
-    return ServiceUnavailableError(
-        "Rate limiting is temporarily unavailable (limit store unreachable); retry shortly."
-    )
 
 
 # (index of the limit in an admission, its granted count, left, reset) in ADMIT's reply
@@ -217,15 +210,12 @@ class Limiter:
         """Admissions of this process not finished yet."""
         return len(self._active)
 
-    async def admit(self, ip: str, key: ApiKey, model: str) -> Admission:
+    async def admit(self, ip: str, key: ApiKey) -> Admission:
         """Take a slot for one request of ``key`` from ``ip`` or raise
         :class:`RateLimitError` (429) / :class:`ServiceUnavailableError` (503): from
         this node's shares when they cover every limit, else one round trip (which
-        may also reserve the node's next share).
-
-        ``model`` is not limited here: the allow-list (403) is checked by the caller
-        before, against the requested name and its alias target (``ApiKey.allows``)."""
-        del model
+        may also reserve the node's next share). Models are not limited here: the
+        caller checks the key's allow-list (403) before."""
         ip_rpm_key, ip_conc_key = self._ip_keys(ip)
         key_rpm, key_conc, bud_h, bud_z, bud_t = self._key_keys(key.id)
         shared = not key.budget_tokens  # a budget is checked in Redis at every admission
@@ -255,7 +245,7 @@ class Limiter:
         if stale:
             try:
                 await self._remove(stale, urgent=True)
-            except (RedisError, OSError, RuntimeError):
+            except (*REDIS_FAILED, Closed):
                 return False
             return True
         return limit[2] and self._shares.holds(set_key, time.monotonic())
@@ -341,9 +331,9 @@ class Limiter:
             # Redis may have run the call (and counted the entries from the share as
             # used now): they go back to Redis, not to the share.
             self._give_back(attempt, entries_counted=True)
-            if isinstance(exc, RedisError | OSError):
+            if isinstance(exc, REDIS_FAILED):
                 self._asked(asks)
-                raise _unavailable() from exc
+                raise ServiceUnavailableError(UNAVAILABLE_MESSAGE) from exc
             # The caller went away (maybe with the reply already in): what Redis did
             # for it is taken care of when the reply is in.
             future.add_done_callback(lambda done: self._admitted_late(done, attempt, asks))
@@ -420,7 +410,7 @@ class Limiter:
         key whose tokens are already queued join that call. A slot the node's share
         keeps for the next request needs no call at all."""
         if admission.finished:
-            return _nothing()
+            return nothing()
         admission.finished = True
         self._active.pop(admission.token, None)
         now = time.monotonic()
@@ -433,11 +423,11 @@ class Limiter:
             args.append(slot.member)
         if len(keys) == len(admission.budget_keys):  # tokens to count, nothing else
             if tokens_used <= 0:
-                return _nothing()
+                return nothing()
             queued = self._queued_tokens.get(admission.budget_keys)
             if queued is not None and not urgent and not queued[1].done():
                 queued[0][0] += tokens_used  # not sent yet: see _send
-                return _nothing()
+                return nothing()
         future = self._calls.submit(ScriptCall(self._finish, keys, args), urgent=urgent)
         if len(keys) == len(admission.budget_keys) and not urgent:
             self._queued_tokens[admission.budget_keys] = (args, future)
@@ -461,7 +451,7 @@ class Limiter:
     async def _finished(self, future: asyncio.Future[Any], args: list[Any]) -> None:
         try:
             await future
-        except (RedisError, OSError, RuntimeError) as exc:
+        except (*REDIS_FAILED, Closed) as exc:
             log.warning(
                 "could not release limits (%s); leases expire in %d s, %d token(s) uncounted",
                 type(exc).__name__,
@@ -496,7 +486,7 @@ class Limiter:
         Never raises: what is not given back expires on its own within a minute."""
         try:
             await self._remove(self._shares.everything(), urgent=True)
-        except (RedisError, OSError, RuntimeError) as exc:
+        except (*REDIS_FAILED, Closed) as exc:
             log.warning("could not give back limit shares (%s)", type(exc).__name__)
 
     async def refresh(self, admission: Admission | None = None) -> int:
@@ -531,28 +521,26 @@ class Limiter:
             await asyncio.sleep(tick)
             try:
                 await self.give_back_unused()
-            except (RedisError, OSError, RuntimeError) as exc:
+            except (*REDIS_FAILED, Closed) as exc:
                 log.warning("could not give back limit shares (%s)", type(exc).__name__)
             if time.monotonic() >= renew_at:
                 renew_at = time.monotonic() + self.refresh_interval
                 try:
                     await self.refresh()
-                except (RedisError, OSError, RuntimeError) as exc:
+                except (*REDIS_FAILED, Closed) as exc:
                     log.warning("could not renew concurrency leases (%s)", type(exc).__name__)
 
     async def usage(self, key: ApiKey) -> KeyUsage:
         """The key's live counters (one round trip); 503 if Redis is unreachable. What
         this node holds in reserve for the key is not counted as used."""
         key_rpm, key_conc, bud_h, bud_z, bud_t = self._key_keys(key.id)
-        try:
+        with unavailable(UNAVAILABLE_MESSAGE, REDIS_FAILED):
             # Through the pipeline: finishes of this node still waiting go first.
             result = await self._call(
                 self._status,
                 [key_rpm, key_conc, bud_h, bud_z, bud_t],
                 [RPM_WINDOW_MS, self.budget_window_ms, self.bucket_ms, key.budget_tokens or 0],
             )
-        except (RedisError, OSError) as exc:
-            raise _unavailable() from exc
         recent, flying, used, first, reset, now = (int(v) for v in result)
         return KeyUsage(
             requests_last_minute=max(0, recent - self._shares.unused(key_rpm)),

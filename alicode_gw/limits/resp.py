@@ -27,7 +27,9 @@ from redis.asyncio import Redis
 from redis.asyncio.connection import SSLConnection
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import NoScriptError, ResponseError
+
+from alicode_gw.store.unavailable import REDIS_FAILED
 
 Arg = bytes | str | int
 PIPELINE_TIMEOUT = 5.0  # seconds for one pipeline's write and replies
@@ -225,8 +227,10 @@ class ScriptCall:
 
 class ScriptPipe:
     """Runs batches of script calls as one pipelined write on a lean connection of its
-    own (:class:`~alicode_gw.limits.resp.RespConnection`; the :class:`Coalescer` in front
-    sends one batch at a time)."""
+    own (:class:`~alicode_gw.limits.resp.RespConnection`). The limiter's
+    :class:`~alicode_gw.store.batching.Coalescer` may have two batches in flight on it
+    at once (``max_in_flight=2``): each goes out in one write, and since Redis answers in
+    order, each batch gets its own replies."""
 
     def __init__(self, redis: Redis, timeout: float = PIPELINE_TIMEOUT) -> None:
         self._redis = redis
@@ -244,7 +248,7 @@ class ScriptPipe:
                 for script in {calls[i].script for i in missing}:
                     await self._redis.script_load(script.script)
                 retried = await self._send([calls[i] for i in missing])
-            except (RedisError, OSError) as exc:  # only the calls still to do fail
+            except REDIS_FAILED as exc:  # only the calls still to do fail
                 retried = [exc] * len(missing)
             for i, outcome in zip(missing, retried, strict=True):
                 outcomes[i] = outcome

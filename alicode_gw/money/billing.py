@@ -41,10 +41,11 @@ from alicode_gw.errors import (
 )
 from alicode_gw.identity import auth
 from alicode_gw.money.catalog import ModelInfo, Prices, price_columns, prices_from_row
-from alicode_gw.money.journal import DB_UNREACHABLE, JOURNAL_FILE, SettlementJournal
+from alicode_gw.money.journal import JOURNAL_FILE, SettlementJournal
 from alicode_gw.money.leases import Credit
-from alicode_gw.store.batching import Coalescer
-from alicode_gw.tasks import TaskTracker
+from alicode_gw.store.batching import Closed, Coalescer
+from alicode_gw.store.unavailable import DATABASE_UNREACHABLE
+from alicode_gw.tasks import TaskTracker, nothing
 
 log = logging.getLogger(__name__)
 
@@ -260,7 +261,7 @@ class Billing:
         try:
             async with asyncio.timeout(self._db_timeout):
                 return await asyncio.shield(future)
-        except DB_UNREACHABLE as exc:
+        except DATABASE_UNREACHABLE as exc:
             future.add_done_callback(functools.partial(self._release_orphan, request_id))
             raise ServiceUnavailableError(
                 "Billing is temporarily unavailable; please retry shortly."
@@ -380,7 +381,7 @@ class Billing:
             assert held.lease_id is not None
             self._credit().give_back(held.lease_id, held.amount_nanos, queued=False)
             del self._open[request_id]
-            return _nothing()
+            return nothing()
         entry: dict[str, Any] = {"op": "release", "request_id": request_id}
         return self._landed(entry, self._ops.submit(entry, urgent=urgent))
 
@@ -407,7 +408,8 @@ class Billing:
         return charged
 
     async def _journal_failed(self, entry: dict[str, Any], reason: object) -> None:
-        expected = isinstance(reason, (str, asyncpg.PostgresError, *DB_UNREACHABLE))
+        # An outage, a statement the database refused, or shutdown: not a bug.
+        expected = isinstance(reason, (str, asyncpg.PostgresError, *DATABASE_UNREACHABLE, Closed))
         log.log(
             logging.WARNING if expected else logging.ERROR,
             "%s of %s journaled: %s",
@@ -429,7 +431,7 @@ class Billing:
         try:
             rows = await self._fetch_batch(payload)
         except asyncpg.PostgresError as exc:
-            if len(ops) == 1 or isinstance(exc, DB_UNREACHABLE):
+            if len(ops) == 1 or isinstance(exc, DATABASE_UNREACHABLE):
                 raise
             log.warning("billing batch of %d failed; applying its operations one by one", len(ops))
             outcomes: list[asyncpg.Record | Exception] = []
@@ -515,7 +517,7 @@ class Billing:
             await asyncio.sleep(self._sweep_interval)
             try:
                 expired = await self.sweep()
-            except DB_UNREACHABLE as exc:
+            except DATABASE_UNREACHABLE as exc:
                 log.warning("hold sweeper: database unreachable (%s)", exc)
                 continue
             except Exception:  # keep the sweeper alive; the next round retries
@@ -523,7 +525,3 @@ class Billing:
                 continue
             if expired:
                 log.warning("hold sweeper: released %d expired hold(s)", expired)
-
-
-async def _nothing() -> None:
-    return None

@@ -18,6 +18,8 @@ from typing import Any
 
 import asyncpg
 
+from alicode_gw.store.unavailable import DATABASE_FAILED
+
 log = logging.getLogger(__name__)
 
 MICROS_PER_USD = 1_000_000
@@ -157,7 +159,7 @@ class ModelCatalog:
             await asyncio.sleep(self._refresh_interval)
             try:
                 await self.refresh()
-            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except DATABASE_FAILED as exc:
                 log.warning("model catalog refresh failed, keeping the last copy: %s", exc)
 
     def resolve(self, name: str) -> ModelInfo | None:

@@ -23,23 +23,12 @@ from typing import Any
 
 import asyncpg
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+
+from alicode_gw.store.unavailable import DATABASE_UNREACHABLE, REDIS_FAILED
 
 log = logging.getLogger(__name__)
 
 JOURNAL_FILE = "billing-journal.jsonl"
-
-# What "PostgreSQL is unreachable" looks like through asyncpg.
-DB_UNREACHABLE: tuple[type[BaseException], ...] = (
-    OSError,
-    TimeoutError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.AdminShutdownError,
-    asyncpg.CrashShutdownError,
-    asyncpg.TooManyConnectionsError,
-)
 
 
 class SettlementJournal:
@@ -69,7 +58,7 @@ class SettlementJournal:
         fields = {k: json.dumps(v) for k, v in entry.items()}
         try:
             await self._redis.xadd(self.stream_key, fields)  # type: ignore[arg-type]
-        except RedisError as exc:
+        except REDIS_FAILED as exc:
             log.error("Redis unreachable too (%s); journaling to %s", exc, self.path)
             async with self._file_lock:
                 await asyncio.to_thread(_append_line, self.path, json.dumps(entry))
@@ -92,7 +81,7 @@ class SettlementJournal:
                 entry = {k.decode(): json.loads(v) for k, v in raw.items()}
                 try:
                     await self._apply(entry)
-                except (*DB_UNREACHABLE, asyncpg.TransactionRollbackError):
+                except (*DATABASE_UNREACHABLE, asyncpg.TransactionRollbackError):
                     return applied  # an outage, or a conflict that outlived its retries
                 except asyncpg.PostgresError as exc:
                     # Not an outage: this entry can never apply. Park it where the
@@ -112,7 +101,7 @@ class SettlementJournal:
             for line in lines:
                 try:
                     await self._apply(json.loads(line))
-                except (*DB_UNREACHABLE, asyncpg.TransactionRollbackError):
+                except (*DATABASE_UNREACHABLE, asyncpg.TransactionRollbackError):
                     break
                 except asyncpg.PostgresError as exc:
                     log.error("journaled %s cannot be applied (%s); parked", line, exc)
@@ -137,7 +126,7 @@ class SettlementJournal:
             self._replay_now.clear()
             try:
                 applied = await self.replay()
-            except (RedisError, OSError) as exc:
+            except REDIS_FAILED as exc:
                 log.warning("billing journal replay failed: %s", exc)
                 continue
             except Exception:  # keep the replayer alive; the journal keeps the entries

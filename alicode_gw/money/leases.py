@@ -33,13 +33,13 @@ from dataclasses import dataclass
 
 import asyncpg
 
+from alicode_gw.store.unavailable import DATABASE_FAILED
 from alicode_gw.tasks import TaskTracker
 
 log = logging.getLogger(__name__)
 
 HOLDS_PER_LEASE = 16  # a new lease covers this many holds like the one that asked for it
 REFUSED_BACKOFF = 5.0  # seconds before asking again for an account that got no lease
-_DB_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 
 def node_owner() -> str:
@@ -188,7 +188,7 @@ class Credit:
             )
             self._by_account[account_id] = new
             self._by_id[new.id] = new
-        except _DB_ERRORS as exc:
+        except DATABASE_FAILED as exc:
             log.warning("credit lease for account %s not taken: %s", account_id, exc)
             self._refused[account_id] = time.monotonic() + REFUSED_BACKOFF
         finally:
@@ -205,7 +205,7 @@ class Credit:
             if self._idle(lease, time.monotonic()):
                 try:
                     await self._close(lease)
-                except _DB_ERRORS as exc:
+                except DATABASE_FAILED as exc:
                     log.warning("idle credit lease %s not closed (it expires): %s", lease.id, exc)
         ids = list(self._by_id)
         if not ids:
@@ -245,7 +245,7 @@ class Credit:
             await asyncio.sleep(self.renew_interval)
             try:
                 await self.renew()
-            except _DB_ERRORS as exc:
+            except DATABASE_FAILED as exc:
                 log.warning("credit leases not renewed: %s", exc)
 
     async def shrink(self, account_id: int, amount: int) -> bool:
@@ -277,7 +277,7 @@ class Credit:
                 returned = await self._db.fetchval(
                     "SELECT billing.lease_shrink($1, $2)", lease.id, amount
                 )
-        except (*_DB_ERRORS, asyncio.CancelledError) as exc:
+        except (*DATABASE_FAILED, asyncio.CancelledError) as exc:
             # Whether it was applied is unknown: this node stops using the lease (its
             # money comes back when the database expires it).
             log.warning("credit lease %s not shrunk (%r); no longer used", lease.id, exc)
@@ -293,7 +293,7 @@ class Credit:
         for lease in list(self._by_id.values()):
             try:
                 await self._close(lease)
-            except _DB_ERRORS as exc:
+            except DATABASE_FAILED as exc:
                 log.warning("credit lease %s not closed (it expires): %s", lease.id, exc)
 
     async def _close(self, lease: Lease) -> None:

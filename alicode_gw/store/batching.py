@@ -17,7 +17,8 @@ along, so under load they cost no round trip at all.
 The flush function receives the items in submission order and returns one outcome per
 item: a value, or an exception instance for that item alone. If it raises, every item
 of that batch gets the exception. The flusher is a tracked task
-(:class:`~alicode_gw.tasks.TaskTracker`), so shutdown drains it.
+(:class:`~alicode_gw.tasks.TaskTracker`), so shutdown drains it; items still queued when
+it is cancelled fail with :class:`Closed`.
 """
 
 from __future__ import annotations
@@ -32,6 +33,10 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 Flush = Callable[[list[T]], Awaitable[Sequence["R | BaseException"]]]
+
+
+class Closed(Exception):
+    """The coalescer shut down (its flusher was cancelled) before the item was sent."""
 
 
 class Coalescer(Generic[T, R]):
@@ -112,7 +117,7 @@ class Coalescer(Generic[T, R]):
             if self._flushers == 0:
                 for _, future, _ in self._queue:  # only when cancelled mid-way (shutdown)
                     if not future.done():
-                        future.set_exception(RuntimeError(f"{self._name}: shut down"))
+                        future.set_exception(Closed(f"{self._name}: shut down"))
                 self._queue.clear()
 
     async def _flush_batch(self, batch: list[tuple[T, asyncio.Future[R], bool]]) -> None:

@@ -32,9 +32,9 @@ from typing import Any
 
 import asyncpg
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from alicode_gw.errors import ServiceUnavailableError
+from alicode_gw.store.unavailable import DATABASE_FAILED, REDIS_FAILED
 from alicode_gw.tasks import TaskTracker
 from alicode_gw.upstream.credentials import (
     Credential,
@@ -67,8 +67,6 @@ BACKOFF_CAP = 60.0
 PROBE_TTL = 60.0  # how long a node may hold the half-open probe before another may
 TRIP_TTL = 3600.0  # a tripped credential nobody probed for this long is trusted again
 NO_HEALTHY_MESSAGE = "no healthy upstream credential"
-_DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
-_REDIS_ERRORS = (RedisError, OSError)
 _BACKOFF = frozenset({Outcome.OVERLOADED, Outcome.SERVER_ERROR, Outcome.CONNECT_ERROR})
 _DISABLE_REASONS = {
     Outcome.AUTH_FAILED: "upstream rejected the credential (401)",
@@ -316,7 +314,7 @@ class KeyPool:
                     ],
                 )
             )
-        except _REDIS_ERRORS as exc:
+        except REDIS_FAILED as exc:
             log.warning("upstream %s: cannot share its cooldown (%s)", cred.name, exc)
             if entry is None:
                 return
@@ -336,7 +334,7 @@ class KeyPool:
             done = await self._ok_script(
                 keys=[cool, trip, probe], args=[self._channel, f"ok {self._node} {cred.id}"]
             )
-        except _REDIS_ERRORS as exc:
+        except REDIS_FAILED as exc:
             log.warning("upstream %s: cannot share its recovery (%s)", cred.name, exc)
             done = 1
         if done:
@@ -355,11 +353,11 @@ class KeyPool:
                 cred.id,
                 reason,
             )
-        except _DB_ERRORS as exc:
+        except DATABASE_FAILED as exc:
             log.error("upstream %s: cannot record that it is disabled (%s)", cred.name, exc)
         try:
             await self._redis.publish(self._channel, f"disable {self._node} {cred.id}")
-        except _REDIS_ERRORS as exc:
+        except REDIS_FAILED as exc:
             log.warning("upstream %s: cannot announce that it is disabled (%s)", cred.name, exc)
 
     def _apply_cool(self, entry: _Entry, ms: int) -> None:
@@ -416,7 +414,7 @@ class KeyPool:
             pipe.exists(trip)
         try:
             replies = await pipe.execute()
-        except _REDIS_ERRORS:
+        except REDIS_FAILED:
             await self._take_probes()  # Redis is down: cooldowns still end, locally
             raise
         now = time.monotonic()
@@ -453,7 +451,7 @@ class KeyPool:
                 probe = health_keys(self._prefix, entry.cred.id)[2]
                 pipe.set(probe, self._node, nx=True, px=ttl_ms)
             won = await pipe.execute()
-        except _REDIS_ERRORS as exc:
+        except REDIS_FAILED as exc:
             log.warning("key pool: probing without Redis coordination (%s)", exc)
             won = [True] * len(wanted)
         until = time.monotonic() + self._probe_ttl
@@ -482,7 +480,7 @@ class KeyPool:
                     self._reload_requested = False
                     next_reload = time.monotonic() + self._reload_interval
                 await self.refresh(reload=reload)
-            except (*_DB_ERRORS, *_REDIS_ERRORS) as exc:
+            except (*DATABASE_FAILED, *REDIS_FAILED) as exc:
                 log.warning("key pool refresh failed: %s", exc)
             _raise_if_cancelled()
 
@@ -497,10 +495,10 @@ class KeyPool:
                     message = await pubsub.get_message(timeout=_LISTEN_POLL)
                     if message is not None:
                         self._on_event(message.get("data"))
-            except _REDIS_ERRORS as exc:
+            except REDIS_FAILED as exc:
                 log.warning("key pool: event subscription lost (%s)", exc)
             finally:
-                with contextlib.suppress(*_REDIS_ERRORS):
+                with contextlib.suppress(*REDIS_FAILED):
                     await pubsub.aclose()
             _raise_if_cancelled()
             await asyncio.sleep(1.0)

@@ -96,7 +96,7 @@ def usage_from_scanner(scanner: UsageScanner) -> tuple[Usage, bool]:
     return usage, estimated
 
 
-async def read_json(ctx: RequestContext, upstream: aiohttp.ClientResponse) -> bytes:
+async def read_upstream_json(ctx: RequestContext, upstream: aiohttp.ClientResponse) -> bytes:
     """The whole upstream JSON body (a non-streamed Message)."""
     try:
         body = await upstream.read()

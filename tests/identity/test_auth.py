@@ -18,10 +18,17 @@ from aiohttp.test_utils import make_mocked_request
 from alicode_gw import app
 from alicode_gw.errors import AuthenticationError, ServiceUnavailableError
 from alicode_gw.identity import accounts, keys
-from alicode_gw.identity.auth import INVALID_MESSAGE, Authenticator, announce_revoked
+from alicode_gw.identity.auth import (
+    INVALID_MESSAGE,
+    KEY_STORE_UNAVAILABLE,
+    ApiKey,
+    Authenticator,
+    announce_revoked,
+)
 from alicode_gw.store.backends import create_pool, create_redis
+from alicode_gw.store.unavailable import DATABASE_UNREACHABLE
 from tests.support.gateway import start_gateway, stop_gateway
-from tests.support.keys import RedisProxy, new_key, unique_ip
+from tests.support.keys import PostgresProxy, RedisProxy, new_key, unique_ip
 
 LOOPBACK = (ipaddress.ip_network("127.0.0.1/32"),)
 
@@ -273,6 +280,43 @@ async def test_warm_path_needs_no_database_nor_redis(
             await redis.aclose()
             if not pool.is_closing():
                 await pool.close()
+
+
+@pytest.mark.parametrize("failure", ["unreachable", "timing out"])
+async def test_a_cold_key_without_the_database_is_503(
+    database_url: str, redis: object, redis_prefix: str, failure: str
+) -> None:
+    async with PostgresProxy(database_url) as proxy:
+        pool = await asyncpg.create_pool(proxy.url, min_size=1, max_size=1, command_timeout=0.3)
+        assert pool is not None
+        authenticator = Authenticator(pool, redis, redis_prefix)  # type: ignore[arg-type]
+        try:
+            if failure == "unreachable":
+                await proxy.cut()
+            else:
+                proxy.stall()
+            other = keys.format_key(keys.new_public_id(), keys.new_secret())
+            with pytest.raises(ServiceUnavailableError) as info:
+                await authenticator.authenticate(_request(other), unique_ip())  # type: ignore[arg-type]
+            assert info.value.message == KEY_STORE_UNAVAILABLE
+            assert isinstance(info.value.__cause__, DATABASE_UNREACHABLE)
+        finally:
+            proxy.resume()
+            await authenticator.close()
+            pool.terminate()
+
+
+def test_a_key_allows_a_model_by_its_name_or_its_alias_target() -> None:
+    def key(allowed: frozenset[str] | None) -> ApiKey:
+        return ApiKey(1, "pub", 1, "k", None, None, None, None, allowed)
+
+    assert key(None).allows("anything")
+    limited = key(frozenset({"claude-sonnet-4-5"}))
+    assert limited.allows("claude-sonnet-4-5")
+    assert limited.allows("sonnet", "claude-sonnet-4-5")  # an alias of an allowed model
+    assert not limited.allows("claude-opus-4-1")
+    assert not limited.allows("opus", "claude-opus-4-1")
+    assert not key(frozenset()).allows("claude-sonnet-4-5")
 
 
 async def test_cache_ttl_rereads_the_database_without_bcrypt(

@@ -18,6 +18,7 @@ from alicode_gw.limits.refusals import format_duration
 from alicode_gw.limits.resp import ScriptCall, ScriptPipe
 from alicode_gw.limits.shares import KEEP_SECONDS, RESERVE_SECONDS
 from alicode_gw.store.backends import create_redis
+from alicode_gw.tasks import TaskTracker
 from tests.support.keys import RedisProxy, unique_ip
 
 KEY_IDS = iter(range(10_000_000, 20_000_000))
@@ -72,7 +73,7 @@ async def admit_many(
     nodes: list[Limiter], n: int, key: ApiKey, ip: str | None = None
 ) -> tuple[list[Admission], list[RateLimitError]]:
     results = await asyncio.gather(
-        *(nodes[i % len(nodes)].admit(ip or unique_ip(), key, "m") for i in range(n)),
+        *(nodes[i % len(nodes)].admit(ip or unique_ip(), key) for i in range(n)),
         return_exceptions=True,
     )
     admitted = [r for r in results if isinstance(r, Admission)]
@@ -98,7 +99,7 @@ async def test_key_rpm_exact_across_two_nodes(clients, redis_prefix: str, two_no
     for admission in admitted:
         await nodes[0].finish(admission, 0)
     with pytest.raises(RateLimitError):
-        await nodes[1].admit(unique_ip(), key, "m")
+        await nodes[1].admit(unique_ip(), key)
 
 
 async def test_key_concurrency_exact_across_two_nodes(
@@ -139,62 +140,62 @@ async def test_rejection_takes_no_slot(clients, redis_prefix: str, two_nodes) ->
     key's requests per minute."""
     nodes = two_nodes()
     key = api_key(rpm_limit=3, concurrency_limit=1)
-    first = await nodes[0].admit(unique_ip(), key, "m")
+    first = await nodes[0].admit(unique_ip(), key)
     for _ in range(5):
         with pytest.raises(RateLimitError, match="concurrent"):
-            await nodes[1].admit(unique_ip(), key, "m")
+            await nodes[1].admit(unique_ip(), key)
     await nodes[0].finish(first, 0)
-    second = await nodes[1].admit(unique_ip(), key, "m")
+    second = await nodes[1].admit(unique_ip(), key)
     assert second.headers["X-RateLimit-Remaining"] == "1"
 
 
 async def test_leases_of_a_crashed_node_expire(clients, redis_prefix: str, two_nodes) -> None:
     crashed, alive = two_nodes(lease_seconds=0.5)
     key = api_key(concurrency_limit=2)
-    await crashed.admit(unique_ip(), key, "m")
-    await crashed.admit(unique_ip(), key, "m")  # never finished: the node "crashed"
+    await crashed.admit(unique_ip(), key)
+    await crashed.admit(unique_ip(), key)  # never finished: the node "crashed"
     with pytest.raises(RateLimitError):
-        await alive.admit(unique_ip(), key, "m")
+        await alive.admit(unique_ip(), key)
     await asyncio.sleep(0.7)
-    admission = await alive.admit(unique_ip(), key, "m")
+    admission = await alive.admit(unique_ip(), key)
     await alive.finish(admission, 0)
 
 
 async def test_live_leases_are_renewed(clients, redis_prefix: str, two_nodes) -> None:
     node, other = two_nodes(lease_seconds=0.5, refresh_interval=0.1)
     key = api_key(concurrency_limit=1)
-    admission = await node.admit(unique_ip(), key, "m")
+    admission = await node.admit(unique_ip(), key)
     renewer = asyncio.create_task(node.refresh_loop())
     try:
         await asyncio.sleep(1.2)  # more than two lease lifetimes: a long stream
         with pytest.raises(RateLimitError):
-            await other.admit(unique_ip(), key, "m")
+            await other.admit(unique_ip(), key)
     finally:
         renewer.cancel()
         await asyncio.gather(renewer, return_exceptions=True)
     await node.finish(admission, 0)
     assert node.in_flight == 0
-    await other.finish(await other.admit(unique_ip(), key, "m"), 0)
+    await other.finish(await other.admit(unique_ip(), key), 0)
 
 
 async def test_rolling_token_budget(clients, redis_prefix: str, two_nodes) -> None:
     # A 3-second window of 1-second buckets stands in for 5 hours of minutes.
     nodes = two_nodes(budget_window_seconds=3, bucket_seconds=1)
     key = api_key(budget_tokens=1000)
-    await nodes[0].finish(await nodes[0].admit(unique_ip(), key, "m"), 600)
-    await nodes[1].finish(await nodes[1].admit(unique_ip(), key, "m"), 500)
+    await nodes[0].finish(await nodes[0].admit(unique_ip(), key), 600)
+    await nodes[1].finish(await nodes[1].admit(unique_ip(), key), 500)
     usage = await nodes[0].usage(key)
     assert usage.used_tokens == 1100
     assert usage.budget_resets_in is not None and 0 < usage.budget_resets_in <= 5
     with pytest.raises(RateLimitError) as info:
-        await nodes[0].admit(unique_ip(), key, "m")
+        await nodes[0].admit(unique_ip(), key)
     assert "Token budget exceeded" in info.value.message
     assert "Resets in" in info.value.message
     assert 1 <= int(info.value.headers["Retry-After"]) <= 5
     deadline = time.monotonic() + 8
     while True:  # the window rolls: the usage leaves it and requests pass again
         try:
-            admission = await nodes[1].admit(unique_ip(), key, "m")
+            admission = await nodes[1].admit(unique_ip(), key)
             break
         except RateLimitError:
             assert time.monotonic() < deadline
@@ -206,9 +207,9 @@ async def test_rolling_token_budget(clients, redis_prefix: str, two_nodes) -> No
 async def test_budget_at_real_scale_reports_hours(clients, redis_prefix: str, two_nodes) -> None:
     node = two_nodes()[0]
     key = api_key(budget_tokens=100)
-    await node.finish(await node.admit(unique_ip(), key, "m"), 150)
+    await node.finish(await node.admit(unique_ip(), key), 150)
     with pytest.raises(RateLimitError) as info:
-        await node.admit(unique_ip(), key, "m")
+        await node.admit(unique_ip(), key)
     assert "Resets in 5h" in info.value.message
     assert 5 * 3600 - 120 <= int(info.value.headers["Retry-After"]) <= 5 * 3600 + 60
 
@@ -219,10 +220,10 @@ async def test_redis_down_fails_closed_with_503(redis_url: str, redis_prefix: st
         node = Limiter(client, redis_prefix, ip_rpm=10, ip_concurrency=10)
         made.append(node)
         try:
-            admission = await node.admit(unique_ip(), api_key(rpm_limit=5), "m")
+            admission = await node.admit(unique_ip(), api_key(rpm_limit=5))
             await proxy.cut()
             with pytest.raises(ServiceUnavailableError) as info:
-                await node.admit(unique_ip(), api_key(rpm_limit=5), "m")
+                await node.admit(unique_ip(), api_key(rpm_limit=5))
             assert info.value.status == 503
             await node.finish(admission, 10)  # never raises; logged instead
             assert node.in_flight == 0
@@ -232,9 +233,9 @@ async def test_redis_down_fails_closed_with_503(redis_url: str, redis_prefix: st
 
 async def test_script_is_reloaded_after_script_flush(clients, redis_prefix: str, two_nodes) -> None:
     node = two_nodes()[0]
-    await node.finish(await node.admit(unique_ip(), api_key(rpm_limit=5), "m"), 0)
+    await node.finish(await node.admit(unique_ip(), api_key(rpm_limit=5)), 0)
     await clients[0].script_flush()
-    await node.finish(await node.admit(unique_ip(), api_key(rpm_limit=5), "m"), 0)
+    await node.finish(await node.admit(unique_ip(), api_key(rpm_limit=5)), 0)
 
 
 async def test_concurrent_calls_share_pipelines_and_keep_their_own_errors(
@@ -246,7 +247,7 @@ async def test_concurrent_calls_share_pipelines_and_keep_their_own_errors(
     node = Limiter(client, redis_prefix, ip_rpm=0, ip_concurrency=0)
     made.append(node)
     key = api_key(rpm_limit=1000)
-    admitted = await asyncio.gather(*(node.admit(unique_ip(), key, "m") for _ in range(50)))
+    admitted = await asyncio.gather(*(node.admit(unique_ip(), key) for _ in range(50)))
     assert node.round_trips < 10
     await asyncio.gather(*(node.finish(a, 1) for a in admitted))
     assert node.round_trips < 20
@@ -280,10 +281,10 @@ async def test_a_dropped_connection_is_replaced_without_failing_requests(
     node = Limiter(client, redis_prefix, ip_rpm=0, ip_concurrency=0)
     made.append(node)
     key = api_key(rpm_limit=100)
-    await node.finish(await node.admit(unique_ip(), key, "m"), 0)
+    await node.finish(await node.admit(unique_ip(), key), 0)
     (client_id,) = await node._pipe.connection.execute([("CLIENT", "ID")])
     assert await client.client_kill_filter(_id=client_id) == 1
-    await node.finish(await node.admit(unique_ip(), key, "m"), 0)
+    await node.finish(await node.admit(unique_ip(), key), 0)
     assert (await node.usage(key)).requests_last_minute == 2
 
 
@@ -304,7 +305,7 @@ async def test_a_run_of_requests_is_admitted_from_the_node_share(
     ip = unique_ip()
     trips = node.round_trips
     for _ in range(60):
-        admission = await node.admit(ip, key, "m")
+        admission = await node.admit(ip, key)
         await node.finish(admission, 0)
     # The first admission finds no run, the second reserves 32 more entries, and so on;
     # every slot is the one kept from the request before.
@@ -338,7 +339,7 @@ async def test_shares_never_take_a_limit_beyond_its_count(
             ran = 0
             while ran < 7:
                 try:
-                    admission = await node.admit(unique_ip(), key, "m")
+                    admission = await node.admit(unique_ip(), key)
                 except RateLimitError:
                     break
                 await node.finish(admission, 0)
@@ -360,7 +361,7 @@ async def test_a_refusal_uses_a_share_that_arrived_meanwhile(
     an admission Redis refuses afterwards takes it rather than a 429."""
     node = two_nodes()[0]
     key = api_key(rpm_limit=8)
-    await node.admit(unique_ip(), key, "m")  # a run begins: the next one asks for a share
+    await node.admit(unique_ip(), key)  # a run begins: the next one asks for a share
     admitted, rejected = await admit_many([node], 10, key)
     assert (len(admitted), len(rejected)) == (7, 3)
     assert await redis_counts(clients[0], redis_prefix, key) == (8, 0)
@@ -370,7 +371,7 @@ async def test_a_kept_slot_is_never_one_too_many(clients, redis_prefix: str, two
     node, other = two_nodes()
     key = api_key(concurrency_limit=8)  # a node keeps at most 2 of 8
     for _ in range(5):
-        await node.finish(await node.admit(unique_ip(), key, "m"), 0)
+        await node.finish(await node.admit(unique_ip(), key), 0)
     assert node.local_admissions == 4
     admitted, _ = await admit_many([other], 10, key)
     assert len(admitted) == 7  # one of the eight is kept by the first node
@@ -384,7 +385,7 @@ async def test_shares_go_back_when_the_node_stops(clients, redis_prefix: str, tw
     node = two_nodes()[0]
     key = api_key(rpm_limit=100, concurrency_limit=20)
     for _ in range(3):
-        await node.finish(await node.admit(unique_ip(), key, "m"), 0)
+        await node.finish(await node.admit(unique_ip(), key), 0)
     entries, slots = await redis_counts(clients[0], redis_prefix, key)
     assert entries > 3 and slots == 1
     await node.close_shares()
@@ -395,7 +396,7 @@ async def test_a_share_of_zero_asks_redis_every_time(clients, redis_prefix: str,
     node = two_nodes(share_pct=0)[0]
     key = api_key(rpm_limit=100, concurrency_limit=20)
     for _ in range(5):
-        await node.finish(await node.admit(unique_ip(), key, "m"), 0)
+        await node.finish(await node.admit(unique_ip(), key), 0)
     assert node.local_admissions == 0
     assert await redis_counts(clients[0], redis_prefix, key) == (5, 0)
 
@@ -405,11 +406,11 @@ async def test_a_kept_slot_redis_lost_is_not_reused(clients, redis_prefix: str, 
     restarted): the next renewal notices, and the slot is not handed out again."""
     node, other = two_nodes()
     key = api_key(concurrency_limit=8)
-    await node.finish(await node.admit(unique_ip(), key, "m"), 0)
+    await node.finish(await node.admit(unique_ip(), key), 0)
     base = f"{redis_prefix}rl:key:{key.id}:"
     await clients[0].delete(base + "conc")
     assert await node.refresh() == 0
-    await node.admit(unique_ip(), key, "m")
+    await node.admit(unique_ip(), key)
     assert node.local_admissions == 0  # asked Redis: counted there again
     assert await clients[0].zcard(base + "conc") == 1
     admitted, _ = await admit_many([other], 10, key)
@@ -424,10 +425,10 @@ async def test_an_entry_taken_before_a_round_trip_is_counted_from_its_use(
     node = two_nodes()[0]
     key = api_key(rpm_limit=100, concurrency_limit=2)  # 2: no slot is kept
     for _ in range(2):
-        await node.finish(await node.admit(unique_ip(), key, "m"), 0)
+        await node.finish(await node.admit(unique_ip(), key), 0)
     base = f"{redis_prefix}rl:key:{key.id}:"
     before = dict(await clients[0].zrange(base + "rpm", 0, -1, withscores=True))
-    admission = await node.admit(unique_ip(), key, "m")  # an entry + a Redis call
+    admission = await node.admit(unique_ip(), key)  # an entry + a Redis call
     after = dict(await clients[0].zrange(base + "rpm", 0, -1, withscores=True))
     moved = [m for m in before if after[m] != before[m]]
     assert len(moved) == 1 and after[moved[0]] < before[moved[0]]
@@ -440,8 +441,8 @@ async def test_a_cancelled_admission_keeps_nothing(clients, redis_prefix: str, t
     the node joins its share (and goes back unused), the slot it took goes back."""
     node = two_nodes()[0]
     key = api_key(rpm_limit=100, concurrency_limit=2)
-    await node.finish(await node.admit(unique_ip(), key, "m"), 0)  # a run: the next asks
-    task = asyncio.create_task(node.admit(unique_ip(), key, "m"))
+    await node.finish(await node.admit(unique_ip(), key), 0)  # a run: the next asks
+    task = asyncio.create_task(node.admit(unique_ip(), key))
     await asyncio.sleep(0)  # submitted, not answered yet
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -469,13 +470,13 @@ async def test_cancelled_as_its_reply_lands_the_admission_gives_its_slot_back(
         return future
 
     node._calls.submit = cancel_on_reply  # type: ignore[method-assign]
-    task = asyncio.create_task(node.admit(unique_ip(), key, "m"))
+    task = asyncio.create_task(node.admit(unique_ip(), key))
     with pytest.raises(asyncio.CancelledError):
         await task
     node._calls.submit = submit  # type: ignore[method-assign]
     assert await node.give_back_unused(time.monotonic()) == 1
     await asyncio.sleep(0.1)
-    await other.finish(await other.admit(unique_ip(), key, "m"), 0)
+    await other.finish(await other.admit(unique_ip(), key), 0)
 
 
 async def test_an_entry_of_a_cancelled_admission_goes_back_to_redis(
@@ -485,9 +486,9 @@ async def test_an_entry_of_a_cancelled_admission_goes_back_to_redis(
     node = two_nodes()[0]
     key = api_key(rpm_limit=100, concurrency_limit=2)  # 2: every request asks Redis
     for _ in range(2):
-        await node.finish(await node.admit(unique_ip(), key, "m"), 0)
+        await node.finish(await node.admit(unique_ip(), key), 0)
     entries, _ = await redis_counts(clients[0], redis_prefix, key)
-    task = asyncio.create_task(node.admit(unique_ip(), key, "m"))  # an entry + a call
+    task = asyncio.create_task(node.admit(unique_ip(), key))  # an entry + a call
     await asyncio.sleep(0)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -507,14 +508,14 @@ async def test_lapsed_share_is_given_back_before_a_429(
     node = two_nodes()[0]
     key = api_key(rpm_limit=20)
     for _ in range(2):
-        await node.finish(await node.admit(unique_ip(), key, "m"), 0)
+        await node.finish(await node.admit(unique_ip(), key), 0)
     entries, _ = await redis_counts(clients[0], redis_prefix, key)
     assert entries > 2  # the second admission reserved some
     await asyncio.sleep(RESERVE_SECONDS + 0.1)  # they lapse, unused
     admitted = 0
     while True:
         try:
-            await node.admit(unique_ip(), key, "m")
+            await node.admit(unique_ip(), key)
         except RateLimitError:
             break
         admitted += 1
@@ -527,7 +528,7 @@ async def test_token_counts_of_one_key_share_a_call(clients, redis_prefix: str, 
     one script call carries them all, and the budget holds every token."""
     node = two_nodes()[0]
     key = api_key(rpm_limit=1000, concurrency_limit=400)
-    admitted = await asyncio.gather(*(node.admit(unique_ip(), key, "m") for _ in range(40)))
+    admitted = await asyncio.gather(*(node.admit(unique_ip(), key) for _ in range(40)))
     for admission in admitted:  # slots kept or given back in calls of their own
         await node.finish(admission, 0)
     sent: list[ScriptCall] = []
@@ -538,7 +539,7 @@ async def test_token_counts_of_one_key_share_a_call(clients, redis_prefix: str, 
         return await send(calls)
 
     node._pipe.run = spy  # type: ignore[method-assign]
-    admitted = [await node.admit(unique_ip(), key, "m") for _ in range(40)]
+    admitted = [await node.admit(unique_ip(), key) for _ in range(40)]
     sent.clear()
     await asyncio.gather(*(node.finish_later(a, 10 + i) for i, a in enumerate(admitted)))
     assert len(sent) == 1
@@ -554,7 +555,7 @@ async def test_tokens_that_joined_a_failed_call_are_all_reported(
         made.append(node)
         try:
             key = api_key(rpm_limit=100)
-            admitted = [await node.admit(unique_ip(), key, "m") for _ in range(3)]
+            admitted = [await node.admit(unique_ip(), key) for _ in range(3)]
             await proxy.cut()
             with caplog.at_level("WARNING", logger="alicode_gw.limits.limiter"):
                 await asyncio.gather(
@@ -563,6 +564,31 @@ async def test_tokens_that_joined_a_failed_call_are_all_reported(
         finally:
             await client.aclose()
     assert "60 token(s) uncounted" in caplog.text
+
+
+async def test_finishes_still_queued_at_shutdown_are_logged_as_such(
+    redis_url: str, redis_prefix: str, made, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with RedisProxy(redis_url) as proxy:
+        client, tasks = create_redis(proxy.url), TaskTracker()
+        node = Limiter(client, redis_prefix, ip_rpm=0, ip_concurrency=0, share_pct=0, tasks=tasks)
+        made.append(node)
+        try:
+            key = api_key(concurrency_limit=100)
+            sent, queued = [await node.admit(unique_ip(), key) for _ in range(2)]
+            proxy.stall()  # Redis stops answering: the first finish stays in flight
+            in_flight = node.finish_later(sent, 1, urgent=True)
+            await asyncio.sleep(0.05)
+            behind = node.finish_later(queued, 2, urgent=True)  # waits for the next batch
+            with caplog.at_level("WARNING", logger="alicode_gw.limits.limiter"):
+                await tasks.drain(0.05)  # shutdown: the flusher is cancelled
+                await behind  # never raises
+            with pytest.raises(asyncio.CancelledError):
+                await in_flight
+        finally:
+            proxy.resume()
+            await client.aclose()
+    assert "could not release limits (Closed)" in caplog.text
 
 
 def test_format_duration() -> None:

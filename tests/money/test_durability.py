@@ -19,6 +19,7 @@ from alicode_gw.money.catalog import ModelCatalog
 from alicode_gw.store import migrate
 from alicode_gw.store.backends import create_redis
 from alicode_gw.tasks import TaskTracker
+from tests.support.keys import PostgresProxy
 from tests.support.money import USD, assert_audit_clean, balances, new_account
 
 pytestmark = pytest.mark.slow
@@ -145,3 +146,47 @@ async def test_file_journal_when_redis_is_down_too(
     assert await balances(pool, account.id) == (USD - 1_500_000, 0)
     assert await healthy.replay_journal() == 0
     assert await healthy.settle(request_id, Usage(1000, 100)) == 1_500_000
+
+
+async def test_a_settlement_still_queued_at_shutdown_is_journaled_as_expected(
+    pool: asyncpg.Pool,
+    redis: Redis,
+    redis_prefix: str,
+    database_url: str,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Shutdown stops the batcher before a queued settlement was sent (it fails with
+    ``Closed``): journaled with a warning like an outage, not reported as a bug."""
+    account = await new_account(pool, nanos=USD)
+    prefix = f"{redis_prefix}closed-{secrets.token_hex(3)}:"
+    healthy = Billing(pool, redis, redis_prefix=prefix, data_dir=tmp_path)
+    sent, queued = rid(), rid()
+    for request_id in (sent, queued):
+        await healthy.hold(request_id, account.key_id, "claude-haiku-4-5", 100, 100, "::1")
+    async with PostgresProxy(database_url) as proxy:
+        slow = await asyncpg.create_pool(proxy.url, min_size=1, max_size=1)
+        assert slow is not None
+        tasks = TaskTracker()
+        try:
+            stopping = Billing(
+                slow, redis, redis_prefix=prefix, data_dir=tmp_path, tasks=tasks, db_timeout=1
+            )
+            proxy.stall()  # the database stops answering: the first batch stays in flight
+            in_flight = stopping.settle_later(sent, Usage(1000, 100), urgent=True)
+            await asyncio.sleep(0.05)
+            behind = stopping.settle_later(queued, Usage(1000, 100), urgent=True)
+            with caplog.at_level("WARNING", logger="alicode_gw.money.billing"):
+                await tasks.drain(0.05)  # shutdown: the flusher is cancelled
+                assert await behind == 0  # provisional (not held on this instance)
+                with pytest.raises(asyncio.CancelledError):
+                    await in_flight  # journaled too, "cancelled by shutdown"
+        finally:
+            await proxy.cut()  # what was held back never reaches the database
+            slow.terminate()
+    logged = [r for r in caplog.records if queued in r.getMessage()]
+    assert [(r.levelname, r.exc_info) for r in logged] == [("WARNING", None)]
+    assert "Closed" in repr(logged[0].args)
+    assert await healthy.replay_journal() == 2
+    # haiku: 1000 in x $1 + 100 out x $5 = $0.0015 each
+    assert await balances(pool, account.id) == (USD - 2 * 1_500_000, 0)

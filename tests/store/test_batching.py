@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from alicode_gw.store.batching import Coalescer
+from alicode_gw.store.batching import Closed, Coalescer
 from alicode_gw.tasks import TaskTracker
 
 
@@ -114,6 +114,21 @@ async def test_drain_cancels_what_outlives_the_grace() -> None:
     stuck = coalescer.submit(1)
     await tasks.drain(0.05)
     assert stuck.cancelled()
+
+
+async def test_items_still_queued_at_shutdown_fail_with_closed() -> None:
+    store, tasks = Store(), TaskTracker()
+    coalescer: Coalescer[int, int] = Coalescer(store.flush, tasks, name="t")
+    store.gate.clear()
+    stuck = coalescer.submit(1)
+    await asyncio.sleep(0)  # the flusher takes [1] and waits at the gate
+    queued = coalescer.submit(2)
+    await tasks.drain(0.05)  # cancels the flusher: [2] was never sent
+    assert stuck.cancelled()
+    with pytest.raises(Closed, match="t: shut down"):
+        await queued
+    assert not isinstance(queued.exception(), RuntimeError)  # not a bug's exception
+    assert store.batches == [[1]]
 
 
 async def test_a_non_urgent_item_rides_along_the_next_urgent_one() -> None:

@@ -35,13 +35,16 @@ async def new_key(
 
 class TcpProxy:
     """Forwards loopback TCP connections to a server (over TCP or a Unix socket) until
-    :meth:`cut`, so a test can make that server unreachable without stopping it."""
+    :meth:`cut`, so a test can make that server unreachable without stopping it, or
+    while not :meth:`stall`-ed, so a test can make it stop answering."""
 
     def __init__(self, *, host: str = "127.0.0.1", port: int = 0, unix: str | None = None):
         self._host, self._port, self._unix = host, port, unix
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._pumps: set[asyncio.Task[None]] = set()
+        self._flowing = asyncio.Event()
+        self._flowing.set()
 
     @property
     def port(self) -> int:
@@ -71,9 +74,18 @@ class TcpProxy:
     async def _pump(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
         with contextlib.suppress(OSError, asyncio.CancelledError):
             while data := await src.read(65536):
+                await self._flowing.wait()
                 dst.write(data)
                 await dst.drain()
         dst.close()
+
+    def stall(self) -> None:
+        """Keep every connection open but forward nothing (held until :meth:`resume`):
+        the server now looks alive and never answers."""
+        self._flowing.clear()
+
+    def resume(self) -> None:
+        self._flowing.set()
 
     async def cut(self) -> None:
         """Refuse new connections and drop the open ones: the server is now unreachable."""

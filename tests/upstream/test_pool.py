@@ -43,7 +43,7 @@ from alicode_gw.upstream.pool import (
     mask_secret,
 )
 from tests.support.gateway import migrated_database
-from tests.support.keys import RedisProxy
+from tests.support.keys import PostgresProxy, RedisProxy
 
 NOW = 1_800_000_000.0
 
@@ -220,10 +220,24 @@ class Cluster:
     prefix: str
     opened: list[tuple[KeyPool, TaskTracker, Redis]] = field(default_factory=list)
 
-    async def node(self, redis_url: str | None = None, **options: Any) -> KeyPool:
-        redis = create_redis(redis_url or self.redis_url)
+    async def node(
+        self,
+        redis_url: str | None = None,
+        *,
+        redis_timeout: float | None = None,
+        db: asyncpg.Pool | None = None,
+        **options: Any,
+    ) -> KeyPool:
+        """A node; ``redis_timeout``: its Redis client's socket timeouts (seconds)."""
+        url = redis_url or self.redis_url
+        if redis_timeout is None:
+            redis = create_redis(url)
+        else:
+            redis = Redis.from_url(
+                url, socket_timeout=redis_timeout, socket_connect_timeout=redis_timeout
+            )
         tasks = TaskTracker()
-        pool = await KeyPool.open(self.db, redis, self.prefix, tasks, **options)
+        pool = await KeyPool.open(db or self.db, redis, self.prefix, tasks, **options)
         self.opened.append((pool, tasks, redis))
         return pool
 
@@ -443,18 +457,54 @@ async def test_new_credentials_and_removals_are_seen_by_reload(cluster: Cluster)
     await eventually(lambda: {r["name"] for r in pool.snapshot()} == {"b"}, within=1.5)
 
 
-async def test_without_redis_cooldowns_still_apply_locally(cluster: Cluster) -> None:
+@pytest.mark.parametrize("failure", ["unreachable", "timing out"])
+async def test_without_redis_cooldowns_still_apply_locally(cluster: Cluster, failure: str) -> None:
+    """A Redis that no longer answers (its calls time out) is treated like one that
+    cannot be reached."""
     a, _ = await cluster.add("a"), await cluster.add("b")
     async with RedisProxy(cluster.redis_url) as proxy:
-        pool = await cluster.node(proxy.url, backoff_base=0.2)
-        await proxy.cut()
+        pool = await cluster.node(proxy.url, backoff_base=0.2, redis_timeout=0.3)
+        if failure == "unreachable":
+            await proxy.cut()
+        else:
+            proxy.stall()
+        started = time.monotonic()
         await pool.report(a, Outcome.OVERLOADED)  # must not raise
+        assert time.monotonic() - started < 2.0
         assert state_of(pool, a)["state"] == "cooling"
         assert picks(pool, 10) == {"b": 10}
         # the probe is then granted locally, without coordination
         await eventually(lambda: pool.pick().name == "a", within=2.5)
         await pool.report(a, Outcome.OK)
         assert state_of(pool, a)["state"] == "healthy"
+
+
+async def test_a_database_that_times_out_leaves_the_disable_local(
+    cluster: Cluster, pool_database_url: str
+) -> None:
+    """asyncpg's command timeout (a TimeoutError) while recording a disable is a
+    database failure like any other: the report returns, the node stops using the key."""
+    a, _ = await cluster.add("a"), await cluster.add("b")
+    async with PostgresProxy(pool_database_url) as proxy:
+        slow = await asyncpg.create_pool(proxy.url, min_size=1, max_size=1, command_timeout=0.3)
+        assert slow is not None
+        try:
+            pool = await cluster.node(db=slow)
+            proxy.stall()
+            started = time.monotonic()
+            await pool.report(a, Outcome.AUTH_FAILED)  # must not raise
+            assert time.monotonic() - started < 2.0
+            assert state_of(pool, a)["state"] == "disabled"
+            assert picks(pool, 5) == {"b": 5}
+            await pool.close()
+        finally:
+            proxy.resume()
+            slow.terminate()
+    # it was not recorded: the table still has the key active
+    status = await cluster.db.fetchval(
+        "SELECT status FROM upstream_credentials WHERE id = $1", a.id
+    )
+    assert status == "active"
 
 
 async def test_add_credential_rules(cluster: Cluster) -> None:
