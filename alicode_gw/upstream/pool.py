@@ -23,7 +23,8 @@ request shape the upstream chokes on); cooling on it would let one customer, rep
 that request, take the credentials away from everyone. So a failure (529, other 5xx,
 connect error or timeout) cools the credential only when it is not one customer's alone:
 
-* at least ``blame_quorum`` (2) distinct customers got such a failure from it within
+* at least ``blame_quorum`` (2) distinct customers (accounts: one customer's several
+  keys count once) got such a failure from it within
   ``blame_window`` (10 s): the failure script adds the customer to ``blame:{id}``,
   drops entries older than the window and counts them, atomically in Redis, so the
   rule holds across nodes and costs nothing on success; or
@@ -39,7 +40,9 @@ Redis write on every success, and a key's own rate limits already bound the load
 failures cause. The price: while only one customer is active, a real outage cools
 nothing (each request tries up to ``ALICODE_UPSTREAM_MAX_ATTEMPTS`` credentials) —
 there is nobody else to protect. The window is short so that one coincidental failure
-of another customer lends a repeating customer's failures weight only briefly.
+of another customer lends a repeating customer's failures weight only briefly; and a
+request that makes the upstream fail only some of the time can still cool a credential
+through the second rule, once per success, with the usual growing cooldown.
 
 Secrets are never printed: :class:`Credential` hides the secret from ``repr`` and
 offers a masked :attr:`Credential.display`.
@@ -68,6 +71,13 @@ from alicode_gw.upstream.credentials import (
     disable_credential,
     ensure_credentials,
     mask_secret,
+)
+from alicode_gw.upstream.health import (
+    FAIL_SCRIPT,
+    OK_SCRIPT,
+    blame_key,
+    events_channel,
+    health_keys,
 )
 from alicode_gw.upstream.outcome import RATE_LIMIT_COOLDOWN_CAP, Outcome, classify
 
@@ -101,81 +111,6 @@ _DISABLE_REASONS = {
     Outcome.AUTH_FAILED: "upstream rejected the credential (401)",
     Outcome.BILLING_FAILED: "upstream billing error (credit balance too low)",
 }
-
-
-# ---------------------------------------------------------------- Redis layout
-
-
-def events_channel(prefix: str) -> str:
-    return f"{prefix}upstream:events"
-
-
-def health_keys(prefix: str, cred_id: int) -> tuple[str, str, str]:
-    """(cool, trip, probe) keys of one credential."""
-    base = f"{prefix}upstream:"
-    return f"{base}cool:{cred_id}", f"{base}trip:{cred_id}", f"{base}probe:{cred_id}"
-
-
-def blame_key(prefix: str, cred_id: int) -> str:
-    """The sorted set of customers that got a failure from one credential lately."""
-    return f"{prefix}upstream:blame:{cred_id}"
-
-
-# KEYS: cool, trip, probe, blame. ARGV: mode (fixed|backoff), ms (fixed) or base ms,
-# cap ms, trip ttl ms, channel, message prefix, customer ('' = none), blame window ms,
-# quorum. One cooldown episode counts once: a failure reported while the credential
-# already cools only ever lengthens a fixed cooldown. A failure naming a customer cools
-# only once `quorum` distinct customers failed within the window; else -1.
-_FAIL_SCRIPT = """
-local current = redis.call('PTTL', KEYS[1])
-local ms = tonumber(ARGV[2])
-if current > 0 then
-  if ARGV[1] == 'fixed' and ms > current then
-    redis.call('SET', KEYS[1], ms, 'PX', ms)
-    redis.call('PUBLISH', ARGV[5], ARGV[6] .. ms)
-    return ms
-  end
-  return current
-end
-if ARGV[7] ~= '' then
-  local t = redis.call('TIME')
-  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-  local window = tonumber(ARGV[8])
-  redis.call('ZADD', KEYS[4], now, ARGV[7])
-  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now - window)
-  redis.call('PEXPIRE', KEYS[4], window)
-  if redis.call('ZCARD', KEYS[4]) < tonumber(ARGV[9]) then return -1 end
-end
-local n = redis.call('INCR', KEYS[2])
-redis.call('PEXPIRE', KEYS[2], ARGV[4])
-if ARGV[1] == 'backoff' then
-  ms = math.min(ms * 2 ^ (n - 1), tonumber(ARGV[3]))
-end
-ms = math.floor(ms)
-redis.call('SET', KEYS[1], ms, 'PX', ms)
-redis.call('DEL', KEYS[3])
-redis.call('PUBLISH', ARGV[5], ARGV[6] .. ms)
-return ms
-"""
-
-# KEYS: cool, trip, probe. ARGV: channel, message. A success while the cooldown still
-# runs (a request that started before the failure) does not end it.
-_OK_SCRIPT = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('DEL', KEYS[2], KEYS[3])
-redis.call('PUBLISH', ARGV[1], ARGV[2])
-return 1
-"""
-
-
-async def clear_health(redis: Redis, prefix: str, cred_id: int) -> None:
-    """Forget a credential's cooldown and failure streak (operator re-enable)."""
-    await redis.delete(*health_keys(prefix, cred_id), blame_key(prefix, cred_id))
-
-
-async def announce_reload(redis: Redis, prefix: str) -> None:
-    """Tell every node to re-read the credentials table now."""
-    await redis.publish(events_channel(prefix), "reload")
 
 
 # ---------------------------------------------------------------- the pool
@@ -240,8 +175,8 @@ class KeyPool:
         self._wake = asyncio.Event()
         self._reload_requested = False
         self._tasks: list[asyncio.Task[Any]] = []
-        self._fail_script = redis.register_script(_FAIL_SCRIPT)
-        self._ok_script = redis.register_script(_OK_SCRIPT)
+        self._fail_script = redis.register_script(FAIL_SCRIPT)
+        self._ok_script = redis.register_script(OK_SCRIPT)
 
     @classmethod
     async def open(

@@ -29,6 +29,7 @@ from alicode_gw.dev.mock_upstream import MockUpstream
 from alicode_gw.errors import ServiceUnavailableError
 from alicode_gw.store.backends import create_redis
 from alicode_gw.tasks import TaskTracker
+from alicode_gw.upstream.health import health_keys
 from alicode_gw.upstream.outcome import RATE_LIMIT_COOLDOWN_CAP
 from alicode_gw.upstream.pool import (
     Credential,
@@ -39,7 +40,6 @@ from alicode_gw.upstream.pool import (
     classify,
     disable_credential,
     ensure_credentials,
-    health_keys,
     mask_secret,
 )
 from tests.support.gateway import migrated_database
