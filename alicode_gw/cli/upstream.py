@@ -18,7 +18,7 @@ from alicode_gw.cli.common import emit, fail, with_db
 from alicode_gw.config import Config
 from alicode_gw.store.unavailable import REDIS_FAILED
 from alicode_gw.upstream import credentials as creds
-from alicode_gw.upstream import pool as keypool
+from alicode_gw.upstream import health as pool_health
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ def _row_dict(row: asyncpg.Record, health: str | None = None) -> dict[str, Any]:
 
 async def _announce(redis: Redis, config: Config) -> None:
     try:
-        await keypool.announce_reload(redis, config.redis_prefix)
+        await pool_health.announce_reload(redis, config.redis_prefix)
     except REDIS_FAILED as exc:
         log.warning("running nodes will notice within seconds (Redis: %s)", exc)
 
@@ -125,7 +125,7 @@ def run_list(args: argparse.Namespace, config: Config) -> int:
         rows = await conn.fetch(f"SELECT {_COLUMNS} FROM upstream_credentials ORDER BY id")
         pipe = redis.pipeline(transaction=False)
         for row in rows:
-            cool, trip, _ = keypool.health_keys(config.redis_prefix, row["id"])
+            cool, trip, _ = pool_health.health_keys(config.redis_prefix, row["id"])
             pipe.pttl(cool)
             pipe.exists(trip)
         replies = await pipe.execute() if rows else []
@@ -165,7 +165,7 @@ def _change(args: argparse.Namespace, config: Config, sql: str, *params: Any) ->
             return None
         await conn.execute(sql, row["id"], *params)
         try:
-            await keypool.clear_health(redis, config.redis_prefix, row["id"])
+            await pool_health.clear_health(redis, config.redis_prefix, row["id"])
         except REDIS_FAILED as exc:
             log.warning("cannot clear the cooldown in Redis: %s", exc)
         await _announce(redis, config)

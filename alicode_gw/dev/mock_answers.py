@@ -33,6 +33,7 @@ __all__ = [
     "invalid",
     "message_json",
     "model_json",
+    "named_error",
     "new_id",
     "parse_directives",
     "status_error",
@@ -67,6 +68,15 @@ _INT_KEYS = frozenset(
      "chunk_delay_ms", "words"}
 )  # fmt: skip
 _FAULT_STATUSES = frozenset({400, 401, 403, 404, 413, 429, 500, 529})
+# ``error=NAME``: an error the API sends with its own wording (status, type, message).
+_NAMED_ERRORS: Mapping[str, tuple[int, str, str]] = MappingProxyType({
+    "credit_balance": (
+        400,
+        "invalid_request_error",
+        "Your credit balance is too low to access the Anthropic API. "
+        "Please go to Plans & Billing to upgrade or purchase credits.",
+    ),
+})  # fmt: skip
 DEFAULT_WORDS = 12
 THINKING_WORDS = 8
 _BASE_INPUT_TOKENS = 3
@@ -133,6 +143,12 @@ def status_error(status: int, retry_after: int | None = None) -> RequestError:
     return RequestError(status, etype, message, retry_after)
 
 
+def named_error(name: str) -> RequestError:
+    """The error ``error=name`` asks for (see ``_NAMED_ERRORS``)."""
+    status, etype, message = _NAMED_ERRORS[name]
+    return RequestError(status, etype, message)
+
+
 def error_body(etype: str, message: str, request_id: str | None) -> dict[str, Any]:
     body: dict[str, Any] = {"type": "error", "error": {"type": etype, "message": message}}
     if request_id is not None:
@@ -148,6 +164,7 @@ class Directives:
     """Per-request behaviour a test asked for (header ``x-mock-fault`` or prompt text)."""
 
     status: int | None = None
+    error: str | None = None
     retry_after: int | None = None
     only_key: tuple[str, ...] = ()
     drop_after: int | None = None
@@ -158,7 +175,7 @@ class Directives:
     mode: str | None = None
 
     def faults_apply(self, api_key: str | None) -> bool:
-        """Whether the fault directives (status, drop/error, delays) hit this credential."""
+        """Whether the faults (status, error, drops, delays) hit this credential."""
         return not self.only_key or api_key in self.only_key
 
 
@@ -211,6 +228,10 @@ def parse_directives(header: str | None, body: dict[str, Any] | None) -> Directi
             values[key] = int(value)
         elif key == "only_key":
             values[key] = tuple(k for k in value.split(",") if k)
+        elif key == "error":
+            if value not in _NAMED_ERRORS:
+                raise DirectiveError(f"error must be one of {sorted(_NAMED_ERRORS)}")
+            values[key] = value
         elif key == "mode":
             if value not in ("tool", "text"):
                 raise DirectiveError("mode must be tool or text")

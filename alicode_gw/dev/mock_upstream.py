@@ -4,11 +4,16 @@ Used as the gateway's upstream by the tests, by ``alicode-gw dev`` and by the
 benchmark. Built on aiohttp's low-level `aiohttp.web.Server` (no application, no
 router). Answers are deterministic (see `alicode_gw.dev.mock_answers`).
 
+Like the API, it rejects a content block of an unknown type with a 400 whose message
+quotes the type as sent (what lets a client put words of its choosing into an upstream
+error message).
+
 Faults are requested per request, either with a header ``x-mock-fault: k=v k=v`` or
 with ``[[mock: k=v k=v]]`` anywhere in the text of the last user message (that one
 survives a gateway that forwards bodies unchanged). Keys:
 
 ``status=N`` (400, 401, 403, 404, 413, 429, 500, 529: an Anthropic error response),
+``error=credit_balance`` (the API's own 400 for an organisation out of credit),
 ``retry_after=S`` (with status=429), ``only_key=K1,K2`` (faults hit only these
 credentials), ``drop_after=N`` (streaming: close the connection after N events),
 ``error_after=N`` (streaming: an ``error`` event after N events, then end),
@@ -42,6 +47,7 @@ from alicode_gw.dev.mock_answers import (
     invalid,
     message_json,
     model_json,
+    named_error,
     new_id,
     parse_directives,
     status_error,
@@ -62,6 +68,13 @@ _ROUTES: Mapping[str, tuple[str, ...]] = MappingProxyType(
 )
 _REQUESTS_LIMIT = 4000
 _TOKENS_LIMIT = 2_000_000
+# Content-block types of a request message the API knows (others: a 400 quoting the type).
+_BLOCK_TYPES = (
+    "text", "image", "document", "search_result", "thinking", "redacted_thinking",
+    "tool_use", "tool_result", "server_tool_use", "web_search_tool_result",
+    "web_fetch_tool_result", "code_execution_tool_result", "mcp_tool_use",
+    "mcp_tool_result", "container_upload",
+)  # fmt: skip
 _STREAM_ERROR = '{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}'
 
 
@@ -109,7 +122,21 @@ def _validate_common(body: Any) -> dict[str, Any]:
             raise invalid(f"messages.{i}.role: Input should be 'user' or 'assistant'")
         if "content" not in msg:
             raise invalid(f"messages.{i}.content: Field required")
+        _validate_blocks(f"messages.{i}.content", msg["content"])
     return body
+
+
+def _validate_blocks(where: str, content: Any) -> None:
+    if not isinstance(content, list):
+        return
+    for j, block in enumerate(content):
+        kind = block.get("type") if isinstance(block, dict) else None
+        if isinstance(kind, str) and kind not in _BLOCK_TYPES:
+            expected = ", ".join(f"'{name}'" for name in _BLOCK_TYPES)
+            raise invalid(
+                f"{where}.{j}: Input tag '{kind}' found using 'type' does not match any"
+                f" of the expected tags: {expected}"
+            )
 
 
 def _validate_count(body: Any) -> dict[str, Any]:
@@ -331,6 +358,8 @@ class MockUpstream:
             await asyncio.sleep(directives.first_byte_delay_ms / 1000)
         if directives.status is not None:
             raise status_error(directives.status, directives.retry_after)
+        if directives.error is not None:
+            raise named_error(directives.error)
         if path == "/v1/messages/count_tokens":
             _validate_count(body)
             return await self._send_json(

@@ -1,6 +1,10 @@
 """Calling the upstream Anthropic API: which headers cross in each direction, and the
 attempt loop that retries on another credential before anything reached the client.
 
+A failure one customer's request met cools no shared credential by itself (see
+:mod:`alicode_gw.upstream.pool`): the loop names the customer when it reports one, and
+cools the credential after all when the same request then succeeded elsewhere.
+
 The customer's key, cookies and client-identifying headers never go upstream; the
 upstream credential is added here and nowhere else. Upstream ``anthropic-ratelimit-*``
 headers (they describe the operator's account) never come back.
@@ -34,6 +38,10 @@ PASSED_RESPONSE_HEADERS = ("content-type", "retry-after", "x-should-retry")
 USER_AGENT = f"alicode_gw/{__version__}"
 # Largest error body read from an upstream failure (to classify it).
 ERROR_BODY_LIMIT = 64 * 1024
+REQUEST_CAUSED_MESSAGE = (
+    "The upstream failed on every attempt of this request, though not on other"
+    " customers' requests; the request itself may be the cause."
+)
 
 
 def outbound_headers(client_headers: Mapping[str, str], credential: Credential) -> dict[str, str]:
@@ -95,6 +103,8 @@ class Attempts:
 
     outcomes: list[Outcome] = field(default_factory=list)
     retry_after: list[float] = field(default_factory=list)
+    # Credentials whose failure was left to this request's customer alone.
+    alone: list[Credential] = field(default_factory=list)
 
     def exhausted(self) -> Exception:
         """The error the official API would give for these outcomes."""
@@ -108,15 +118,37 @@ class Attempts:
             return OverloadedError("Overloaded")
         if not self.outcomes:
             return ServiceUnavailableError("No healthy upstream credential is available.")
+        if len(self.alone) == len(self.outcomes):
+            return UpstreamError(REQUEST_CAUSED_MESSAGE)
         return UpstreamError("The upstream failed; retry the request.")
 
 
+def customer_of(ctx: RequestContext) -> str | None:
+    """Who a failure of this request is charged to in the pool: the account."""
+    if ctx.account_id is not None:
+        return f"account:{ctx.account_id}"
+    if ctx.key_public_id is not None:
+        return f"key:{ctx.key_public_id}"
+    return None
+
+
 async def _report(
-    ctx: RequestContext, credential: Credential, outcome: Outcome, cooldown: float | None = None
+    ctx: RequestContext,
+    credential: Credential,
+    outcome: Outcome,
+    attempts: Attempts,
+    cooldown: float | None = None,
 ) -> None:
-    """Count the attempt (metrics) and tell the pool how it went."""
+    """Count the attempt (metrics), tell the pool how it went and note whether the
+    failure was left to this request's customer."""
     ctx.state.metrics.upstream_attempt(credential.name, outcome.value)
-    await ctx.state.keypool.report(credential, outcome, cooldown)
+    if outcome is not Outcome.OK and outcome is not Outcome.CLIENT_ERROR:
+        attempts.outcomes.append(outcome)
+        if cooldown is not None:
+            attempts.retry_after.append(cooldown)
+    alone = await ctx.state.keypool.report(credential, outcome, cooldown, customer=customer_of(ctx))
+    if alone:
+        attempts.alone.append(credential)
 
 
 def body_read_timeout(response: aiohttp.ClientResponse, seconds: float | None) -> None:
@@ -171,12 +203,13 @@ async def open_upstream(
                 timeout=timeout,
             )
         except (aiohttp.ClientError, TimeoutError):
-            attempts.outcomes.append(Outcome.CONNECT_ERROR)
-            await _report(ctx, credential, Outcome.CONNECT_ERROR)
+            await _report(ctx, credential, Outcome.CONNECT_ERROR, attempts)
             continue
         ctx.upstream_request_id = response.headers.get("request-id")
         if response.status < 300:
-            await _report(ctx, credential, Outcome.OK)
+            await _report(ctx, credential, Outcome.OK, attempts)
+            for failed in attempts.alone:  # the request was fine: those credentials were not
+                await state.keypool.confirm(failed)
             body_read_timeout(response, config.upstream_idle_timeout)
             return response, credential
         try:
@@ -186,11 +219,7 @@ async def open_upstream(
         finally:
             response.release()
         outcome, cooldown = classify(response.status, response.headers, error_body)
-        if outcome is Outcome.CLIENT_ERROR:
-            await _report(ctx, credential, outcome)  # frees a half-open probe
+        await _report(ctx, credential, outcome, attempts, cooldown)
+        if outcome is Outcome.CLIENT_ERROR:  # the report freed a half-open probe
             return refusal(ctx, response, error_body)
-        attempts.outcomes.append(outcome)
-        if cooldown is not None:
-            attempts.retry_after.append(cooldown)
-        await _report(ctx, credential, outcome, cooldown)
     raise attempts.exhausted()

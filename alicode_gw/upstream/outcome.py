@@ -3,6 +3,12 @@
 :func:`classify` is pure: it maps a status (None: the connection failed or timed
 out), the headers and the body of an upstream response to an :class:`Outcome` and,
 for a 429, how long the credential should rest. :mod:`alicode_gw.upstream.pool` applies it.
+
+A rule that takes a credential out of the pool (AUTH_FAILED, BILLING_FAILED) looks at
+what only the upstream decides: the status, the error type, and a message compared
+whole against the upstream's own wording. Never a substring: the upstream echoes
+parts of the request in its messages (an unknown content-block type, a bad field
+value), so a client could otherwise make it say any words it likes.
 """
 
 from __future__ import annotations
@@ -16,6 +22,13 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 
 RATE_LIMIT_COOLDOWN_CAP = 300.0  # longest cooldown a 429's reset time may impose
+# Anthropic answers a credential whose organisation is out of prepaid credit with a
+# 400 invalid_request_error carrying exactly this message.
+CREDIT_BALANCE_MESSAGE = (
+    "Your credit balance is too low to access the Anthropic API. "
+    "Please go to Plans & Billing to upgrade or purchase credits."
+)
+_BILLING_MESSAGES = frozenset({CREDIT_BALANCE_MESSAGE})
 
 
 class Outcome(enum.Enum):
@@ -66,7 +79,11 @@ def classify(
         if status == 402:
             return Outcome.BILLING_FAILED, None
         error_type, message = _error_of(body)
-        if error_type == "billing_error" or (status == 400 and "credit balance" in message.lower()):
+        if error_type == "billing_error" or (
+            status == 400
+            and error_type == "invalid_request_error"
+            and message.strip() in _BILLING_MESSAGES
+        ):
             return Outcome.BILLING_FAILED, None
         return Outcome.CLIENT_ERROR, None
     return Outcome.SERVER_ERROR, None  # 1xx/3xx: not an answer the API gives

@@ -7,6 +7,8 @@ every node through Redis, under ``{prefix}upstream:``:
 ``trip:{id}``   consecutive-failure count; exists until a request succeeds after the
                 cooldown (the half-open probe), which deletes it
 ``probe:{id}``  SET NX lock naming the one node allowed to send the probe request
+``blame:{id}``  sorted set of the customers (accounts) that got a failure from the
+                credential lately, scored by Redis's clock (see below)
 ``events``      pub/sub channel: ``cool``/``ok``/``disable`` from :meth:`KeyPool.report`,
                 ``reload`` from the CLI, so other nodes update their view at once
 
@@ -15,6 +17,32 @@ every node through Redis, under ``{prefix}upstream:``:
 read per second, the table every few seconds) keep current. When a cooldown expires
 the refresh loop wakes, and the node that wins ``probe:{id}`` lets exactly one request
 through; its outcome decides (OK: healthy again; failure: a longer cooldown).
+
+One customer's failures cool nothing shared. A 5xx can be the request's own doing (a
+request shape the upstream chokes on); cooling on it would let one customer, repeating
+that request, take the credentials away from everyone. So a failure (529, other 5xx,
+connect error or timeout) cools the credential only when it is not one customer's alone:
+
+* at least ``blame_quorum`` (2) distinct customers (accounts: one customer's several
+  keys count once) got such a failure from it within
+  ``blame_window`` (10 s): the failure script adds the customer to ``blame:{id}``,
+  drops entries older than the window and counts them, atomically in Redis, so the
+  rule holds across nodes and costs nothing on success; or
+* the same request then succeeded on another credential (:meth:`KeyPool.confirm`):
+  the request was fine, so the credential was at fault.
+
+Otherwise only the customer whose request failed sees it (the attempt loop says so in
+its 502) and the credential stays in the pool, half-open probe included. 429, 401 and
+billing errors are facts about the credential and act at once. Why not a per-key
+circuit breaker: each key's first failures would still cool the shared credentials
+(and a key can wait out its breaker and start again), "consecutive" failures need a
+Redis write on every success, and a key's own rate limits already bound the load its
+failures cause. The price: while only one customer is active, a real outage cools
+nothing (each request tries up to ``ALICODE_UPSTREAM_MAX_ATTEMPTS`` credentials) —
+there is nobody else to protect. The window is short so that one coincidental failure
+of another customer lends a repeating customer's failures weight only briefly; and a
+request that makes the upstream fail only some of the time can still cool a credential
+through the second rule, once per success, with the usual growing cooldown.
 
 Secrets are never printed: :class:`Credential` hides the secret from ``repr`` and
 offers a masked :attr:`Credential.display`.
@@ -27,7 +55,7 @@ import contextlib
 import logging
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
@@ -43,6 +71,13 @@ from alicode_gw.upstream.credentials import (
     disable_credential,
     ensure_credentials,
     mask_secret,
+)
+from alicode_gw.upstream.health import (
+    FAIL_SCRIPT,
+    OK_SCRIPT,
+    blame_key,
+    events_channel,
+    health_keys,
 )
 from alicode_gw.upstream.outcome import RATE_LIMIT_COOLDOWN_CAP, Outcome, classify
 
@@ -66,71 +101,14 @@ BACKOFF_BASE = 1.0  # 529 / 5xx / connection errors: 1 s, 2 s, 4 s ... capped
 BACKOFF_CAP = 60.0
 PROBE_TTL = 60.0  # how long a node may hold the half-open probe before another may
 TRIP_TTL = 3600.0  # a tripped credential nobody probed for this long is trusted again
+BLAME_WINDOW = 10.0  # seconds a customer's failure counts towards cooling a credential
+BLAME_QUORUM = 2  # distinct customers whose failures cool a credential
 NO_HEALTHY_MESSAGE = "no healthy upstream credential"
 _BACKOFF = frozenset({Outcome.OVERLOADED, Outcome.SERVER_ERROR, Outcome.CONNECT_ERROR})
 _DISABLE_REASONS = {
     Outcome.AUTH_FAILED: "upstream rejected the credential (401)",
     Outcome.BILLING_FAILED: "upstream billing error (credit balance too low)",
 }
-
-
-# ---------------------------------------------------------------- Redis layout
-
-
-def events_channel(prefix: str) -> str:
-    return f"{prefix}upstream:events"
-
-
-def health_keys(prefix: str, cred_id: int) -> tuple[str, str, str]:
-    """(cool, trip, probe) keys of one credential."""
-    base = f"{prefix}upstream:"
-    return f"{base}cool:{cred_id}", f"{base}trip:{cred_id}", f"{base}probe:{cred_id}"
-
-
-# KEYS: cool, trip, probe. ARGV: mode (fixed|backoff), ms (fixed) or base ms, cap ms,
-# trip ttl ms, channel, message prefix. One cooldown episode counts once: a failure
-# reported while the credential already cools only ever lengthens a fixed cooldown.
-_FAIL_SCRIPT = """
-local current = redis.call('PTTL', KEYS[1])
-local ms = tonumber(ARGV[2])
-if current > 0 then
-  if ARGV[1] == 'fixed' and ms > current then
-    redis.call('SET', KEYS[1], ms, 'PX', ms)
-    redis.call('PUBLISH', ARGV[5], ARGV[6] .. ms)
-    return ms
-  end
-  return current
-end
-local n = redis.call('INCR', KEYS[2])
-redis.call('PEXPIRE', KEYS[2], ARGV[4])
-if ARGV[1] == 'backoff' then
-  ms = math.min(ms * 2 ^ (n - 1), tonumber(ARGV[3]))
-end
-ms = math.floor(ms)
-redis.call('SET', KEYS[1], ms, 'PX', ms)
-redis.call('DEL', KEYS[3])
-redis.call('PUBLISH', ARGV[5], ARGV[6] .. ms)
-return ms
-"""
-
-# KEYS: cool, trip, probe. ARGV: channel, message. A success while the cooldown still
-# runs (a request that started before the failure) does not end it.
-_OK_SCRIPT = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('DEL', KEYS[2], KEYS[3])
-redis.call('PUBLISH', ARGV[1], ARGV[2])
-return 1
-"""
-
-
-async def clear_health(redis: Redis, prefix: str, cred_id: int) -> None:
-    """Forget a credential's cooldown and failure streak (operator re-enable)."""
-    await redis.delete(*health_keys(prefix, cred_id))
-
-
-async def announce_reload(redis: Redis, prefix: str) -> None:
-    """Tell every node to re-read the credentials table now."""
-    await redis.publish(events_channel(prefix), "reload")
 
 
 # ---------------------------------------------------------------- the pool
@@ -155,6 +133,7 @@ class _Entry:
     tripped: bool = False  # failed; healthy again only after a successful probe
     cool_until: float = 0.0  # monotonic
     streak: int = 0  # local failure count, used only when Redis is unreachable
+    blamed: dict[str, float] = field(default_factory=dict)  # customer -> monotonic, ditto
     probe_until: float = 0.0  # this node holds the probe lock until then
     probe_out: bool = False  # ... and has handed the probe to a request
     version: int = 0  # bumped by local changes; a refresh that raced one is ignored
@@ -174,6 +153,8 @@ class KeyPool:
         backoff_base: float = BACKOFF_BASE,
         backoff_cap: float = BACKOFF_CAP,
         probe_ttl: float = PROBE_TTL,
+        blame_window: float = BLAME_WINDOW,
+        blame_quorum: int = BLAME_QUORUM,
     ) -> None:
         self._db = db
         self._redis = redis
@@ -184,14 +165,16 @@ class KeyPool:
         self._backoff_base = backoff_base
         self._backoff_cap = backoff_cap
         self._probe_ttl = probe_ttl
+        self._blame_window = blame_window
+        self._blame_quorum = blame_quorum
         self._node = secrets.token_hex(6)
         self._entries: list[_Entry] = []
         self._by_id: dict[int, _Entry] = {}
         self._wake = asyncio.Event()
         self._reload_requested = False
         self._tasks: list[asyncio.Task[Any]] = []
-        self._fail_script = redis.register_script(_FAIL_SCRIPT)
-        self._ok_script = redis.register_script(_OK_SCRIPT)
+        self._fail_script = redis.register_script(FAIL_SCRIPT)
+        self._ok_script = redis.register_script(OK_SCRIPT)
 
     @classmethod
     async def open(
@@ -245,9 +228,20 @@ class KeyPool:
         return best.cred
 
     async def report(
-        self, cred: Credential, outcome: Outcome, cooldown: float | None = None
-    ) -> None:
+        self,
+        cred: Credential,
+        outcome: Outcome,
+        cooldown: float | None = None,
+        *,
+        customer: str | None = None,
+    ) -> bool:
         """Apply what an attempt with ``cred`` showed; shared with every node.
+
+        ``customer`` names who sent the request (an account): a 529, other 5xx or
+        connect failure then cools the credential only once failures came from
+        several customers (see the module docstring); None cools at once. True when
+        such a failure was left to that customer alone (the credential stays in the
+        pool; :meth:`confirm` can still cool it).
 
         OK costs no I/O unless the credential was tripped (the probe's success).
         Never raises for Redis/PostgreSQL trouble: the view is then updated locally.
@@ -266,7 +260,13 @@ class KeyPool:
             seconds = min(max(seconds, MIN_COOLDOWN), RATE_LIMIT_COOLDOWN_CAP)
             await self._trip(cred, entry, "fixed", seconds)
         elif outcome in _BACKOFF:
-            await self._trip(cred, entry, "backoff", self._backoff_base)
+            return not await self._trip(cred, entry, "backoff", self._backoff_base, customer)
+        return False
+
+    async def confirm(self, cred: Credential) -> None:
+        """A failure of ``cred`` left to one customer was the credential's after all:
+        the same request then succeeded on another credential. Cool it."""
+        await self._trip(cred, self._by_id.get(cred.id), "backoff", self._backoff_base)
 
     def snapshot(self) -> list[dict[str, Any]]:
         """Per credential: name, masked key, weight, state and cooldown remaining."""
@@ -297,13 +297,19 @@ class KeyPool:
     # ------------------------------------------------------------ report helpers
 
     async def _trip(
-        self, cred: Credential, entry: _Entry | None, mode: str, seconds: float
-    ) -> None:
+        self,
+        cred: Credential,
+        entry: _Entry | None,
+        mode: str,
+        seconds: float,
+        customer: str | None = None,
+    ) -> bool:
+        """Cool ``cred`` (unless a ``customer``'s failure lacks the quorum); True if so."""
         cool, trip, probe = health_keys(self._prefix, cred.id)
         try:
             ms = int(
                 await self._fail_script(
-                    keys=[cool, trip, probe],
+                    keys=[cool, trip, probe, blame_key(self._prefix, cred.id)],
                     args=[
                         mode,
                         int(seconds * 1000),
@@ -311,22 +317,42 @@ class KeyPool:
                         int(TRIP_TTL * 1000),
                         self._channel,
                         f"cool {self._node} {cred.id} ",
+                        customer or "",
+                        int(self._blame_window * 1000),
+                        self._blame_quorum,
                     ],
                 )
             )
         except REDIS_FAILED as exc:
             log.warning("upstream %s: cannot share its cooldown (%s)", cred.name, exc)
             if entry is None:
-                return
+                return True
             if entry.tripped and entry.cool_until > time.monotonic():
-                return
-            entry.streak += 1
-            if mode == "backoff":
-                seconds = min(seconds * 2 ** (entry.streak - 1), self._backoff_cap)
-            ms = int(seconds * 1000)
+                return True
+            if customer is not None and not self._blamed_enough(entry, customer):
+                ms = -1
+            else:
+                entry.streak += 1
+                if mode == "backoff":
+                    seconds = min(seconds * 2 ** (entry.streak - 1), self._backoff_cap)
+                ms = int(seconds * 1000)
+        if ms < 0:  # one customer's failure: the credential stays; let another probe
+            if entry is not None:
+                entry.probe_out = False
+            return False
         log.info("upstream %s cools down for %.1f s", cred.name, ms / 1000)
         if entry is not None:
             self._apply_cool(entry, ms)
+        return True
+
+    def _blamed_enough(self, entry: _Entry, customer: str) -> bool:
+        """The quorum rule of the failure script, on this node's view (no Redis)."""
+        now = time.monotonic()
+        entry.blamed = {
+            who: when for who, when in entry.blamed.items() if when > now - self._blame_window
+        }
+        entry.blamed[customer] = now
+        return len(entry.blamed) >= self._blame_quorum
 
     async def _recovered(self, cred: Credential, entry: _Entry) -> None:
         cool, trip, probe = health_keys(self._prefix, cred.id)

@@ -99,12 +99,19 @@ async def test_every_key_rate_limited_is_429_unbilled(
     assert set(states(gw).values()) == {"cooling"}
 
 
-async def test_overloaded_everywhere_is_529(gw: app.Gateway, customer: Customer) -> None:
+async def test_overloaded_everywhere_is_529(
+    gw: app.Gateway, customer: Customer, db: asyncpg.Connection
+) -> None:
     async with client_for(gw, customer) as client:
         with pytest.raises(anthropic.OverloadedError) as info:
             await client.messages.create(**ask("[[mock: status=529]]"))
     assert info.value.status_code == 529
     assert info.value.body["error"]["type"] == "overloaded_error"
+    # one customer's failures cool nothing shared; a second customer's make it the pool's
+    assert set(states(gw).values()) == {"healthy"}
+    async with client_for(gw, await make_customer(db)) as client:
+        with pytest.raises(anthropic.OverloadedError):
+            await client.messages.create(**ask("[[mock: status=529]]"))
     assert set(states(gw).values()) == {"cooling"}
 
 

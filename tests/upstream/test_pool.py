@@ -29,6 +29,7 @@ from alicode_gw.dev.mock_upstream import MockUpstream
 from alicode_gw.errors import ServiceUnavailableError
 from alicode_gw.store.backends import create_redis
 from alicode_gw.tasks import TaskTracker
+from alicode_gw.upstream.health import health_keys
 from alicode_gw.upstream.outcome import RATE_LIMIT_COOLDOWN_CAP
 from alicode_gw.upstream.pool import (
     Credential,
@@ -39,13 +40,20 @@ from alicode_gw.upstream.pool import (
     classify,
     disable_credential,
     ensure_credentials,
-    health_keys,
     mask_secret,
 )
 from tests.support.gateway import migrated_database
 from tests.support.keys import PostgresProxy, RedisProxy
 
 NOW = 1_800_000_000.0
+CREDIT_BALANCE = (
+    "Your credit balance is too low to access the Anthropic API. "
+    "Please go to Plans & Billing to upgrade or purchase credits."
+)
+ECHOED_CREDIT_BALANCE = (
+    "messages.0.content.0: Input tag 'Your credit balance is too low' found using 'type'"
+    " does not match any of the expected tags: 'text', 'image'"
+)
 
 
 def rfc3339(seconds_from_now: float) -> str:
@@ -89,6 +97,11 @@ def error(kind: str, message: str) -> bytes:
             (Outcome.BILLING_FAILED, None),
         ),
         (400, {}, error("billing_error", "x"), (Outcome.BILLING_FAILED, None)),
+        # the upstream quoting a client's words: a client error, whatever the words
+        (400, {}, error("invalid_request_error", ECHOED_CREDIT_BALANCE), None),
+        (400, {}, error("invalid_request_error", CREDIT_BALANCE + " (echoed)"), None),
+        (400, {}, error("not_found_error", CREDIT_BALANCE), None),
+        (413, {}, error("invalid_request_error", CREDIT_BALANCE), None),
         (400, {}, error("invalid_request_error", "max_tokens: Field required"), None),
         (404, {}, error("not_found_error", "model: claude-x"), None),
         (413, {}, error("request_too_large", "too large"), None),
@@ -158,6 +171,18 @@ MESSAGE = {"model": "claude-sonnet-4-5", "max_tokens": 16, "messages": [{"role":
         (MOCK_KEY, "status=403", None, Outcome.CLIENT_ERROR),
         (MOCK_KEY, None, {"model": "claude-sonnet-4-5"}, Outcome.CLIENT_ERROR),
         (MOCK_KEY, "status=413", None, Outcome.CLIENT_ERROR),
+        (MOCK_KEY, "error=credit_balance", None, Outcome.BILLING_FAILED),
+        (
+            MOCK_KEY,
+            None,
+            {
+                **MESSAGE,
+                "messages": [
+                    {"role": "user", "content": [{"type": "Your credit balance is too low"}]}
+                ],
+            },
+            Outcome.CLIENT_ERROR,
+        ),
     ],
 )
 async def test_classify_real_mock_upstream_answers(
@@ -365,6 +390,66 @@ async def test_5xx_backoff_grows_and_ok_resets_it(cluster: Cluster) -> None:
     assert state_of(pool, a)["state"] == "healthy"
     await pool.report(a, Outcome.SERVER_ERROR)
     assert 100 < await cluster.ttl(a) <= 200  # back to the base
+
+
+async def test_one_customers_failures_cool_nothing_on_any_node(cluster: Cluster) -> None:
+    a, _ = await cluster.add("a"), await cluster.add("b")
+    one, two = await cluster.node(), await cluster.node()
+    for node in (one, two, one, two):
+        for outcome in (Outcome.SERVER_ERROR, Outcome.OVERLOADED, Outcome.CONNECT_ERROR):
+            assert await node.report(a, outcome, customer="account:1") is True  # left to it
+    for node in (one, two):
+        assert state_of(node, a)["state"] == "healthy"
+        assert picks(node, 10) == {"a": 5, "b": 5}
+    assert not await cluster.redis.exists(*health_keys(cluster.prefix, a.id)[:2])
+    # a second customer's failure, on the other node, makes it the credential's
+    assert await two.report(a, Outcome.SERVER_ERROR, customer="account:2") is False
+    assert 500 < await cluster.ttl(a) <= 1000
+    await eventually(lambda: state_of(one, a)["state"] == "cooling", within=1.0)
+
+
+async def test_other_customers_failures_count_only_within_the_window(cluster: Cluster) -> None:
+    a, _ = await cluster.add("a"), await cluster.add("b")
+    pool = await cluster.node(blame_window=0.3)
+    assert await pool.report(a, Outcome.SERVER_ERROR, customer="account:1")
+    await asyncio.sleep(0.4)
+    assert await pool.report(a, Outcome.SERVER_ERROR, customer="account:2")
+    assert state_of(pool, a)["state"] == "healthy"
+    assert not await pool.report(a, Outcome.SERVER_ERROR, customer="account:1")
+    assert state_of(pool, a)["state"] == "cooling"
+
+
+async def test_a_failure_confirmed_by_a_success_elsewhere_cools(cluster: Cluster) -> None:
+    a, _ = await cluster.add("a"), await cluster.add("b")
+    pool = await cluster.node()
+    assert await pool.report(a, Outcome.SERVER_ERROR, customer="account:1")
+    assert state_of(pool, a)["state"] == "healthy"
+    await pool.confirm(a)
+    assert state_of(pool, a)["state"] == "cooling"
+    assert 500 < await cluster.ttl(a) <= 1000
+
+
+async def test_one_customers_failure_of_the_probe_lets_another_probe(cluster: Cluster) -> None:
+    a, _ = await cluster.add("a"), await cluster.add("b")
+    pool = await cluster.node()
+    await pool.report(a, Outcome.RATE_LIMITED, 1.0)
+    await eventually(lambda: pool.pick().name == "a", within=2.0)  # the probe
+    assert await pool.report(a, Outcome.SERVER_ERROR, customer="account:1")
+    assert pool.pick().name == "a"  # still half-open: the next request probes
+    await pool.report(a, Outcome.OK)
+    assert state_of(pool, a)["state"] == "healthy"
+
+
+async def test_without_redis_one_customer_still_cools_nothing(cluster: Cluster) -> None:
+    a, _ = await cluster.add("a"), await cluster.add("b")
+    async with RedisProxy(cluster.redis_url) as proxy:
+        pool = await cluster.node(proxy.url)
+        await proxy.cut()
+        for _ in range(5):
+            assert await pool.report(a, Outcome.SERVER_ERROR, customer="account:1")
+        assert state_of(pool, a)["state"] == "healthy"
+        assert not await pool.report(a, Outcome.SERVER_ERROR, customer="account:2")
+        assert state_of(pool, a)["state"] == "cooling"
 
 
 async def test_client_errors_never_cool_a_key(cluster: Cluster) -> None:
