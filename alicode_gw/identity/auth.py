@@ -5,7 +5,7 @@ key, one keyed SHA-256 of the secret, a constant-time compare with the digest ca
 when bcrypt accepted it. No bcrypt, no database, no Redis.
 
 Everything else is the cold path, which first counts the attempt against the client
-IP in Redis, atomically, before any work (fail closed: 503 when Redis is down; 429 past
+IP in Redis, atomically (one script), before any work (fail closed: 503 when Redis is down; 429 past
 ``fail_limit`` attempts in ``fail_window`` seconds; the count is given back when the key
 is accepted), so concurrent attempts cannot all pass a check made before any of them
 was counted. Then:
@@ -62,6 +62,17 @@ THROTTLE_UNAVAILABLE = (
     "Authentication is temporarily unavailable (rate-limit store unreachable); retry shortly."
 )
 REJECTED_TTL = 300.0
+# Count one attempt; the window starts with the first (a count without expiry gets one).
+# Returns {count, ms left in the window}. (A script, not EXPIRE NX: Redis 6.2 lacks NX.)
+_COUNT_LUA = """
+local n = redis.call('INCR', KEYS[1])
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl < 0 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[1])
+  ttl = tonumber(ARGV[1])
+end
+return {n, ttl}
+"""
 # Give back one counted attempt, never below zero and never on a count that has expired
 # (a DECR there would create a count without expiry).
 _GIVE_BACK_LUA = """
@@ -194,6 +205,7 @@ class Authenticator:
         # Default: half the threads, so other addresses always find one free.
         self.bcrypt_per_ip = bcrypt_per_ip or max(1, bcrypt_threads // 2)
         self._ip_gates: dict[str, _Gate] = {}
+        self._count_script = redis.register_script(_COUNT_LUA)
         self._give_back_script = redis.register_script(_GIVE_BACK_LUA)
         self.subscribed = asyncio.Event()
         self.bcrypt_runs = 0
@@ -344,11 +356,7 @@ class Authenticator:
         ``fail_limit`` (the window starts with the first attempt counted)."""
         name = self._fail_key(ip)
         with unavailable(THROTTLE_UNAVAILABLE, REDIS_FAILED):
-            async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.incr(name)
-                pipe.expire(name, self.fail_window, nx=True)
-                pipe.pttl(name)
-                count, _, ttl_ms = await pipe.execute()
+            count, ttl_ms = await self._count_script(keys=[name], args=[self.fail_window * 1000])
             if count <= self.fail_limit:
                 return
         retry = max(1, math.ceil(ttl_ms / 1000)) if ttl_ms > 0 else self.fail_window
