@@ -17,7 +17,9 @@ module replaces those behaviours:
   first byte; while a request body is incomplete, the client must send a byte at least
   every ``body_idle_timeout`` seconds (time the gateway itself is not reading does not
   count); an idle keep-alive connection is closed after ``keepalive_timeout`` (aiohttp's
-  own timer, which also bounds the wait for a head that never starts).
+  own timer, which also bounds the wait for a head that never starts). A head left
+  unfinished behind a request still being answered (pipelining) closes the connection
+  too, that request's answer included.
 
 The hooks are aiohttp 3.14's :class:`~aiohttp.web_protocol.RequestHandler` (subclassed:
 ``handle_error``, ``data_received``, ``connection_lost``, ``log_exception``) and
@@ -37,6 +39,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import http_exceptions, web
+from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler, RequestPayloadError, _ErrInfo
 
 from alicode_gw.config import Config
@@ -131,7 +134,7 @@ class GuardedRequestHandler(RequestHandler):
         self._watch: asyncio.TimerHandle | None = None
         self._last_data = 0.0
         self._head_started: float | None = None  # first byte of a head not yet complete
-        self._payload: Any = None  # the body of the newest parsed request
+        self._payload: StreamReader | None = None  # the body of the newest parsed request
 
     # -- protocol errors --------------------------------------------------------------
 
@@ -173,6 +176,7 @@ class GuardedRequestHandler(RequestHandler):
             if isinstance(message, _ErrInfo) and self._body_open():
                 # The error is in the body a handler is reading: fail that read (a 400
                 # in the route's shape) rather than answer a second time, and close.
+                assert self._payload is not None
                 self._messages.pop()
                 self._payload.set_exception(RequestPayloadError("malformed body"))
                 self._payload.feed_eof()

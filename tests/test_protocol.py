@@ -16,8 +16,11 @@ import logging
 
 import anthropic
 import pytest
+from aiohttp import web
 
 from alicode_gw import app
+from alicode_gw.config import Config
+from alicode_gw.protocol import GatewayServer
 from tests.support.customers import MODEL, Customer
 from tests.support.rawhttp import Exchange, RawResponse, exchange, trickle
 
@@ -157,6 +160,12 @@ async def test_a_parse_error_inside_a_body_being_read_is_a_400_of_the_route(
     assert response.status == 400
     assert response.headers["x-request-id"] == response.headers["request-id"]
     assert json.loads(response.body)["error"]["type"] == "invalid_request_error"
+    # The same after an answer that did not read the body (aiohttp drains it): the
+    # connection is closed, and the drain's failure is no ERROR traceback.
+    head = chunked_head(customer.key).replace(b"/v1/messages", b"/v1/nope")
+    result = await trickle(strict_gw.port, [head, b"zz\r\n0\r\n\r\n"], 0.3, wait=3.0)
+    assert result.seconds < 1.5 and result.closed
+    assert [r.status for r in result.responses] == [404]
     assert_quiet_log(caplog)
     await assert_still_serves(strict_gw, customer)
 
@@ -280,3 +289,30 @@ async def test_smuggled_requests_are_not_served(
         assert [r.status for r in result.responses] == [400], result.raw[:400]
     assert_quiet_log(caplog)
     await assert_still_serves(strict_gw, customer)
+
+
+async def test_time_the_gateway_is_not_reading_does_not_count_against_the_body() -> None:
+    """A handler that reads the body late (here after 2.5 s): the client sent 4 MB at
+    once and then waited on the full buffers, so it is not idle, and is served."""
+
+    async def late_reader(request: web.BaseRequest) -> web.StreamResponse:
+        await asyncio.sleep(2.5)
+        size = 0
+        async for chunk in request.content.iter_any():
+            size += len(chunk)
+        return web.Response(text=str(size))
+
+    config = Config(header_timeout=1.0, body_idle_timeout=1.0, keepalive_timeout=2.0)
+    runner = web.ServerRunner(GatewayServer(late_reader, config, access_log=None))
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        port = runner.addresses[0][1]
+        body = b"x" * (4 * 1024 * 1024)
+        head = f"POST /x HTTP/1.1\r\nHost: gw\r\nContent-Length: {len(body)}\r\n\r\n"
+        result = await exchange(port, head.encode() + body, wait=6.0, responses=1)
+    finally:
+        await runner.cleanup()
+    (response,) = result.responses
+    assert (response.status, response.body) == (200, str(len(body)).encode())
