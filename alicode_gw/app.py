@@ -26,6 +26,7 @@ from alicode_gw.money.leases import Credit
 from alicode_gw.observe import accesslog
 from alicode_gw.observe.health import HealthMonitor
 from alicode_gw.observe.metrics import Metrics, clear_share_dir, share_dir
+from alicode_gw.protocol import GatewayServer
 from alicode_gw.routes import Router, build_router
 from alicode_gw.state import RequestContext, State
 from alicode_gw.store.backends import Backends, create_pool, create_redis, start_backends
@@ -188,7 +189,8 @@ class Gateway:
 
     def __init__(self, state: State, router: Router | None = None) -> None:
         self.state = state
-        self._server = web.Server(make_handler(state, router or build_router()), access_log=None)
+        handler = make_handler(state, router or build_router())
+        self._server = GatewayServer(handler, state.config, access_log=None)
         self._runner = web.ServerRunner(
             self._server, handle_signals=False, shutdown_timeout=state.config.shutdown_timeout
         )

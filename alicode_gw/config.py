@@ -120,6 +120,30 @@ class Config:
             "believed (e.g. nginx on 127.0.0.1).",
         },
     )
+    header_timeout: float = field(
+        default=30.0,
+        metadata={
+            "env": "ALICODE_HEADER_TIMEOUT",
+            "doc": "Seconds a client has to send a request's head (request line and "
+            "headers), counted from its first byte; then the connection is closed.",
+        },
+    )
+    body_idle_timeout: float = field(
+        default=60.0,
+        metadata={
+            "env": "ALICODE_BODY_IDLE_TIMEOUT",
+            "doc": "Seconds a client may pause while sending a request body (time the "
+            "gateway is not reading does not count); then the connection is closed.",
+        },
+    )
+    keepalive_timeout: float = field(
+        default=75.0,
+        metadata={
+            "env": "ALICODE_KEEPALIVE_TIMEOUT",
+            "doc": "Seconds an idle keep-alive connection stays open (keep it above "
+            "nginx's upstream `keepalive_timeout`, 60 s in `nginx/alicode_gw.conf`).",
+        },
+    )
     upstream_connect_timeout: float = field(
         default=10.0,
         metadata={"env": "ALICODE_UPSTREAM_CONNECT_TIMEOUT", "doc": "Seconds to connect."},
@@ -316,6 +340,9 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "ALICODE_IP_RPM": _parse_int(0),
     "ALICODE_IP_CONCURRENCY": _parse_int(0),
     "ALICODE_TRUSTED_PROXIES": _parse_networks,
+    "ALICODE_HEADER_TIMEOUT": _parse_seconds,
+    "ALICODE_BODY_IDLE_TIMEOUT": _parse_seconds,
+    "ALICODE_KEEPALIVE_TIMEOUT": _parse_seconds,
     "ALICODE_UPSTREAM_CONNECT_TIMEOUT": _parse_seconds,
     "ALICODE_UPSTREAM_FIRST_BYTE_TIMEOUT": _parse_seconds,
     "ALICODE_UPSTREAM_IDLE_TIMEOUT": _parse_seconds,

@@ -30,6 +30,9 @@ class GatewayError(Exception):
     error_type: str = "api_error"
     openai_type: str = "api_error"
     openai_code: str | None = None
+    # The shape to render in when the error knows it better than the request context
+    # (a 405 is raised while routing, before the context learns the route's flavor).
+    flavor: Flavor | None = None
 
     def __init__(
         self,
@@ -85,11 +88,14 @@ class MethodNotAllowedError(GatewayError):
     error_type = "invalid_request_error"
     openai_type = "invalid_request_error"
 
-    def __init__(self, method: str, path: str, allowed: list[str]) -> None:
+    def __init__(
+        self, method: str, path: str, allowed: list[str], flavor: Flavor | None = None
+    ) -> None:
         super().__init__(
             f"Method {method} is not allowed for {path}; use {', '.join(allowed)}.",
             headers={"Allow": ", ".join(allowed)},
         )
+        self.flavor = flavor
 
 
 class RequestTooLargeError(GatewayError):
@@ -173,6 +179,7 @@ def openai_body(err: GatewayError) -> bytes:
 
 def render(err: GatewayError, request_id: str, flavor: Flavor = Flavor.ANTHROPIC) -> web.Response:
     """The single place an error becomes an HTTP response."""
+    flavor = err.flavor or flavor
     headers = {k: v for k, v in err.headers.items() if k.lower() != "content-type"}
     headers["request-id"] = request_id
     if flavor is Flavor.OPENAI:

@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 
 from alicode_gw.errors import InvalidRequestError, RequestTooLargeError
 
@@ -17,11 +18,19 @@ async def read_body(request: web.BaseRequest, limit: int) -> bytes:
         raise RequestTooLargeError(_too_large(limit))
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.content.iter_any():
-        size += len(chunk)
-        if size > limit:
-            raise RequestTooLargeError(_too_large(limit))
-        chunks.append(chunk)
+    try:
+        async for chunk in request.content.iter_any():
+            size += len(chunk)
+            if size > limit:
+                raise RequestTooLargeError(_too_large(limit))
+            chunks.append(chunk)
+    except RequestPayloadError as exc:  # malformed chunking or encoding (alicode_gw.protocol)
+        raise InvalidRequestError(
+            "The request body could not be read: its chunked framing, length or "
+            "Content-Encoding is invalid."
+        ) from exc
+    except ConnectionResetError as exc:  # the client left, or was too slow (protocol.py)
+        raise InvalidRequestError("The connection closed before the body was complete.") from exc
     return b"".join(chunks)
 
 

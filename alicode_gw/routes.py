@@ -93,7 +93,7 @@ class Router:
         if handler is None and method == "HEAD":
             handler = route.methods.get("GET")
         if handler is None:
-            raise MethodNotAllowedError(method, path, sorted(route.methods))
+            raise MethodNotAllowedError(method, path, sorted(route.methods), route.flavor)
         return Match(route, handler, params)
 
 

@@ -169,3 +169,24 @@ async def gw(db: asyncpg.Connection, make_config) -> AsyncIterator[app.Gateway]:
         await stop_gateway(gateway)
     problems = await ledger.audit(db)
     assert not problems, [p.as_dict() for p in problems]
+
+
+@pytest.fixture
+async def strict_gw(db: asyncpg.Connection, make_config) -> AsyncIterator[app.Gateway]:
+    """``gw`` with one-second read timeouts (request head, body idle) and a two-second
+    keep-alive, for the protocol tests' slow clients."""
+    await reset_pool(db)
+    gateway = await start_gateway(
+        make_config(
+            redis_prefix=f"proto-{secrets.token_hex(4)}:",
+            header_timeout=1.0,
+            body_idle_timeout=1.0,
+            keepalive_timeout=2.0,
+        )
+    )
+    try:
+        yield gateway
+    finally:
+        await stop_gateway(gateway)
+    problems = await ledger.audit(db)
+    assert not problems, [p.as_dict() for p in problems]

@@ -7,6 +7,7 @@ import json
 
 import aiohttp
 import anthropic
+import openai
 import pytest
 from aiohttp import web
 
@@ -52,6 +53,25 @@ async def test_wrong_method_is_405_with_allow(gateway: app.Gateway) -> None:
             assert_anthropic_error(
                 await resp.json(), "invalid_request_error", resp.headers["request-id"]
             )
+
+
+async def test_wrong_method_on_the_openai_route_is_an_openai_405(gateway: app.Gateway) -> None:
+    """The route's error shape applies to routing errors too: OpenAI's, with
+    ``x-request-id`` (the SDK's ``request_id``)."""
+    client = openai.AsyncOpenAI(api_key="sk-ali-x", base_url=gateway.url + "/v1", max_retries=0)
+    async with client:
+        with pytest.raises(openai.APIStatusError) as info:
+            await client.get("/chat/completions", cast_to=object)
+    error = info.value
+    assert error.status_code == 405
+    assert error.response.headers["Allow"] == "POST"
+    assert error.request_id and error.request_id == error.response.headers["request-id"]
+    assert error.body == {
+        "message": "Method GET is not allowed for /v1/chat/completions; use POST.",
+        "type": "invalid_request_error",
+        "param": None,
+        "code": None,
+    }
 
 
 async def test_health_reports_live_checks(gateway: app.Gateway, db) -> None:

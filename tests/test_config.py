@@ -16,6 +16,11 @@ def test_defaults() -> None:
     assert config.database_url is None and config.redis_url is None
     assert config.upstream_url == "https://api.anthropic.com"
     assert config.ip_rpm == 1000 and config.ip_concurrency == 50
+    assert (config.header_timeout, config.body_idle_timeout, config.keepalive_timeout) == (
+        30.0,
+        60.0,
+        75.0,
+    )
 
 
 def test_values_are_parsed() -> None:
@@ -30,6 +35,9 @@ def test_values_are_parsed() -> None:
             "ALICODE_IP_RPM": "0",
             "ALICODE_TRUSTED_PROXIES": "127.0.0.1, 10.0.0.0/8",
             "ALICODE_UPSTREAM_KEYS": "a, b",
+            "ALICODE_HEADER_TIMEOUT": "5",
+            "ALICODE_BODY_IDLE_TIMEOUT": "7.5",
+            "ALICODE_KEEPALIVE_TIMEOUT": "90",
             "UNRELATED": "ignored",
         }
     )
@@ -43,6 +51,11 @@ def test_values_are_parsed() -> None:
         ipaddress.ip_network("10.0.0.0/8"),
     )
     assert config.upstream_keys == ("a", "b")
+    assert (config.header_timeout, config.body_idle_timeout, config.keepalive_timeout) == (
+        5.0,
+        7.5,
+        90.0,
+    )
 
 
 @pytest.mark.parametrize(
@@ -57,6 +70,9 @@ def test_values_are_parsed() -> None:
         ("ALICODE_IP_RPM", "-1"),
         ("ALICODE_IP_CONCURRENCY", "many"),
         ("ALICODE_SHUTDOWN_TIMEOUT", "0"),
+        ("ALICODE_HEADER_TIMEOUT", "0"),
+        ("ALICODE_BODY_IDLE_TIMEOUT", "-1"),
+        ("ALICODE_KEEPALIVE_TIMEOUT", "soon"),
         ("ALICODE_TRUSTED_PROXIES", "not-an-ip"),
     ],
 )
