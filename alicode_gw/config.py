@@ -34,7 +34,7 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 @dataclass(frozen=True, slots=True)
 class Config:
-    """All settings. The ``doc`` metadata is the README's configuration table."""
+    """All settings. The ``doc`` metadata is the configuration table of docs/operations.md."""
 
     listen_host: str = field(default="127.0.0.1", metadata={"env": "ALICODE_LISTEN"})
     listen_port: int = field(default=8787, metadata={"env": "ALICODE_LISTEN"})
@@ -407,7 +407,7 @@ def load(environ: Mapping[str, str] | None = None, **overrides: Any) -> Config:
 
 
 def documented_settings() -> list[tuple[str, str, str]]:
-    """(variable, default, description) for every setting: the README table."""
+    """(variable, default, description) for every setting: the table of docs/operations.md."""
     rows = [("ALICODE_LISTEN", DEFAULT_LISTEN, "Address the gateway listens on (HOST:PORT).")]
     defaults = Config()
     for f in fields(Config):

@@ -3,9 +3,9 @@ protocol, replies parsed by hiredis (a dependency of ours already, redis-py's pa
 
 Why not redis-py for these calls: every request makes one limits round trip, and on
 this machine a redis-py asyncio round trip costs about 280 µs of client CPU where the
-same exchange over a bare protocol costs about 75 µs (``scripts/bench`` and the README
-have the figures). The connection settings come from the redis-py client the rest of
-the gateway uses (pub/sub, streams, the key pool), so there is one configuration.
+same exchange over a bare protocol costs about 75 µs (see docs/benchmarks.md). The
+connection settings come from the redis-py client the rest of the gateway uses
+(pub/sub, streams, the key pool), so there is one configuration.
 
 Replies come back in order; an error reply is returned as a
 :class:`redis.exceptions.ResponseError` (:class:`~redis.exceptions.NoScriptError` for

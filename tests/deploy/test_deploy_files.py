@@ -1,5 +1,5 @@
 """The systemd units under ``systemd/``: ``systemd-analyze verify`` accepts them, and
-they carry the hardening and process settings the README's "Deploy" section promises.
+they carry the hardening and process settings docs/operations.md promises.
 
 ``verify`` checks that every ``Exec*=`` binary exists; the units name the venv of an
 installed checkout (``/opt/alicode_gw/.venv/bin/alicode-gw``), which a CI machine does
