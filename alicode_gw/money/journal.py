@@ -25,6 +25,8 @@ import asyncpg
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from alicode_gw.money.contract import MalformedOperation
+
 log = logging.getLogger(__name__)
 
 JOURNAL_FILE = "billing-journal.jsonl"
@@ -94,7 +96,7 @@ class SettlementJournal:
                     await self._apply(entry)
                 except (*DB_UNREACHABLE, asyncpg.TransactionRollbackError):
                     return applied  # an outage, or a conflict that outlived its retries
-                except asyncpg.PostgresError as exc:
+                except (asyncpg.PostgresError, MalformedOperation) as exc:
                     # Not an outage: this entry can never apply. Park it where the
                     # operator sees it instead of blocking the journal behind it.
                     log.error("journaled %s cannot be applied (%s); parked", entry, exc)
@@ -114,7 +116,7 @@ class SettlementJournal:
                     await self._apply(json.loads(line))
                 except (*DB_UNREACHABLE, asyncpg.TransactionRollbackError):
                     break
-                except asyncpg.PostgresError as exc:
+                except (asyncpg.PostgresError, MalformedOperation) as exc:
                     log.error("journaled %s cannot be applied (%s); parked", line, exc)
                     failed = self.path.with_suffix(".failed")
                     await asyncio.to_thread(_append_line, failed, line)

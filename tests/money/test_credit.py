@@ -1,4 +1,4 @@
-"""Credit leases (``alicode_gw/credit.py``, ``sql/006_credit_leases.sql``): a node admits
+"""Credit leases (``money/leases.py``, ``sql/functions/billing_leases.sql``): a node admits
 an account's holds against a slice of its balance in memory and bills each leased
 request with one ``settle_leased``; every billed request has its ledger row, the books
 add up (the audit after each test counts open leases in ``held_nanos``), and nothing a
