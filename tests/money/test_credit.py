@@ -452,7 +452,7 @@ async def test_a_shrink_the_database_may_not_have_applied_retires_the_lease(
     lease = await with_lease(leased, account, model_catalog)
 
     class Unreachable:
-        async def fetchval(self, *args: object) -> object:
+        async def fetch(self, *args: object) -> object:
             raise ConnectionResetError("database gone mid-call")
 
     database, credit._db = credit._db, Unreachable()  # type: ignore[assignment]
