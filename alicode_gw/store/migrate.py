@@ -10,11 +10,13 @@ takes the file's new name and checksum.
 
 ``sql/functions/*.sql`` hold the functions (``CREATE OR REPLACE FUNCTION ...``, and the
 triggers that call them), each defined once in the tree. They are applied again on every
-run, after the migrations, in file-name order and in one transaction, so a database
-runs the functions of the code that last migrated it. ``CREATE OR REPLACE`` cannot
+run, after the migrations, in file-name order, so a database runs the functions of the
+code that last migrated it; they commit together with the last migration the run applies
+(in a transaction of their own when none was pending). ``CREATE OR REPLACE`` cannot
 change a function's argument names or types, nor its result columns: such a change
 comes with a migration that drops the old signature (``DROP FUNCTION IF EXISTS``), as
-does a function deleted from the tree.
+does a function deleted from the tree. When that migration is the last of the run, no
+other session ever sees the old signature gone and the new one not yet there.
 
 A session-level advisory lock makes concurrent runs (two nodes starting at once) safe:
 the second waits, then finds no migration to apply.
@@ -132,21 +134,11 @@ async def apply(conn: asyncpg.Connection, root: Path | None = None) -> list[str]
         await conn.execute(_BOOKKEEPING)
         rows = await conn.fetch("SELECT version, name, checksum FROM schema_migrations")
         applied = {row["version"]: row for row in rows}
-        done: list[str] = []
+        pending: list[Migration] = []
         for migration in migrations:
             row = applied.get(migration.version)
             if row is None:
-                async with conn.transaction():
-                    if _LINE_COMMENT.sub("", migration.sql).strip():  # not comments only
-                        await conn.execute(migration.sql)
-                    await conn.execute(
-                        "INSERT INTO schema_migrations (version, name, checksum)"
-                        " VALUES ($1, $2, $3)",
-                        migration.version,
-                        migration.name,
-                        migration.checksum,
-                    )
-                done.append(migration.name)
+                pending.append(migration)
             elif row["checksum"] in migration.replaces:
                 await conn.execute(
                     "UPDATE schema_migrations SET name = $2, checksum = $3 WHERE version = $1",
@@ -160,23 +152,40 @@ async def apply(conn: asyncpg.Connection, root: Path | None = None) -> list[str]
                     f"{migration.name} was applied but its text has changed since; "
                     "add a new migration instead of editing an applied one"
                 )
-        await _apply_functions(conn, functions)
+        done: list[str] = []
+        for migration in pending:
+            async with conn.transaction():
+                if _LINE_COMMENT.sub("", migration.sql).strip():  # not comments only
+                    await conn.execute(migration.sql)
+                await conn.execute(
+                    "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
+                    migration.version,
+                    migration.name,
+                    migration.checksum,
+                )
+                if migration is pending[-1]:
+                    await _apply_functions(conn, functions)
+            done.append(migration.name)
+        if not pending:
+            async with conn.transaction():
+                await _apply_functions(conn, functions)
         return done
     finally:
         await conn.execute("SELECT pg_advisory_unlock($1)", ADVISORY_LOCK_ID)
 
 
 async def _apply_functions(conn: asyncpg.Connection, files: list[FunctionsFile]) -> None:
-    async with conn.transaction():
-        for functions in files:
-            try:
-                await conn.execute(functions.sql)
-            except asyncpg.InvalidFunctionDefinitionError as exc:
-                raise MigrationError(
-                    f"functions/{functions.name}: {exc}; a function whose argument names or "
-                    "types or result columns change needs a migration that drops its old "
-                    "signature first"
-                ) from exc
+    for functions in files:
+        try:
+            await conn.execute(functions.sql)
+        except asyncpg.InvalidFunctionDefinitionError as exc:
+            if not str(exc).startswith(("cannot change", "cannot remove")):
+                raise
+            raise MigrationError(
+                f"functions/{functions.name}: {exc}; a function whose argument names or "
+                "types or result columns change needs a migration that drops its old "
+                "signature first"
+            ) from exc
 
 
 async def run(database_url: str, root: Path | None = None) -> list[str]:

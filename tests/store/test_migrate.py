@@ -149,6 +149,24 @@ async def test_a_changed_signature_without_a_migration_dropping_it_is_explained(
     assert await migrate.run(scratch_database_url, tmp_path) == ["002_drop_twice.sql"]
 
 
+async def test_the_functions_commit_with_the_last_migration_of_the_run(
+    scratch_database_url: str, tmp_path: Path
+) -> None:
+    """So a migration dropping an old signature is never seen without its replacement."""
+    write(tmp_path, "001_t.sql", "CREATE TABLE t (v int);")
+    write(tmp_path, "002_u.sql", "CREATE TABLE u (v int);")
+    write(tmp_path, "broken.sql", "CREATE OR REPLACE FUNCTION f( RETURNS int", folder="functions")
+    with pytest.raises(asyncpg.PostgresSyntaxError):
+        await migrate.run(scratch_database_url, tmp_path)
+    conn = await asyncpg.connect(scratch_database_url)
+    try:
+        versions = [r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")]
+        assert versions == [1]
+        assert await conn.fetchval("SELECT to_regclass('u') IS NULL")
+    finally:
+        await conn.close()
+
+
 def test_each_function_is_defined_once_in_the_tree_and_only_in_functions() -> None:
     root = migrate.sql_dir()
     create = re.compile(r"CREATE\s+(OR\s+REPLACE\s+)?FUNCTION\s+([\w.]+)", re.IGNORECASE)
