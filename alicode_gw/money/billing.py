@@ -1,9 +1,10 @@
 """Prepaid billing on the request path: hold, settle, release, and the hold sweeper.
 
-The money logic is the PL/pgSQL in ``sql/`` (``billing.hold``, ``billing.settle``,
-``billing.release``, ``billing.expire_holds`` in 003; ``billing.settle_leased`` and the
-credit leases in 006); this module passes numbers in and reads the outcomes. The
-operations of concurrent requests share round trips (``billing.apply_batch``).
+The money logic is the PL/pgSQL in ``sql/functions/`` (``billing.hold``,
+``billing.settle``, ``billing.release``, ``billing.expire_holds`` in ``billing_holds.sql``;
+``billing.settle_leased`` and the credit leases in ``billing_leases.sql``); this module
+passes typed operations in and reads typed outcomes (:mod:`alicode_gw.money.contract`).
+The operations of concurrent requests share round trips (``billing.apply_batch``).
 
 A request is admitted either with a hold row in the database (one round trip before it
 goes upstream) or, when this node holds a credit lease of the account with the
@@ -22,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
-import json
 import logging
 import time
 from collections.abc import Coroutine
@@ -40,7 +40,26 @@ from alicode_gw.errors import (
     ServiceUnavailableError,
 )
 from alicode_gw.identity import auth
-from alicode_gw.money.catalog import ModelInfo, Prices, price_columns, prices_from_row
+from alicode_gw.money.catalog import ModelInfo, Prices
+from alicode_gw.money.contract import (
+    ApplyBatch,
+    BatchOp,
+    BatchResult,
+    HoldOp,
+    HoldOutcome,
+    HoldResult,
+    ReleaseOp,
+    ReleaseOutcome,
+    ReleaseResult,
+    SettleLeasedOp,
+    SettleOp,
+    SettleOutcome,
+    SettleResult,
+    Usage,
+    batch_element,
+    batch_op,
+    sql_call,
+)
 from alicode_gw.money.journal import JOURNAL_FILE, SettlementJournal
 from alicode_gw.money.leases import Credit
 from alicode_gw.store.batching import Closed, Coalescer
@@ -77,18 +96,12 @@ def parse_usd(text: str) -> int:
 
 
 @dataclass(frozen=True, slots=True)
-class Usage:
-    """Token counts of one request, by kind (the upstream's ``usage``)."""
+class LeasedRequest:
+    """What ``billing.settle_leased`` needs of a leased request beside its hold."""
 
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cache_creation_5m: int = 0
-    cache_creation_1h: int = 0
-    cache_read: int = 0
-
-    def counts(self) -> dict[str, int]:
-        """The counts by field name (a shallow ``asdict``, which deep-copies)."""
-        return {name: getattr(self, name) for name in self.__slots__}
+    key_id: int
+    requested_model: str
+    client_ip: str
 
 
 @dataclass(slots=True)
@@ -106,7 +119,7 @@ class Hold:
     amount_nanos: int
     prices: Prices | None = None
     lease_id: int | None = None
-    settlement: dict[str, Any] | None = None
+    settlement: LeasedRequest | None = None
 
     def cost_nanos(self, usage: Usage) -> int:
         """What ``billing.settle`` will record as this request's cost for ``usage``
@@ -127,7 +140,6 @@ def hold_amount(prices: Prices, estimated_input_tokens: int, max_tokens: int) ->
     )
 
 
-BATCH_SQL = "SELECT * FROM billing.apply_batch($1::jsonb, $2)"
 TRANSIENT_RETRIES = 3  # re-runs of a batch the server rolled back (deadlock, conflict)
 # A settlement nobody waits for (the answer is out) waits up to this long for others to
 # share its round trip, unless a hold, which someone waits for, goes out first. Leased
@@ -140,7 +152,7 @@ class Billing:
 
     Holds, settlements and releases of concurrent requests are group-committed: one
     :class:`~alicode_gw.store.batching.Coalescer` sends what queued up during the previous
-    round trip as one ``billing.apply_batch`` call (``sql/005_billing_batch.sql``).
+    round trip as one ``billing.apply_batch`` call (``sql/functions/billing_batch.sql``).
     A lone request goes out at once."""
 
     def __init__(
@@ -177,7 +189,7 @@ class Billing:
         )
         self._tasks = tasks if tasks is not None else TaskTracker()
         self.credit = credit
-        self._ops: Coalescer[dict[str, Any], asyncpg.Record] = Coalescer(
+        self._ops: Coalescer[BatchOp, BatchResult] = Coalescer(
             # One batch at a time: they commit in the order they were queued, so a
             # settlement always lands before the same customer's next hold.
             self._run_batch,
@@ -221,46 +233,45 @@ class Billing:
         released. Given the key's ``account_id``, a hold refused for want of money is
         tried once more after this node gave back unused money of its lease of the
         account (as much as the hold needs), if it had some."""
-        entry = {
-            "op": "hold",
-            "request_id": request_id,
-            "key_id": key_id,
-            "model": model,
-            "estimated_input": estimated_input_tokens,
-            "max_tokens": max_tokens,
-            "client_ip": client_ip,
-            "batch": batch,
-        }
-        row = await self._held_row(entry)
+        op = HoldOp(
+            request_id=request_id,
+            key_id=key_id,
+            model=model,
+            estimated_input_tokens=estimated_input_tokens,
+            max_tokens=max_tokens,
+            client_ip=client_ip,
+            batch=batch,
+        )
+        result = await self._hold_result(op)
         if (
-            row["outcome"] == "insufficient"
+            result.outcome == HoldOutcome.INSUFFICIENT
             and self.credit is not None
             and account_id is not None
-            and await self.credit.shrink(account_id, row["amount_nanos"])
+            and await self.credit.shrink(account_id, result.amount_nanos)
         ):
-            row = await self._held_row(entry)  # refused: nothing was written
-        outcome = row["outcome"]
-        if outcome == "unknown_model":
+            result = await self._hold_result(op)  # refused: nothing was written
+        if result.outcome == HoldOutcome.UNKNOWN_MODEL:
             raise InvalidRequestError(f"model: unknown model {model!r}", param="model")
-        if outcome == "insufficient":
+        if result.outcome == HoldOutcome.INSUFFICIENT:
             raise InsufficientCreditsError(
                 "Your credit balance is too low for this request "
-                f"(it may cost up to ${format_usd(row['amount_nanos'])}). Top up to continue."
+                f"(it may cost up to ${format_usd(result.amount_nanos)}). Top up to continue."
             )
-        if outcome == "unknown_key":
+        if result.outcome == HoldOutcome.UNKNOWN_KEY:
             raise InvalidRequestError("the API key no longer exists")
-        held = Hold(request_id, row["priced_model"], row["amount_nanos"], prices_from_row(row))
+        assert result.priced_model is not None
+        held = Hold(request_id, result.priced_model, result.amount_nanos, result.prices)
         self._open[request_id] = (held, time.monotonic() + self.hold_ttl)
         return held
 
-    async def _held_row(self, entry: dict[str, Any]) -> asyncpg.Record:
+    async def _hold_result(self, op: HoldOp) -> HoldResult:
         """The database's answer to one hold; 503 when it cannot be reached. A hold
         that lands after its caller stopped waiting is released."""
-        request_id = str(entry["request_id"])
-        future = self._ops.submit(entry)
+        request_id = op.request_id
+        future = self._ops.submit(op)
         try:
             async with asyncio.timeout(self._db_timeout):
-                return await asyncio.shield(future)
+                result = await asyncio.shield(future)
         except DATABASE_UNREACHABLE as exc:
             future.add_done_callback(functools.partial(self._release_orphan, request_id))
             raise ServiceUnavailableError(
@@ -269,6 +280,8 @@ class Billing:
         except asyncio.CancelledError:
             future.add_done_callback(functools.partial(self._release_orphan, request_id))
             raise
+        assert isinstance(result, HoldResult)
+        return result
 
     def hold_leased(
         self,
@@ -293,18 +306,18 @@ class Billing:
         if lease_id is None:
             return None
         prices = dataclasses.replace(priced.prices, batch_discount_pct=0)
-        settlement = {"key_id": key_id, "requested_model": requested_model, "client_ip": client_ip}
+        settlement = LeasedRequest(key_id, requested_model, client_ip)
         held = Hold(request_id, priced.target, amount, prices, lease_id, settlement)
         self._open[request_id] = (held, time.monotonic() + self.hold_ttl)
         return held
 
-    def _release_orphan(self, request_id: str, future: asyncio.Future[asyncpg.Record]) -> None:
+    def _release_orphan(self, request_id: str, future: asyncio.Future[BatchResult]) -> None:
         """A hold whose requester is gone (cancelled, or timed out waiting) but which
         the database made anyway: give the money back now, not at the TTL."""
         if future.cancelled() or future.exception() is not None:
             return
-        row = future.result()
-        if row["outcome"] != "held":
+        result = future.result()
+        if not isinstance(result, HoldResult) or result.outcome != HoldOutcome.HELD:
             return
         self._tasks.spawn(self.release_later(request_id), name=f"release-{request_id}")
 
@@ -328,23 +341,28 @@ class Billing:
         outcome. Not urgent: it may wait a moment to share another request's round
         trip. ``cost_nanos``: the hold's :meth:`Hold.cost_nanos` of ``usage``, when the
         caller has it already."""
-        entry = {"op": "settle", "request_id": request_id, "estimated": estimated}
-        entry.update(usage.counts())
         held = self._leased(request_id)
-        if held is not None:  # billed by settle_leased; the lease gets the rest back now
+        op: SettleOp | SettleLeasedOp
+        if held is None:
+            op = SettleOp(request_id, usage, estimated)
+        else:  # billed by settle_leased; the lease gets the rest back now
             assert held.lease_id is not None and held.settlement and held.prices
-            entry.update(
-                held.settlement,
-                op="settle_leased",
+            op = SettleLeasedOp(
+                request_id=request_id,
                 lease_id=held.lease_id,
+                key_id=held.settlement.key_id,
+                requested_model=held.settlement.requested_model,
                 model=held.model,
-                reserved=held.amount_nanos,
-                **price_columns(held.prices),
+                client_ip=held.settlement.client_ip,
+                reserved_nanos=held.amount_nanos,
+                prices=held.prices,
+                usage=usage,
+                estimated=estimated,
             )
             spent = held.cost_nanos(usage) if cost_nanos is None else cost_nanos
             self._credit().give_back(held.lease_id, held.amount_nanos - spent)
-        future = self._ops.submit(entry, urgent=urgent)
-        return self._settled(entry, usage, future, held.lease_id if held else None)
+        future = self._ops.submit(op, urgent=urgent)
+        return self._settled(op, usage, future, held.lease_id if held else None)
 
     def _leased(self, request_id: str) -> Hold | None:
         """The open hold of ``request_id`` if it was admitted against a lease."""
@@ -357,14 +375,14 @@ class Billing:
 
     async def _settled(
         self,
-        entry: dict[str, Any],
+        op: SettleOp | SettleLeasedOp,
         usage: Usage,
-        future: asyncio.Future[asyncpg.Record],
+        future: asyncio.Future[BatchResult],
         lease_id: int | None,
     ) -> int:
-        charged = await self._landed(entry, future, lease_id)
+        charged = await self._landed(op, future, lease_id)
         if charged is None:
-            return self._provisional_cost(str(entry["request_id"]), usage)
+            return self._provisional_cost(op.request_id, usage)
         return charged
 
     async def release(self, request_id: str) -> None:
@@ -382,100 +400,106 @@ class Billing:
             self._credit().give_back(held.lease_id, held.amount_nanos, queued=False)
             del self._open[request_id]
             return nothing()
-        entry: dict[str, Any] = {"op": "release", "request_id": request_id}
-        return self._landed(entry, self._ops.submit(entry, urgent=urgent))
+        op = ReleaseOp(request_id)
+        return self._landed(op, self._ops.submit(op, urgent=urgent))
 
     async def _landed(
         self,
-        entry: dict[str, Any],
-        future: asyncio.Future[asyncpg.Record],
+        op: SettleOp | SettleLeasedOp | ReleaseOp,
+        future: asyncio.Future[BatchResult],
         lease_id: int | None = None,
     ) -> int | None:
         """The outcome of a queued settle/release: the amount charged, or None when it
         failed and went to the journal (both are idempotent: replaying is safe)."""
         try:
-            charged = await self._conclude(entry, await future)
+            charged = await self._conclude(op, await future)
         except asyncio.CancelledError:  # shutdown cut it short: the journal keeps it
-            await self._journal_failed(entry, "cancelled by shutdown")
+            await self._journal_failed(op, "cancelled by shutdown")
             raise
         except Exception as exc:
-            await self._journal_failed(entry, exc)
+            await self._journal_failed(op, exc)
             return None
         finally:
             if lease_id is not None and self.credit is not None:
                 self.credit.landed(lease_id)
-        self._open.pop(str(entry["request_id"]), None)
+        self._open.pop(op.request_id, None)
         return charged
 
-    async def _journal_failed(self, entry: dict[str, Any], reason: object) -> None:
+    async def _journal_failed(self, op: BatchOp, reason: object) -> None:
         # An outage, a statement the database refused, or shutdown: not a bug.
         expected = isinstance(reason, (str, asyncpg.PostgresError, *DATABASE_UNREACHABLE, Closed))
         log.log(
             logging.WARNING if expected else logging.ERROR,
             "%s of %s journaled: %s",
-            entry["op"],
-            entry["request_id"],
+            op.KIND,
+            op.request_id,
             reason,
             exc_info=None if expected else reason,  # a bug: show where
         )
-        await self.journal.append(entry)
+        await self.journal.append(batch_element(op))
 
     # --- applying operations -------------------------------------------------------------
 
-    async def _run_batch(self, ops: list[dict[str, Any]]) -> list[asyncpg.Record | Exception]:
-        """One ``billing.apply_batch`` call for ``ops``; one row (or error) per op. If
+    async def _run_batch(self, ops: list[BatchOp]) -> list[BatchResult | Exception]:
+        """One ``billing.apply_batch`` call for ``ops``; one result (or error) per op. If
         the batch fails for a reason other than an outage (a deadlock with a foreign
         transaction, a bad entry), nothing of it was applied, so each op is tried alone
         and only the faulty one fails."""
-        payload = json.dumps([{**op, "i": i} for i, op in enumerate(ops)], separators=(",", ":"))
+        batch = ApplyBatch(tuple(ops), self.hold_ttl)
         try:
-            rows = await self._fetch_batch(payload)
+            rows = await self._fetch_batch(batch)
         except asyncpg.PostgresError as exc:
             if len(ops) == 1 or isinstance(exc, DATABASE_UNREACHABLE):
                 raise
             log.warning("billing batch of %d failed; applying its operations one by one", len(ops))
-            outcomes: list[asyncpg.Record | Exception] = []
+            outcomes: list[BatchResult | Exception] = []
             for op in ops:
                 try:
                     outcomes.extend(await self._run_batch([op]))
                 except Exception as exc:  # this op's own failure (an outage included)
                     outcomes.append(exc)
             return outcomes
-        by_ord = {row["ord"]: row for row in rows}
-        return [by_ord.get(i) or RuntimeError("billing batch: no outcome") for i in range(len(ops))]
+        return [
+            RuntimeError("billing batch: no outcome") if result is None else result
+            for result in batch.result(rows)
+        ]
 
-    async def _fetch_batch(self, payload: str) -> list[asyncpg.Record]:
+    async def _fetch_batch(self, batch: ApplyBatch) -> list[asyncpg.Record]:
         """The call itself; a transaction the server rolled back to break a deadlock or
         a serialization conflict (SQLSTATE class 40) is simply run again."""
+        statement = sql_call(batch)
         for attempt in range(TRANSIENT_RETRIES + 1):
             try:
                 async with asyncio.timeout(self._db_timeout):
-                    return list(await self._db.fetch(BATCH_SQL, payload, self.hold_ttl))
+                    return list(await self._db.fetch(statement.sql, *statement.args))
             except asyncpg.TransactionRollbackError:
                 if attempt == TRANSIENT_RETRIES:
                     raise
                 log.info("billing batch rolled back by the server; running it again")
         raise AssertionError("unreachable")
 
-    async def _conclude(self, entry: dict[str, Any], row: asyncpg.Record) -> int:
+    async def _conclude(self, op: BatchOp, result: BatchResult) -> int:
         """Log the unusual outcomes of a settle/release; returns the amount charged."""
-        request_id = str(entry["request_id"])
-        if entry["op"] == "release":
-            if row["outcome"] == "settled":
-                log.warning("release of %s ignored: already settled", request_id)
+        if isinstance(result, ReleaseResult):
+            if result.outcome == ReleaseOutcome.SETTLED:
+                log.warning("release of %s ignored: already settled", op.request_id)
             return 0
-        if row["outcome"] in ("unknown", "released", "unknown_key"):
-            log.warning("settlement of %s ignored: hold is %s", request_id, row["outcome"])
-        if row["revoked_public_id"] is not None:
-            await self._announce_revoked(row["revoked_public_id"])
-        return int(row["amount_nanos"])
+        if not isinstance(result, SettleResult):
+            raise TypeError(f"{op.KIND} of {op.request_id} answered {result!r}")
+        ignored = (SettleOutcome.UNKNOWN, SettleOutcome.RELEASED, SettleOutcome.UNKNOWN_KEY)
+        if result.outcome in ignored:
+            log.warning("settlement of %s ignored: hold is %s", op.request_id, result.outcome)
+        if result.revoked_public_id is not None:
+            await self._announce_revoked(result.revoked_public_id)
+        return result.charged_nanos
 
     async def _apply(self, entry: dict[str, Any]) -> int:
         """Run one journaled settle/release now (not batched); returns the amount charged."""
-        (outcome,) = await self._run_batch([entry])
+        op = batch_op(entry)
+        (outcome,) = await self._run_batch([op])
         if isinstance(outcome, Exception):
             raise outcome
-        return await self._conclude(entry, outcome)
+        return await self._conclude(op, outcome)
 
     async def _announce_revoked(self, public_id: str) -> None:
         """Tell every node a key reached its spend cap (their caches drop it)."""

@@ -2,7 +2,7 @@
 memory and refreshed every few seconds, so the request path resolves a model name
 without a database round trip. Also the operator's price changes (``price set``).
 
-Prices are integer micro-USD per million tokens; see ``sql/003_billing.sql`` for the
+Prices are integer micro-USD per million tokens; see ``sql/functions/billing_cost.sql`` for the
 one rounding rule that turns them into a request's cost in nano-USD.
 """
 

@@ -24,6 +24,7 @@ from typing import Any
 import asyncpg
 from redis.asyncio import Redis
 
+from alicode_gw.money.contract import MalformedOperation
 from alicode_gw.store.unavailable import DATABASE_UNREACHABLE, REDIS_FAILED
 
 log = logging.getLogger(__name__)
@@ -83,7 +84,7 @@ class SettlementJournal:
                     await self._apply(entry)
                 except (*DATABASE_UNREACHABLE, asyncpg.TransactionRollbackError):
                     return applied  # an outage, or a conflict that outlived its retries
-                except asyncpg.PostgresError as exc:
+                except (asyncpg.PostgresError, MalformedOperation) as exc:
                     # Not an outage: this entry can never apply. Park it where the
                     # operator sees it instead of blocking the journal behind it.
                     log.error("journaled %s cannot be applied (%s); parked", entry, exc)
@@ -103,7 +104,7 @@ class SettlementJournal:
                     await self._apply(json.loads(line))
                 except (*DATABASE_UNREACHABLE, asyncpg.TransactionRollbackError):
                     break
-                except asyncpg.PostgresError as exc:
+                except (asyncpg.PostgresError, MalformedOperation) as exc:
                     log.error("journaled %s cannot be applied (%s); parked", line, exc)
                     failed = self.path.with_suffix(".failed")
                     await asyncio.to_thread(_append_line, failed, line)

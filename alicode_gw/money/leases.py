@@ -1,7 +1,7 @@
 """Credit leases: admitting a request's billing hold without a database round trip.
 
 A node reserves a slice of an account's free balance once (``billing.lease_open`` in
-``sql/006_credit_leases.sql``: a row in ``billing_leases``, counted in the account's
+``sql/functions/billing_leases.sql``: a row in ``billing_leases``, counted in the account's
 ``held_nanos`` like a hold) and then admits that account's requests against it in
 memory: :meth:`Credit.take` is synchronous and does no I/O. A leased request's hold
 lives only here; it is billed by one ``billing.settle_leased`` call (queued with the
@@ -33,6 +33,14 @@ from dataclasses import dataclass
 
 import asyncpg
 
+from alicode_gw.money.contract import (
+    LeaseClose,
+    LeaseGrow,
+    LeaseOpen,
+    LeaseRenew,
+    LeaseShrink,
+    call,
+)
 from alicode_gw.store.unavailable import DATABASE_FAILED
 from alicode_gw.tasks import TaskTracker
 
@@ -148,12 +156,14 @@ class Credit:
             if lease is not None and lease.deadline > sent:
                 want = max(lease.total, amount * HOLDS_PER_LEASE)
                 async with asyncio.timeout(self._db_timeout):
-                    added = await self._db.fetchval(
-                        "SELECT billing.lease_grow($1, $2, $3, $4)",
-                        lease.id,
-                        want,
-                        self.max_pct,
-                        self.ttl,
+                    added = await call(
+                        self._db,
+                        LeaseGrow(
+                            lease_id=lease.id,
+                            add_nanos=want,
+                            max_pct=self.max_pct,
+                            ttl_seconds=self.ttl,
+                        ),
                     )
                 if added is not None:
                     if added:
@@ -166,23 +176,25 @@ class Credit:
                     return
                 self._forget(lease)  # no longer open (expired): a new one replaces it
             async with asyncio.timeout(self._db_timeout):
-                row = await self._db.fetchrow(
-                    "SELECT * FROM billing.lease_open($1, $2, $3, $4, $5, $6)",
-                    account_id,
-                    self.owner,
-                    amount * HOLDS_PER_LEASE,
-                    amount,
-                    self.max_pct,
-                    self.ttl,
+                grant = await call(
+                    self._db,
+                    LeaseOpen(
+                        account_id=account_id,
+                        owner=self.owner,
+                        want_nanos=amount * HOLDS_PER_LEASE,
+                        min_nanos=amount,
+                        max_pct=self.max_pct,
+                        ttl_seconds=self.ttl,
+                    ),
                 )
-            if row is None:
+            if grant is None:
                 self._refused[account_id] = time.monotonic() + REFUSED_BACKOFF
                 return
             new = Lease(
-                row["lease_id"],
+                grant.lease_id,
                 account_id,
-                free=row["amount_nanos"],
-                total=row["amount_nanos"],
+                free=grant.amount_nanos,
+                total=grant.amount_nanos,
                 deadline=sent + self.ttl - self.renew_interval,
                 used=sent,
             )
@@ -213,10 +225,7 @@ class Credit:
         grown = {lease.id: lease.grown for lease in self._by_id.values()}
         sent = time.monotonic()
         async with asyncio.timeout(self._db_timeout):
-            rows = await self._db.fetch(
-                "SELECT * FROM billing.lease_renew($1::bigint[], $2)", ids, self.ttl
-            )
-        still_open = {row["id"]: row["amount_nanos"] for row in rows}
+            still_open = await call(self._db, LeaseRenew(tuple(ids), self.ttl))
         for lease_id in ids:
             lease = self._by_id.get(lease_id)
             if lease is None:
@@ -274,9 +283,7 @@ class Credit:
         self._refused[lease.account_id] = time.monotonic() + REFUSED_BACKOFF  # no regrowth
         try:
             async with asyncio.timeout(self._db_timeout):
-                returned = await self._db.fetchval(
-                    "SELECT billing.lease_shrink($1, $2)", lease.id, amount
-                )
+                returned = await call(self._db, LeaseShrink(lease.id, amount))
         except (*DATABASE_FAILED, asyncio.CancelledError) as exc:
             # Whether it was applied is unknown: this node stops using the lease (its
             # money comes back when the database expires it).
@@ -299,7 +306,7 @@ class Credit:
     async def _close(self, lease: Lease) -> None:
         self._forget(lease)
         async with asyncio.timeout(self._db_timeout):
-            await self._db.fetchval("SELECT billing.lease_close($1)", lease.id)
+            await call(self._db, LeaseClose(lease.id))
 
     def _forget(self, lease: Lease) -> None:
         self._by_id.pop(lease.id, None)

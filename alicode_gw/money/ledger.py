@@ -1,7 +1,7 @@
 """The operator's side of the money: top-ups, an account's balance, and the audit that
 checks every account's books add up (balance == top-ups - charges, held == open holds).
 
-All amounts are integer nano-USD; the SQL functions are in ``sql/003_billing.sql``.
+All amounts are integer nano-USD; the SQL functions are in ``sql/functions/billing_*.sql``.
 """
 
 from __future__ import annotations

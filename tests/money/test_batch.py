@@ -12,6 +12,7 @@ import asyncpg
 
 from alicode_gw.errors import InsufficientCreditsError
 from alicode_gw.money.billing import Billing, Usage
+from alicode_gw.money.contract import HoldOp, SettleOp, SettleOutcome, SettleResult
 from alicode_gw.tasks import TaskTracker
 from tests.support.money import USD, balances, new_account
 
@@ -59,14 +60,13 @@ async def test_a_failing_batch_falls_back_to_one_call_per_operation(
     await billing.hold(good, account.key_id, MODEL, 100, 100, "::1")
     outcomes = await billing._run_batch(
         [
-            {"op": "settle", "request_id": good, "estimated": False,
-             "input_tokens": 1000, "output_tokens": 0, "cache_creation_5m": 0,
-             "cache_creation_1h": 0, "cache_read": 0},
-            {"op": "refund everything", "request_id": rid()},
+            SettleOp(good, Usage(1000)),
+            # Beyond bigint: the database refuses the whole batch.
+            HoldOp(rid(), account.key_id, MODEL, 2**63, 100, "::1"),
         ]
-    )  # fmt: skip
-    assert outcomes[0]["outcome"] == "settled" and outcomes[0]["amount_nanos"] == 1_000_000
-    assert isinstance(outcomes[1], asyncpg.PostgresError)
+    )
+    assert outcomes[0] == SettleResult(SettleOutcome.SETTLED, 1_000_000, None)
+    assert isinstance(outcomes[1], asyncpg.NumericValueOutOfRangeError)
     assert await balances(pool, account.id) == (USD - 1_000_000, 0)
 
 

@@ -1,4 +1,4 @@
-"""Credit leases (``alicode_gw/credit.py``, ``sql/006_credit_leases.sql``): a node admits
+"""Credit leases (``money/leases.py``, ``sql/functions/billing_leases.sql``): a node admits
 an account's holds against a slice of its balance in memory and bills each leased
 request with one ``settle_leased``; every billed request has its ledger row, the books
 add up (the audit after each test counts open leases in ``held_nanos``), and nothing a
@@ -452,7 +452,7 @@ async def test_a_shrink_the_database_may_not_have_applied_retires_the_lease(
     lease = await with_lease(leased, account, model_catalog)
 
     class Unreachable:
-        async def fetchval(self, *args: object) -> object:
+        async def fetch(self, *args: object) -> object:
             raise ConnectionResetError("database gone mid-call")
 
     database, credit._db = credit._db, Unreachable()  # type: ignore[assignment]

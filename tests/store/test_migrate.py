@@ -1,8 +1,11 @@
-"""Migrations: in order, each in a transaction, recorded, idempotent, concurrency-safe."""
+"""Migrations: in order, each in a transaction, recorded, idempotent, concurrency-safe;
+the functions re-applied on every run; a database made by the layout before
+``sql/migrations`` + ``sql/functions`` migrates to the same database as a new one."""
 
 from __future__ import annotations
 
 import asyncio
+import re
 from pathlib import Path
 
 import asyncpg
@@ -11,8 +14,9 @@ import pytest
 from alicode_gw.store import migrate
 
 
-def write(directory: Path, name: str, sql: str) -> None:
-    (directory / name).write_text(sql)
+def write(root: Path, name: str, sql: str, folder: str = "migrations") -> None:
+    (root / folder).mkdir(exist_ok=True)
+    (root / folder / name).write_text(sql)
 
 
 async def test_real_migrations_apply_then_rerun_is_noop(scratch_database_url: str) -> None:
@@ -86,3 +90,159 @@ def test_bad_file_name_is_refused(tmp_path: Path) -> None:
     write(tmp_path, "first.sql", "SELECT 1;")
     with pytest.raises(migrate.MigrationError, match=r"NNN_name\.sql"):
         migrate.load_migrations(tmp_path)
+
+
+def test_a_migration_may_only_hold_comments(tmp_path: Path) -> None:
+    write(tmp_path, "001_nothing.sql", "-- nothing in the schema\n")
+    assert [m.name for m in migrate.load_migrations(tmp_path)] == ["001_nothing.sql"]
+
+
+async def test_a_rewritten_migration_naming_the_text_it_replaces_is_recorded(
+    scratch_database_url: str, tmp_path: Path
+) -> None:
+    old = "CREATE TABLE a (v int); CREATE FUNCTION f() RETURNS int LANGUAGE sql AS 'SELECT 1';"
+    write(tmp_path, "001_a.sql", old)
+    await migrate.run(scratch_database_url, tmp_path)
+    (tmp_path / "migrations" / "001_a.sql").unlink()
+    new = f"CREATE TABLE a (v int);\n-- replaces: {migrate.checksum(old)}\n"
+    write(tmp_path, "001_renamed.sql", new)
+    assert await migrate.run(scratch_database_url, tmp_path) == []  # not run again
+    conn = await asyncpg.connect(scratch_database_url)
+    try:
+        row = await conn.fetchrow("SELECT name, checksum FROM schema_migrations")
+    finally:
+        await conn.close()
+    assert (row["name"], row["checksum"]) == ("001_renamed.sql", migrate.checksum(new))
+    # A rewrite naming another text is refused like any edit.
+    write(tmp_path, "001_renamed.sql", f"-- replaces: {migrate.checksum('other')}\n")
+    with pytest.raises(migrate.MigrationError, match="has changed"):
+        await migrate.run(scratch_database_url, tmp_path)
+
+
+async def test_functions_are_applied_again_on_every_run(
+    scratch_database_url: str, tmp_path: Path
+) -> None:
+    write(tmp_path, "001_t.sql", "CREATE TABLE t (v int);")
+    body = "CREATE OR REPLACE FUNCTION answer() RETURNS int LANGUAGE sql AS 'SELECT {}';"
+    write(tmp_path, "answer.sql", body.format(1), folder="functions")
+    assert await migrate.run(scratch_database_url, tmp_path) == ["001_t.sql"]
+    write(tmp_path, "answer.sql", body.format(2), folder="functions")
+    assert await migrate.run(scratch_database_url, tmp_path) == []
+    conn = await asyncpg.connect(scratch_database_url)
+    try:
+        assert await conn.fetchval("SELECT answer()") == 2
+    finally:
+        await conn.close()
+
+
+async def test_a_changed_signature_without_a_migration_dropping_it_is_explained(
+    scratch_database_url: str, tmp_path: Path
+) -> None:
+    write(tmp_path, "001_t.sql", "CREATE TABLE t (v int);")
+    body = "CREATE OR REPLACE FUNCTION twice({} int) RETURNS int LANGUAGE sql AS 'SELECT 2 * $1';"
+    write(tmp_path, "twice.sql", body.format("p_n"), folder="functions")
+    await migrate.run(scratch_database_url, tmp_path)
+    write(tmp_path, "twice.sql", body.format("p_tokens"), folder="functions")
+    with pytest.raises(migrate.MigrationError, match="drops its old signature"):
+        await migrate.run(scratch_database_url, tmp_path)
+    write(tmp_path, "002_drop_twice.sql", "DROP FUNCTION IF EXISTS twice(int);")
+    assert await migrate.run(scratch_database_url, tmp_path) == ["002_drop_twice.sql"]
+
+
+async def test_the_functions_commit_with_the_last_migration_of_the_run(
+    scratch_database_url: str, tmp_path: Path
+) -> None:
+    """So a migration dropping an old signature is never seen without its replacement."""
+    write(tmp_path, "001_t.sql", "CREATE TABLE t (v int);")
+    write(tmp_path, "002_u.sql", "CREATE TABLE u (v int);")
+    write(tmp_path, "broken.sql", "CREATE OR REPLACE FUNCTION f( RETURNS int", folder="functions")
+    with pytest.raises(asyncpg.PostgresSyntaxError):
+        await migrate.run(scratch_database_url, tmp_path)
+    conn = await asyncpg.connect(scratch_database_url)
+    try:
+        versions = [r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")]
+        assert versions == [1]
+        assert await conn.fetchval("SELECT to_regclass('u') IS NULL")
+    finally:
+        await conn.close()
+
+
+def test_each_function_is_defined_once_in_the_tree_and_only_in_functions() -> None:
+    root = migrate.sql_dir()
+    create = re.compile(r"CREATE\s+(OR\s+REPLACE\s+)?FUNCTION\s+([\w.]+)", re.IGNORECASE)
+    for migration in migrate.load_migrations(root):
+        assert create.search(migration.sql) is None, migration.name
+    defined = [
+        (match.group(1), match.group(2))
+        for functions in migrate.load_functions(root)
+        for match in create.finditer(functions.sql)
+    ]
+    names = [name for _, name in defined]
+    assert len(names) == len(set(names)), sorted(names)
+    assert all(replace for replace, _ in defined), "CREATE OR REPLACE: applied on every run"
+    assert "billing.apply_batch" in names and "billing.settle_leased" in names
+
+
+# The schema as the catalogs see it: what a database made one way must share with one
+# made another way (function bodies included, so a stale definition shows).
+SCHEMA_QUERY = """
+SELECT 'function' AS kind, n.nspname || '.' || p.proname AS name,
+       pg_get_function_arguments(p.oid) || ' -> ' || pg_get_function_result(p.oid)
+       || ' ' || md5(p.prosrc) AS detail
+  FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+ WHERE n.nspname IN ('public', 'billing')
+UNION ALL
+SELECT 'column', c.table_schema || '.' || c.table_name || '.' || c.column_name,
+       c.data_type || ' ' || c.is_nullable || ' ' || coalesce(c.column_default, '')
+  FROM information_schema.columns c
+ WHERE c.table_schema IN ('public', 'billing') AND c.table_name <> 'schema_migrations'
+UNION ALL
+SELECT 'index', schemaname || '.' || indexname, indexdef FROM pg_indexes
+ WHERE schemaname IN ('public', 'billing')
+UNION ALL
+SELECT 'trigger', tgname, pg_get_triggerdef(t.oid) FROM pg_trigger t WHERE NOT tgisinternal
+UNION ALL
+SELECT 'constraint', conrelid::regclass::text || '.' || conname, pg_get_constraintdef(oid)
+  FROM pg_constraint WHERE connamespace IN ('public'::regnamespace, 'billing'::regnamespace)
+ ORDER BY 1, 2, 3
+"""
+
+BEFORE_SPLIT = Path(__file__).parents[1] / "fixtures" / "sql_before_split"
+
+
+async def schema(url: str) -> list[tuple[str, str, str]]:
+    conn = await asyncpg.connect(url)
+    try:
+        return [tuple(row) for row in await conn.fetch(SCHEMA_QUERY)]
+    finally:
+        await conn.close()
+
+
+async def test_a_database_of_the_layout_before_the_split_migrates_to_a_new_ones_schema(
+    scratch_database_url: str, database_url: str, tmp_path: Path
+) -> None:
+    """``tests/fixtures/sql_before_split`` are ``sql/001_…006_*.sql`` as they were when the
+    migrations still defined the functions (and 006 redefined apply_batch whole)."""
+    (tmp_path / "migrations").symlink_to(BEFORE_SPLIT)
+    old = await migrate.run(scratch_database_url, tmp_path)
+    assert len(old) == 6
+    conn = await asyncpg.connect(scratch_database_url)
+    try:  # the old functions, positional parameters and all
+        assert "t_input bigint" in await conn.fetchval(
+            "SELECT pg_get_function_arguments('billing.settle_leased'::regproc)"
+        )
+    finally:
+        await conn.close()
+
+    assert await migrate.run(scratch_database_url) == ["007_named_parameters.sql"]
+    assert await schema(scratch_database_url) == await schema(database_url)
+    conn = await asyncpg.connect(scratch_database_url)
+    try:
+        recorded = await conn.fetch(
+            "SELECT version, name, checksum FROM schema_migrations ORDER BY version"
+        )
+    finally:
+        await conn.close()
+    current = migrate.load_migrations(migrate.sql_dir())
+    assert [tuple(r) for r in recorded] == [(m.version, m.name, m.checksum) for m in current]
+    assert await migrate.run(scratch_database_url) == []

@@ -1,0 +1,223 @@
+-- Holds: reserve a request's worst case, settle its real usage once, release it, expire
+-- the ones a crashed node left. (Re-applied by `alicode-gw migrate` on every run: CREATE
+-- OR REPLACE only.) Units: see sql/migrations/003_billing.sql; the cost rule:
+-- billing.request_cost (billing_cost.sql).
+
+-- hold: reserve the worst-case cost (every estimated input token at the dearest input-side
+-- rate, i.e. a 1-hour cache write, plus max_tokens of output) from the account's
+-- available balance. The UPDATE ... WHERE available >= amount takes the account row
+-- lock, so concurrent holds are serialised and can never together exceed the balance.
+-- outcome: held | duplicate (same request id already held) | insufficient |
+--          unknown_model | unknown_key
+CREATE OR REPLACE FUNCTION billing.hold(
+    p_request_id text, p_key_id bigint, p_model text, p_estimated_input_tokens bigint,
+    p_max_tokens bigint, p_client_ip text, p_batch boolean, p_ttl_seconds double precision
+) RETURNS TABLE (outcome text, priced_model text, hold_nanos bigint)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_prev    billing_holds;
+    v_model   models;
+    v_account bigint;
+    v_disc    integer;
+    v_amount  bigint;
+BEGIN
+    SELECT * INTO v_prev FROM billing_holds h WHERE h.request_id = p_request_id;
+    IF FOUND THEN
+        RETURN QUERY SELECT 'duplicate'::text, v_prev.model, v_prev.amount_nanos;
+        RETURN;
+    END IF;
+    SELECT t.* INTO v_model
+      FROM models a JOIN models t ON t.id = coalesce(a.alias_of, a.id)
+     WHERE a.id = p_model;
+    IF NOT FOUND THEN
+        RETURN QUERY SELECT 'unknown_model'::text, NULL::text, 0::bigint;
+        RETURN;
+    END IF;
+    SELECT k.account_id INTO v_account FROM api_keys k WHERE k.id = p_key_id;
+    IF NOT FOUND THEN
+        RETURN QUERY SELECT 'unknown_key'::text, v_model.id, 0::bigint;
+        RETURN;
+    END IF;
+    v_disc := CASE WHEN p_batch THEN v_model.batch_discount_pct ELSE 0 END;
+    v_amount := billing.request_cost(
+        p_price_input_micro => greatest(v_model.input_price, v_model.cache_write_5m_price,
+                                        v_model.cache_write_1h_price, v_model.cache_read_price),
+        p_price_output_micro => v_model.output_price,
+        p_price_cache_write_5m_micro => 0,
+        p_price_cache_write_1h_micro => 0,
+        p_price_cache_read_micro => 0,
+        p_discount_pct => v_disc,
+        p_tokens_input => greatest(p_estimated_input_tokens, 0),
+        p_tokens_output => greatest(p_max_tokens, 0),
+        p_tokens_cache_creation_5m => 0,
+        p_tokens_cache_creation_1h => 0,
+        p_tokens_cache_read => 0);
+    UPDATE accounts a SET held_nanos = a.held_nanos + v_amount
+     WHERE a.id = v_account AND a.balance_nanos - a.held_nanos >= v_amount;
+    IF NOT FOUND THEN
+        RETURN QUERY SELECT 'insufficient'::text, v_model.id, v_amount;
+        RETURN;
+    END IF;
+    INSERT INTO billing_holds (request_id, account_id, key_id, requested_model, model,
+                               client_ip, batch, amount_nanos, input_price, output_price,
+                               cache_write_5m_price, cache_write_1h_price, cache_read_price,
+                               discount_pct, expires_at)
+    VALUES (p_request_id, v_account, p_key_id, p_model, v_model.id, p_client_ip, p_batch,
+            v_amount, v_model.input_price, v_model.output_price,
+            v_model.cache_write_5m_price, v_model.cache_write_1h_price,
+            v_model.cache_read_price, v_disc,
+            now() + make_interval(secs => p_ttl_seconds));
+    RETURN QUERY SELECT 'held'::text, v_model.id, v_amount;
+END $$;
+
+-- settle: bill the real usage exactly once. Converts the hold into one ledger row,
+-- releases the rest of the hold, adds to the key's spend and revokes the key when its
+-- spend cap is reached. A hold the sweeper already expired is still billed (the usage
+-- is real); a released hold is not. The charge never exceeds what the account has left
+-- outside its other holds; any uncovered part is recorded as shortfall_nanos.
+-- outcome: settled | already_settled | released | unknown
+CREATE OR REPLACE FUNCTION billing.settle(
+    p_request_id text,
+    p_tokens_input bigint,
+    p_tokens_output bigint,
+    p_tokens_cache_creation_5m bigint,
+    p_tokens_cache_creation_1h bigint,
+    p_tokens_cache_read bigint,
+    p_estimated boolean
+) RETURNS TABLE (outcome text, charged_nanos bigint, revoked_public_id text)
+LANGUAGE plpgsql AS $$
+DECLARE
+    h           billing_holds;
+    v_cost      bigint;
+    v_reserved  bigint;
+    v_available bigint;
+    v_charge    bigint;
+BEGIN
+    SELECT * INTO h FROM billing_holds b WHERE b.request_id = p_request_id FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN QUERY SELECT 'unknown'::text, 0::bigint, NULL::text;
+        RETURN;
+    END IF;
+    IF h.status = 'settled' THEN
+        RETURN QUERY SELECT 'already_settled'::text, -l.amount_nanos, NULL::text
+                       FROM ledger l WHERE l.request_id = p_request_id;
+        RETURN;
+    ELSIF h.status = 'released' THEN
+        RETURN QUERY SELECT 'released'::text, 0::bigint, NULL::text;
+        RETURN;
+    END IF;
+    v_cost := billing.request_cost(
+        p_price_input_micro => h.input_price,
+        p_price_output_micro => h.output_price,
+        p_price_cache_write_5m_micro => h.cache_write_5m_price,
+        p_price_cache_write_1h_micro => h.cache_write_1h_price,
+        p_price_cache_read_micro => h.cache_read_price,
+        p_discount_pct => h.discount_pct,
+        p_tokens_input => greatest(p_tokens_input, 0),
+        p_tokens_output => greatest(p_tokens_output, 0),
+        p_tokens_cache_creation_5m => greatest(p_tokens_cache_creation_5m, 0),
+        p_tokens_cache_creation_1h => greatest(p_tokens_cache_creation_1h, 0),
+        p_tokens_cache_read => greatest(p_tokens_cache_read, 0));
+    v_reserved := CASE WHEN h.status = 'held' THEN h.amount_nanos ELSE 0 END;
+    SELECT a.balance_nanos - a.held_nanos + v_reserved INTO v_available
+      FROM accounts a WHERE a.id = h.account_id FOR UPDATE;
+    v_charge := least(v_cost, greatest(v_available, 0));
+    UPDATE accounts a
+       SET balance_nanos = a.balance_nanos - v_charge,
+           held_nanos = a.held_nanos - v_reserved
+     WHERE a.id = h.account_id;
+    UPDATE billing_holds b SET status = 'settled', closed_at = now()
+     WHERE b.request_id = p_request_id;
+    INSERT INTO ledger (account_id, kind, amount_nanos, request_id, key_id, client_ip,
+                        requested_model, model, input_tokens, output_tokens,
+                        cache_creation_5m, cache_creation_1h, cache_read, batch,
+                        cost_nanos, shortfall_nanos, status)
+    VALUES (h.account_id, 'charge', -v_charge, p_request_id, h.key_id, h.client_ip,
+            h.requested_model, h.model, greatest(p_tokens_input, 0),
+            greatest(p_tokens_output, 0), greatest(p_tokens_cache_creation_5m, 0),
+            greatest(p_tokens_cache_creation_1h, 0), greatest(p_tokens_cache_read, 0), h.batch,
+            v_cost, v_cost - v_charge,
+            CASE WHEN p_estimated THEN 'estimated' ELSE 'complete' END);
+    RETURN QUERY SELECT 'settled'::text, v_charge,
+        billing.key_spend(p_key_id => h.key_id, p_charge_nanos => v_charge);
+END $$;
+
+-- release: the request produced nothing billable (upstream failed before any token).
+-- outcome: released | already_released | settled | unknown
+CREATE OR REPLACE FUNCTION billing.release(p_request_id text) RETURNS text
+LANGUAGE plpgsql AS $$
+DECLARE
+    h billing_holds;
+BEGIN
+    SELECT * INTO h FROM billing_holds b WHERE b.request_id = p_request_id FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN 'unknown';
+    ELSIF h.status = 'settled' THEN
+        RETURN 'settled';
+    ELSIF h.status = 'released' THEN
+        RETURN 'already_released';
+    END IF;
+    IF h.status = 'held' THEN
+        UPDATE accounts a SET held_nanos = a.held_nanos - h.amount_nanos
+         WHERE a.id = h.account_id;
+    END IF;
+    UPDATE billing_holds b SET status = 'released', closed_at = now()
+     WHERE b.request_id = p_request_id;
+    RETURN 'released';
+END $$;
+
+-- expire_holds: the sweeper. Holds past their expiry (a crashed node never settled or
+-- released them) give their reservation back; the hold row stays, marked 'expired', so
+-- a late settlement (e.g. from the journal) is still billed once. One sweeper at a time
+-- (transaction advisory lock); holds being settled right now are skipped.
+CREATE OR REPLACE FUNCTION billing.expire_holds(p_limit integer DEFAULT 1000) RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    r       record;
+    v_count integer := 0;
+BEGIN
+    IF NOT pg_try_advisory_xact_lock(hashtext('alicode_gw.billing.expire_holds')) THEN
+        RETURN 0;
+    END IF;
+    FOR r IN
+        SELECT b.request_id, b.account_id, b.amount_nanos
+          FROM billing_holds b
+         WHERE b.status = 'held' AND b.expires_at < now()
+         ORDER BY b.account_id, b.request_id
+         LIMIT p_limit
+           FOR UPDATE SKIP LOCKED
+    LOOP
+        UPDATE accounts a SET held_nanos = a.held_nanos - r.amount_nanos
+         WHERE a.id = r.account_id;
+        UPDATE billing_holds b SET status = 'expired', closed_at = now()
+         WHERE b.request_id = r.request_id;
+        v_count := v_count + 1;
+    END LOOP;
+    RETURN v_count;
+END $$;
+
+-- key_spend (the end of billing.settle and billing.settle_leased): add a charge to the
+-- key's spend; reaching its spend cap revokes the key. Returns the public id when this
+-- charge is the one that revoked it.
+CREATE OR REPLACE FUNCTION billing.key_spend(p_key_id bigint, p_charge_nanos bigint)
+RETURNS text
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_key    api_keys;
+    v_status text;
+BEGIN
+    -- The status before the charge tells whether this charge is the one that revokes it
+    -- (a key revoked for another reason stays as it is).
+    SELECT k.status INTO v_status FROM api_keys k WHERE k.id = p_key_id FOR UPDATE;
+    UPDATE api_keys k SET spent_nanos = k.spent_nanos + p_charge_nanos
+     WHERE k.id = p_key_id
+    RETURNING * INTO v_key;
+    IF v_status = 'active' AND v_key.spend_cap_nanos IS NOT NULL
+       AND v_key.spent_nanos >= v_key.spend_cap_nanos THEN
+        UPDATE api_keys k
+           SET status = 'revoked', revoked_reason = 'spend cap reached', revoked_at = now()
+         WHERE k.id = p_key_id AND k.status = 'active';
+        RETURN v_key.public_id;
+    END IF;
+    RETURN NULL;
+END $$;

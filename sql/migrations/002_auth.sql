@@ -1,0 +1,3 @@
+-- Authentication support: nothing in the schema. Its function (stop_account, the
+-- emergency stop of an account) is in sql/functions/accounts.sql.
+-- replaces: 91fc6a64245291905f7dc311dd12e738f2894143ae38be02636e069fcd63de31

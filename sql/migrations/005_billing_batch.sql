@@ -1,0 +1,3 @@
+-- Group commit for the request path: nothing in the schema. Its function
+-- (billing.apply_batch) is in sql/functions/billing_batch.sql.
+-- replaces: 49f44f8dab99c61e70c96e09861e9b24a10ba03ef5b5f9bd39cf13bad68404f9
