@@ -6,6 +6,12 @@ holds and, when the upstream cannot count, to answer ``count_tokens``. What is c
 the system prompt, every text block, tool_use inputs (as JSON), tool_result contents,
 tool definitions (name, description, schema as JSON) and a fixed overhead per message.
 Images and documents use a per-item formula (see :data:`IMAGE_TOKENS`).
+
+The cost is bounded whatever the body: texts are encoded in pieces of at most
+:data:`PIECE_CHARS` characters, cut before a space where there is one (so ordinary text
+counts as if encoded whole), because BPE on one long unbroken run is superlinear; and
+past :data:`EXACT_CHARS` characters in all, an evenly spread sample of the pieces of
+that size is encoded and the count scaled to the whole by characters.
 """
 
 from __future__ import annotations
@@ -30,6 +36,8 @@ PER_MESSAGE_TOKENS = 4
 PER_REQUEST_TOKENS = 8
 # Texts longer than this are encoded in a worker thread, off the event loop.
 THREAD_THRESHOLD_CHARS = 64 * 1024
+PIECE_CHARS = 4096
+EXACT_CHARS = 512 * 1024
 
 
 class TokenCounter:
@@ -45,22 +53,61 @@ class TokenCounter:
             self._encoding._mergeable_ranks = {}
 
     def count_text(self, text: str) -> int:
-        return len(self._encoding.encode_ordinary(text)) if text else 0
+        return self._count_texts([text])
 
     def count(self, payload: dict[str, Any]) -> int:
         """Estimated input tokens of ``payload`` (blocking; see :meth:`count_async`)."""
         texts, fixed = _collect(payload)
-        return fixed + sum(self.count_text(text) for text in texts)
+        return fixed + self._count_texts(texts)
 
     async def count_async(self, payload: dict[str, Any]) -> int:
         """Like :meth:`count`, in a thread when the texts are large."""
         texts, fixed = _collect(payload)
         if sum(len(text) for text in texts) < THREAD_THRESHOLD_CHARS:
-            return fixed + sum(self.count_text(text) for text in texts)
-        counts = await asyncio.to_thread(
-            lambda: [len(batch) for batch in self._encoding.encode_ordinary_batch(texts)]
-        )
-        return fixed + sum(counts)
+            return fixed + self._count_texts(texts)
+        return fixed + await asyncio.to_thread(self._count_texts, texts)
+
+    def _count_texts(self, texts: list[str]) -> int:
+        pieces, scale = sample(texts)
+        if not pieces:
+            return 0
+        if len(pieces) == 1:
+            counted = len(self._encoding.encode_ordinary(pieces[0]))
+        else:
+            counted = sum(map(len, self._encoding.encode_ordinary_batch(pieces)))
+        return counted if scale == 1 else math.ceil(counted * scale)
+
+
+def split(text: str, size: int = PIECE_CHARS) -> Iterator[str]:
+    """``text`` in pieces of at most ``size`` characters, each cut before a space in its
+    second half when there is one (where the encoder's own pre-split would cut too)."""
+    start, end = 0, len(text)
+    while end - start > size:
+        cut = text.rfind(" ", start + size // 2, start + size)
+        if cut <= start:
+            cut = start + size
+        yield text[start:cut]
+        start = cut
+    if start < end:
+        yield text[start:]
+
+
+def sample(texts: list[str], budget: int = EXACT_CHARS) -> tuple[list[str], float]:
+    """The pieces to encode and the factor that scales their count to all of ``texts``:
+    every piece when the texts are at most ``budget`` characters in all, else an evenly
+    spread selection of about ``budget`` characters (factor: all characters / those)."""
+    total = sum(map(len, texts))
+    if total <= budget:
+        return [piece for text in texts for piece in split(text)], 1.0
+    step = math.ceil(total / budget)
+    chosen: list[str] = []
+    number = 0
+    for text in texts:
+        for piece in split(text):
+            if number % step == 0:
+                chosen.append(piece)
+            number += 1
+    return chosen, total / max(1, sum(map(len, chosen)))
 
 
 def _collect(payload: dict[str, Any]) -> tuple[list[str], int]:

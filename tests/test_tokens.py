@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import pytest
 import tiktoken
 import tiktoken.registry
 
 from alicode_gw.tokens import (
     DOCUMENT_FLAT_TOKENS,
     ENCODING,
+    EXACT_CHARS,
     IMAGE_TOKENS,
     PER_MESSAGE_TOKENS,
     PER_REQUEST_TOKENS,
+    PIECE_CHARS,
     THREAD_THRESHOLD_CHARS,
     TokenCounter,
+    sample,
+    split,
 )
 
 COUNTER = TokenCounter()
@@ -93,3 +98,41 @@ def test_counts_match_an_untouched_encoder() -> None:
     assert [len(tokens) for tokens in batch] == [
         len(reference.encode_ordinary(text)) for text in samples
     ]
+
+
+def test_long_text_in_pieces_counts_as_if_whole() -> None:
+    """Pieces are cut before a space: ordinary prose counts exactly as encoded whole,
+    code (runs of spaces) at most one token per piece apart."""
+    encoding = COUNTER._encoding
+    prose = " ".join(f"word{n % 97} and Привет, мир 🙂." for n in range(6000))
+    assert len(prose) > 20 * PIECE_CHARS
+    assert COUNTER.count_text(prose) == len(encoding.encode_ordinary(prose))
+    code = "def f(x):\n    return {'a': [1, 2, 3]}\n" * 3000
+    pieces = len(list(split(code)))
+    assert abs(COUNTER.count_text(code) - len(encoding.encode_ordinary(code))) <= pieces
+
+
+def test_the_encoded_characters_are_bounded_whatever_the_body() -> None:
+    """A 16 MB run without a space (superlinear for BPE when encoded whole) is sampled:
+    about ``EXACT_CHARS`` characters in pieces of at most ``PIECE_CHARS``."""
+    text = "x" * 16_000_000
+    pieces, scale = sample([text])
+    assert max(map(len, pieces)) <= PIECE_CHARS
+    assert sum(map(len, pieces)) <= EXACT_CHARS + PIECE_CHARS
+    assert scale * sum(map(len, pieces)) == len(text)
+    # The estimate scales the sample's count to the whole.
+    per_piece = COUNTER.count_text("x" * PIECE_CHARS)
+    assert COUNTER.count_text(text) == pytest.approx(per_piece * len(text) / PIECE_CHARS, rel=0.01)
+
+
+def test_a_sampled_estimate_stays_close_to_the_exact_count() -> None:
+    texts = [
+        " ".join(f"item {n} costs {n * 7 % 1000} units; Straße, 東京." for n in range(40_000)),
+        "def f(x):\n    return {'a': [1, 2, 3]}\n" * 20_000,
+    ]
+    assert sum(map(len, texts)) > 3 * EXACT_CHARS
+    _, scale = sample(texts)
+    exact = sum(len(COUNTER._encoding.encode_ordinary(piece)) for t in texts for piece in split(t))
+    estimate = COUNTER.count({"messages": [{"role": "user", "content": t} for t in texts]})
+    overhead = PER_REQUEST_TOKENS + 2 * PER_MESSAGE_TOKENS
+    assert scale > 1 and estimate - overhead == pytest.approx(exact, rel=0.03)
