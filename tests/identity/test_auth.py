@@ -27,6 +27,7 @@ from alicode_gw.identity.auth import (
 )
 from alicode_gw.store.backends import create_pool, create_redis
 from alicode_gw.store.unavailable import DATABASE_UNREACHABLE
+from tests.support import rawhttp
 from tests.support.gateway import start_gateway, stop_gateway
 from tests.support.keys import PostgresProxy, RedisProxy, new_key, unique_ip
 
@@ -430,3 +431,20 @@ async def test_one_address_takes_its_share_of_bcrypt_threads(
             await authenticator.close()
     finally:
         await pool.close()
+
+
+@pytest.mark.parametrize(
+    "path", ["/v1/messages", "/v1/chat/completions", "/v1/messages/count_tokens"]
+)
+async def test_a_request_without_a_valid_key_is_refused_before_its_body_is_read(
+    gw: app.Gateway, path: str
+) -> None:
+    """Authentication is declared on the route and runs before the handler reads the
+    body: a 45 MB body announced without a key is answered 401 from its headers alone."""
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"X-Forwarded-For: {unique_ip()}\r\nContent-Length: {45 * 1024 * 1024}\r\n\r\n"
+    ).encode()
+    exchange = await rawhttp.exchange(gw.port, head + b'{"model": "x"', wait=5.0, responses=1)
+    (response,) = exchange.responses
+    assert response.status == 401 and response.headers["request-id"].startswith("req_")
