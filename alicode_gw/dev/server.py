@@ -21,7 +21,7 @@ from alicode_gw.identity import accounts
 from alicode_gw.money import ledger
 from alicode_gw.store import migrate
 from alicode_gw.store.backends import Backends, start_backends
-from alicode_gw.upstream import pool as keypool
+from alicode_gw.upstream import credentials
 
 log = logging.getLogger(__name__)
 
@@ -62,9 +62,11 @@ async def prepare_demo(database_url: str, upstream_keys: tuple[str, ...]) -> str
             await ledger.topup(conn, DEMO_EMAIL, DEMO_TOPUP_NANOS, "dev demo balance")
         stamp = time.strftime("%Y%m%d-%H%M%S")
         _, key = await accounts.create_key(conn, account.id, f"dev-{stamp}")
-        await keypool.ensure_credentials(conn, list(upstream_keys) or [DEFAULT_MOCK_KEY])
+        await credentials.ensure_credentials(conn, list(upstream_keys) or [DEFAULT_MOCK_KEY])
         if upstream_keys:
-            await keypool.disable_credential(conn, DEFAULT_MOCK_KEY, "dev: real upstream in use")
+            await credentials.disable_credential(
+                conn, DEFAULT_MOCK_KEY, "dev: real upstream in use"
+            )
         return key
     finally:
         await conn.close()

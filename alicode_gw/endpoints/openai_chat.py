@@ -13,12 +13,8 @@ from aiohttp import web
 from alicode_gw import pipeline
 from alicode_gw.errors import GatewayError, error_for_status
 from alicode_gw.ids import random_token
-from alicode_gw.openai.request import (
-    StreamTranslator,
-    stream_include_usage,
-    to_anthropic,
-    to_openai,
-)
+from alicode_gw.openai.request import stream_include_usage, to_anthropic
+from alicode_gw.openai.response import StreamTranslator, to_openai
 from alicode_gw.requestbody import read_json
 from alicode_gw.state import RequestContext
 from alicode_gw.upstream.client import Refusal

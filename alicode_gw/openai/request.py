@@ -1,9 +1,9 @@
 """OpenAI Chat Completions <-> Anthropic Messages translation (pure, no I/O).
 
 `to_anthropic` turns a ``POST /v1/chat/completions`` body into a ``/v1/messages``
-body. The way back lives in :mod:`alicode_gw.openai.response` and is
-re-exported here: `to_openai` turns the Anthropic ``Message`` into a
-``chat.completion``, `StreamTranslator` does the same for streams. Anything that
+body. The way back is :mod:`alicode_gw.openai.response`: `to_openai` turns the
+Anthropic ``Message`` into a ``chat.completion``, `StreamTranslator` does the same for
+streams. Anything that
 cannot be translated without changing the answer is an
 :class:`~alicode_gw.errors.InvalidRequestError` naming the parameter - never a
 silent drop.
@@ -62,24 +62,6 @@ import re
 from typing import Any
 
 from alicode_gw.errors import InvalidRequestError
-from alicode_gw.openai.response import (
-    StreamTranslator,
-    StreamUsage,
-    finish_reason,
-    openai_usage,
-    to_openai,
-)
-
-__all__ = [
-    "DEFAULT_MAX_TOKENS",
-    "StreamTranslator",
-    "StreamUsage",
-    "finish_reason",
-    "openai_usage",
-    "stream_include_usage",
-    "to_anthropic",
-    "to_openai",
-]
 
 DEFAULT_MAX_TOKENS = 4096
 """``max_tokens`` sent upstream when the OpenAI request gives no limit.

@@ -28,8 +28,8 @@ from alicode_gw.errors import (
     UpstreamError,
 )
 from alicode_gw.state import RequestContext
+from alicode_gw.upstream.credentials import Credential
 from alicode_gw.upstream.outcome import Outcome, classify
-from alicode_gw.upstream.pool import Credential
 
 # Request headers the client may set that the upstream needs to see.
 FORWARDED_REQUEST_HEADERS = ("anthropic-version", "anthropic-beta", "content-type")

@@ -64,14 +64,7 @@ from redis.asyncio import Redis
 from alicode_gw.errors import ServiceUnavailableError
 from alicode_gw.store.unavailable import DATABASE_FAILED, REDIS_FAILED
 from alicode_gw.tasks import TaskTracker
-from alicode_gw.upstream.credentials import (
-    Credential,
-    PoolError,
-    add_credential,
-    disable_credential,
-    ensure_credentials,
-    mask_secret,
-)
+from alicode_gw.upstream.credentials import Credential
 from alicode_gw.upstream.health import (
     FAIL_SCRIPT,
     OK_SCRIPT,
@@ -79,19 +72,7 @@ from alicode_gw.upstream.health import (
     events_channel,
     health_keys,
 )
-from alicode_gw.upstream.outcome import RATE_LIMIT_COOLDOWN_CAP, Outcome, classify
-
-__all__ = [
-    "Credential",
-    "KeyPool",
-    "Outcome",
-    "PoolError",
-    "add_credential",
-    "classify",
-    "disable_credential",
-    "ensure_credentials",
-    "mask_secret",
-]
+from alicode_gw.upstream.outcome import RATE_LIMIT_COOLDOWN_CAP, Outcome
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,8 @@ import pytest
 
 from alicode_gw.store.backends import create_redis
 from alicode_gw.tasks import TaskTracker
-from alicode_gw.upstream.pool import KeyPool, Outcome
+from alicode_gw.upstream.outcome import Outcome
+from alicode_gw.upstream.pool import KeyPool
 from tests.support.cli import run_cli
 from tests.support.gateway import migrated_database
 

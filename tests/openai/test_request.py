@@ -9,12 +9,8 @@ import httpx2
 import pytest
 
 from alicode_gw.errors import InvalidRequestError
-from alicode_gw.openai.request import (
-    DEFAULT_MAX_TOKENS,
-    stream_include_usage,
-    to_anthropic,
-    to_openai,
-)
+from alicode_gw.openai.request import DEFAULT_MAX_TOKENS, stream_include_usage, to_anthropic
+from alicode_gw.openai.response import to_openai
 from tests.support import openai_fixtures as h
 from tests.support.openai_fixtures import CID, CREATED, MODEL
 

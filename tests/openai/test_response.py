@@ -12,7 +12,7 @@ import openai
 import pytest
 
 from alicode_gw.errors import GatewayTimeoutError, OverloadedError
-from alicode_gw.openai.request import StreamTranslator, to_openai
+from alicode_gw.openai.response import StreamTranslator, to_openai
 from alicode_gw.upstream.sse import SSEParser
 from tests.support import openai_fixtures as h
 from tests.support.openai_fixtures import CID, CREATED, FIXTURES, MODEL, STREAMS

@@ -21,7 +21,7 @@ import httpx2
 import openai
 from openai.lib.streaming.chat import ChatCompletionStreamState
 
-from alicode_gw.openai.request import StreamTranslator
+from alicode_gw.openai.response import StreamTranslator
 from alicode_gw.upstream.sse import SSEEvent, SSEParser
 
 FIXTURES = pathlib.Path(__file__).resolve().parents[1] / "fixtures" / "anthropic"

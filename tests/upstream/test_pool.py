@@ -29,19 +29,17 @@ from alicode_gw.dev.mock_upstream import MockUpstream
 from alicode_gw.errors import ServiceUnavailableError
 from alicode_gw.store.backends import create_redis
 from alicode_gw.tasks import TaskTracker
-from alicode_gw.upstream.health import health_keys
-from alicode_gw.upstream.outcome import RATE_LIMIT_COOLDOWN_CAP
-from alicode_gw.upstream.pool import (
+from alicode_gw.upstream.credentials import (
     Credential,
-    KeyPool,
-    Outcome,
     PoolError,
     add_credential,
-    classify,
     disable_credential,
     ensure_credentials,
     mask_secret,
 )
+from alicode_gw.upstream.health import health_keys
+from alicode_gw.upstream.outcome import RATE_LIMIT_COOLDOWN_CAP, Outcome, classify
+from alicode_gw.upstream.pool import KeyPool
 from tests.support.gateway import migrated_database
 from tests.support.keys import PostgresProxy, RedisProxy
 
