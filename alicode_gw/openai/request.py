@@ -69,6 +69,7 @@ from alicode_gw.openai.response import (
     openai_usage,
     to_openai,
 )
+from alicode_gw.requestbody import MAX_JSON_DEPTH, json_too_deep
 
 __all__ = [
     "DEFAULT_MAX_TOKENS",
@@ -426,9 +427,14 @@ def _arguments(call: dict[str, Any], where: str) -> dict[str, Any]:
         return {}
     if not isinstance(raw, str):
         raise _bad("function.arguments must be a JSON string", f"{where}.function.arguments")
+    if json_too_deep(raw.encode("utf-8", "surrogatepass")):
+        raise _bad(
+            f"function.arguments is nested too deeply (more than {MAX_JSON_DEPTH} levels)",
+            f"{where}.function.arguments",
+        )
     try:
         value = json.loads(raw)
-    except ValueError:
+    except ValueError:  # JSONDecodeError, or an integer past the digit limit
         raise _bad("function.arguments is not valid JSON", f"{where}.function.arguments") from None
     if not isinstance(value, dict):
         raise _bad("function.arguments must encode a JSON object", f"{where}.function.arguments")
