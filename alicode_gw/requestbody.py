@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+import zlib
 from itertools import accumulate
 from json.decoder import JSONObject
 from typing import Any
@@ -22,7 +23,11 @@ from typing import Any
 from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage
 
-from alicode_gw.errors import InvalidRequestError, RequestTooLargeError
+from alicode_gw.errors import (
+    InvalidRequestError,
+    RequestTooLargeError,
+    UnsupportedMediaTypeError,
+)
 
 # Deeper than any real request (tool schemas and inputs nest a few levels); the
 # translations and the token estimate walk a body recursively and stay far below the
@@ -37,26 +42,91 @@ _STEP = {ord("("): 1, ord(")"): -1}
 
 
 async def read_body(request: web.BaseRequest, limit: int) -> bytes:
-    """The whole body (decompressed per ``Content-Encoding``), refusing (413) as soon as
-    it passes ``limit`` bytes and (400) when it cannot be decoded."""
+    """The whole body, decoded per its ``Content-Encoding``: refused (413) as soon as the
+    body or what it decompresses to passes ``limit`` bytes, (415) in an encoding the
+    gateway does not read, (400) when it does not decode.
+
+    The server hands bodies over as received (``auto_decompress=False`` in
+    :mod:`alicode_gw.app`), so every failure is this request's own answer.
+    """
     declared = request.content_length
     if declared is not None and declared > limit:
         raise RequestTooLargeError(_too_large(limit))
+    inflater = _Inflater.for_header(request.headers.get("Content-Encoding", ""))
     chunks: list[bytes] = []
     size = 0
     try:
         async for chunk in request.content.iter_any():
+            if inflater is not None:
+                chunk = inflater.feed(chunk, limit - size)
             size += len(chunk)
             if size > limit:
                 raise RequestTooLargeError(_too_large(limit))
             chunks.append(chunk)
-    except (web.RequestPayloadError, BadHttpMessage) as exc:
-        # aiohttp's parser refused the body: it does not decompress per its
-        # Content-Encoding, or its chunked framing is broken.
-        encoding = request.headers.get("Content-Encoding")
-        how = f" as Content-Encoding {encoding[:32]!r}" if encoding else ""
-        raise InvalidRequestError(f"Request body could not be decoded{how}.") from exc
+        if inflater is not None:
+            inflater.finish()
+    except (web.RequestPayloadError, BadHttpMessage) as exc:  # broken chunked framing
+        raise InvalidRequestError("Request body could not be read.") from exc
     return b"".join(chunks)
+
+
+class _Inflater:
+    """Decompresses a gzip or deflate body chunk by chunk with :mod:`zlib`, never
+    producing more than the caller has room for (a small body may inflate to gigabytes).
+    """
+
+    def __init__(self, name: str, wbits: int) -> None:
+        self.name = name
+        self._wbits = wbits
+        self._zlib = zlib.decompressobj(wbits)
+        self._started = False
+
+    @classmethod
+    def for_header(cls, header: str) -> _Inflater | None:
+        name = header.strip().lower()
+        if name in ("", "identity"):
+            return None
+        if name in ("gzip", "x-gzip"):
+            return cls(name, 16 + zlib.MAX_WBITS)
+        if name == "deflate":
+            return cls(name, zlib.MAX_WBITS)
+        raise UnsupportedMediaTypeError(
+            f"Content-Encoding {header[:40]!r} is not supported; send the body "
+            "uncompressed, or as gzip or deflate."
+        )
+
+    def feed(self, data: bytes, room: int) -> bytes:
+        """The bytes ``data`` decompresses to; more than ``room`` of them: 413."""
+        if not self._started and data:
+            self._started = True
+            if self._wbits == zlib.MAX_WBITS and data[0] & 0x0F != 8:
+                # Raw deflate without the zlib header, as some clients send it.
+                self._zlib = zlib.decompressobj(-zlib.MAX_WBITS)
+        out: list[bytes] = []
+        while data:
+            if self._zlib.eof:  # the next gzip member, or trailing bytes
+                if self._wbits <= zlib.MAX_WBITS:
+                    raise self._error()
+                self._zlib = zlib.decompressobj(self._wbits)
+            try:
+                piece = self._zlib.decompress(data, max(room, 0) + 1)
+            except zlib.error as exc:
+                raise self._error() from exc
+            room -= len(piece)
+            if room < 0:
+                raise RequestTooLargeError("Request body decompresses past the size limit.")
+            out.append(piece)
+            data = self._zlib.unconsumed_tail or (self._zlib.unused_data if self._zlib.eof else b"")
+        return b"".join(out)
+
+    def finish(self) -> None:
+        if self._started and not self._zlib.eof:
+            raise self._error()
+
+    def _error(self) -> InvalidRequestError:
+        return InvalidRequestError(
+            f"Request body does not decompress as Content-Encoding {self.name!r}."
+        )
 
 
 def _too_large(limit: int) -> str:

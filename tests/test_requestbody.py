@@ -14,13 +14,15 @@ import zlib
 from collections.abc import Mapping
 
 import aiohttp
+import asyncpg
 import pytest
 
 from alicode_gw import app
 from alicode_gw.dev.mock_upstream import MockUpstream
 from alicode_gw.errors import InvalidRequestError
 from alicode_gw.requestbody import MAX_JSON_DEPTH, json_too_deep, parse_json_object
-from tests.support.customers import MODEL, Customer
+from tests.support.customers import MODEL, Customer, own_gateway
+from tests.support.gateway import stop_gateway
 
 MESSAGE = {"model": MODEL, "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
 CHAT = {"model": MODEL, "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
@@ -199,6 +201,8 @@ async def test_unreadable_bodies_are_400_on_every_route(
         ("gzip", lambda b: gzip.compress(b)[:-12]),
         ("deflate", lambda b: b"\x00\x01 not deflate"),
         ("deflate", lambda b: zlib.compress(b)[:-4] + b"\xff\xff\xff\xff"),
+        ("deflate", lambda b: zlib.compress(b)[:-6]),  # truncated
+        ("gzip", lambda b: gzip.compress(b) + b"trailing bytes"),
     ],
 )
 async def test_a_body_that_does_not_decompress_is_400(
@@ -216,12 +220,56 @@ async def test_a_body_that_does_not_decompress_is_400(
 
 
 @pytest.mark.parametrize("route", ROUTES)
-async def test_a_compressed_body_is_read(gw: app.Gateway, customer: Customer, route: str) -> None:
-    body = gzip.compress(json.dumps(ROUTES[route]).encode())
-    headers = {**headers_for(route, customer.key), "content-encoding": "gzip"}
+@pytest.mark.parametrize(
+    ("encoding", "compress"),
+    [
+        ("gzip", gzip.compress),
+        ("GZip", lambda b: gzip.compress(b[:9]) + gzip.compress(b[9:])),  # two members
+        ("x-gzip", gzip.compress),
+        ("deflate", zlib.compress),
+        ("deflate", lambda b: zlib.compress(b, wbits=-zlib.MAX_WBITS)),  # raw, no header
+        ("identity", lambda b: b),
+    ],
+)
+async def test_a_compressed_body_is_read(
+    gw: app.Gateway, customer: Customer, route: str, encoding: str, compress
+) -> None:
+    body = compress(json.dumps(ROUTES[route]).encode())
+    headers = {**headers_for(route, customer.key), "content-encoding": encoding}
     async with aiohttp.ClientSession() as http:
         async with http.post(gw.url + route, data=body, headers=headers) as resp:
             assert resp.status == 200, await resp.text()
+
+
+@pytest.mark.parametrize("route", ROUTES)
+@pytest.mark.parametrize("encoding", ["br", "zstd", "gzip, deflate", "x-bogus"])
+async def test_an_unsupported_content_encoding_is_415(
+    gw: app.Gateway, customer: Customer, mock_upstream: MockUpstream, route: str, encoding: str
+) -> None:
+    before = len(mock_upstream.exchanges)
+    body = json.dumps(ROUTES[route]).encode()
+    headers = {**headers_for(route, customer.key), "content-encoding": encoding}
+    status, answer, headers = await post_raw(gw, route, body, headers)
+    assert status == 415, answer
+    assert assert_route_error(route, status, answer, headers) == "invalid_request_error"
+    assert len(mock_upstream.exchanges) == before
+
+
+async def test_a_body_that_inflates_past_the_limit_is_413(
+    db: asyncpg.Connection, make_config, customer: Customer
+) -> None:
+    gateway = await own_gateway(db, make_config, "bomb", max_body_bytes=64 * 1024)
+    try:
+        padded = {**MESSAGE, "metadata": {"user_id": "x" * (10 * 1024 * 1024)}}
+        body = gzip.compress(json.dumps(padded).encode())
+        assert len(body) < 64 * 1024
+        route = "/v1/messages"
+        headers = {**headers_for(route, customer.key), "content-encoding": "gzip"}
+        status, answer, headers = await post_raw(gateway, route, body, headers)
+        assert status == 413, answer
+        assert assert_route_error(route, status, answer, headers) == "request_too_large"
+    finally:
+        await stop_gateway(gateway)
 
 
 async def test_deep_tool_call_arguments_are_400_in_openai_shape(
