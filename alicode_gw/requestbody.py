@@ -153,7 +153,9 @@ def json_too_deep(data: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
     parens = remaining = marks.translate(_AS_PARENS)
     run = b"(" * (limit + 1)
     # Each pass takes the innermost pairs away: a balanced text of depth d is gone
-    # after d passes, and one deeper than the limit shows a run of openers first.
+    # after d passes. A run of more than ``limit`` openers is too deep at once; a text
+    # still standing after the passes (unbalanced, or deeper) is measured exactly.
+    # Cost: a few passes over the brackets of a real body; at worst ``limit`` passes.
     for _ in range(limit + 1):
         if not remaining:
             return False
