@@ -37,6 +37,7 @@ MAX_JSON_DEPTH = 128
 _WHITESPACE = re.compile(r"[ \t\n\r]*")
 # Bytes that never affect nesting: everything but quotes and brackets.
 _NOT_STRUCTURE = bytes(b for b in range(256) if b not in b'"[]{}')
+_NOT_OPENERS = bytes(b for b in range(256) if b not in b"[{")
 _AS_PARENS = bytes.maketrans(b"[{]}", b"(())")
 _STEP = {ord("("): 1, ord(")"): -1}
 
@@ -141,7 +142,7 @@ def json_too_deep(data: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
     they stand, which never under-states the depth a parser reaches: it reads a valid
     prefix, where strings are delimited exactly as here.
     """
-    if data.count(b"[") + data.count(b"{") <= limit:
+    if len(data.translate(None, _NOT_OPENERS)) <= limit:
         return False
     if b"\\" in data:  # escaped backslashes and quotes end no string
         data = data.replace(b"\\\\", b"").replace(b'\\"', b"")
