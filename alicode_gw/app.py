@@ -190,7 +190,9 @@ class Gateway:
     def __init__(self, state: State, router: Router | None = None) -> None:
         self.state = state
         handler = make_handler(state, router or build_router())
-        self._server = GatewayServer(handler, state.config, access_log=None)
+        # Bodies as received: requestbody.read_body decodes Content-Encoding, so a body
+        # that does not decode is the request's own 400.
+        self._server = GatewayServer(handler, state.config, access_log=None, auto_decompress=False)
         self._runner = web.ServerRunner(
             self._server, handle_signals=False, shutdown_timeout=state.config.shutdown_timeout
         )

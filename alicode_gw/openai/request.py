@@ -62,6 +62,7 @@ import re
 from typing import Any
 
 from alicode_gw.errors import InvalidRequestError
+from alicode_gw.requestbody import MAX_JSON_DEPTH, json_too_deep
 
 DEFAULT_MAX_TOKENS = 4096
 """``max_tokens`` sent upstream when the OpenAI request gives no limit.
@@ -408,9 +409,14 @@ def _arguments(call: dict[str, Any], where: str) -> dict[str, Any]:
         return {}
     if not isinstance(raw, str):
         raise _bad("function.arguments must be a JSON string", f"{where}.function.arguments")
+    if json_too_deep(raw.encode("utf-8", "surrogatepass")):
+        raise _bad(
+            f"function.arguments is nested too deeply (more than {MAX_JSON_DEPTH} levels)",
+            f"{where}.function.arguments",
+        )
     try:
         value = json.loads(raw)
-    except ValueError:
+    except ValueError:  # JSONDecodeError, or an integer past the digit limit
         raise _bad("function.arguments is not valid JSON", f"{where}.function.arguments") from None
     if not isinstance(value, dict):
         raise _bad("function.arguments must encode a JSON object", f"{where}.function.arguments")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any
 
 import httpx2
@@ -11,6 +12,7 @@ import pytest
 from alicode_gw.errors import InvalidRequestError
 from alicode_gw.openai.request import DEFAULT_MAX_TOKENS, stream_include_usage, to_anthropic
 from alicode_gw.openai.response import to_openai
+from alicode_gw.requestbody import MAX_JSON_DEPTH
 from tests.support import openai_fixtures as h
 from tests.support.openai_fixtures import CID, CREATED, MODEL
 
@@ -314,6 +316,29 @@ def test_bad_messages(message, param):
     with pytest.raises(InvalidRequestError) as exc:
         _request({"messages": [h.user("x"), message]})
     assert exc.value.param == param
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        '{"a": ' + "[" * 1000 + "]" * 1000 + "}",  # past the interpreter's recursion limit
+        '{"a": ' + "[" * MAX_JSON_DEPTH + "]" * MAX_JSON_DEPTH + "}",
+        '{"a": ' + "9" * (sys.get_int_max_str_digits() + 1) + "}",
+    ],
+)
+def test_tool_call_arguments_that_cannot_be_read(arguments):
+    call = {"id": "c", "type": "function", "function": {"name": "f", "arguments": arguments}}
+    with pytest.raises(InvalidRequestError) as exc:
+        _request({"messages": [h.user("x"), {"role": "assistant", "tool_calls": [call]}]})
+    assert exc.value.param == "messages[1].tool_calls[0].function.arguments"
+
+
+def test_tool_call_arguments_at_the_depth_limit_are_read():
+    arguments = '{"a": ' + "[" * (MAX_JSON_DEPTH - 1) + "]" * (MAX_JSON_DEPTH - 1) + "}"
+    call = {"id": "c", "type": "function", "function": {"name": "f", "arguments": arguments}}
+    body = _request({"messages": [h.user("x"), {"role": "assistant", "tool_calls": [call]}]})
+    assert body["messages"][1]["content"][0]["input"] == json.loads(arguments)
+    json.dumps(body)  # and the translated body encodes
 
 
 def test_messages_required():
