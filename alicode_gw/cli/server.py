@@ -11,6 +11,7 @@ from alicode_gw import app
 from alicode_gw.cli.common import admin_backends, emit, fail
 from alicode_gw.config import Config, ConfigError, load, parse_listen
 from alicode_gw.store import migrate
+from alicode_gw.store.backends import configured_backends
 
 SERVERS_HELP = """\
 serve and worker need ALICODE_DATABASE_URL and ALICODE_REDIS_URL and exit with status 2
@@ -78,6 +79,11 @@ def run_serve(args: argparse.Namespace, config: Config) -> int:
 
     count = workers.worker_count(args.workers)
     if count == 1:
+        # Refused before anything is opened or cleared (the metrics share directory may
+        # be the running gateway's); Gateway.start refuses the port again if it is taken
+        # in between.
+        configured_backends(config)
+        workers.check_port_free(config.listen_host, config.listen_port)
         app.serve(config)
         return 0
     return workers.serve_workers(lambda: load(**overrides(args)), count)
