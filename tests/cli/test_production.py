@@ -166,3 +166,9 @@ def test_dev_without_the_dev_extra_says_how_to_get_it(tmp_path: Path) -> None:
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert "pip install 'alicode_gw[dev]'" in lines[0], lines[0]
+
+
+def test_help_says_where_the_commands_find_their_servers() -> None:
+    text = " ".join(run_cli("--help").stdout.split())
+    assert "serve and worker need ALICODE_DATABASE_URL and ALICODE_REDIS_URL" in text
+    assert "<ALICODE_DATA_DIR>/dev-servers.env" in text
