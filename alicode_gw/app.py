@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import signal
 import socket
@@ -15,7 +16,7 @@ import aiohttp
 import uvloop
 from aiohttp import web
 
-from alicode_gw.config import Config
+from alicode_gw.config import Config, ConfigError
 from alicode_gw.errors import ApiError, GatewayError, render
 from alicode_gw.identity.auth import Authenticator
 from alicode_gw.ids import new_request_id
@@ -29,7 +30,7 @@ from alicode_gw.observe.metrics import Metrics, clear_share_dir, share_dir
 from alicode_gw.protocol import GatewayServer
 from alicode_gw.routes import Router, build_router
 from alicode_gw.state import RequestContext, State
-from alicode_gw.store.backends import Backends, create_pool, create_redis, start_backends
+from alicode_gw.store.backends import Backends, configured_backends, create_pool, create_redis
 from alicode_gw.tasks import TaskTracker
 from alicode_gw.tokens import TokenCounter
 from alicode_gw.upstream.pool import KeyPool
@@ -199,16 +200,23 @@ class Gateway:
         self._site: web.TCPSite | None = None
 
     async def start(self, host: str | None = None, port: int | None = None) -> None:
+        """Listen. A port another process listens on is a :class:`ConfigError`; only the
+        workers of one ``serve --workers`` supervisor share their port
+        (``config.share_port``, SO_REUSEPORT)."""
         config = self.state.config
+        host = host or config.listen_host
+        port = config.listen_port if port is None else port
         await self._runner.setup()
         self._site = web.TCPSite(
-            self._runner,
-            host or config.listen_host,
-            config.listen_port if port is None else port,
-            reuse_port=True,
-            backlog=1024,
+            self._runner, host, port, reuse_port=config.share_port, backlog=1024
         )
-        await self._site.start()
+        try:
+            await self._site.start()
+        except OSError as exc:
+            self._site = None
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            raise ConfigError("ALICODE_LISTEN", f"{host}:{port}: address already in use") from exc
 
     @property
     def port(self) -> int:
@@ -265,9 +273,6 @@ async def run_until_signalled(
 
 def serve(config: Config) -> None:
     """Blocking entry point of ``alicode-gw serve``."""
-    backends = start_backends(config)
+    backends = configured_backends(config)
     clear_share_dir(share_dir(config))
-    try:
-        uvloop.run(run_until_signalled(config, backends))
-    finally:
-        backends.stop()
+    uvloop.run(run_until_signalled(config, backends))

@@ -23,7 +23,7 @@ import uvloop
 
 from alicode_gw.config import Config
 from alicode_gw.money.billing import Billing
-from alicode_gw.store.backends import Backends, create_pool, create_redis, start_backends
+from alicode_gw.store.backends import Backends, configured_backends, create_pool, create_redis
 from alicode_gw.tasks import TaskTracker
 
 log = logging.getLogger(__name__)
@@ -58,9 +58,5 @@ async def run_until_signalled(config: Config, backends: Backends) -> None:
 
 def run(config: Config) -> int:
     """Blocking entry point of ``alicode-gw worker``."""
-    backends = start_backends(config)
-    try:
-        uvloop.run(run_until_signalled(config, backends))
-    finally:
-        backends.stop()
+    uvloop.run(run_until_signalled(config, configured_backends(config)))
     return 0

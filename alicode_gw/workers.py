@@ -7,8 +7,11 @@ same :func:`alicode_gw.app.run_until_signalled` as a single-process ``serve``: i
 background tasks. Every worker binds the listen address itself with ``reuse_port``;
 the kernel spreads incoming connections over them. The parent only supervises:
 
-* It starts the embedded PostgreSQL / Redis (when no DSN is configured) **once**, and
-  hands their URLs to the workers; it clears the metrics share directory once.
+* It needs the configured PostgreSQL and Redis (exit status 2 without them), and
+  checks the port before starting a worker: one another process listens on is refused
+  ("address already in use", exit status 2). Its workers are the only processes that
+  share the port: once they listen, a plain ``serve`` (no SO_REUSEPORT) or another
+  supervisor's check fails there. It clears the metrics share directory once.
 * SIGTERM / SIGINT are forwarded to every worker as SIGTERM; each stops accepting and
   drains its in-flight requests (``ALICODE_SHUTDOWN_TIMEOUT``). Workers still alive
   ``KILL_MARGIN`` seconds past that are killed.
@@ -28,6 +31,8 @@ Workers ignore SIGHUP themselves: only the parent reloads.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import errno
 import logging
 import multiprocessing
 import os
@@ -45,7 +50,7 @@ from alicode_gw import app
 from alicode_gw.config import Config, ConfigError
 from alicode_gw.observe.logs import setup_logging
 from alicode_gw.observe.metrics import clear_share_dir, share_dir
-from alicode_gw.store.backends import Backends, start_backends
+from alicode_gw.store.backends import configured_backends
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +72,30 @@ def worker_count(text: str) -> int:
     return count
 
 
-def _worker_main(config: Config, database_url: str, redis_url: str, ready: Connection) -> None:
+def check_port_free(host: str, port: int) -> None:
+    """:class:`ConfigError` naming ``ALICODE_LISTEN`` ("address already in use") when a
+    process listens on ``host:port``: each of its addresses is bound once without
+    SO_REUSEPORT, which fails next to any listener, one with SO_REUSEPORT included."""
+    for family, kind, proto, _, address in socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    ):
+        with socket.socket(family, kind, proto) as probe:
+            # As the listener will: SO_REUSEADDR (a previous run's TIME_WAIT
+            # connections do not count), IPv6 sockets IPv6-only.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE:
+                    raise
+                raise ConfigError(
+                    "ALICODE_LISTEN", f"{host}:{port}: address already in use"
+                ) from exc
+
+
+def _worker_main(config: Config, ready: Connection) -> None:
     """A worker process: the single-process gateway, reporting when it listens."""
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
@@ -77,7 +105,8 @@ def _worker_main(config: Config, database_url: str, redis_url: str, ready: Conne
         ready.send(gateway.port)
         ready.close()
 
-    uvloop.run(app.run_until_signalled(config, Backends(database_url, redis_url), announce))
+    config = dataclasses.replace(config, share_port=True)
+    uvloop.run(app.run_until_signalled(config, configured_backends(config), announce))
 
 
 @dataclass(slots=True)
@@ -94,7 +123,6 @@ class Supervisor:
     """The parent of ``serve --workers N``; :meth:`run` returns the exit status."""
 
     load_config: Callable[[], Config]
-    backends: Backends
     workers: int
     _config: Config | None = None
     _live: list[_Worker] = field(default_factory=list)
@@ -134,12 +162,7 @@ class Supervisor:
             parent_end, child_end = ctx.Pipe(duplex=False)
             process = ctx.Process(
                 target=_worker_main,
-                args=(
-                    config,
-                    config.database_url or self.backends.database_url,
-                    config.redis_url or self.backends.redis_url,
-                    child_end,
-                ),
+                args=(config, child_end),
                 name=f"alicode-gw-worker-{self._generation}.{index}",
             )
             process.start()
@@ -222,6 +245,7 @@ class Supervisor:
     def _reload(self) -> None:
         try:
             config = self.load_config()
+            configured_backends(config)
         except ConfigError as exc:
             log.error("reload refused, the configuration is invalid (%s); still serving", exc)
             return
@@ -308,9 +332,7 @@ class Supervisor:
 def serve_workers(load_config: Callable[[], Config], workers: int) -> int:
     """Blocking entry point of ``alicode-gw serve --workers N`` (N > 1)."""
     config = load_config()
-    backends = start_backends(config)
+    configured_backends(config)
+    check_port_free(config.listen_host, config.listen_port)
     clear_share_dir(share_dir(config))
-    try:
-        return Supervisor(load_config, backends, workers).run()
-    finally:
-        backends.stop()
+    return Supervisor(load_config, workers).run()

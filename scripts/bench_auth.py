@@ -20,12 +20,13 @@ import uvloop
 from aiohttp.test_utils import make_mocked_request
 
 from alicode_gw import config
+from alicode_gw.dev.embedded import running_backends
 from alicode_gw.errors import AuthenticationError
 from alicode_gw.identity import accounts
 from alicode_gw.identity.auth import Authenticator
 from alicode_gw.limits.limiter import Limiter
 from alicode_gw.store import migrate
-from alicode_gw.store.backends import create_pool, create_redis, start_backends
+from alicode_gw.store.backends import create_pool, create_redis
 
 
 async def run(database_url: str, redis_url: str, prefix: str, n: int) -> dict[str, float]:
@@ -90,13 +91,10 @@ def main() -> int:
     parser.add_argument("--n", type=int, default=20_000, help="warm checks per round")
     args = parser.parse_args()
     cfg = config.load()
-    backends = start_backends(cfg)
-    try:
+    with running_backends(cfg) as backends:
         report = uvloop.run(
             run(backends.database_url, backends.redis_url, cfg.redis_prefix, args.n)
         )
-    finally:
-        backends.stop()
     print(json.dumps(report, indent=2))
     return 0
 

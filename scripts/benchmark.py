@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import secrets
@@ -30,8 +31,8 @@ import aiohttp
 import asyncpg
 
 from alicode_gw.config import Config
+from alicode_gw.dev.embedded import running_backends
 from alicode_gw.dev.mock_upstream import DEFAULT_MOCK_KEY
-from alicode_gw.store.backends import start_backends
 
 TICKS = os.sysconf("SC_CLK_TCK")
 MODEL = "claude-sonnet-4-6"
@@ -260,7 +261,10 @@ def main() -> int:
     base = {k: v for k, v in os.environ.items() if not k.startswith("ALICODE_")}
     server_db = os.environ.get("ALICODE_BENCH_DATABASE_URL")
     redis_url = os.environ.get("ALICODE_BENCH_REDIS_URL")
-    backends = start_backends(Config(data_dir=work, database_url=server_db, redis_url=redis_url))
+    servers = contextlib.ExitStack()
+    backends = servers.enter_context(
+        running_backends(Config(data_dir=work, database_url=server_db, redis_url=redis_url))
+    )
     database_url = fresh_database(backends.database_url) if server_db else backends.database_url
     procs: list[subprocess.Popen[bytes]] = []
     # The servers' own output (the gateway's access log) goes to a file, not the table.
@@ -339,7 +343,7 @@ def main() -> int:
                 proc.kill()
         if server_db:
             drop_database(backends.database_url, database_url)
-        backends.stop()
+        servers.close()
         server_log.close()
 
     print()

@@ -18,10 +18,13 @@ import anthropic
 import asyncpg
 import pytest
 
+from alicode_gw import app, workers
+from alicode_gw.config import ConfigError
 from alicode_gw.dev.mock_upstream import MockUpstream
 from alicode_gw.money import ledger
 from tests.support import procs
 from tests.support.customers import MODEL, Customer, ledger_rows, reset_pool
+from tests.support.gateway import start_gateway, stop_gateway
 
 pytestmark = pytest.mark.slow
 
@@ -155,3 +158,26 @@ async def test_a_dead_worker_stops_the_service_non_zero(served: Served) -> None:
     assert await asyncio.to_thread(served.proc.wait, 30) == 1
     assert not procs.alive(other)
     assert f"worker {victim} exited unexpectedly" in served.log.read_text()
+
+
+async def test_only_the_supervisors_workers_share_a_port(gateway: app.Gateway, make_config) -> None:
+    """Gateways with ``share_port`` (a supervisor's workers) bind next to each other;
+    nothing binds next to a plain ``serve``, nor a plain ``serve`` next to them."""
+    worker = await start_gateway(make_config(share_port=True))
+    siblings = [app.Gateway(worker.state), app.Gateway(worker.state), app.Gateway(gateway.state)]
+    try:
+        port = worker.port
+        await siblings[0].start(port=port)
+        assert siblings[0].port == port
+        in_use = f"ALICODE_LISTEN: 127.0.0.1:{port}: address already in use"
+        with pytest.raises(ConfigError, match=in_use):
+            await siblings[2].start(port=port)  # a plain serve
+        with pytest.raises(ConfigError, match=in_use):
+            workers.check_port_free("127.0.0.1", port)  # another supervisor
+        with pytest.raises(ConfigError, match=f"127.0.0.1:{gateway.port}: address already"):
+            await siblings[1].start(port=gateway.port)  # a worker next to a plain serve
+        workers.check_port_free("127.0.0.1", procs.free_port())
+    finally:
+        for sibling in siblings:
+            await sibling.stop()
+        await stop_gateway(worker)

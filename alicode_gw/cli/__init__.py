@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from alicode_gw import __version__
 from alicode_gw.cli import accounts, billing, keys, server, upstream
+from alicode_gw.cli.common import BACKENDS_HELP
 from alicode_gw.config import ConfigError, load
 from alicode_gw.observe.logs import setup_logging
 
@@ -22,7 +23,10 @@ _GROUPS = (server, accounts, billing, keys, upstream)
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="alicode-gw", description="Self-hosted Claude API gateway."
+        prog="alicode-gw",
+        description="Self-hosted Claude API gateway.",
+        epilog=f"{server.SERVERS_HELP}\n\n{BACKENDS_HELP}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"alicode-gw {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)

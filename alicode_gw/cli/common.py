@@ -12,15 +12,45 @@ import asyncpg
 import uvloop
 from redis.asyncio import Redis
 
-from alicode_gw.config import Config
-from alicode_gw.store.backends import create_redis, start_backends
+from alicode_gw.config import Config, ConfigError
+from alicode_gw.store.backends import (
+    Backends,
+    configured_backends,
+    create_redis,
+    dev_servers,
+    dev_servers_path,
+    missing_variables,
+)
 
 T = TypeVar("T")
 
+BACKENDS_HELP = """\
+The operator commands use ALICODE_DATABASE_URL and ALICODE_REDIS_URL. With neither set,
+they use the servers of an `alicode-gw dev` running on the same data dir (it names them
+in <ALICODE_DATA_DIR>/dev-servers.env while it runs; ALICODE_DATA_DIR defaults to ./data,
+which is why scripts/dev's banner prints the command with an absolute ALICODE_DATA_DIR);
+otherwise they exit with status 2. They never start a server of their own."""
+
+
+def admin_backends(config: Config) -> Backends:
+    """The servers an operator command works on: the configured ones, or with no DSN at
+    all those of the ``alicode-gw dev`` running on ``config.data_dir``."""
+    if len(missing_variables(config)) < 2:
+        return configured_backends(config)
+    found = dev_servers(config.data_dir)
+    if found is None:
+        where = dev_servers_path(config.data_dir).parent.resolve()
+        raise ConfigError(
+            "ALICODE_DATABASE_URL and ALICODE_REDIS_URL",
+            f"not set, and no `alicode-gw dev` runs on ALICODE_DATA_DIR={where}; set them, "
+            "or set ALICODE_DATA_DIR to the data dir of a running `alicode-gw dev`",
+        )
+    return found
+
 
 def with_db(config: Config, work: Callable[[asyncpg.Connection, Redis], Awaitable[T]]) -> T:
-    """Run ``work(conn, redis)`` against the configured (or embedded) servers."""
-    backends = start_backends(config)
+    """Run ``work(conn, redis)`` against :func:`admin_backends`."""
+    backends = admin_backends(config)
 
     async def session() -> T:
         conn = await asyncpg.connect(backends.database_url)
@@ -31,10 +61,7 @@ def with_db(config: Config, work: Callable[[asyncpg.Connection, Redis], Awaitabl
             await redis.aclose()
             await conn.close()
 
-    try:
-        return uvloop.run(session())
-    finally:
-        backends.stop()
+    return uvloop.run(session())
 
 
 def account_subparsers(subparsers: argparse._SubParsersAction) -> argparse._SubParsersAction:

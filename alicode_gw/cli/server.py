@@ -8,14 +8,25 @@ from typing import Any
 import uvloop
 
 from alicode_gw import app
-from alicode_gw.cli.common import emit
+from alicode_gw.cli.common import admin_backends, emit, fail
 from alicode_gw.config import Config, ConfigError, load, parse_listen
 from alicode_gw.store import migrate
-from alicode_gw.store.backends import start_backends
+from alicode_gw.store.backends import configured_backends
+
+SERVERS_HELP = """\
+serve and worker need ALICODE_DATABASE_URL and ALICODE_REDIS_URL and exit with status 2
+when either is unset; `alicode-gw dev` is the local run with embedded PostgreSQL and
+Redis. serve exits with status 2 when its address is in use (only the workers of one
+`serve --workers N` share a port)."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    serve = subparsers.add_parser("serve", help="run the gateway")
+    serve = subparsers.add_parser(
+        "serve",
+        help="run the gateway",
+        description=SERVERS_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     serve.add_argument("--listen", help="HOST:PORT (overrides ALICODE_LISTEN)")
     serve.add_argument(
         "--workers",
@@ -68,6 +79,11 @@ def run_serve(args: argparse.Namespace, config: Config) -> int:
 
     count = workers.worker_count(args.workers)
     if count == 1:
+        # Refused before anything is opened or cleared (the metrics share directory may
+        # be the running gateway's); Gateway.start refuses the port again if it is taken
+        # in between.
+        configured_backends(config)
+        workers.check_port_free(config.listen_host, config.listen_port)
         app.serve(config)
         return 0
     return workers.serve_workers(lambda: load(**overrides(args)), count)
@@ -81,16 +97,17 @@ def run_worker(args: argparse.Namespace, config: Config) -> int:
 
 def run_dev(args: argparse.Namespace, config: Config) -> int:
     from alicode_gw.dev import server as devserver
+    from alicode_gw.dev.embedded import EmbeddedError
 
-    return devserver.run(config)
+    try:
+        return devserver.run(config)
+    except EmbeddedError as exc:
+        return fail(str(exc))
 
 
 def run_migrate(args: argparse.Namespace, config: Config) -> int:
-    backends = start_backends(config)
-    try:
-        applied = uvloop.run(migrate.run(backends.database_url))
-    finally:
-        backends.stop()
+    backends = admin_backends(config)
+    applied = uvloop.run(migrate.run(backends.database_url))
     emit(
         {"applied": applied},
         args.json,

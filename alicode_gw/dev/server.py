@@ -2,25 +2,31 @@
 
 Embedded (or configured) PostgreSQL and Redis, migrations, the mock upstream unless
 real upstream credentials are configured, a demo account and key, then serve until
-Ctrl-C and stop everything it started.
+Ctrl-C and stop everything it started. While it serves, ``<data dir>/dev-servers.env``
+names its PostgreSQL and Redis: the operator CLI run with the same ``ALICODE_DATA_DIR``
+and no DSN uses them (the banner prints that command).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import shlex
+import sys
 import time
+from pathlib import Path
 
 import asyncpg
 import uvloop
 
 from alicode_gw import app
 from alicode_gw.config import Config
+from alicode_gw.dev.embedded import running_backends
 from alicode_gw.dev.mock_upstream import DEFAULT_MOCK_KEY, MockUpstream
 from alicode_gw.identity import accounts
 from alicode_gw.money import ledger
 from alicode_gw.store import migrate
-from alicode_gw.store.backends import Backends, start_backends
+from alicode_gw.store.backends import Backends, dev_servers_path, write_dev_servers
 from alicode_gw.upstream import credentials
 
 log = logging.getLogger(__name__)
@@ -29,7 +35,14 @@ DEMO_EMAIL = "demo@alicode.local"
 DEMO_TOPUP_NANOS = 100 * 1_000_000_000  # $100 of demo credit, once
 
 
-def banner(base_url: str, upstream: str, key: str) -> str:
+def cli_command(data_dir: Path) -> str:
+    """How to run the operator CLI against this gateway's servers, from any directory."""
+    executable = Path(sys.executable).parent / "alicode-gw"
+    program = str(executable) if executable.exists() else f"{sys.executable} -m alicode_gw"
+    return f"ALICODE_DATA_DIR={shlex.quote(str(data_dir.resolve()))} {program}"
+
+
+def banner(base_url: str, upstream: str, key: str, cli: str) -> str:
     return f"""
 alicode_gw is running.
 
@@ -46,6 +59,9 @@ alicode_gw is running.
   python -c "import anthropic; c = anthropic.Anthropic(api_key='{key}', base_url='{base_url}'); \\
 print(c.messages.create(model='claude-sonnet-4-6', max_tokens=64, \\
 messages=[{{'role': 'user', 'content': 'hi'}}]).content[0].text)"
+
+  operator CLI on this gateway's databases (while it runs):
+  {cli} account show --email {DEMO_EMAIL}
 
 Press Ctrl-C to stop.
 """.rstrip()
@@ -83,21 +99,21 @@ async def _run(config: Config, backends: Backends) -> None:
         await mock.start()
         config = dataclasses.replace(config, upstream_url=mock.url)
     upstream = f"{config.upstream_url} (mock)" if mock else config.upstream_url
+    cli = cli_command(config.data_dir)
+    write_dev_servers(config.data_dir, backends)
     try:
         await app.run_until_signalled(
             config,
             backends,
-            lambda gateway: print(banner(gateway.url, upstream, demo_key), flush=True),
+            lambda gateway: print(banner(gateway.url, upstream, demo_key, cli), flush=True),
         )
     finally:
+        dev_servers_path(config.data_dir).unlink(missing_ok=True)
         if mock is not None:
             await mock.close()
 
 
 def run(config: Config) -> int:
-    backends = start_backends(config)
-    try:
+    with running_backends(config) as backends:
         uvloop.run(_run(config, backends))
-    finally:
-        backends.stop()
     return 0

@@ -1,58 +1,90 @@
-"""Connections to PostgreSQL and Redis, embedded or configured."""
+"""Where PostgreSQL and Redis are (the configured DSNs), and their connection pools.
+
+Production processes (``serve``, ``worker``, the ``serve --workers`` supervisor) need
+both DSNs and refuse to start without them; embedded servers belong to ``alicode-gw
+dev`` and the tests (:mod:`alicode_gw.dev.embedded`). A running ``alicode-gw dev``
+writes the DSNs it serves on to ``<data dir>/dev-servers.env`` so that the operator
+commands (``alicode-gw account …``) can reach its databases: :func:`dev_servers`.
+"""
 
 from __future__ import annotations
 
-import logging
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import asyncpg
 from redis.asyncio import BlockingConnectionPool, Redis
 
-from alicode_gw.config import Config
-from alicode_gw.dev.embedded import EmbeddedPostgres, EmbeddedRedis
+from alicode_gw.config import Config, ConfigError, read_env_file
 
-log = logging.getLogger(__name__)
+DATABASE_VARIABLE = "ALICODE_DATABASE_URL"
+REDIS_VARIABLE = "ALICODE_REDIS_URL"
+DEV_SERVERS_FILE = "dev-servers.env"
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class Backends:
-    """Where the data lives, and the embedded servers this process started (if any)."""
+    """Where the data lives."""
 
     database_url: str
     redis_url: str
-    embedded_postgres: EmbeddedPostgres | None = None
-    embedded_redis: EmbeddedRedis | None = None
-
-    def stop(self) -> None:
-        """Stop the embedded servers this process started (configured ones are left)."""
-        if self.embedded_redis is not None:
-            self.embedded_redis.stop()
-        if self.embedded_postgres is not None:
-            self.embedded_postgres.stop()
 
 
-def start_backends(config: Config) -> Backends:
-    """Use the configured DSNs; start embedded servers for the ones not configured.
+def missing_variables(config: Config) -> list[str]:
+    """The DSN variables ``config`` leaves unset."""
+    missing = []
+    if not config.database_url:
+        missing.append(DATABASE_VARIABLE)
+    if not config.redis_url:
+        missing.append(REDIS_VARIABLE)
+    return missing
 
-    Blocking (it may start processes): call it before the event loop serves.
-    """
-    embedded_pg = embedded_redis = None
-    database_url = config.database_url
-    if database_url is None:
-        embedded_pg = EmbeddedPostgres(config.data_dir)
-        database_url = embedded_pg.start()
-        log.info("embedded PostgreSQL under %s", embedded_pg.pgdata)
-    redis_url = config.redis_url
-    if redis_url is None:
-        embedded_redis = EmbeddedRedis(config.data_dir)
-        try:
-            redis_url = embedded_redis.start()
-        except Exception:
-            if embedded_pg is not None:
-                embedded_pg.stop()
-            raise
-        log.info("embedded Redis at %s", embedded_redis.socket_path)
-    return Backends(database_url, redis_url, embedded_pg, embedded_redis)
+
+def configured_backends(config: Config) -> Backends:
+    """The configured DSNs; :class:`ConfigError` (one line, naming the unset variables)
+    when either is missing. Never starts a server."""
+    missing = missing_variables(config)
+    if missing:
+        raise ConfigError(
+            " and ".join(missing),
+            "not set; the gateway needs its PostgreSQL and Redis "
+            "(for a local run with embedded servers and a mock upstream: alicode-gw dev)",
+        )
+    assert config.database_url is not None and config.redis_url is not None
+    return Backends(config.database_url, config.redis_url)
+
+
+def dev_servers_path(data_dir: Path) -> Path:
+    return data_dir / DEV_SERVERS_FILE
+
+
+def write_dev_servers(data_dir: Path, backends: Backends) -> Path:
+    """Record the DSNs a running ``alicode-gw dev`` serves on (its caller removes the
+    file when it stops)."""
+    path = dev_servers_path(data_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    scratch = path.with_suffix(".tmp")
+    scratch.write_text(
+        f"# written by the running `alicode-gw dev`; removed when it stops\n"
+        f"{DATABASE_VARIABLE}={backends.database_url}\n"
+        f"{REDIS_VARIABLE}={backends.redis_url}\n",
+        encoding="utf-8",
+    )
+    os.replace(scratch, path)
+    return path
+
+
+def dev_servers(data_dir: Path) -> Backends | None:
+    """The DSNs of the ``alicode-gw dev`` running on ``data_dir``, if one runs there."""
+    path = dev_servers_path(data_dir)
+    if not path.is_file():
+        return None
+    values = read_env_file(path)
+    database_url, redis_url = values.get(DATABASE_VARIABLE), values.get(REDIS_VARIABLE)
+    if not database_url or not redis_url:
+        raise ConfigError("ALICODE_DATA_DIR", f"{path} does not name both servers")
+    return Backends(database_url, redis_url)
 
 
 async def _no_reset(conn: asyncpg.Connection) -> None:

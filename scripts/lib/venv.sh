@@ -1,5 +1,8 @@
-# Sourced by scripts/dev and scripts/test: create or refresh .venv and install the
-# project with its test and dev extras. Re-installs only when the packaging changed.
+# Sourced by scripts/dev and scripts/test (and so .ci/run): create or refresh .venv with
+# the exact versions of requirements/dev.txt (the `dev` extra, hashes checked), then the
+# project itself, editable, without dependencies. Re-installs only when setup.cfg,
+# pyproject.toml or the lock file changed. The lock is re-made by scripts/lock;
+# scripts/check-latest tries the newest versions setup.cfg allows instead.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -30,11 +33,14 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 
 STAMP="$VENV/.alicode-installed"
-WANT="$(cat "$ROOT/setup.cfg" "$ROOT/pyproject.toml" | sha256sum | cut -d' ' -f1)"
+LOCK="$ROOT/requirements/dev.txt"
+WANT="$(cat "$ROOT/setup.cfg" "$ROOT/pyproject.toml" "$LOCK" | sha256sum | cut -d' ' -f1)"
 if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
-    echo "installing alicode_gw and its dependencies into $VENV ..." >&2
-    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
-    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e "$ROOT[dev]"
+    echo "installing alicode_gw and the locked dependencies into $VENV ..." >&2
+    pip_() { "$VENV/bin/python" -m pip --quiet --disable-pip-version-check "$@"; }
+    pip_ install --upgrade pip
+    pip_ install --require-hashes -r "$LOCK"
+    pip_ install --no-deps -e "$ROOT"
     echo "$WANT" > "$STAMP"
 fi
 export PATH="$VENV/bin:$PATH"

@@ -25,8 +25,8 @@ import redis as sync_redis
 
 from alicode_gw import app
 from alicode_gw.config import Config
-from alicode_gw.dev.embedded import EmbeddedPostgres, EmbeddedRedis
-from alicode_gw.store.backends import start_backends
+from alicode_gw.dev.embedded import EmbeddedPostgres, EmbeddedRedis, running_backends
+from alicode_gw.store.backends import Backends, dev_servers_path
 from tests.support.customers import reset_pool
 
 pytestmark = pytest.mark.embedded
@@ -38,12 +38,15 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def test_configured_servers_start_nothing() -> None:
-    backends = start_backends(
-        Config(database_url="postgresql://u@127.0.0.1/x", redis_url="redis://127.0.0.1:1/0")
+def test_configured_servers_start_nothing(tmp_path: Path) -> None:
+    config = Config(
+        data_dir=tmp_path,
+        database_url="postgresql://u@127.0.0.1/x",
+        redis_url="redis://127.0.0.1:1/0",
     )
-    assert backends.embedded_postgres is None and backends.embedded_redis is None
-    assert backends.database_url == "postgresql://u@127.0.0.1/x"
+    with running_backends(config) as backends:
+        assert backends == Backends("postgresql://u@127.0.0.1/x", "redis://127.0.0.1:1/0")
+    assert list(tmp_path.iterdir()) == []
 
 
 async def test_embedded_servers_are_real_and_shared(tmp_path: Path) -> None:
@@ -120,6 +123,20 @@ def test_dev_command_serves_and_stops_cleanly(tmp_path: Path) -> None:
                 messages=[{"role": "user", "content": "hi"}],
             )
         assert message.content[0].text
+        # The banner's operator command works from any directory, on dev's databases.
+        cli = re.search(r"^\s*(ALICODE_DATA_DIR=\S+) (\S+) account show", text, re.M)
+        assert cli, text
+        shown = subprocess.run(
+            [cli.group(2), "account", "show", "--email", "demo@alicode.local", "--json"],
+            env={**env, "ALICODE_DATA_DIR": cli.group(1).partition("=")[2]},
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert shown.returncode == 0, shown.stderr
+        assert '"balance_usd"' in shown.stdout
+        assert dev_servers_path(tmp_path / "data").is_file()
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=60) == 0
     finally:
@@ -130,3 +147,4 @@ def test_dev_command_serves_and_stops_cleanly(tmp_path: Path) -> None:
             proc.stdout.close()
     redis_socket = EmbeddedRedis(tmp_path / "data")
     assert not redis_socket._answers(), "dev must stop the Redis it started"
+    assert not dev_servers_path(tmp_path / "data").exists()
