@@ -13,8 +13,9 @@ was counted. Then:
 - missing / malformed key: 401 without any lookup;
 - unknown public id, revoked key, stopped account: 401 after one indexed query, no bcrypt;
 - a wrong secret for a cached key: 401 without bcrypt (a key's hash never changes);
-- otherwise bcrypt once, in a small thread pool; concurrent checks of the same
-  (key, secret) share one bcrypt run, and a recently rejected secret is not re-checked.
+- otherwise bcrypt once, in a small thread pool; concurrent requests presenting the same
+  (key, secret) share one check (one counted attempt, one read, one bcrypt run), and a
+  recently rejected secret is not re-checked.
   One client IP has at most ``bcrypt_per_ip`` checks running at a time (the rest of its
   checks wait their turn), so one address cannot take every bcrypt thread.
 
@@ -120,6 +121,10 @@ class ApiKey:
         return self.allowed_models is None or any(m in self.allowed_models for m in models)
 
 
+class _Abandoned(Exception):
+    """The check a request joined was given up by the request that ran it."""
+
+
 @dataclass(slots=True)
 class _Gate:
     semaphore: asyncio.Semaphore
@@ -205,6 +210,7 @@ class Authenticator:
         # Default: half the threads, so other addresses always find one free.
         self.bcrypt_per_ip = bcrypt_per_ip or max(1, bcrypt_threads // 2)
         self._ip_gates: dict[str, _Gate] = {}
+        self._verifying: dict[tuple[str, bytes], asyncio.Future[ApiKey]] = {}
         self._count_script = redis.register_script(_COUNT_LUA)
         self._give_back_script = redis.register_script(_GIVE_BACK_LUA)
         self.subscribed = asyncio.Event()
@@ -218,22 +224,29 @@ class Authenticator:
         started = time.monotonic()
         raw = presented_key(request)
         parsed = keys.parse_key(raw) if raw else None
+        token: tuple[str, bytes] | None = None
         if parsed is not None:
+            digest = keys.secret_digest(self._pepper, parsed.secret)
+            token = (parsed.public_id, digest)
             entry = self._cache.get(parsed.public_id)
             if (
                 entry is not None
                 and (entry.fresh_until > started or entry.refreshing)
-                and keys.same_digest(entry.digest, keys.secret_digest(self._pepper, parsed.secret))
+                and keys.same_digest(entry.digest, digest)
             ):
                 self._last_used[entry.key.id] = time.time()
                 return entry.key
+            pending = self._verifying.get(token)
+            if pending is not None:  # the same key is being checked: its outcome is ours
+                with contextlib.suppress(_Abandoned):
+                    return await self._joined(pending, started)
         await self._count_attempt(client_ip)
         try:
             if raw is None:
                 raise AuthenticationError(MISSING_MESSAGE)
-            if parsed is None:
+            if parsed is None or token is None:
                 raise AuthenticationError(INVALID_MESSAGE)
-            key = await self._verify(parsed, client_ip)
+            key = await self._verify_once(token, parsed, client_ip)
         except AuthenticationError:
             delay = started + self.failure_floor - time.monotonic()
             if delay > 0:
@@ -243,6 +256,47 @@ class Authenticator:
             await self._give_back(client_ip)  # not the client's failure (e.g. 503)
             raise
         await self._give_back(client_ip)
+        self._last_used[key.id] = time.time()
+        return key
+
+    async def _verify_once(
+        self, token: tuple[str, bytes], parsed: keys.ParsedKey, client_ip: str
+    ) -> ApiKey:
+        """:meth:`_verify`, shared with the requests that present the same key meanwhile:
+        a stampede of one key's first requests (a cold cache after a restart) is one
+        attempt against the throttle, one database read and one bcrypt run."""
+        shared: asyncio.Future[ApiKey] = asyncio.get_running_loop().create_future()
+        self._verifying[token] = shared
+        try:
+            key = await self._verify(parsed, client_ip)
+        except Exception as exc:
+            shared.set_exception(exc)
+            shared.exception()  # the joiners re-raise it; nothing is left unretrieved
+            raise
+        except BaseException:
+            shared.cancel()  # this request went away: the joiners check for themselves
+            raise
+        else:
+            shared.set_result(key)
+            return key
+        finally:
+            if self._verifying.get(token) is shared:
+                del self._verifying[token]
+
+    async def _joined(self, pending: asyncio.Future[ApiKey], started: float) -> ApiKey:
+        """The outcome of a check under way for the same key (:class:`_Abandoned` when
+        the request that ran it went away)."""
+        try:
+            key = await asyncio.shield(pending)
+        except asyncio.CancelledError:
+            if pending.cancelled():
+                raise _Abandoned from None
+            raise
+        except AuthenticationError:
+            delay = started + self.failure_floor - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            raise
         self._last_used[key.id] = time.time()
         return key
 

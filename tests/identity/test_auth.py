@@ -448,3 +448,24 @@ async def test_a_request_without_a_valid_key_is_refused_before_its_body_is_read(
     exchange = await rawhttp.exchange(gw.port, head + b'{"model": "x"', wait=5.0, responses=1)
     (response,) = exchange.responses
     assert response.status == 401 and response.headers["request-id"].startswith("req_")
+
+
+async def test_a_stampede_of_one_keys_first_requests_is_one_attempt(
+    gw: app.Gateway, db: asyncpg.Connection
+) -> None:
+    """Counting attempts first must not refuse a valid key: 100 concurrent first requests
+    of one key from one address (a cold cache after a restart) share one check — one
+    counted attempt, one bcrypt run — and all succeed."""
+    _, secret = await new_key(db)
+    ip = unique_ip()
+    runs = gw.state.auth.bcrypt_runs
+
+    async def attempt() -> int:
+        headers = {"x-api-key": secret, "X-Forwarded-For": ip}
+        async with http.get(gw.url + "/v1/key-status", headers=headers) as resp:
+            return resp.status
+
+    async with aiohttp.ClientSession() as http:
+        statuses = await asyncio.gather(*(attempt() for _ in range(100)))
+    assert statuses == [200] * 100
+    assert gw.state.auth.bcrypt_runs - runs == 1
