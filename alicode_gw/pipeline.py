@@ -171,16 +171,22 @@ async def _admit_and_hold(
     the other is undone before the error (the limits' verdict first) reaches the
     client."""
     state = ctx.state
+    worst_tokens = estimate + request.max_tokens  # reserved against the key's budget
     hold = (ctx.request_id, key.id, request.model, estimate, request.max_tokens, ip)
-    leased = state.billing.hold_leased(*hold, account_id=key.account_id, priced=info)
+    leased = state.billing.hold_leased(
+        *hold,
+        account_id=key.account_id,
+        priced=info,
+        spend_capped=key.spend_cap_nanos is not None,
+    )
     if leased is not None:  # the hold took no I/O: only the limits are waited for
         try:
-            return await state.limiter.admit(ip, key), leased
+            return await state.limiter.admit(ip, key, worst_tokens), leased
         except BaseException:
             await state.billing.release(ctx.request_id)
             raise
     admitted, held = await asyncio.gather(
-        state.limiter.admit(ip, key),
+        state.limiter.admit(ip, key, worst_tokens),
         state.billing.hold(*hold, account_id=key.account_id),
         return_exceptions=True,
     )

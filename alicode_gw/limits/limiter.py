@@ -17,7 +17,12 @@ limit is covered so makes no call at all.
   10-minute stream keeps its slot without the relay doing anything.
 - Token budget: per-minute buckets (hash) indexed by a sorted set plus a running
   total; buckets leave the total once they are older than the 5-hour window, so the
-  window rolls with one-minute granularity.
+  window rolls with one-minute granularity. An admission reserves the request's worst
+  case (``reserve_tokens``: estimated input + max_tokens) in a sorted set of leases
+  like a concurrency slot's (renewed while the request runs, expired if its node dies);
+  the budget admits while the counted tokens plus these reservations are under it, and
+  the finish replaces the reservation with the tokens used, in one script call. So a
+  key's concurrent requests exceed its budget by at most one request's worst case.
 
 The script calls of concurrent requests (every admit and finish of this process) travel
 together: a :class:`~alicode_gw.store.batching.Coalescer` sends whatever queued up during the
@@ -32,6 +37,7 @@ reached, admission fails closed with a 503 (``ServiceUnavailableError``).
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
 import math
@@ -196,6 +202,9 @@ class Limiter:
         base = f"{self._prefix}key:{key_id}:"
         return base + "rpm", base + "conc", base + "budget:h", base + "budget:z", base + "budget:t"
 
+    def _reservations_key(self, key_id: int) -> str:
+        return f"{self._prefix}key:{key_id}:budget:r"
+
     def close(self) -> None:
         """Close the limiter's own Redis connection (admits after this reconnect)."""
         self._pipe.connection.close()
@@ -210,12 +219,14 @@ class Limiter:
         """Admissions of this process not finished yet."""
         return len(self._active)
 
-    async def admit(self, ip: str, key: ApiKey) -> Admission:
+    async def admit(self, ip: str, key: ApiKey, reserve_tokens: int = 0) -> Admission:
         """Take a slot for one request of ``key`` from ``ip`` or raise
         :class:`RateLimitError` (429) / :class:`ServiceUnavailableError` (503): from
         this node's shares when they cover every limit, else one round trip (which
-        may also reserve the node's next share). Models are not limited here: the
-        caller checks the key's allow-list (403) before."""
+        may also reserve the node's next share). ``reserve_tokens``: the request's worst
+        case, reserved against the key's token budget until :meth:`finish` (a key with
+        a budget is always admitted in Redis). Models are not limited here: the caller
+        checks the key's allow-list (403) before."""
         ip_rpm_key, ip_conc_key = self._ip_keys(ip)
         key_rpm, key_conc, bud_h, bud_z, bud_t = self._key_keys(key.id)
         shared = not key.budget_tokens  # a budget is checked in Redis at every admission
@@ -225,13 +236,14 @@ class Limiter:
             (key_rpm, key.rpm_limit or 0, shared),
             (key_conc, key.concurrency_limit or 0, shared),
         )
+        reserve = max(0, reserve_tokens) if key.budget_tokens else 0
         try:
-            return await self._admit_once(key, limits, (bud_h, bud_z, bud_t))
+            return await self._admit_once(key, limits, (bud_h, bud_z, bud_t), reserve)
         except _Refused as refused:
             if refused.index > 3 or not await self._room_of_own(limits[refused.index]):
                 raise refused.error from None
         try:  # once more
-            return await self._admit_once(key, limits, (bud_h, bud_z, bud_t))
+            return await self._admit_once(key, limits, (bud_h, bud_z, bud_t), reserve)
         except _Refused as again:
             raise again.error from None
 
@@ -251,7 +263,7 @@ class Limiter:
         return limit[2] and self._shares.holds(set_key, time.monotonic())
 
     async def _admit_once(
-        self, key: ApiKey, limits: Limits, budget_keys: tuple[str, str, str]
+        self, key: ApiKey, limits: Limits, budget_keys: tuple[str, str, str], reserve: int
     ) -> Admission:
         shares = self._shares
         attempt = _Attempt(limits, f"{self._node}{next(self._serial):x}", time.monotonic())
@@ -272,7 +284,7 @@ class Limiter:
             attempt.sent[i] = limit
         result: Sequence[Any] | None = None
         if any(attempt.sent) or key.budget_tokens:
-            result = await self._admit_in_redis(attempt, key, budget_keys)
+            result = await self._admit_in_redis(attempt, key, budget_keys, reserve)
         else:
             self.local_admissions += 1
         headers = {}
@@ -293,11 +305,14 @@ class Limiter:
         return admission
 
     async def _admit_in_redis(
-        self, attempt: _Attempt, key: ApiKey, budget_keys: tuple[str, str, str]
+        self, attempt: _Attempt, key: ApiKey, budget_keys: tuple[str, str, str], reserve: int
     ) -> Sequence[Any]:
         """The round trip for the limits the share did not cover (what came from the
-        share is given back if the admission fails); adds the slots it took to the
-        attempt and records the share it reserved."""
+        share is given back if the admission fails); adds the slots it took (and the
+        budget reservation of ``reserve`` tokens, a slot of the reservations set) to
+        the attempt and records the share it reserved."""
+        reservations = self._reservations_key(key.id)
+        reservation = f"{attempt.token}:{reserve}" if reserve else ""
         shares, limits, sent, now = self._shares, attempt.limits, attempt.sent, attempt.now
         asks = [
             limits[i][0] if sent[i] and limits[i][2] and shares.ask(limits[i][0], now) else ""
@@ -307,7 +322,7 @@ class Limiter:
         future = self._calls.submit(
             ScriptCall(
                 self._admit,
-                [*(set_key for set_key, _, _ in limits), *budget_keys],
+                [*(set_key for set_key, _, _ in limits), *budget_keys, reservations],
                 [
                     attempt.token,
                     *sent,
@@ -322,6 +337,7 @@ class Limiter:
                     RESERVE_MS,
                     used.get(limits[0][0], ""),
                     used.get(limits[2][0], ""),
+                    reservation,
                 ],
             )
         )
@@ -336,7 +352,13 @@ class Limiter:
                 raise ServiceUnavailableError(UNAVAILABLE_MESSAGE) from exc
             # The caller went away (maybe with the reply already in): what Redis did
             # for it is taken care of when the reply is in.
-            future.add_done_callback(lambda done: self._admitted_late(done, attempt, asks))
+            late = functools.partial(
+                self._admitted_late,
+                attempt=attempt,
+                asks=asks,
+                reserved=(reservations, reservation),
+            )
+            future.add_done_callback(late)
             raise
         self._asked(asks)
         if int(result[0]) != 1:
@@ -347,6 +369,8 @@ class Limiter:
             if sent[i]:
                 set_key, limit, shared = limits[i]
                 attempt.slots.append(Slot(set_key, attempt.token, limit, shared, now))
+        if reservation:  # released by the finish, renewed like a slot meanwhile
+            attempt.slots.append(Slot(reservations, reservation, 0, False, now))
         return result
 
     def _record_grants(self, result: Sequence[Any], attempt: _Attempt) -> None:
@@ -367,10 +391,16 @@ class Limiter:
                 self._shares.asked(log_key)
 
     def _admitted_late(
-        self, future: asyncio.Future[Any], attempt: _Attempt, asks: list[str]
+        self,
+        future: asyncio.Future[Any],
+        *,
+        attempt: _Attempt,
+        asks: list[str],
+        reserved: tuple[str, str],
     ) -> None:
         """The reply to an admission whose request went away while it was under way:
-        what it reserved joins the share, the slots it took go back."""
+        what it reserved joins the share, the slots (and budget reservation) it took
+        go back."""
         self._asked(asks)
         if future.cancelled() or future.exception() is not None:
             return
@@ -381,6 +411,8 @@ class Limiter:
         for i in (1, 3):
             if attempt.sent[i]:
                 self._shares.lapse(attempt.limits[i][0], attempt.token)
+        if reserved[1]:
+            self._shares.lapse(*reserved)
 
     def _give_back(self, attempt: _Attempt, *, entries_counted: bool = False) -> None:
         """Return to the share what a failed attempt had taken from it; entries Redis

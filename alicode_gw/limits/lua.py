@@ -33,13 +33,20 @@ local function budget_reset(h, z, used, limit, win, bucket)
 end
 """
 
-# KEYS: ip rpm, ip conc, key rpm, key conc, budget hash, budget index, budget total
+# KEYS: ip rpm, ip conc, key rpm, key conc, budget hash, budget index, budget total,
+#       budget reservations
 # ARGV: token, ip_rpm, ip_conc, key_rpm, key_conc, budget, lease_ms, rpm_win, bud_win, bucket,
-#       share_pct, ip_want, key_want, reserve_ms, ip_entry, key_entry
+#       share_pct, ip_want, key_want, reserve_ms, ip_entry, key_entry, reservation
 #   (a limit of 0 is not checked here: off, or taken from the node's share; *_entry, if
-#   not empty, is the reserved entry the node took for it: it is counted from now on)
+#   not empty, is the reserved entry the node took for it: it is counted from now on;
+#   reservation, if not empty, is "<token>:<worst-case tokens>", added to the budget's
+#   reservations with a lease like a concurrency slot's)
 # -> {1, key_rpm_left, key_rpm_reset_ms, now, ip_granted, key_granted, ip_rpm_left,
 #     ip_rpm_reset_ms} or {0, code, limit, reset_ms, retry_ms}
+# The budget admits while the tokens counted in the window plus the worst cases reserved
+# by the key's requests in flight are under it (code 5: the counted tokens alone reach
+# it; code 6: the reservations make up the rest); so its requests exceed it by at most
+# one request's worst case.
 # A granted count of extra minute-log entries were reserved for the node, as members
 # token:1 .. token:n scored now + reserve_ms; *_left is what the limit has left after them.
 ADMIT_LUA = (
@@ -82,6 +89,14 @@ if budget > 0 then
     if reset <= now then reset = now + bucket end
     return {0, 5, budget, reset, reset - now}
   end
+  redis.call('ZREMRANGEBYSCORE', KEYS[8], '-inf', now)
+  local reserved = 0
+  for _, m in ipairs(redis.call('ZRANGE', KEYS[8], 0, -1)) do
+    reserved = reserved + tonumber(string.match(m, ':(%d+)$') or '0')
+  end
+  if used + reserved >= budget then
+    return {0, 6, budget, now + 1000, 1000}
+  end
 end
 
 -- the request's own entry, then up to `want` more for the node (share % of what is left)
@@ -101,6 +116,10 @@ for s = 1, 2 do
   if ARGV[14 + s] ~= '' then
     redis.call('ZADD', KEYS[2 * s - 1], 'XX', now, ARGV[14 + s])
   end
+end
+if budget > 0 and ARGV[17] ~= '' then
+  redis.call('ZADD', KEYS[8], now + lease, ARGV[17])
+  redis.call('PEXPIRE', KEYS[8], lease)
 end
 local ip_rpm, key_rpm = tonumber(ARGV[2]), tonumber(ARGV[4])
 return {1, key_rpm - n[2] - 1 - got[2], reset[2], now, got[1], got[2],

@@ -16,6 +16,8 @@ _REJECTIONS = {
     4: "Too many concurrent requests for this API key (limit {limit}). Retry when one finishes.",
     5: "Token budget exceeded for this API key ({limit} tokens per 5h rolling window). "
     "Resets in {retry}.",
+    6: "Token budget for this API key ({limit} tokens per 5h rolling window) is taken, "
+    "counting the worst case of its requests in flight. Retry when one finishes.",
 }
 
 
@@ -26,6 +28,7 @@ _LIMIT_NAMES = {
     3: "key_rpm",
     4: "key_concurrency",
     5: "key_budget",
+    6: "key_budget",
 }
 
 
@@ -42,7 +45,7 @@ def format_duration(seconds: float) -> str:
 def rejection(result: Sequence[Any]) -> tuple[int, RateLimitError]:
     """ADMIT's refusal ``{0, code, limit, reset_ms, retry_ms}`` as the index of the
     limit that refused (0-3: IP per minute, IP concurrency, key per minute, key
-    concurrency; 4: the key's budget) and the 429 the client gets."""
+    concurrency; 4: the key's budget, counted or reserved) and the 429 the client gets."""
     _, code, limit, reset_ms, retry_ms = (int(v) for v in result)
     retry = max(1, math.ceil(retry_ms / 1000))
     message = _REJECTIONS[code].format(limit=limit, retry=format_duration(retry))
@@ -56,4 +59,4 @@ def rejection(result: Sequence[Any]) -> tuple[int, RateLimitError]:
         },
     )
     err.limit = _LIMIT_NAMES.get(code, "other")
-    return code - 1, err
+    return min(code, 5) - 1, err

@@ -37,6 +37,7 @@ from redis.asyncio import Redis
 from alicode_gw.errors import (
     InsufficientCreditsError,
     InvalidRequestError,
+    RateLimitError,
     ServiceUnavailableError,
 )
 from alicode_gw.identity import auth
@@ -138,6 +139,22 @@ def hold_amount(prices: Prices, estimated_input_tokens: int, max_tokens: int) ->
     return worst.cost_nanos(
         input_tokens=max(estimated_input_tokens, 0), output_tokens=max(max_tokens, 0)
     )
+
+
+SPEND_CAP_RETRY_SECONDS = 1
+
+
+def spend_cap_reached() -> RateLimitError:
+    """The 429 of a hold refused because the key's spend plus the worst case of its
+    requests in flight has reached its spend cap (``billing.hold``'s ``over_cap``)."""
+    err = RateLimitError(
+        "This API key has reached its spend cap, counting the worst-case cost of its "
+        "requests in flight. Retry when they finish; once its spend reaches the cap the "
+        "key is revoked.",
+        headers={"Retry-After": str(SPEND_CAP_RETRY_SECONDS)},
+    )
+    err.limit = "key_spend_cap"
+    return err
 
 
 TRANSIENT_RETRIES = 3  # re-runs of a batch the server rolled back (deadlock, conflict)
@@ -257,6 +274,8 @@ class Billing:
                 "Your credit balance is too low for this request "
                 f"(it may cost up to ${format_usd(result.amount_nanos)}). Top up to continue."
             )
+        if result.outcome == HoldOutcome.OVER_CAP:
+            raise spend_cap_reached()
         if result.outcome == HoldOutcome.UNKNOWN_KEY:
             raise InvalidRequestError("the API key no longer exists")
         assert result.priced_model is not None
@@ -294,12 +313,15 @@ class Billing:
         *,
         account_id: int,
         priced: ModelInfo,
+        spend_capped: bool = False,
     ) -> Hold | None:
         """The hold of a request that is not a batch, admitted against this node's credit
         lease of the account when it has the worst case free: no I/O, no database row
         (the request is billed at the node's prices, without a discount). None: there
-        is no such lease (one may be asked for); take :meth:`hold`."""
-        if self.credit is None:
+        is no such lease (one may be asked for); take :meth:`hold`. A key with a spend
+        cap (``spend_capped``) always takes :meth:`hold`: its cap is checked against its
+        spend and open holds in the database, which a lease cannot see."""
+        if self.credit is None or spend_capped:
             return None
         amount = hold_amount(priced.prices, estimated_input_tokens, max_tokens)
         lease_id = self.credit.take(account_id, amount)

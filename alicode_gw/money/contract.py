@@ -114,6 +114,7 @@ class HoldOutcome(StrEnum):
     HELD = "held"
     DUPLICATE = "duplicate"  # this request id holds already
     INSUFFICIENT = "insufficient"
+    OVER_CAP = "over_cap"  # the key's spend and open holds have reached its spend cap
     UNKNOWN_MODEL = "unknown_model"
     UNKNOWN_KEY = "unknown_key"
 

@@ -7,8 +7,11 @@
 -- rate, i.e. a 1-hour cache write, plus max_tokens of output) from the account's
 -- available balance. The UPDATE ... WHERE available >= amount takes the account row
 -- lock, so concurrent holds are serialised and can never together exceed the balance.
+-- A key with a spend cap is held against it too, under the same account row lock: the
+-- hold is refused while the key's spend plus its open holds has reached the cap, so its
+-- concurrent requests together exceed the cap by at most one request's worst case.
 -- outcome: held | duplicate (same request id already held) | insufficient |
---          unknown_model | unknown_key
+--          over_cap | unknown_model | unknown_key
 CREATE OR REPLACE FUNCTION billing.hold(
     p_request_id text, p_key_id bigint, p_model text, p_estimated_input_tokens bigint,
     p_max_tokens bigint, p_client_ip text, p_batch boolean, p_ttl_seconds double precision
@@ -18,6 +21,7 @@ DECLARE
     v_prev    billing_holds;
     v_model   models;
     v_account bigint;
+    v_cap     bigint;
     v_disc    integer;
     v_amount  bigint;
 BEGIN
@@ -33,7 +37,8 @@ BEGIN
         RETURN QUERY SELECT 'unknown_model'::text, NULL::text, 0::bigint;
         RETURN;
     END IF;
-    SELECT k.account_id INTO v_account FROM api_keys k WHERE k.id = p_key_id;
+    SELECT k.account_id, k.spend_cap_nanos INTO v_account, v_cap
+      FROM api_keys k WHERE k.id = p_key_id;
     IF NOT FOUND THEN
         RETURN QUERY SELECT 'unknown_key'::text, v_model.id, 0::bigint;
         RETURN;
@@ -52,6 +57,19 @@ BEGIN
         p_tokens_cache_creation_5m => 0,
         p_tokens_cache_creation_1h => 0,
         p_tokens_cache_read => 0);
+    IF v_cap IS NOT NULL THEN
+        -- The account row lock (every hold, settlement and release of the key's account
+        -- takes it; billing.apply_batch already holds it) serialises the key's holds and
+        -- spend, so the spend and open holds read next cannot change until this commits.
+        PERFORM 1 FROM accounts a WHERE a.id = v_account FOR UPDATE;
+        IF (SELECT k.spent_nanos FROM api_keys k WHERE k.id = p_key_id)
+           + (SELECT coalesce(sum(b.amount_nanos), 0) FROM billing_holds b
+               WHERE b.account_id = v_account AND b.status = 'held'
+                 AND b.key_id = p_key_id) >= v_cap THEN
+            RETURN QUERY SELECT 'over_cap'::text, v_model.id, v_amount;
+            RETURN;
+        END IF;
+    END IF;
     UPDATE accounts a SET held_nanos = a.held_nanos + v_amount
      WHERE a.id = v_account AND a.balance_nanos - a.held_nanos >= v_amount;
     IF NOT FOUND THEN

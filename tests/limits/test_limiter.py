@@ -204,6 +204,50 @@ async def test_rolling_token_budget(clients, redis_prefix: str, two_nodes) -> No
     assert (await nodes[0].usage(key)).used_tokens < 1000
 
 
+async def test_budget_reserves_the_worst_case_of_requests_in_flight(two_nodes) -> None:
+    """Admissions reserve their worst case against the budget on every node; the
+    finish replaces it with the tokens used, and a refusal (429, not the exhausted
+    budget's message) lasts only while the reservations fill the budget."""
+    nodes = two_nodes()
+    key = api_key(budget_tokens=1000)
+    first = await nodes[0].admit(unique_ip(), key, 600)
+    second = await nodes[1].admit(unique_ip(), key, 600)  # 0 + 600 < 1000: admitted
+    with pytest.raises(RateLimitError) as info:  # 600 + 600 >= 1000 on either node
+        await nodes[0].admit(unique_ip(), key, 1)
+    assert "in flight" in info.value.message and info.value.limit == "key_budget"
+    assert info.value.headers["Retry-After"] == "1"
+    await nodes[0].finish(first, 100)  # the 600 reserved become 100 used
+    third = await nodes[1].admit(unique_ip(), key, 600)  # 100 + 600 < 1000
+    await nodes[1].finish(second, 0)  # a failed request releases its reservation
+    await nodes[1].finish(third, 50)
+    assert (await nodes[0].usage(key)).used_tokens == 150
+    await nodes[0].finish(await nodes[0].admit(unique_ip(), key, 849), 0)
+
+
+async def test_budget_reservation_of_a_dead_node_expires(two_nodes) -> None:
+    """A reservation is a lease: renewed while its request runs, gone when its node
+    stops renewing it."""
+    crashed, alive = two_nodes(lease_seconds=0.5, refresh_interval=0.1)
+    key = api_key(budget_tokens=1000)
+    await crashed.admit(unique_ip(), key, 2000)  # never finished: its node died
+    with pytest.raises(RateLimitError):
+        await alive.admit(unique_ip(), key, 0)
+    await asyncio.sleep(0.7)
+    await alive.finish(await alive.admit(unique_ip(), key, 900), 0)
+    # a live request's reservation is renewed past its lease
+    held = await alive.admit(unique_ip(), key, 1000)
+    renewer = asyncio.create_task(alive.refresh_loop())
+    try:
+        await asyncio.sleep(1.2)
+        with pytest.raises(RateLimitError):
+            await crashed.admit(unique_ip(), key, 1)
+    finally:
+        renewer.cancel()
+        await asyncio.gather(renewer, return_exceptions=True)
+    await alive.finish(held, 0)
+    await crashed.finish(await crashed.admit(unique_ip(), key, 999), 0)
+
+
 async def test_budget_at_real_scale_reports_hours(clients, redis_prefix: str, two_nodes) -> None:
     node = two_nodes()[0]
     key = api_key(budget_tokens=100)

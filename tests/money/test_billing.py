@@ -13,7 +13,7 @@ import asyncpg
 import pytest
 from redis.asyncio import Redis
 
-from alicode_gw.errors import InsufficientCreditsError, InvalidRequestError
+from alicode_gw.errors import InsufficientCreditsError, InvalidRequestError, RateLimitError
 from alicode_gw.identity import auth
 from alicode_gw.money import catalog, ledger
 from alicode_gw.money.billing import Billing, Usage, format_usd, parse_usd
@@ -456,3 +456,32 @@ async def test_spend_cap_revokes_the_key_and_announces_it(
         assert account.public_id in json.loads(message["data"])["revoked"]
     finally:
         await pubsub.aclose()
+
+
+async def test_spend_cap_counts_the_keys_open_holds(billing: Billing, pool: asyncpg.Pool) -> None:
+    """A capped key's hold is refused (429, nothing written) while its spend plus its
+    open holds has reached the cap; money its requests give back admits it again. Its
+    requests together exceed the cap by at most one request's worst case."""
+    account = await new_account(pool, nanos=USD, spend_cap_nanos=15_000_000)  # $0.015
+    first, second, third = rid(), rid(), rid()
+    held = await billing.hold(first, account.key_id, "claude-sonnet-4-5", 10, 10, "::1")
+    # $0.00016 held < cap: admitted, although its worst case alone passes the cap
+    big = await billing.hold(second, account.key_id, "claude-sonnet-4-5", 1000, 1000, "::1")
+    assert big.amount_nanos == 21_000_000 > 15_000_000
+    before = await balances(pool, account.id)
+    with pytest.raises(RateLimitError) as info:
+        await billing.hold(third, account.key_id, "claude-sonnet-4-5", 1, 1, "::1")
+    assert info.value.status == 429 and info.value.limit == "key_spend_cap"
+    assert "spend cap" in info.value.message and info.value.headers["Retry-After"] == "1"
+    assert await balances(pool, account.id) == before
+    assert not await pool.fetchval(
+        "SELECT count(*) FROM billing_holds WHERE request_id = $1", third
+    )
+    await billing.release(second)
+    await billing.settle(first, Usage(10, 10))
+    await billing.settle(
+        (await billing.hold(third, account.key_id, "claude-sonnet-4-5", 1, 1, "::1")).request_id,
+        Usage(1, 1),
+    )
+    assert held.amount_nanos > 0
+    assert await balances(pool, account.id) == (USD - 180_000 - 18_000, 0)
