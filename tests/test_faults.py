@@ -111,9 +111,7 @@ async def test_kill_9_under_load_then_restart(
             done += await asyncio.gather(*(ask(c, f"before {n}") for n in range(40)))
             assert {status for status, _ in done} == {200}
             costs += [cost for _, cost in done]
-            await eventually(
-                lambda: _charges_are(db, customer.account_id, len(costs)), limit=10
-            )
+            await eventually(lambda: _charges_are(db, customer.account_id, len(costs)), limit=10)
 
             # Requests in flight (held, or admitted against the node's lease) when the
             # node dies; those the balance cannot cover are refused (402) meanwhile.
@@ -157,13 +155,17 @@ async def test_kill_9_under_load_then_restart(
         # No request refused (402) for money that is free.
         assert [status for status, _ in after] == [200] * 31
         costs += [cost for _, cost in after]
-        assert await db.fetchval(
-            "SELECT count(*) FROM billing_holds WHERE node = $1 AND status = 'expired'",
-            dead_node,
-        ) + await db.fetchval(
-            "SELECT count(*) FROM billing_leases WHERE owner = $1 AND status = 'expired'",
-            dead_node,
-        ) > 0  # it did hold money when it died
+        assert (
+            await db.fetchval(
+                "SELECT count(*) FROM billing_holds WHERE node = $1 AND status = 'expired'",
+                dead_node,
+            )
+            + await db.fetchval(
+                "SELECT count(*) FROM billing_leases WHERE owner = $1 AND status = 'expired'",
+                dead_node,
+            )
+            > 0
+        )  # it did hold money when it died
     finally:
         for proc in procs_started:
             if proc.poll() is None:

@@ -49,8 +49,8 @@ from alicode_gw.money.catalog import ModelInfo, Prices
 from alicode_gw.money.contract import (
     ApplyBatch,
     BatchOp,
-    ExpireDeadNodes,
     BatchResult,
+    ExpireDeadNodes,
     HoldOp,
     HoldOutcome,
     HoldResult,
