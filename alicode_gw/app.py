@@ -24,6 +24,7 @@ from alicode_gw.limits.limiter import Limiter
 from alicode_gw.money.billing import Billing
 from alicode_gw.money.catalog import ModelCatalog
 from alicode_gw.money.leases import Credit
+from alicode_gw.money.nodes import Node
 from alicode_gw.observe import accesslog
 from alicode_gw.observe.health import HealthMonitor
 from alicode_gw.observe.metrics import Metrics, clear_share_dir, share_dir
@@ -66,18 +67,37 @@ async def open_state(config: Config, backends: Backends) -> State:
     catalog = ModelCatalog(db)
     await catalog.refresh()
     tasks.spawn(catalog.run(), name="model-catalog-refresh", perpetual=True)
+    node = Node(
+        db,
+        data_dir=config.data_dir,
+        heartbeat_interval=config.node_heartbeat_interval,
+        dead_after=config.node_dead_after,
+    )
+    await node.join()  # registered; a dead predecessor on this data dir retired
+    tasks.spawn(node.run(), name="node-heartbeat", perpetual=True)
     credit = None
     if config.credit_lease_pct:
-        credit = Credit(db, tasks, max_pct=config.credit_lease_pct)
+        credit = Credit(
+            db,
+            tasks,
+            max_pct=config.credit_lease_pct,
+            owner=node.id,
+            usable_until=node.usable_until,
+        )
+        node.on_revived(credit.drop_all)
         tasks.spawn(credit.run(), name="credit-leases", perpetual=True)
     billing = Billing(
         db,
         redis,
         redis_prefix=config.redis_prefix,
         data_dir=config.data_dir,
+        sweep_interval=config.hold_sweep_interval,
         tasks=tasks,
         credit=credit,
+        node_id=node.id,
+        dead_after=config.node_dead_after,
     )
+    await billing.recover()  # before the first request: dead nodes' money, the journal
     billing.start(tasks)
     auth = Authenticator(db, redis, config.redis_prefix)
     tasks.spawn(auth.listen(), name="auth-revocations", perpetual=True)
@@ -108,6 +128,7 @@ async def open_state(config: Config, backends: Backends) -> State:
         tokens=TokenCounter(),
         metrics=metrics,
         health=HealthMonitor(),
+        node=node,
     )
 
 
@@ -124,6 +145,7 @@ async def close_state(state: State) -> None:
     await state.http.close()
     await state.redis.aclose()
     await state.db.close()
+    state.node.close()
 
 
 def make_handler(state: State, router: Router) -> RequestHandler:

@@ -1,7 +1,8 @@
 """``alicode-gw worker``: a process for background work only, no HTTP.
 
 It runs the node-independent maintenance loops that every gateway process also runs:
-the hold sweeper (expired holds of crashed nodes give their reservation back) and the
+the hold sweeper (the holds and leases of dead nodes, and those past their expiry, give
+their reservation back) and the
 billing journal replay (settlements journaled while PostgreSQL was unreachable).
 File purges and batches will join them here.
 
@@ -42,7 +43,13 @@ async def run_until_signalled(config: Config, backends: Backends) -> None:
         loop.add_signal_handler(sig, stop.set)
     try:
         billing = Billing(
-            db, redis, redis_prefix=config.redis_prefix, data_dir=config.data_dir, tasks=tasks
+            db,
+            redis,
+            redis_prefix=config.redis_prefix,
+            data_dir=config.data_dir,
+            sweep_interval=config.hold_sweep_interval,
+            dead_after=config.node_dead_after,
+            tasks=tasks,
         )
         billing.start(tasks)
         log.info("background worker running: hold sweeper, billing journal replay")

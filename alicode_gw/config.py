@@ -209,6 +209,30 @@ class Config:
             "0 turns leases off (every hold waits for PostgreSQL).",
         },
     )
+    node_heartbeat_interval: float = field(
+        default=5.0,
+        metadata={
+            "env": "ALICODE_NODE_HEARTBEAT_INTERVAL",
+            "doc": "Seconds between two heartbeats of a gateway process in PostgreSQL (its "
+            "holds and credit leases belong to it while it beats).",
+        },
+    )
+    node_dead_after: float = field(
+        default=30.0,
+        metadata={
+            "env": "ALICODE_NODE_DEAD_AFTER",
+            "doc": "Seconds without a heartbeat after which a process counts as dead: the "
+            "sweeper gives back its holds and leases (more than two heartbeat intervals).",
+        },
+    )
+    hold_sweep_interval: float = field(
+        default=10.0,
+        metadata={
+            "env": "ALICODE_HOLD_SWEEP_INTERVAL",
+            "doc": "Seconds between two runs of the sweeper (holds and leases of dead "
+            "processes, and past their expiry) in every process.",
+        },
+    )
     limit_share_pct: int = field(
         default=25,
         metadata={
@@ -357,6 +381,9 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "ALICODE_DISCONNECT_DRAIN_TIMEOUT": _parse_seconds,
     "ALICODE_COUNT_TOKENS": _parse_choice("upstream", "estimate"),
     "ALICODE_CREDIT_LEASE_PCT": _parse_percent,
+    "ALICODE_NODE_HEARTBEAT_INTERVAL": _parse_seconds,
+    "ALICODE_NODE_DEAD_AFTER": _parse_seconds,
+    "ALICODE_HOLD_SWEEP_INTERVAL": _parse_seconds,
     "ALICODE_LIMIT_SHARE_PCT": _parse_percent,
     "ALICODE_METRICS_ALLOW": _parse_networks,
     "ALICODE_METRICS_TOKEN": _parse_token,
@@ -409,7 +436,13 @@ def load(environ: Mapping[str, str] | None = None, **overrides: Any) -> Config:
         except ValueError as exc:
             raise ConfigError(variable, str(exc)) from None
     values.update(overrides)
-    return Config(**values)
+    config = Config(**values)
+    if config.node_dead_after <= 2 * config.node_heartbeat_interval:
+        raise ConfigError(
+            "ALICODE_NODE_DEAD_AFTER",
+            f"must exceed two heartbeat intervals ({2 * config.node_heartbeat_interval:g} s)",
+        )
+    return config
 
 
 def documented_settings() -> list[tuple[str, str, str]]:

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from alicode_gw.limits.limiter import Limiter
     from alicode_gw.money.billing import Billing
     from alicode_gw.money.catalog import ModelCatalog
+    from alicode_gw.money.nodes import Node
     from alicode_gw.observe.health import HealthMonitor
     from alicode_gw.observe.metrics import Metrics
     from alicode_gw.tokens import TokenCounter
@@ -45,6 +46,7 @@ class State:
     tokens: TokenCounter
     metrics: Metrics
     health: HealthMonitor
+    node: Node  # this process as the owner of its holds and leases
     started_at: float = field(default_factory=time.time)
     in_flight: int = 0
     draining: bool = False

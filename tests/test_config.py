@@ -110,3 +110,11 @@ def test_every_field_is_documented() -> None:
         assert f"| `{variable}` |" in table, f"{variable} missing from docs/operations.md"
     rows = {line.split("`")[1] for line in table.splitlines() if line.startswith("| `ALICODE_")}
     assert rows == documented, "docs/operations.md documents a variable config.py lacks"
+
+
+def test_a_node_is_dead_only_after_more_than_two_missed_heartbeats() -> None:
+    settings = {"ALICODE_NODE_HEARTBEAT_INTERVAL": "0.5", "ALICODE_NODE_DEAD_AFTER": "3"}
+    config = load(settings)
+    assert (config.node_heartbeat_interval, config.node_dead_after) == (0.5, 3.0)
+    with pytest.raises(ConfigError, match="ALICODE_NODE_DEAD_AFTER"):
+        load({**settings, "ALICODE_NODE_DEAD_AFTER": "1"})

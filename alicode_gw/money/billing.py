@@ -16,6 +16,11 @@ Money is integer nano-USD (1 USD = 1 000 000 000). :func:`format_usd` and
 
 When the database cannot take a settlement or release, it goes to the journal
 (:mod:`alicode_gw.money.journal`) and is replayed from there.
+
+Holds and leases belong to the node that made them (:mod:`alicode_gw.money.nodes`): the
+sweeper gives back those of a node whose heartbeat stopped, and those past their expiry.
+Before a node admits its first request it runs the sweeper and replays the journal once
+(:meth:`Billing.recover`), so a restarted node answers no 402 for money that is free.
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ from alicode_gw.money.contract import (
     ApplyBatch,
     BatchOp,
     BatchResult,
+    ExpireDeadNodes,
     HoldOp,
     HoldOutcome,
     HoldResult,
@@ -59,12 +65,13 @@ from alicode_gw.money.contract import (
     Usage,
     batch_element,
     batch_op,
+    call,
     sql_call,
 )
 from alicode_gw.money.journal import JOURNAL_FILE, SettlementJournal
 from alicode_gw.money.leases import Credit
 from alicode_gw.store.batching import Closed, Coalescer
-from alicode_gw.store.unavailable import DATABASE_UNREACHABLE
+from alicode_gw.store.unavailable import DATABASE_FAILED, DATABASE_UNREACHABLE, REDIS_FAILED
 from alicode_gw.tasks import TaskTracker, nothing
 
 log = logging.getLogger(__name__)
@@ -185,15 +192,21 @@ class Billing:
         db_timeout: float = 10.0,
         tasks: TaskTracker | None = None,
         credit: Credit | None = None,
+        node_id: str | None = None,
+        dead_after: float = 30.0,
     ) -> None:
         """``tasks`` tracks the batch flushes and the release of holds nobody waits for
         any more (the app passes its own tracker, so shutdown drains them). ``credit``:
         the node's credit leases (:mod:`alicode_gw.money.leases`); None: every hold is a
-        database round trip."""
+        database round trip. ``node_id``: the node the holds belong to (None: they are
+        given back at their expiry only). ``dead_after``: the sweeper gives back the
+        holds and leases of nodes whose heartbeat is older than this (seconds)."""
         self._db = db
         self._redis = redis
         self._prefix = redis_prefix
         self.hold_ttl = hold_ttl
+        self.node_id = node_id
+        self.dead_after = dead_after
         self._sweep_interval = sweep_interval
         self._replay_interval = replay_interval
         self._db_timeout = db_timeout
@@ -467,7 +480,7 @@ class Billing:
         the batch fails for a reason other than an outage (a deadlock with a foreign
         transaction, a bad entry), nothing of it was applied, so each op is tried alone
         and only the faulty one fails."""
-        batch = ApplyBatch(tuple(ops), self.hold_ttl)
+        batch = ApplyBatch(tuple(ops), self.hold_ttl, self.node_id)
         try:
             rows = await self._fetch_batch(batch)
         except asyncpg.PostgresError as exc:
@@ -540,11 +553,30 @@ class Billing:
     async def journal_length(self) -> int:
         return await self.journal.length()
 
+    async def recover(self) -> None:
+        """Before the node admits requests: give back the money of dead nodes (its own
+        predecessor's included, once :meth:`Node.join <alicode_gw.money.nodes.Node.join>`
+        retired it) and apply the journal, so that no request is refused for money that
+        is free. A store that cannot be reached is only logged: the loops retry."""
+        try:
+            if released := await self.sweep():
+                log.warning("released %d hold(s) and lease(s) of dead nodes", released)
+        except DATABASE_FAILED as exc:
+            log.warning("hold sweep at start failed: %s", exc)
+        try:
+            async with asyncio.timeout(self._db_timeout):
+                if applied := await self.replay_journal():
+                    log.info("billing journal: applied %d journaled operation(s)", applied)
+        except (*DATABASE_FAILED, *REDIS_FAILED) as exc:
+            log.warning("billing journal replay at start failed: %s", exc)
+
     async def sweep(self) -> int:
-        """Release expired holds and credit leases (left by a crashed node); returns how
-        many. Two statements: each locks in the documented order on its own."""
+        """Give back the holds and close the credit leases of dead nodes, and those past
+        their expiry; returns how many. Separate statements: each locks in the
+        documented order on its own."""
         async with asyncio.timeout(self._db_timeout):
-            count = int(await self._db.fetchval("SELECT billing.expire_holds()"))
+            count = await call(self._db, ExpireDeadNodes(self.dead_after))
+            count += int(await self._db.fetchval("SELECT billing.expire_holds()"))
             count += int(await self._db.fetchval("SELECT billing.expire_leases()"))
         now = time.monotonic()
         # Only holds with a database row: a leased request's hold lives only here, and
@@ -570,4 +602,4 @@ class Billing:
                 log.exception("hold sweeper failed")
                 continue
             if expired:
-                log.warning("hold sweeper: released %d expired hold(s)", expired)
+                log.warning("hold sweeper: released %d hold(s) and lease(s)", expired)

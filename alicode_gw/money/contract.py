@@ -307,18 +307,22 @@ async def call(db: asyncpg.Pool | asyncpg.Connection, op: Call[R]) -> R:
 
 @dataclass(frozen=True, slots=True)
 class ApplyBatch(Call[list[BatchResult | None]]):
-    """Apply ``ops`` in one transaction; a hold expires ``ttl_seconds`` after it is made.
-    The result has one entry per op, in order (None: the database gave no row for it)."""
+    """Apply ``ops`` in one transaction; a hold expires ``ttl_seconds`` after it is made,
+    and belongs to ``node`` (given back when that node stops beating; None: at its
+    expiry only). The result has one entry per op, in order (None: the database gave no
+    row for it)."""
 
     FUNCTION: ClassVar[str] = "billing.apply_batch"
     ops: tuple[BatchOp, ...]
     ttl_seconds: float
+    node: str | None = None
 
     def arguments(self) -> dict[str, Any]:
         elements = [{**batch_element(op), "i": i} for i, op in enumerate(self.ops)]
         return {
             "ops": json.dumps(elements, separators=(",", ":")),
             "ttl_seconds": self.ttl_seconds,
+            "node": self.node,
         }
 
     def result(self, rows: Sequence[asyncpg.Record]) -> list[BatchResult | None]:
@@ -400,6 +404,44 @@ class LeaseClose(Call[int]):
 
     FUNCTION: ClassVar[str] = "billing.lease_close"
     lease_id: int
+
+    def result(self, rows: Sequence[asyncpg.Record]) -> int:
+        return int(rows[0][0])
+
+
+# --- nodes (sql/functions/billing_nodes.sql) -------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class NodeBeat(Call[None]):
+    """Node ``node`` is alive (its first beat registers it)."""
+
+    FUNCTION: ClassVar[str] = "billing.node_beat"
+    node: str
+
+    def result(self, rows: Sequence[asyncpg.Record]) -> None:
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class NodeRetire(Call[bool]):
+    """Node ``node`` is known to be dead: the next sweep gives back its holds and leases
+    at once. Whether the database knew the node."""
+
+    FUNCTION: ClassVar[str] = "billing.node_retire"
+    node: str
+
+    def result(self, rows: Sequence[asyncpg.Record]) -> bool:
+        return bool(rows[0][0])
+
+
+@dataclass(frozen=True, slots=True)
+class ExpireDeadNodes(Call[int]):
+    """Give back the holds and close the leases of the nodes whose heartbeat is older
+    than ``window_seconds``; how many (holds and leases)."""
+
+    FUNCTION: ClassVar[str] = "billing.expire_dead_nodes"
+    window_seconds: float
 
     def result(self, rows: Sequence[asyncpg.Record]) -> int:
         return int(rows[0][0])

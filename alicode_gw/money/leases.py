@@ -16,19 +16,21 @@ account without a lease, or whose lease is short, takes the ordinary hold round 
 while a lease is opened or grown in the background; an account whose free balance is
 small gets no lease at all (half of it must cover the request).
 
-Leases are renewed while the node runs, closed when idle and when the node stops; a
-node that dies leaves them to expire (``billing.expire_leases``, run by the sweeper), and
-a node that cannot renew stops using them well before that.
+Leases are renewed while the node runs, closed when idle and when the node stops. A
+lease belongs to its node (``owner``, :mod:`alicode_gw.money.nodes`): a node that dies
+stops beating, and the sweeper closes its leases once its heartbeat is older than the
+window (``billing.expire_dead_nodes``; ``billing.expire_leases`` at the lease's own
+expiry is the backstop). A node stops using its leases before either can happen: when
+it cannot renew them, and when its own heartbeat has not landed for nearly the window;
+when its heartbeat resumes after such a gap it drops them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import secrets
-import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import asyncpg
@@ -41,6 +43,7 @@ from alicode_gw.money.contract import (
     LeaseShrink,
     call,
 )
+from alicode_gw.money.nodes import new_node_id
 from alicode_gw.store.unavailable import DATABASE_FAILED
 from alicode_gw.tasks import TaskTracker
 
@@ -48,11 +51,6 @@ log = logging.getLogger(__name__)
 
 HOLDS_PER_LEASE = 16  # a new lease covers this many holds like the one that asked for it
 REFUSED_BACKOFF = 5.0  # seconds before asking again for an account that got no lease
-
-
-def node_owner() -> str:
-    """This process's name in ``billing_leases.owner``."""
-    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
 
 
 @dataclass(slots=True)
@@ -82,11 +80,14 @@ class Credit:
         idle_close: float = 60.0,
         db_timeout: float = 10.0,
         owner: str | None = None,
+        usable_until: Callable[[], float] | None = None,
     ) -> None:
         """``max_pct``: a lease holds at most this share (percent) of what it and the
         account's free balance hold together. A lease is used until
         ``ttl - renew_interval`` seconds after its last renewal was sent, so a node that
-        cannot renew stops before the database expires it."""
+        cannot renew stops before the database expires it. ``owner``: the node id;
+        ``usable_until``: the node's :meth:`~alicode_gw.money.nodes.Node.usable_until`
+        (no lease is used past it)."""
         self._db = db
         self._tasks = tasks
         self.max_pct = max_pct
@@ -94,7 +95,8 @@ class Credit:
         self.renew_interval = renew_interval
         self.idle_close = idle_close
         self._db_timeout = db_timeout
-        self.owner = owner or node_owner()
+        self.owner = owner or new_node_id()
+        self._usable_until = usable_until
         self._by_account: dict[int, Lease] = {}
         self._by_id: dict[int, Lease] = {}
         self._asking: dict[int, asyncio.Task[None]] = {}  # a grow or open under way
@@ -109,6 +111,8 @@ class Credit:
         or grown, in the background)."""
         lease = self._by_account.get(account_id)
         now = time.monotonic()
+        if self._usable_until is not None and self._usable_until() <= now:
+            return None  # other nodes may consider this one dead: its leases with it
         if lease is not None and lease.deadline > now and lease.free >= amount:
             lease.free -= amount
             lease.in_flight += 1
@@ -134,6 +138,13 @@ class Credit:
         lease = self._by_id.get(lease_id)
         if lease is not None:
             lease.unlanded -= 1
+
+    def drop_all(self) -> None:
+        """Stop using every lease (this node's heartbeat resumed after a gap: the
+        sweeper may have closed them). Requests admitted against one are still billed,
+        from the free balance when it is closed."""
+        for lease in list(self._by_id.values()):
+            self._forget(lease)
 
     def leased(self, account_id: int) -> Lease | None:
         return self._by_account.get(account_id)

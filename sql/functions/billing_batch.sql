@@ -20,7 +20,7 @@
 --         "release"       + request_id
 -- These keys are also the settlement journal's format (alicode_gw/money/contract.py
 -- encodes and decodes them), so a journal written by an older node replays unchanged.
--- Returns one row per operation. For a hold (outcome held or duplicate) the price
+-- Its holds belong to node p_node (see billing.hold). Returns one row per operation. For a hold (outcome held or duplicate) the price
 -- snapshot taken by the hold comes back too, so the node can state a request's cost
 -- the moment its usage is known, by the same rule as billing.request_cost. The price
 -- columns are named as in model_catalog; batch_discount_pct is the discount the hold
@@ -32,7 +32,8 @@
 -- cycle, nor on the sweeper (billing.expire_holds locks holds, skipping locked ones, then
 -- accounts). Settlements and releases run before holds, so money a finished request
 -- gives back is available to the next ones.
-CREATE OR REPLACE FUNCTION billing.apply_batch(p_ops jsonb, p_ttl_seconds double precision)
+CREATE OR REPLACE FUNCTION billing.apply_batch(
+    p_ops jsonb, p_ttl_seconds double precision, p_node text DEFAULT NULL)
 RETURNS TABLE (ord integer, outcome text, priced_model text, amount_nanos bigint,
                revoked_public_id text, input_price bigint, output_price bigint,
                cache_write_5m_price bigint, cache_write_1h_price bigint,
@@ -79,7 +80,8 @@ BEGIN
                 p_max_tokens => r.max_tokens,
                 p_client_ip => r.client_ip,
                 p_batch => coalesce(r.batch, false),
-                p_ttl_seconds => p_ttl_seconds);
+                p_ttl_seconds => p_ttl_seconds,
+                p_node => p_node);
             IF h.outcome IN ('held', 'duplicate') THEN
                 SELECT * INTO b FROM billing_holds bh WHERE bh.request_id = r.request_id;
                 RETURN QUERY SELECT r.i, h.outcome, h.priced_model, h.hold_nanos, NULL::text,

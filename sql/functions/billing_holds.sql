@@ -10,11 +10,14 @@
 -- A key with a spend cap is held against it too, under the same account row lock: the
 -- hold is refused while the key's spend plus its open holds has reached the cap, so its
 -- concurrent requests together exceed the cap by at most one request's worst case.
+-- The hold belongs to node p_node (billing_nodes): when that node stops beating, the
+-- sweeper gives it back (billing.expire_dead_nodes); p_ttl_seconds is the backstop.
 -- outcome: held | duplicate (same request id already held) | insufficient |
 --          over_cap | unknown_model | unknown_key
 CREATE OR REPLACE FUNCTION billing.hold(
     p_request_id text, p_key_id bigint, p_model text, p_estimated_input_tokens bigint,
-    p_max_tokens bigint, p_client_ip text, p_batch boolean, p_ttl_seconds double precision
+    p_max_tokens bigint, p_client_ip text, p_batch boolean, p_ttl_seconds double precision,
+    p_node text DEFAULT NULL
 ) RETURNS TABLE (outcome text, priced_model text, hold_nanos bigint)
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -79,12 +82,12 @@ BEGIN
     INSERT INTO billing_holds (request_id, account_id, key_id, requested_model, model,
                                client_ip, batch, amount_nanos, input_price, output_price,
                                cache_write_5m_price, cache_write_1h_price, cache_read_price,
-                               discount_pct, expires_at)
+                               discount_pct, expires_at, node)
     VALUES (p_request_id, v_account, p_key_id, p_model, v_model.id, p_client_ip, p_batch,
             v_amount, v_model.input_price, v_model.output_price,
             v_model.cache_write_5m_price, v_model.cache_write_1h_price,
             v_model.cache_read_price, v_disc,
-            now() + make_interval(secs => p_ttl_seconds));
+            now() + make_interval(secs => p_ttl_seconds), p_node);
     RETURN QUERY SELECT 'held'::text, v_model.id, v_amount;
 END $$;
 
@@ -184,8 +187,8 @@ BEGIN
     RETURN 'released';
 END $$;
 
--- expire_holds: the sweeper. Holds past their expiry (a crashed node never settled or
--- released them) give their reservation back; the hold row stays, marked 'expired', so
+-- expire_holds: the sweeper's expiry half (the node half: billing.expire_dead_nodes).
+-- Holds past their expiry (a crashed node never settled or released them) give their reservation back; the hold row stays, marked 'expired', so
 -- a late settlement (e.g. from the journal) is still billed once. One sweeper at a time
 -- (transaction advisory lock); holds being settled right now are skipped.
 CREATE OR REPLACE FUNCTION billing.expire_holds(p_limit integer DEFAULT 1000) RETURNS integer
