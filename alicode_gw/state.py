@@ -66,7 +66,8 @@ class RequestContext:
     client_ip: str | None = None
     key_public_id: str | None = None
     account_id: int | None = None
-    model: str | None = None
+    model: str | None = None  # as the client sent it
+    priced_model: str | None = None  # the catalog entry it resolved to (bounded)
     upstream_name: str | None = None
     upstream_request_id: str | None = None  # the upstream's id of the last attempt
     attempts: int = 0

@@ -15,7 +15,7 @@ import anthropic
 import httpx2
 import pytest
 
-from alicode_gw.dev.mock_answers import MODELS
+from alicode_gw.dev.mock_models import MODELS
 from alicode_gw.dev.mock_upstream import DEFAULT_MOCK_KEY, MockUpstream, serve
 from alicode_gw.upstream.sse import SSEEvent, SSEParser, UsageScanner
 
