@@ -12,7 +12,8 @@ characters::
     {"time": "2025-01-01T12:00:00.123Z", "request_id": "req_…", "key_id": "ab12cd34ef56",
      "account_id": 7, "client_ip": "203.0.113.9", "method": "POST", "route": "messages",
      "path": "/v1/messages", "model": "claude-sonnet-4-5-20250929", "status": 200,
-     "input_tokens": 12, "output_tokens": 40, "cache_write_tokens": 0, "cache_read_tokens": 0, "cost_usd": "0.000636",
+     "input_tokens": 12, "output_tokens": 40, "cache_write_tokens": 0,
+     "cache_read_tokens": 0, "cost_usd": "0.000636",
      "duration_ms": 812.4, "ttfb_ms": 301.2, "upstream": "main", "attempts": 1}
 """
 
