@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from alicode_gw.observe.health import HealthMonitor
     from alicode_gw.observe.metrics import Metrics
     from alicode_gw.tokens import TokenCounter
+    from alicode_gw.upstream.models import UpstreamModels
     from alicode_gw.upstream.pool import KeyPool
 
 
@@ -45,6 +46,7 @@ class State:
     tokens: TokenCounter
     metrics: Metrics
     health: HealthMonitor
+    upstream_models: UpstreamModels
     started_at: float = field(default_factory=time.time)
     in_flight: int = 0
     draining: bool = False

@@ -287,10 +287,10 @@ async def test_marker_is_never_logged_stored_or_exported(
             async for _ in stream:
                 pass
             ids.append(stream.response.headers["request-id"])
-        # Error paths: an unknown model named after the marker, a bad field, an
-        # upstream refusal, a failing upstream.
+        # Error paths: an unknown model (its name is logged as sent, by design: the
+        # conversation is not), a bad field, an upstream refusal, a failing upstream.
         with pytest.raises(anthropic.BadRequestError):
-            await client.messages.create(**{**conversation, "model": f"claude-{marker}"})
+            await client.messages.create(**{**conversation, "model": "claude-foo-1"})
         with pytest.raises(anthropic.BadRequestError):
             await client.messages.create(**conversation, extra_body={"max_tokens": marker})
         refused = {
@@ -325,7 +325,7 @@ async def test_marker_is_never_logged_stored_or_exported(
             pass
         with pytest.raises(openai.BadRequestError):
             await oai.chat.completions.create(
-                model=f"gpt-{marker}", messages=_openai_conversation(marker)
+                model="gpt-foo-1", messages=_openai_conversation(marker)
             )
     async with client_for(gw, customer) as client:
         # Last: every credential answers 500 (they all cool down afterwards).

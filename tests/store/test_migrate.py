@@ -234,7 +234,10 @@ async def test_a_database_of_the_layout_before_the_split_migrates_to_a_new_ones_
     finally:
         await conn.close()
 
-    assert await migrate.run(scratch_database_url) == ["007_named_parameters.sql"]
+    assert await migrate.run(scratch_database_url) == [
+        "007_named_parameters.sql",
+        "008_model_families.sql",
+    ]
     assert await schema(scratch_database_url) == await schema(database_url)
     conn = await asyncpg.connect(scratch_database_url)
     try:
