@@ -369,3 +369,41 @@ async def test_marker_is_never_logged_stored_or_exported(
     # Nor any secret: the customer's key, or an upstream credential.
     for secret in (customer.key, *UPSTREAM_KEYS):
         assert secret not in log_text and secret not in metrics_text
+
+
+async def test_refusals_name_their_path_and_the_model_as_sent(
+    gw: app.Gateway, customer: Customer, captured: Capture
+) -> None:
+    """A probe of ``/``, a path no route has, a model the gateway does not serve, a
+    bad field: each access line says which path and which model."""
+    async with aiohttp.ClientSession() as http:
+        async with http.head(gw.url + "/") as resp:
+            head_id, head_status = resp.headers["request-id"], resp.status
+        async with http.get(gw.url + "/") as resp:
+            root_id, root_status, root = resp.headers["request-id"], resp.status, await resp.json()
+        async with http.get(gw.url + "/v1/nowhere?token=secret-value") as resp:
+            missing_id = resp.headers["request-id"]
+    async with client_for(gw, customer) as client:
+        with pytest.raises(anthropic.BadRequestError) as unknown:
+            await client.messages.create(
+                model="claude-foo-1", max_tokens=8, messages=[{"role": "user", "content": "hi"}]
+            )
+        with pytest.raises(anthropic.BadRequestError) as bad_field:
+            await client.messages.create(
+                model="claude-haiku-4-5-20251001",
+                max_tokens=8,
+                messages=[],
+            )
+    lines = {line["request_id"]: line for line in access_lines(captured)}
+    assert (head_status, root_status, root) == (200, 200, {"service": "alicode_gw", "status": "ok"})
+    assert (lines[head_id]["method"], lines[head_id]["path"], lines[head_id]["route"]) == (
+        "HEAD",
+        "/",
+        "root",
+    )
+    assert lines[root_id]["path"] == "/"
+    assert (lines[missing_id]["path"], lines[missing_id]["status"]) == ("/v1/nowhere", 404)
+    assert "secret-value" not in json.dumps(lines[missing_id])
+    for refused, model in ((unknown, "claude-foo-1"), (bad_field, "claude-haiku-4-5-20251001")):
+        line = lines[refused.value.request_id]
+        assert (line["path"], line["model"], line["status"]) == ("/v1/messages", model, 400)
