@@ -93,3 +93,15 @@ def test_counts_match_an_untouched_encoder() -> None:
     assert [len(tokens) for tokens in batch] == [
         len(reference.encode_ordinary(text)) for text in samples
     ]
+
+
+def test_a_system_turn_inside_messages_is_counted() -> None:
+    """Claude Code's mid-conversation ``system`` turns: counted like any message."""
+    plain = {"messages": [{"role": "user", "content": "hello world"}]}
+    with_system = {
+        "messages": [
+            {"role": "user", "content": "hello world"},
+            {"role": "system", "content": [{"type": "text", "text": "hello world"}]},
+        ]
+    }
+    assert COUNTER.count(with_system) == COUNTER.count(plain) + PER_MESSAGE_TOKENS + 2
