@@ -20,9 +20,9 @@ credentials), ``drop_after=N`` (streaming: close the connection after N events),
 ``first_byte_delay_ms=N``, ``chunk_delay_ms=N``, ``words=N`` (answer length),
 ``mode=tool|text`` (call the first tool even without a forcing ``tool_choice``).
 
-A ``system`` turn inside ``messages`` is accepted under the beta
-``anthropic-beta: mid-conversation-system-2026-04-07`` (as Claude Code sends it), and
-refused like the API refuses an unknown role without it. ``GET /v1/models`` serves
+A ``system`` turn inside ``messages`` is accepted under the betas Claude Code sends
+with one (``mid-conversation-system-2026-04-07``, ``per-turn-control-2026-07-01``),
+and refused like the API refuses an unknown role without them. ``GET /v1/models`` serves
 :attr:`MockUpstream.models` in the API's current shape.
 """
 
@@ -107,7 +107,9 @@ class Exchange:
 # ---------------------------------------------------------------- validation
 
 
-MID_CONVERSATION_SYSTEM_BETA = "mid-conversation-system-2026-04-07"
+# Betas under which a ``system`` turn may appear inside ``messages`` (Claude Code sends
+# the first, and for its newest models the second).
+SYSTEM_TURN_BETAS = frozenset({"mid-conversation-system-2026-04-07", "per-turn-control-2026-07-01"})
 
 
 def _validate_common(body: Any, betas: frozenset[str] = frozenset()) -> dict[str, Any]:
@@ -125,7 +127,7 @@ def _validate_common(body: Any, betas: frozenset[str] = frozenset()) -> dict[str
     if not messages:
         raise invalid("messages: at least one message is required")
     roles = ("user", "assistant")
-    if MID_CONVERSATION_SYSTEM_BETA in betas:
+    if SYSTEM_TURN_BETAS & betas:
         roles = ("user", "assistant", "system")
     for i, msg in enumerate(messages):
         if not isinstance(msg, dict) or msg.get("role") not in roles:

@@ -11,7 +11,12 @@ ALTER TABLE models ADD CONSTRAINT models_family_pattern CHECK (
 );
 
 -- Seed: the families of the current models, at the prices of their newest seeded
--- member (Anthropic's list prices; `alicode-gw price set` changes them).
+-- member (Anthropic's list prices; `alicode-gw price set` changes them). Each line
+-- also has a family without a version (`claude-opus-*`): the next generation is
+-- served the day it ships (Claude Code's default may be a model newer than any
+-- price), billed at the current generation's price until the operator sets its own;
+-- its output ceiling is the largest a current model has (128k: Claude Code asks the
+-- newest models for that much), the upstream enforces the model's real one.
 INSERT INTO models (id, display_name, created_at, context_window, max_output_tokens,
                     supports_vision, supports_thinking, input_price, output_price,
                     cache_write_5m_price, cache_write_1h_price, cache_read_price,
@@ -19,9 +24,15 @@ INSERT INTO models (id, display_name, created_at, context_window, max_output_tok
 VALUES
     ('claude-opus-4-*',  'Claude Opus 4 family',  '2026-04-16T00:00:00Z', 200000, 128000,
      true, true, 5000000, 25000000, 6250000, 10000000, 500000, 50),
-    ('claude-sonnet-*',  'Claude Sonnet family',  '2026-02-17T00:00:00Z', 200000,  64000,
+    ('claude-sonnet-4-*', 'Claude Sonnet 4 family', '2026-02-17T00:00:00Z', 200000, 64000,
      true, true, 3000000, 15000000, 3750000,  6000000, 300000, 50),
     ('claude-haiku-4-*', 'Claude Haiku 4 family', '2025-10-15T00:00:00Z', 200000,  64000,
+     true, true, 1000000,  5000000, 1250000,  2000000, 100000, 50),
+    ('claude-opus-*',    'Claude Opus family',    '2026-04-16T00:00:00Z', 200000, 128000,
+     true, true, 5000000, 25000000, 6250000, 10000000, 500000, 50),
+    ('claude-sonnet-*',  'Claude Sonnet family',  '2026-02-17T00:00:00Z', 200000, 128000,
+     true, true, 3000000, 15000000, 3750000,  6000000, 300000, 50),
+    ('claude-haiku-*',   'Claude Haiku family',   '2025-10-15T00:00:00Z', 200000, 128000,
      true, true, 1000000,  5000000, 1250000,  2000000, 100000, 50);
 
 -- The upstream's own model list (GET /v1/models), as the gateway last fetched it with a

@@ -426,6 +426,9 @@ async def test_system_turn_under_the_mid_conversation_beta(
         http, mock, body, path="/v1/messages/count_tokens", headers=beta
     )
     assert status == 200 and json.loads(raw)["input_tokens"] > 0
+    newer = {"anthropic-beta": "claude-code-20250219,per-turn-control-2026-07-01"}
+    status, _, raw = await raw_post(http, mock, body, headers=newer)
+    assert status == 200
     status, _, raw = await raw_post(http, mock, body)
     assert status == 400
     assert json.loads(raw)["error"]["message"] == (

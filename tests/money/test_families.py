@@ -29,14 +29,17 @@ EXPECTED = {
     "claude-haiku-4-5-20251001": "claude-haiku-4-5",
     "claude-sonnet-4-5-20250929": "claude-sonnet-4-5",
     "claude-sonnet-5": "claude-sonnet-*",
+    "claude-sonnet-4-7": "claude-sonnet-4-*",
     "claude-sonnet-5-20270101": "claude-sonnet-*",
     "claude-opus-4-8": "claude-opus-4-*",
     "claude-haiku-4-9": "claude-haiku-4-*",
     "claude-3-7-sonnet-latest": "claude-sonnet-4-5",  # an alias
     "claude-3-7-sonnet-latest-20250101": "claude-sonnet-4-5",  # an alias's snapshot
     "claude-foo-1": None,
-    "claude-opus-5": None,  # the opus family is claude-opus-4-*
-    "claude-haiku-5": None,
+    "claude-opus-5-5": "claude-opus-*",  # the next generation: the line's family
+    "claude-haiku-5": "claude-haiku-*",
+    "claude-mythos-1": None,
+    "claude-3-opus-20240229": None,  # no claude-3-opus row, no family of its prefix
     "claude-sonnet-*": None,  # a family is not a model id
     "claude-sonnet-": "claude-sonnet-*",
     "claude-haiku-4-5-2025100": "claude-haiku-4-*",  # not a date: the family
@@ -80,6 +83,7 @@ async def test_the_most_specific_family_wins_and_a_single_id_can_be_priced(
             ("claude-sonnet-9-1", "claude-sonnet-9-1", 8_000_000),
             ("claude-sonnet-9-1-20300101", "claude-sonnet-9-1", 8_000_000),
             ("claude-sonnet-8", "claude-sonnet-*", 3_000_000),
+            ("claude-sonnet-4-9", "claude-sonnet-4-*", 3_000_000),
         ):
             info = models.resolve(name)
             assert info and (info.priced_as, info.prices.input) == (priced_as, price), name

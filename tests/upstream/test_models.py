@@ -55,7 +55,7 @@ async def test_a_model_added_upstream_appears_priced_or_is_reported(
         "Claude Sonnet 5",
         "2026-11-20T00:00:00+00:00",
     )
-    assert one.model_dump()["max_tokens"] == 64_000  # the family's limit
+    assert one.model_dump()["max_tokens"] == 128_000  # the family's limit
     async with openai.AsyncOpenAI(
         api_key=customer.key, base_url=models_gw.url + "/v1", max_retries=0
     ) as oa:
