@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import sys
 import time
+from pathlib import Path
 
 import asyncpg
 import uvloop
@@ -29,7 +31,21 @@ DEMO_EMAIL = "demo@alicode.local"
 DEMO_TOPUP_NANOS = 100 * 1_000_000_000  # $100 of demo credit, once
 
 
-def banner(base_url: str, upstream: str, key: str) -> str:
+def command_path(path: Path, cwd: Path) -> str:
+    """``path`` as a command typed in ``cwd``: relative (``.venv/bin/python``) when it
+    is below it, else absolute."""
+    if not path.is_relative_to(cwd):
+        return str(path)
+    relative = path.relative_to(cwd)
+    return str(relative) if relative.parent != Path() else f"./{relative}"
+
+
+def banner(
+    base_url: str, upstream: str, key: str, *, python: str = "python", cli: str = "alicode-gw"
+) -> str:
+    """What ``alicode-gw dev`` prints once it listens. ``python`` and ``cli`` are the
+    commands of this installation (its interpreter, which has the ``anthropic``
+    package of the dev extra, and its ``alicode-gw``), as typed where it was started."""
     return f"""
 alicode_gw is running.
 
@@ -43,12 +59,23 @@ alicode_gw is running.
     -d '{{"model":"claude-sonnet-4-6","max_tokens":64,\
          "messages":[{{"role":"user","content":"hi"}}]}}'
 
-  python -c "import anthropic; c = anthropic.Anthropic(api_key='{key}', base_url='{base_url}'); \\
+  {python} -c "import anthropic; c = anthropic.Anthropic(api_key='{key}', base_url='{base_url}'); \\
 print(c.messages.create(model='claude-sonnet-4-6', max_tokens=64, \\
 messages=[{{'role': 'user', 'content': 'hi'}}]).content[0].text)"
 
+  Claude Code: ANTHROPIC_BASE_URL={base_url} ANTHROPIC_API_KEY={key} claude
+
+  operator CLI   {cli} --help   (e.g. {cli} price list)
+
 Press Ctrl-C to stop.
 """.rstrip()
+
+
+def installed_commands(cwd: Path) -> tuple[str, str]:
+    """(python, alicode-gw) of the running installation, as typed in ``cwd``."""
+    python = Path(sys.executable)
+    cli = python.parent / "alicode-gw"
+    return command_path(python, cwd), command_path(cli, cwd) if cli.exists() else "alicode-gw"
 
 
 async def prepare_demo(database_url: str, upstream_keys: tuple[str, ...]) -> str:
@@ -81,11 +108,14 @@ async def _run(config: Config, backends: Backends) -> None:
         await mock.start()
         config = dataclasses.replace(config, upstream_url=mock.url)
     upstream = f"{config.upstream_url} (mock)" if mock else config.upstream_url
+    python, cli = installed_commands(Path.cwd())
     try:
         await app.run_until_signalled(
             config,
             backends,
-            lambda gateway: print(banner(gateway.url, upstream, demo_key), flush=True),
+            lambda gateway: print(
+                banner(gateway.url, upstream, demo_key, python=python, cli=cli), flush=True
+            ),
         )
     finally:
         if mock is not None:
