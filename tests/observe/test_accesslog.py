@@ -394,7 +394,16 @@ async def test_refusals_name_their_path_and_the_model_as_sent(
                 max_tokens=8,
                 messages=[],
             )
+    async with openai.AsyncOpenAI(
+        api_key=customer.key, base_url=gw.url + "/v1", max_retries=0
+    ) as oa:
+        with pytest.raises(openai.BadRequestError) as untranslatable:
+            await oa.chat.completions.create(
+                model="claude-sonnet-5", n=2, messages=[{"role": "user", "content": "hi"}]
+            )
     lines = {line["request_id"]: line for line in access_lines(captured)}
+    line = lines[untranslatable.value.response.headers["request-id"]]
+    assert (line["path"], line["model"]) == ("/v1/chat/completions", "claude-sonnet-5")
     assert (head_status, root_status, root) == (200, 200, {"service": "alicode_gw", "status": "ok"})
     assert (lines[head_id]["method"], lines[head_id]["path"], lines[head_id]["route"]) == (
         "HEAD",
