@@ -34,6 +34,7 @@ from alicode_gw.state import RequestContext, State
 from alicode_gw.store.backends import Backends, configured_backends, create_pool, create_redis
 from alicode_gw.tasks import TaskTracker
 from alicode_gw.tokens import TokenCounter
+from alicode_gw.upstream.models import UpstreamModels
 from alicode_gw.upstream.pool import KeyPool
 
 log = logging.getLogger(__name__)
@@ -114,11 +115,23 @@ async def open_state(config: Config, backends: Backends) -> State:
     tasks.spawn(accesslog.flush_loop(), name="access-log-flush", perpetual=True)
     metrics = Metrics(share_dir(config))
     tasks.spawn(metrics.publish_loop(), name="metrics-publish", perpetual=True)
+    http = upstream_session(config)
+    upstream_models = UpstreamModels(
+        db=db,
+        http=http,
+        keypool=keypool,
+        catalog=catalog,
+        metrics=metrics,
+        upstream_url=config.upstream_url,
+        interval=config.upstream_models_interval,
+    )
+    if config.upstream_models_interval > 0:
+        tasks.spawn(upstream_models.run(), name="upstream-models-refresh", perpetual=True)
     return State(
         config=config,
         db=db,
         redis=redis,
-        http=upstream_session(config),
+        http=http,
         tasks=tasks,
         keypool=keypool,
         catalog=catalog,
@@ -129,6 +142,7 @@ async def open_state(config: Config, backends: Backends) -> State:
         metrics=metrics,
         health=HealthMonitor(),
         node=node,
+        upstream_models=upstream_models,
     )
 
 

@@ -169,6 +169,15 @@ class Config:
             "cut after this long of silence, at most half as long again).",
         },
     )
+    upstream_models_interval: float = field(
+        default=600.0,
+        metadata={
+            "env": "ALICODE_UPSTREAM_MODELS_INTERVAL",
+            "doc": "Seconds between two fetches of the upstream's model list (GET "
+            "/v1/models, with a pooled credential); /v1/models shows those of its models "
+            "that have a price. 0: never fetched (/v1/models lists the price table).",
+        },
+    )
     upstream_max_attempts: int = field(
         default=3,
         metadata={
@@ -302,6 +311,10 @@ def _parse_seconds(value: str) -> float:
     return number
 
 
+def _parse_seconds_or_off(value: str) -> float:
+    return 0.0 if value.strip() in ("0", "0.0") else _parse_seconds(value)
+
+
 def _parse_url(schemes: tuple[str, ...]) -> Callable[[str], str]:
     def parse(value: str) -> str:
         scheme, sep, rest = value.partition("://")
@@ -376,6 +389,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "ALICODE_UPSTREAM_CONNECT_TIMEOUT": _parse_seconds,
     "ALICODE_UPSTREAM_FIRST_BYTE_TIMEOUT": _parse_seconds,
     "ALICODE_UPSTREAM_IDLE_TIMEOUT": _parse_seconds,
+    "ALICODE_UPSTREAM_MODELS_INTERVAL": _parse_seconds_or_off,
     "ALICODE_UPSTREAM_MAX_ATTEMPTS": _parse_int(1),
     "ALICODE_UPSTREAM_RETRY_BUDGET": _parse_seconds,
     "ALICODE_DISCONNECT_DRAIN_TIMEOUT": _parse_seconds,

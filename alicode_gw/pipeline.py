@@ -73,18 +73,31 @@ def validate(payload: dict[str, Any]) -> MessagesRequest:
     return MessagesRequest(model, max_tokens, stream)
 
 
+MODEL_LOGGED_CHARS = 200  # of the model name a client sent, in the access line
+
+
+def note_model(ctx: RequestContext, payload: Any) -> None:
+    """Keep the model as the client sent it, for the access line (also when the request
+    is refused for it)."""
+    model = payload.get("model") if isinstance(payload, dict) else None
+    if isinstance(model, str):
+        ctx.model = model[:MODEL_LOGGED_CHARS]
+
+
 def resolve_model(ctx: RequestContext, name: str) -> ModelInfo:
-    """The model ``name`` as the catalog knows it, if the request's key may use it (by
-    the name it sent or, for an alias, its target)."""
+    """The model ``name`` as the catalog knows it (its own entry, its snapshot's base
+    or its family), if the request's key may use it (by the name it sent, its target
+    or the entry it is priced as)."""
+    ctx.model = name[:MODEL_LOGGED_CHARS]
     info = ctx.state.catalog.resolve(name)
     if info is None:
         raise InvalidRequestError(
             f"model: '{name}' is not available on this gateway; see GET /v1/models",
             param="model",
         )
-    if not ctx.authenticated.allows(name, info.target):
+    if not ctx.authenticated.allows(name, info.target, info.priced_as):
         raise PermissionDeniedError(f"This API key is not allowed to use the model '{name}'.")
-    ctx.model = info.target
+    ctx.priced_model = info.priced_as
     return info
 
 
@@ -141,6 +154,7 @@ async def serve(
     """The pipeline after the body is read: ``body`` is what goes upstream (bar an
     alias rewrite), ``payload`` its decoded form."""
     state = ctx.state
+    note_model(ctx, payload)
     request = validate(payload)
     key, ip = ctx.authenticated, ctx.ip
     info = resolve_model(ctx, request.model)

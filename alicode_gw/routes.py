@@ -101,6 +101,7 @@ def build_router() -> Router:
     """The gateway's endpoints."""
     return Router(
         [
+            Route("root", "/", {"GET": health.handle_root}),
             Route("health", "/v1/health", {"GET": health.handle_health}),
             Route("metrics", "/metrics", {"GET": metrics.handle_metrics}),
             Route("key_status", "/v1/key-status", {"GET": key_status.handle_key_status}, auth=True),

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from alicode_gw.observe.health import HealthMonitor
     from alicode_gw.observe.metrics import Metrics
     from alicode_gw.tokens import TokenCounter
+    from alicode_gw.upstream.models import UpstreamModels
     from alicode_gw.upstream.pool import KeyPool
 
 
@@ -47,6 +48,7 @@ class State:
     metrics: Metrics
     health: HealthMonitor
     node: Node  # this process as the owner of its holds and leases
+    upstream_models: UpstreamModels
     started_at: float = field(default_factory=time.time)
     in_flight: int = 0
     draining: bool = False
@@ -68,7 +70,8 @@ class RequestContext:
     client_ip: str | None = None
     key_public_id: str | None = None
     account_id: int | None = None
-    model: str | None = None
+    model: str | None = None  # as the client sent it
+    priced_model: str | None = None  # the catalog entry it resolved to (bounded)
     upstream_name: str | None = None
     upstream_request_id: str | None = None  # the upstream's id of the last attempt
     attempts: int = 0

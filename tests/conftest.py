@@ -114,6 +114,9 @@ def config(
         data_dir=tmp_path,
         shutdown_timeout=5.0,
         db_pool_size=5,
+        # The tests that read the upstream's model list refresh it themselves: no fetch
+        # of its own takes a credential between another test's requests.
+        upstream_models_interval=0,
     )
 
 

@@ -136,3 +136,15 @@ def test_a_sampled_estimate_stays_close_to_the_exact_count() -> None:
     estimate = COUNTER.count({"messages": [{"role": "user", "content": t} for t in texts]})
     overhead = PER_REQUEST_TOKENS + 2 * PER_MESSAGE_TOKENS
     assert scale > 1 and estimate - overhead == pytest.approx(exact, rel=0.03)
+
+
+def test_a_system_turn_inside_messages_is_counted() -> None:
+    """Claude Code's mid-conversation ``system`` turns: counted like any message."""
+    plain = {"messages": [{"role": "user", "content": "hello world"}]}
+    with_system = {
+        "messages": [
+            {"role": "user", "content": "hello world"},
+            {"role": "system", "content": [{"type": "text", "text": "hello world"}]},
+        ]
+    }
+    assert COUNTER.count(with_system) == COUNTER.count(plain) + PER_MESSAGE_TOKENS + 2

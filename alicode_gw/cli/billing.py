@@ -12,6 +12,7 @@ from alicode_gw.cli.common import account_subparsers, emit, fail, with_db
 from alicode_gw.config import Config
 from alicode_gw.money import catalog, ledger
 from alicode_gw.money.billing import parse_usd
+from alicode_gw.upstream import models as upstream_models
 
 _PRICE_FLAGS = (
     ("--input", "input_price", "input"),
@@ -25,11 +26,21 @@ _PRICE_FLAGS = (
 def register(subparsers: argparse._SubParsersAction) -> None:
     price = subparsers.add_parser("price", help="the model price table")
     price_sub = price.add_subparsers(dest="price_command", metavar="ACTION", required=True)
-    listing = price_sub.add_parser("list", help="every model and alias with its prices")
+    listing = price_sub.add_parser(
+        "list", help="every model, family (MODEL-PREFIX-*) and alias with its prices"
+    )
     listing.add_argument("--json", action="store_true", help="machine-readable output")
+    listing.add_argument(
+        "--missing",
+        action="store_true",
+        help="instead: the models the upstream serves that no price covers (hidden "
+        "from /v1/models), as of the gateway's last fetch of its list",
+    )
     listing.set_defaults(handler=run_price_list)
     setter = price_sub.add_parser(
-        "set", help="set a model's prices in USD per million tokens (creates a new model)"
+        "set",
+        help="set the prices of a model id or of a family (e.g. 'claude-sonnet-*') in USD "
+        "per million tokens (creates a new entry)",
     )
     setter.add_argument("model")
     for flag, dest, what in _PRICE_FLAGS:
@@ -79,6 +90,9 @@ def _price_row(info: catalog.ModelInfo) -> dict[str, Any]:
 
 
 def run_price_list(args: argparse.Namespace, config: Config) -> int:
+    if args.missing:
+        return run_price_missing(args, config)
+
     async def work(conn: asyncpg.Connection, redis: Redis) -> list[catalog.ModelInfo]:
         return await catalog.load_models(conn)
 
@@ -95,6 +109,30 @@ def run_price_list(args: argparse.Namespace, config: Config) -> int:
             f"{row['cache_read_usd_per_mtok']:>8} {row['batch_discount_pct']:>5}%"
         )
     emit(rows, args.json, "\n".join(lines))
+    return 0
+
+
+def run_price_missing(args: argparse.Namespace, config: Config) -> int:
+    """The upstream's models (as last stored by a gateway) that resolve to no price."""
+
+    async def work(
+        conn: asyncpg.Connection, redis: Redis
+    ) -> tuple[list[catalog.ModelInfo], list[upstream_models.UpstreamModel]]:
+        return await catalog.load_models(conn), await upstream_models.load(conn)
+
+    priced, served = with_db(config, work)
+    by_id = {info.id: info for info in priced}
+    rows = [
+        {
+            "id": m.id,
+            "display_name": m.display_name,
+            "created_at": m.created_at.isoformat().replace("+00:00", "Z"),
+        }
+        for m in served
+        if catalog.resolve_in(by_id, m.id) is None
+    ]
+    text = "\n".join(f"{r['id']:<32} {r['display_name']} ({r['created_at'][:10]})" for r in rows)
+    emit(rows, args.json, text or "every model the upstream serves has a price")
     return 0
 
 

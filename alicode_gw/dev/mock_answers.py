@@ -20,7 +20,6 @@ from types import MappingProxyType
 from typing import Any
 
 __all__ = [
-    "MODELS",
     "Answer",
     "CacheUsage",
     "DirectiveError",
@@ -32,23 +31,12 @@ __all__ = [
     "error_body",
     "invalid",
     "message_json",
-    "model_json",
     "named_error",
     "new_id",
     "parse_directives",
     "status_error",
     "stream_events",
 ]
-
-# (id, display name, created_at), newest first like the real /v1/models.
-MODELS: tuple[tuple[str, str, str], ...] = (
-    ("claude-opus-4-7", "Claude Opus 4.7", "2026-04-16T00:00:00Z"),
-    ("claude-sonnet-4-6", "Claude Sonnet 4.6", "2026-02-17T00:00:00Z"),
-    ("claude-opus-4-6", "Claude Opus 4.6", "2026-02-05T00:00:00Z"),
-    ("claude-opus-4-5", "Claude Opus 4.5", "2025-11-24T00:00:00Z"),
-    ("claude-haiku-4-5", "Claude Haiku 4.5", "2025-10-15T00:00:00Z"),
-    ("claude-sonnet-4-5", "Claude Sonnet 4.5", "2025-09-29T00:00:00Z"),
-)
 
 _VOCAB: tuple[str, ...] = (
     "amber", "basil", "cedar", "delta", "ember", "fjord", "gamma", "harbor",
@@ -599,12 +587,3 @@ def stream_events(
     out.append(("message_delta", _dumps(delta)))
     out.append(("message_stop", _dumps({"type": "message_stop"})))
     return out
-
-
-def model_json(model_id: str, display_name: str, created_at: str) -> dict[str, Any]:
-    return {
-        "type": "model",
-        "id": model_id,
-        "display_name": display_name,
-        "created_at": created_at,
-    }

@@ -19,6 +19,11 @@ credentials), ``drop_after=N`` (streaming: close the connection after N events),
 ``error_after=N`` (streaming: an ``error`` event after N events, then end),
 ``first_byte_delay_ms=N``, ``chunk_delay_ms=N``, ``words=N`` (answer length),
 ``mode=tool|text`` (call the first tool even without a forcing ``tool_choice``).
+
+A ``system`` turn inside ``messages`` is accepted under the betas Claude Code sends
+with one (``mid-conversation-system-2026-04-07``, ``per-turn-control-2026-07-01``),
+and refused like the API refuses an unknown role without them. ``GET /v1/models`` serves
+:attr:`MockUpstream.models` in the API's current shape.
 """
 
 from __future__ import annotations
@@ -37,7 +42,6 @@ from typing import Any
 from aiohttp import web
 
 from alicode_gw.dev.mock_answers import (
-    MODELS,
     Directives,
     PromptCache,
     RequestError,
@@ -46,13 +50,13 @@ from alicode_gw.dev.mock_answers import (
     error_body,
     invalid,
     message_json,
-    model_json,
     named_error,
     new_id,
     parse_directives,
     status_error,
     stream_events,
 )
+from alicode_gw.dev.mock_models import MODELS, model_json
 from alicode_gw.upstream.sse import format_event
 
 __all__ = ["DEFAULT_MOCK_KEY", "Exchange", "MockUpstream", "serve"]
@@ -103,7 +107,12 @@ class Exchange:
 # ---------------------------------------------------------------- validation
 
 
-def _validate_common(body: Any) -> dict[str, Any]:
+# Betas under which a ``system`` turn may appear inside ``messages`` (Claude Code sends
+# the first, and for its newest models the second).
+SYSTEM_TURN_BETAS = frozenset({"mid-conversation-system-2026-04-07", "per-turn-control-2026-07-01"})
+
+
+def _validate_common(body: Any, betas: frozenset[str] = frozenset()) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise invalid("Request body must be a JSON object")
     if "model" not in body:
@@ -117,9 +126,13 @@ def _validate_common(body: Any) -> dict[str, Any]:
         raise invalid("messages: Input should be a valid list")
     if not messages:
         raise invalid("messages: at least one message is required")
+    roles = ("user", "assistant")
+    if SYSTEM_TURN_BETAS & betas:
+        roles = ("user", "assistant", "system")
     for i, msg in enumerate(messages):
-        if not isinstance(msg, dict) or msg.get("role") not in ("user", "assistant"):
-            raise invalid(f"messages.{i}.role: Input should be 'user' or 'assistant'")
+        if not isinstance(msg, dict) or msg.get("role") not in roles:
+            expected = " or ".join(f"'{role}'" for role in roles)
+            raise invalid(f"messages.{i}.role: Input should be {expected}")
         if "content" not in msg:
             raise invalid(f"messages.{i}.content: Field required")
         _validate_blocks(f"messages.{i}.content", msg["content"])
@@ -139,12 +152,12 @@ def _validate_blocks(where: str, content: Any) -> None:
             )
 
 
-def _validate_count(body: Any) -> dict[str, Any]:
-    return _validate_common(body)
+def _validate_count(body: Any, betas: frozenset[str] = frozenset()) -> dict[str, Any]:
+    return _validate_common(body, betas)
 
 
-def _validate_messages(body: Any) -> dict[str, Any]:
-    body = _validate_common(body)
+def _validate_messages(body: Any, betas: frozenset[str] = frozenset()) -> dict[str, Any]:
+    body = _validate_common(body, betas)
     if "max_tokens" not in body:
         raise invalid("max_tokens: Field required")
     max_tokens = body["max_tokens"]
@@ -167,6 +180,12 @@ def _validate_messages(body: Any) -> dict[str, Any]:
     ):
         raise invalid("stop_sequences: Input should be a valid list")
     return body
+
+
+def _betas(request: web.BaseRequest) -> frozenset[str]:
+    """The ``anthropic-beta`` names of a request (comma-separated, possibly repeated)."""
+    names = ",".join(request.headers.getall("anthropic-beta", ()))
+    return frozenset(name.strip() for name in names.split(",") if name.strip())
 
 
 def _rfc3339(when: datetime) -> str:
@@ -201,6 +220,9 @@ class MockUpstream:
         self._runner: web.ServerRunner | None = None
         self._cache = PromptCache()
         self._org_id = str(uuid.uuid4())
+        # What GET /v1/models serves, newest first: (id, display name, created_at).
+        # A test may add or remove entries (a model shipped or retired upstream).
+        self.models: list[tuple[str, str, str]] = list(MODELS)
         self.exchanges: collections.deque[Exchange] = collections.deque(maxlen=history)
 
     # ------------------------------------------------------------ lifecycle
@@ -344,7 +366,7 @@ class MockUpstream:
         if path == "/v1/models":
             return await self._send_json(request, ex, 200, self._model_page(request))
         if model_id is not None:
-            for mid, name, created in MODELS:
+            for mid, name, created in self.models:
                 if mid == model_id:
                     return await self._send_json(request, ex, 200, model_json(mid, name, created))
             raise RequestError(404, "not_found_error", f"model: {model_id}")
@@ -361,7 +383,7 @@ class MockUpstream:
         if directives.error is not None:
             raise named_error(directives.error)
         if path == "/v1/messages/count_tokens":
-            _validate_count(body)
+            _validate_count(body, _betas(request))
             return await self._send_json(
                 request, ex, 200, {"input_tokens": count_input_tokens(body)}
             )
@@ -374,8 +396,7 @@ class MockUpstream:
         except ValueError:
             raise invalid("There was an error parsing the body of your request") from None
 
-    @staticmethod
-    def _model_page(request: web.BaseRequest) -> dict[str, Any]:
+    def _model_page(self, request: web.BaseRequest) -> dict[str, Any]:
         q = request.query
         try:
             limit = int(q.get("limit", "20"))
@@ -383,8 +404,8 @@ class MockUpstream:
             raise invalid("limit: Input should be a valid integer") from None
         if not 1 <= limit <= 1000:
             raise invalid("limit: Input should be between 1 and 1000")
-        ids = [m[0] for m in MODELS]
-        items = list(MODELS)
+        items = list(self.models)
+        ids = [m[0] for m in items]
         if "after_id" in q and "before_id" in q:
             raise invalid("Cannot specify both before_id and after_id")
         if "after_id" in q:
@@ -409,7 +430,7 @@ class MockUpstream:
     async def _messages(
         self, request: web.BaseRequest, ex: Exchange, body: Any, directives: Directives
     ) -> web.StreamResponse:
-        body = _validate_messages(body)
+        body = _validate_messages(body, _betas(request))
         answer = build_answer(body, directives)
         cache = self._cache.usage(body)
         msg_id = new_id("msg_01", 22)

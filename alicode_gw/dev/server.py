@@ -42,7 +42,21 @@ def cli_command(data_dir: Path) -> str:
     return f"ALICODE_DATA_DIR={shlex.quote(str(data_dir.resolve()))} {program}"
 
 
-def banner(base_url: str, upstream: str, key: str, cli: str) -> str:
+def command_path(path: Path, cwd: Path) -> str:
+    """``path`` as a command typed in ``cwd``: relative (``.venv/bin/python``) when it
+    is below it, else absolute."""
+    if not path.is_relative_to(cwd):
+        return str(path)
+    relative = path.relative_to(cwd)
+    return str(relative) if relative.parent != Path() else f"./{relative}"
+
+
+def banner(
+    base_url: str, upstream: str, key: str, *, python: str = "python", cli: str = "alicode-gw"
+) -> str:
+    """What ``alicode-gw dev`` prints once it listens. ``python`` and ``cli`` are the
+    commands of this installation (its interpreter, which has the ``anthropic``
+    package of the dev extra, and its ``alicode-gw``), as typed where it was started."""
     return f"""
 alicode_gw is running.
 
@@ -56,15 +70,24 @@ alicode_gw is running.
     -d '{{"model":"claude-sonnet-4-6","max_tokens":64,\
          "messages":[{{"role":"user","content":"hi"}}]}}'
 
-  python -c "import anthropic; c = anthropic.Anthropic(api_key='{key}', base_url='{base_url}'); \\
+  {python} -c "import anthropic; c = anthropic.Anthropic(api_key='{key}', base_url='{base_url}'); \\
 print(c.messages.create(model='claude-sonnet-4-6', max_tokens=64, \\
 messages=[{{'role': 'user', 'content': 'hi'}}]).content[0].text)"
+
+  Claude Code: ANTHROPIC_BASE_URL={base_url} ANTHROPIC_API_KEY={key} claude
 
   operator CLI on this gateway's databases (while it runs):
   {cli} account show --email {DEMO_EMAIL}
 
 Press Ctrl-C to stop.
 """.rstrip()
+
+
+def installed_commands(cwd: Path) -> tuple[str, str]:
+    """(python, alicode-gw) of the running installation, as typed in ``cwd``."""
+    python = Path(sys.executable)
+    cli = python.parent / "alicode-gw"
+    return command_path(python, cwd), command_path(cli, cwd) if cli.exists() else "alicode-gw"
 
 
 async def prepare_demo(database_url: str, upstream_keys: tuple[str, ...]) -> str:
@@ -99,13 +122,16 @@ async def _run(config: Config, backends: Backends) -> None:
         await mock.start()
         config = dataclasses.replace(config, upstream_url=mock.url)
     upstream = f"{config.upstream_url} (mock)" if mock else config.upstream_url
+    python, _ = installed_commands(Path.cwd())
     cli = cli_command(config.data_dir)
     write_dev_servers(config.data_dir, backends)
     try:
         await app.run_until_signalled(
             config,
             backends,
-            lambda gateway: print(banner(gateway.url, upstream, demo_key, cli), flush=True),
+            lambda gateway: print(
+                banner(gateway.url, upstream, demo_key, python=python, cli=cli), flush=True
+            ),
         )
     finally:
         dev_servers_path(config.data_dir).unlink(missing_ok=True)

@@ -93,3 +93,12 @@ async def handle_health(ctx: RequestContext) -> web.StreamResponse:
         content_type="application/json",
         headers=ctx.headers(**{"cache-control": "no-store"}),
     )
+
+
+ROOT_BODY = b'{"service":"alicode_gw","status":"ok"}'
+
+
+async def handle_root(ctx: RequestContext) -> web.StreamResponse:
+    """``GET /`` and ``HEAD /``: what a connectivity probe expects (a 200 naming the
+    service); no key, no version, no host detail."""
+    return web.Response(body=ROOT_BODY, content_type="application/json", headers=ctx.headers())

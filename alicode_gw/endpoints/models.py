@@ -1,13 +1,21 @@
-"""``GET /v1/models`` and ``GET /v1/models/{model_id}`` from the model table.
+"""``GET /v1/models`` and ``GET /v1/models/{model_id}``: what the upstream serves and
+the gateway prices.
+
+The list is the upstream's own model list (:mod:`alicode_gw.upstream.models`) cut to
+the models that have a price (their own row, their snapshot's base or their family),
+with the upstream's display names and dates and the price entry's limits, plus the
+gateway's aliases (their display name says what they point at). Until the upstream's
+list has been read, the catalog's priced models and aliases are listed instead.
+A model id is found when it resolves to a price.
 
 Anthropic clients (requests with an ``anthropic-version`` header) get Anthropic's shape
-with its pagination; everyone else gets OpenAI's list shape. Aliases are listed as
-entries of their own (their display name says what they point at). Errors follow the
-same choice of shape.
+with its pagination; everyone else gets OpenAI's list shape. Errors follow the same
+choice of shape.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
@@ -98,8 +106,42 @@ def _json(ctx: RequestContext, value: dict[str, Any]) -> web.Response:
     )
 
 
+def served(ctx: RequestContext) -> list[ModelInfo]:
+    """What ``/v1/models`` lists (see the module docstring)."""
+    catalog = ctx.state.catalog
+    upstream = ctx.state.upstream_models.models
+    if upstream is None:
+        return catalog.named()
+    listed: list[ModelInfo] = []
+    for model in upstream:
+        info = catalog.resolve(model.id)
+        if info is not None:
+            listed.append(
+                dataclasses.replace(
+                    info, display_name=model.display_name, created_at=model.created_at
+                )
+            )
+    served_ids = {info.id for info in listed}
+    listed += [i for i in catalog.named() if i.is_alias and i.id not in served_ids]
+    return listed
+
+
+def found(ctx: RequestContext, model_id: str) -> ModelInfo | None:
+    """``model_id`` as ``/v1/models/{id}`` shows it: priced, named as the upstream
+    names it when it serves it."""
+    info = ctx.state.catalog.resolve(model_id)
+    if info is None:
+        return None
+    for model in ctx.state.upstream_models.models or ():
+        if model.id == model_id:
+            return dataclasses.replace(
+                info, display_name=model.display_name, created_at=model.created_at
+            )
+    return info
+
+
 async def handle_list(ctx: RequestContext) -> web.StreamResponse:
-    models = ordered(ctx.state.catalog.all())
+    models = ordered(served(ctx))
     if ctx.flavor is Flavor.ANTHROPIC:
         return _json(ctx, page(models, dict(ctx.request.query)))
     return _json(ctx, {"object": "list", "data": [openai_model(m) for m in models]})
@@ -107,7 +149,7 @@ async def handle_list(ctx: RequestContext) -> web.StreamResponse:
 
 async def handle_get(ctx: RequestContext) -> web.StreamResponse:
     model_id = ctx.params["model_id"]
-    info = ctx.state.catalog.resolve(model_id)
+    info = found(ctx, model_id)
     if info is None:
         raise NotFoundError(f"model: {model_id}", param="model")
     if ctx.flavor is Flavor.ANTHROPIC:

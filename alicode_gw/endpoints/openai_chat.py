@@ -79,6 +79,7 @@ class OpenAISurface:
 
 async def handle_chat_completions(ctx: RequestContext) -> web.StreamResponse:
     _, payload = await read_json(ctx.request, ctx.state.config.max_body_bytes)
+    pipeline.note_model(ctx, payload)  # logged even when the translation refuses it
     translated = to_anthropic(payload)
     body = json.dumps(translated, separators=(",", ":")).encode()
     surface = OpenAISurface(stream_include_usage(payload))

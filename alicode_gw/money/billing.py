@@ -342,7 +342,7 @@ class Billing:
             return None
         prices = dataclasses.replace(priced.prices, batch_discount_pct=0)
         settlement = LeasedRequest(key_id, requested_model, client_ip)
-        held = Hold(request_id, priced.target, amount, prices, lease_id, settlement)
+        held = Hold(request_id, priced.priced_as, amount, prices, lease_id, settlement)
         self._open[request_id] = (held, time.monotonic() + self.hold_ttl)
         return held
 

@@ -1,6 +1,14 @@
-"""The model catalog: the ``models`` table (priced models and their aliases) held in
-memory and refreshed every few seconds, so the request path resolves a model name
-without a database round trip. Also the operator's price changes (``price set``).
+"""The model catalog: the ``models`` table (priced models, their aliases and the model
+families) held in memory and refreshed every few seconds, so the request path resolves
+a model name without a database round trip. Also the operator's price changes
+(``price set``).
+
+A family is a row whose id ends in ``-*`` (``claude-sonnet-*``): it prices every id
+that starts with what precedes the ``*``. A name resolves to the most specific row
+(:func:`resolve_in`, the same rule as ``billing.resolve_model`` in SQL): the exact id,
+then a dated snapshot (``claude-haiku-4-5-20251001``) as its base id
+(``claude-haiku-4-5``), then the family with the longest prefix. A name that matches
+nothing is not served (never billed at a guess).
 
 Prices are integer micro-USD per million tokens; see ``sql/functions/billing_cost.sql`` for the
 one rounding rule that turns them into a request's cost in nano-USD.
@@ -9,7 +17,9 @@ one rounding rule that turns them into a request's cost in nano-USD.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -77,10 +87,16 @@ class Capabilities:
     thinking: bool
 
 
+FAMILY_SUFFIX = "*"
+_SNAPSHOT = re.compile(r"^(.+)-\d{8}$")
+_FAMILY_ID = re.compile(r"^[a-z0-9][a-z0-9.-]*-\*$")  # as the CHECK models_family_pattern
+
+
 @dataclass(frozen=True, slots=True)
 class ModelInfo:
-    """One name a client may send. ``target`` is the priced model sent upstream (the
-    same as ``id`` unless ``is_alias``)."""
+    """One name a client may send. ``target`` is the model id sent upstream (``id``
+    itself unless ``is_alias``); ``priced_as`` the ``models`` row it is billed as (the
+    alias's target, the snapshot's base id or the family, e.g. ``claude-sonnet-*``)."""
 
     id: str
     target: str
@@ -89,6 +105,43 @@ class ModelInfo:
     capabilities: Capabilities
     prices: Prices
     is_alias: bool
+    priced_as: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.priced_as:
+            object.__setattr__(self, "priced_as", self.target)
+
+    @property
+    def is_family(self) -> bool:
+        return self.id.endswith(FAMILY_SUFFIX)
+
+
+def is_family_id(model: str) -> bool:
+    return model.endswith(FAMILY_SUFFIX)
+
+
+def resolve_in(by_id: Mapping[str, ModelInfo], name: str) -> ModelInfo | None:
+    """``name`` resolved against the rows ``by_id`` (see the module docstring): a row
+    of its own, or the row it is priced as under the name ``name``."""
+    if FAMILY_SUFFIX in name:
+        return None
+    info = by_id.get(name)
+    if info is not None:
+        return info
+    snapshot = _SNAPSHOT.match(name)
+    base = by_id.get(snapshot.group(1)) if snapshot else None
+    if base is None:
+        family = [
+            row
+            for row_id, row in by_id.items()
+            if row_id.endswith(FAMILY_SUFFIX) and name.startswith(row_id[:-1])
+        ]
+        if not family:
+            return None
+        base = max(family, key=lambda row: len(row.id))
+    return dataclasses.replace(
+        base, id=name, target=base.target if base.is_alias else name, priced_as=base.priced_as
+    )
 
 
 def _info(row: asyncpg.Record) -> ModelInfo:
@@ -105,6 +158,7 @@ def _info(row: asyncpg.Record) -> ModelInfo:
         ),
         prices=prices_from_row(row),
         is_alias=row["is_alias"],
+        priced_as=row["target"],
     )
 
 
@@ -163,10 +217,17 @@ class ModelCatalog:
                 log.warning("model catalog refresh failed, keeping the last copy: %s", exc)
 
     def resolve(self, name: str) -> ModelInfo | None:
-        return self._by_name.get(name)
+        """The catalog's entry for ``name`` (its own row, its snapshot's base or its
+        family, under the name ``name``), or None: not served."""
+        return resolve_in(self._by_name, name)
 
     def all(self) -> list[ModelInfo]:
+        """Every row, families included."""
         return list(self._models)
+
+    def named(self) -> list[ModelInfo]:
+        """The rows a client may send by name: priced models and aliases (no families)."""
+        return [info for info in self._models if not info.is_family]
 
 
 # --- operator changes -------------------------------------------------------------------
@@ -214,6 +275,10 @@ async def set_price(
     """Set a priced model's prices (creating the model when it is new). Cache prices not
     given follow Anthropic's multipliers of the input price: 5-minute write 1.25x,
     1-hour write 2x, read 0.1x (rounded up to a whole micro-USD)."""
+    if FAMILY_SUFFIX in model and not _FAMILY_ID.match(model):
+        raise PriceError(
+            f"{model!r}: a family is a prefix followed by '-*' (e.g. 'claude-sonnet-*')"
+        )
     cw5m = cache_write_5m if cache_write_5m is not None else -(-input_price * 125 // 100)
     cw1h = cache_write_1h if cache_write_1h is not None else input_price * 2
     cread = cache_read if cache_read is not None else -(-input_price // 10)
@@ -271,6 +336,8 @@ async def set_alias(conn: asyncpg.Connection, alias: str, target: str) -> None:
         existing = await conn.fetchrow("SELECT alias_of FROM models WHERE id = $1", alias)
         if existing is not None and existing["alias_of"] is None:
             raise PriceError(f"{alias} is a priced model, not an alias")
+        if is_family_id(target):
+            raise PriceError(f"{target} is a family; point {alias} at a priced model id")
         name = await conn.fetchval(
             "SELECT display_name FROM models WHERE id = $1 AND alias_of IS NULL", target
         )

@@ -4,12 +4,16 @@
 The line goes to the logger ``alicode_gw.access`` (``alicode-gw`` writes it to stderr
 as bare JSON, one object per line, for journald or any log shipper). It holds
 identifiers and numbers only — never a prompt, a response, a customer key (only its
-public id), or an upstream credential (only its operator-chosen name)::
+public id), or an upstream credential (only its operator-chosen name). ``path`` is the
+request's path without its query (also for a request no route matched), ``model`` the
+model as the client sent it (also when it was refused for it), both cut at 200
+characters::
 
     {"time": "2025-01-01T12:00:00.123Z", "request_id": "req_…", "key_id": "ab12cd34ef56",
      "account_id": 7, "client_ip": "203.0.113.9", "method": "POST", "route": "messages",
-     "model": "claude-sonnet-4-5", "status": 200, "input_tokens": 12, "output_tokens": 40,
-     "cache_write_tokens": 0, "cache_read_tokens": 0, "cost_usd": "0.000636",
+     "path": "/v1/messages", "model": "claude-sonnet-4-5-20250929", "status": 200,
+     "input_tokens": 12, "output_tokens": 40, "cache_write_tokens": 0,
+     "cache_read_tokens": 0, "cost_usd": "0.000636",
      "duration_ms": 812.4, "ttfb_ms": 301.2, "upstream": "main", "attempts": 1}
 """
 
@@ -37,6 +41,7 @@ access_log = logging.getLogger(LOGGER_NAME)
 CLIENT_CLOSED = 499
 FLUSH_INTERVAL = 0.25  # seconds an access line may wait in the buffer
 ATOMIC_WRITE = 4096  # PIPE_BUF on Linux: the largest write a pipe keeps whole
+PATH_LOGGED_CHARS = 200  # of the request path (never its query) in the access line
 
 
 class LineBuffer(logging.Handler):
@@ -118,10 +123,11 @@ async def flush_loop(interval: float = FLUSH_INTERVAL) -> None:
 
 
 def model_label(ctx: RequestContext) -> str:
-    """The model as a bounded metrics label: catalog models only."""
-    if ctx.model is None:
-        return NO_MODEL
-    return ctx.model if ctx.state.catalog.resolve(ctx.model) is not None else OTHER_MODEL
+    """The model as a bounded metrics label: the catalog entry it is priced as (a
+    family, not each id it matches)."""
+    if ctx.priced_model is not None:
+        return ctx.priced_model
+    return NO_MODEL if ctx.model is None else OTHER_MODEL
 
 
 def count_error(ctx: RequestContext, err: GatewayError) -> None:
@@ -166,6 +172,7 @@ def finish(ctx: RequestContext, status: int) -> None:
         "client_ip": ip,
         "method": ctx.request.method,
         "route": ctx.route,
+        "path": ctx.request.path[:PATH_LOGGED_CHARS],
         "model": ctx.model,
         "status": status,
         "input_tokens": ctx.input_tokens,

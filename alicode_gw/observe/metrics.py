@@ -136,6 +136,12 @@ class Metrics:
             "Settlements waiting in the billing journal (NaN: it could not be read).",
             registry=self.node_registry,
         )
+        self.unpriced_models = Gauge(
+            "alicode_upstream_models_unpriced",
+            "Models the upstream serves that no price covers (hidden from /v1/models; "
+            "`alicode-gw price list --missing` names them).",
+            registry=self.node_registry,
+        )
         Gauge(
             "alicode_build_info",
             "Version of the gateway.",

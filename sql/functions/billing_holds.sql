@@ -33,9 +33,7 @@ BEGIN
         RETURN QUERY SELECT 'duplicate'::text, v_prev.model, v_prev.amount_nanos;
         RETURN;
     END IF;
-    SELECT t.* INTO v_model
-      FROM models a JOIN models t ON t.id = coalesce(a.alias_of, a.id)
-     WHERE a.id = p_model;
+    SELECT * INTO v_model FROM billing.resolve_model(p_name => p_model);
     IF NOT FOUND THEN
         RETURN QUERY SELECT 'unknown_model'::text, NULL::text, 0::bigint;
         RETURN;

@@ -15,7 +15,7 @@ import anthropic
 import httpx2
 import pytest
 
-from alicode_gw.dev.mock_answers import MODELS
+from alicode_gw.dev.mock_models import MODELS
 from alicode_gw.dev.mock_upstream import DEFAULT_MOCK_KEY, MockUpstream, serve
 from alicode_gw.upstream.sse import SSEEvent, SSEParser, UsageScanner
 
@@ -389,6 +389,51 @@ async def test_models_list_and_retrieve(client: anthropic.AsyncAnthropic) -> Non
     with pytest.raises(anthropic.NotFoundError) as err:
         await client.models.retrieve("claude-nonexistent-9")
     assert err.value.type == "not_found_error"
+    dumped = model.model_dump()  # today's ModelInfo: limits and capabilities
+    assert dumped["max_input_tokens"] == 200_000 and dumped["max_tokens"] == 128_000
+    assert dumped["capabilities"]["thinking"]["types"]["adaptive"]["supported"] is True
+
+
+async def test_models_served_are_the_instance_list(
+    client: anthropic.AsyncAnthropic, mock: MockUpstream
+) -> None:
+    mock.models.insert(0, ("claude-sonnet-5", "Claude Sonnet 5", "2026-11-20T00:00:00Z"))
+    mock.models.remove(("claude-opus-4-5", "Claude Opus 4.5", "2025-11-24T00:00:00Z"))
+    ids = [m.id async for m in client.models.list(limit=3)]
+    assert ids[0] == "claude-sonnet-5" and "claude-opus-4-5" not in ids
+    assert (await client.models.retrieve("claude-sonnet-5")).display_name == "Claude Sonnet 5"
+
+
+MID_SYSTEM = [
+    {"role": "user", "content": "first"},
+    {"role": "system", "content": "Mid-conversation instructions."},
+    {"role": "user", "content": "second"},
+]
+
+
+async def test_system_turn_under_the_mid_conversation_beta(
+    http: aiohttp.ClientSession, mock: MockUpstream
+) -> None:
+    """Claude Code's current request shape: a ``system`` turn inside ``messages``, with
+    its beta among others; without the beta it is the API's role error."""
+    body = {"model": "claude-opus-4-8", "max_tokens": 64, "messages": MID_SYSTEM}
+    beta = {"anthropic-beta": "claude-code-20250219,mid-conversation-system-2026-04-07"}
+    status, _, raw = await raw_post(http, mock, body, headers=beta)
+    assert status == 200 and json.loads(raw)["content"][0]["type"] == "text"
+    status, _, raw = await raw_post(http, mock, {**body, "stream": True}, headers=beta)
+    assert status == 200 and b"message_stop" in raw
+    status, _, raw = await raw_post(
+        http, mock, body, path="/v1/messages/count_tokens", headers=beta
+    )
+    assert status == 200 and json.loads(raw)["input_tokens"] > 0
+    newer = {"anthropic-beta": "claude-code-20250219,per-turn-control-2026-07-01"}
+    status, _, raw = await raw_post(http, mock, body, headers=newer)
+    assert status == 200
+    status, _, raw = await raw_post(http, mock, body)
+    assert status == 400
+    assert json.loads(raw)["error"]["message"] == (
+        "messages.1.role: Input should be 'user' or 'assistant'"
+    )
 
 
 # ---------------------------------------------------------------- auth and validation

@@ -302,3 +302,34 @@ async def test_relayed_upstream_error_carries_the_gateways_request_id(
     assert response.json()["request_id"] == response.headers["request-id"] != upstream_id
     assert response.headers["x-upstream-request-id"] == upstream_id
     assert all(c["state"] == "healthy" for c in gw.state.keypool.snapshot())
+
+
+async def test_mid_conversation_system_turn_is_served_and_billed(
+    gw: app.Gateway, customer: Customer, db: asyncpg.Connection, mock_upstream: MockUpstream
+) -> None:
+    """Claude Code's request shape for its newest models: the beta header and a
+    ``system`` turn inside ``messages`` pass through to the upstream unchanged."""
+    beta = "claude-code-20250219,mid-conversation-system-2026-04-07"
+    messages = [
+        {"role": "user", "content": "first"},
+        {"role": "system", "content": "Mid-conversation instructions."},
+        {"role": "user", "content": "second"},
+    ]
+    async with client_for(gw, customer) as client:
+        raw = await client.messages.with_raw_response.create(
+            model="claude-opus-4-8",
+            max_tokens=64,
+            messages=messages,  # type: ignore[arg-type]
+            extra_headers={"anthropic-beta": beta},
+        )
+        counted = await client.messages.count_tokens(
+            model="claude-opus-4-8",
+            messages=messages,  # type: ignore[arg-type]
+            extra_headers={"anthropic-beta": beta},
+        )
+    assert (await raw.parse()).content[0].type == "text" and counted.input_tokens > 0
+    sent = upstream_exchanges(mock_upstream)[-1]
+    assert sent.headers["anthropic-beta"] == beta
+    assert json.loads(sent.body)["messages"] == messages
+    (row,) = await ledger_rows(db, raw.request_id)
+    assert row["model"] == "claude-opus-4-*" and row["cost_nanos"] > 0

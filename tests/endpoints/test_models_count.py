@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime
 
 import anthropic
 import asyncpg
@@ -15,15 +16,22 @@ from tests.support.customers import MODEL, Customer, client_for, reset_pool, ups
 from tests.support.gateway import start_gateway, stop_gateway
 
 
-async def table_ids(db: asyncpg.Connection) -> list[str]:
-    rows = await db.fetch("SELECT id FROM models ORDER BY created_at DESC, id")
-    return [row["id"] for row in rows]
+async def listed_ids(gw: app.Gateway, mock: MockUpstream, db: asyncpg.Connection) -> list[str]:
+    """What /v1/models lists once the gateway has read the upstream's list: the mock's
+    models (each has a price) and the aliases, newest first."""
+    await gw.state.upstream_models.refresh()
+    rows = [(datetime.fromisoformat(created), mid) for mid, _, created in mock.models]
+    rows += [
+        (row["created_at"], row["id"])
+        for row in await db.fetch("SELECT id, created_at FROM models WHERE alias_of IS NOT NULL")
+    ]
+    return [mid for _, mid in sorted(rows, key=lambda r: (-r[0].timestamp(), r[1]))]
 
 
 async def test_anthropic_models_list_paginates_all(
-    gw: app.Gateway, customer: Customer, db: asyncpg.Connection
+    gw: app.Gateway, customer: Customer, db: asyncpg.Connection, mock_upstream: MockUpstream
 ) -> None:
-    expected = await table_ids(db)
+    expected = await listed_ids(gw, mock_upstream, db)
     assert "claude-3-7-sonnet-latest" in expected  # aliases are entries of their own
     async with client_for(gw, customer) as client:
         seen = [model.id async for model in client.models.list(limit=3)]
@@ -42,9 +50,9 @@ async def test_anthropic_models_list_paginates_all(
 
 
 async def test_anthropic_pagination_cursors(
-    gw: app.Gateway, customer: Customer, db: asyncpg.Connection
+    gw: app.Gateway, customer: Customer, db: asyncpg.Connection, mock_upstream: MockUpstream
 ) -> None:
-    expected = await table_ids(db)
+    expected = await listed_ids(gw, mock_upstream, db)
     async with client_for(gw, customer) as client:
         after = await client.models.list(limit=2, after_id=expected[1])
         before = await client.models.list(limit=2, before_id=expected[4])
@@ -57,8 +65,9 @@ async def test_anthropic_pagination_cursors(
 
 
 async def test_openai_models_shape(
-    gw: app.Gateway, customer: Customer, db: asyncpg.Connection
+    gw: app.Gateway, customer: Customer, db: asyncpg.Connection, mock_upstream: MockUpstream
 ) -> None:
+    expected = await listed_ids(gw, mock_upstream, db)
     async with openai.AsyncOpenAI(
         api_key=customer.key, base_url=gw.url + "/v1", max_retries=0
     ) as client:
@@ -66,7 +75,7 @@ async def test_openai_models_shape(
         one = await client.models.retrieve(MODEL)
         with pytest.raises(openai.NotFoundError):
             await client.models.retrieve("claude-none-9")
-    assert [m.id for m in models] == await table_ids(db)
+    assert [m.id for m in models] == expected
     assert all(m.object == "model" and m.owned_by == "anthropic" for m in models)
     assert one.id == MODEL and one.created > 1_700_000_000
 

@@ -86,7 +86,7 @@ async def test_seeded_price_table(model_catalog: ModelCatalog) -> None:
         info = model_catalog.resolve(alias)
         assert info is not None and info.is_alias and info.target == target
         assert info.prices == model_catalog.resolve(target).prices  # type: ignore[union-attr]
-    assert model_catalog.resolve("claude-opus-9") is None
+    assert model_catalog.resolve("claude-mythos-9") is None
     names = [m.id for m in model_catalog.all()]
     assert set(OFFICIAL) | set(ALIASES) <= set(names)
 
@@ -230,7 +230,7 @@ async def test_refusals(billing: Billing, pool: asyncpg.Pool) -> None:
         await billing.hold(rid(), account.key_id, "claude-sonnet-4-5", 1000, 2000, "::1")
     assert refused.value.status == 402 and refused.value.error_type == "insufficient_credits"
     with pytest.raises(InvalidRequestError):
-        await billing.hold(rid(), account.key_id, "claude-opus-9", 1, 1, "::1")
+        await billing.hold(rid(), account.key_id, "claude-mythos-9", 1, 1, "::1")
     empty = await new_account(pool)
     with pytest.raises(InsufficientCreditsError):
         await billing.hold(rid(), empty.key_id, "claude-haiku-4-5", 1, 1, "::1")

@@ -287,10 +287,10 @@ async def test_marker_is_never_logged_stored_or_exported(
             async for _ in stream:
                 pass
             ids.append(stream.response.headers["request-id"])
-        # Error paths: an unknown model named after the marker, a bad field, an
-        # upstream refusal, a failing upstream.
+        # Error paths: an unknown model (its name is logged as sent, by design: the
+        # conversation is not), a bad field, an upstream refusal, a failing upstream.
         with pytest.raises(anthropic.BadRequestError):
-            await client.messages.create(**{**conversation, "model": f"claude-{marker}"})
+            await client.messages.create(**{**conversation, "model": "claude-foo-1"})
         with pytest.raises(anthropic.BadRequestError):
             await client.messages.create(**conversation, extra_body={"max_tokens": marker})
         refused = {
@@ -325,7 +325,7 @@ async def test_marker_is_never_logged_stored_or_exported(
             pass
         with pytest.raises(openai.BadRequestError):
             await oai.chat.completions.create(
-                model=f"gpt-{marker}", messages=_openai_conversation(marker)
+                model="gpt-foo-1", messages=_openai_conversation(marker)
             )
     async with client_for(gw, customer) as client:
         # Last: every credential answers 500 (they all cool down afterwards).
@@ -369,3 +369,50 @@ async def test_marker_is_never_logged_stored_or_exported(
     # Nor any secret: the customer's key, or an upstream credential.
     for secret in (customer.key, *UPSTREAM_KEYS):
         assert secret not in log_text and secret not in metrics_text
+
+
+async def test_refusals_name_their_path_and_the_model_as_sent(
+    gw: app.Gateway, customer: Customer, captured: Capture
+) -> None:
+    """A probe of ``/``, a path no route has, a model the gateway does not serve, a
+    bad field: each access line says which path and which model."""
+    async with aiohttp.ClientSession() as http:
+        async with http.head(gw.url + "/") as resp:
+            head_id, head_status = resp.headers["request-id"], resp.status
+        async with http.get(gw.url + "/") as resp:
+            root_id, root_status, root = resp.headers["request-id"], resp.status, await resp.json()
+        async with http.get(gw.url + "/v1/nowhere?token=secret-value") as resp:
+            missing_id = resp.headers["request-id"]
+    async with client_for(gw, customer) as client:
+        with pytest.raises(anthropic.BadRequestError) as unknown:
+            await client.messages.create(
+                model="claude-foo-1", max_tokens=8, messages=[{"role": "user", "content": "hi"}]
+            )
+        with pytest.raises(anthropic.BadRequestError) as bad_field:
+            await client.messages.create(
+                model="claude-haiku-4-5-20251001",
+                max_tokens=8,
+                messages=[],
+            )
+    async with openai.AsyncOpenAI(
+        api_key=customer.key, base_url=gw.url + "/v1", max_retries=0
+    ) as oa:
+        with pytest.raises(openai.BadRequestError) as untranslatable:
+            await oa.chat.completions.create(
+                model="claude-sonnet-5", n=2, messages=[{"role": "user", "content": "hi"}]
+            )
+    lines = {line["request_id"]: line for line in access_lines(captured)}
+    line = lines[untranslatable.value.response.headers["request-id"]]
+    assert (line["path"], line["model"]) == ("/v1/chat/completions", "claude-sonnet-5")
+    assert (head_status, root_status, root) == (200, 200, {"service": "alicode_gw", "status": "ok"})
+    assert (lines[head_id]["method"], lines[head_id]["path"], lines[head_id]["route"]) == (
+        "HEAD",
+        "/",
+        "root",
+    )
+    assert lines[root_id]["path"] == "/"
+    assert (lines[missing_id]["path"], lines[missing_id]["status"]) == ("/v1/nowhere", 404)
+    assert "secret-value" not in json.dumps(lines[missing_id])
+    for refused, model in ((unknown, "claude-foo-1"), (bad_field, "claude-haiku-4-5-20251001")):
+        line = lines[refused.value.request_id]
+        assert (line["path"], line["model"], line["status"]) == ("/v1/messages", model, 400)
