@@ -80,7 +80,12 @@ def check_served(
     return lines
 
 
-async def billed(db: asyncpg.Connection, customer: Customer) -> list[asyncpg.Record]:
+async def billed(
+    gw: app.Gateway, db: asyncpg.Connection, customer: Customer
+) -> list[asyncpg.Record]:
+    """The customer's ledger rows once the gateway's settlements (tracked tasks that run
+    just after each answer) have landed."""
+    assert not await gw.state.tasks.settle(5.0), "settlements still running after 5 s"
     return await db.fetch(
         "SELECT requested_model, model, cost_nanos FROM ledger WHERE key_id = $1",
         customer.key_id,
@@ -122,7 +127,7 @@ async def test_claude_code_headless(
     assert result["result"].strip() in [text.strip() for text in answer_texts(sent)]
     assert proxy.asked == [], "the CLI reached for something other than the gateway"
     lines = check_served(access, customer, mock_upstream, before)
-    rows = await billed(db, customer)
+    rows = await billed(gw, db, customer)
     assert rows and all(row["cost_nanos"] > 0 for row in rows)
     main = json.loads(sent[-1].body)["model"]
     assert main.startswith(family), main
@@ -162,7 +167,7 @@ async def test_llm_over_the_openai_protocol(
     assert proxy.asked == []
     lines = check_served(access, customer, mock_upstream, before)
     assert {line["path"] for line in lines} == {"/v1/chat/completions"}
-    (row,) = await billed(db, customer)
+    (row,) = await billed(gw, db, customer)
     assert (row["requested_model"], row["model"]) == (
         "claude-sonnet-4-5-20250929",
         "claude-sonnet-4-5",
