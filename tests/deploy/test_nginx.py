@@ -14,8 +14,6 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import itertools
-import json
-import logging
 import os
 import re
 import secrets
@@ -23,7 +21,7 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anthropic
@@ -33,9 +31,9 @@ import pytest
 
 from alicode_gw import app
 from alicode_gw.money import ledger
-from alicode_gw.observe.accesslog import LOGGER_NAME
 from tests.support.customers import MODEL, Customer, ledger_rows, reset_pool
 from tests.support.gateway import start_gateway, stop_gateway
+from tests.support.logs import AccessLines
 
 pytestmark = pytest.mark.slow
 
@@ -172,30 +170,6 @@ def test_full_site_with_tls_passes_nginx_t(tmp_path: Path) -> None:
 # ------------------------------------------------------------ nginx in front of a gateway
 
 
-class Lines(logging.Handler):
-    """Collects the access log's lines (the real logger, no mock)."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.INFO)
-        self.lines: list[dict] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(json.loads(record.getMessage()))
-
-
-@pytest.fixture
-def access_lines() -> Iterator[Lines]:
-    logger = logging.getLogger(LOGGER_NAME)
-    handler, level = Lines(), logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    try:
-        yield handler
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
-
-
 def start_nginx(nginx: str, root: Path, conf: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [nginx, "-p", str(root), "-e", str(root / "error.log"), "-c", str(conf)],
@@ -264,7 +238,7 @@ def client_from(base_url: str, customer: Customer) -> anthropic.AsyncAnthropic:
 
 
 async def test_stream_arrives_incrementally_through_nginx(
-    proxied: str, customer: Customer, db: asyncpg.Connection, access_lines: Lines
+    proxied: str, customer: Customer, db: asyncpg.Connection, access_lines: AccessLines
 ) -> None:
     words, delay = 30, 0.1
     arrivals: list[float] = []
@@ -304,7 +278,7 @@ async def test_stream_arrives_incrementally_through_nginx(
 
 
 async def test_spoofed_forwarding_headers_are_replaced_by_nginx(
-    proxied: str, customer: Customer, access_lines: Lines
+    proxied: str, customer: Customer, access_lines: AccessLines
 ) -> None:
     async with client_from(proxied, customer) as client:
         response = await client.with_options(

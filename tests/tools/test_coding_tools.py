@@ -10,8 +10,6 @@ Node and npm)."""
 from __future__ import annotations
 
 import json
-import logging
-from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
@@ -19,8 +17,8 @@ import pytest
 
 from alicode_gw import app
 from alicode_gw.dev.mock_upstream import MockUpstream
-from alicode_gw.observe import accesslog
 from tests.support.customers import Customer, upstream_exchanges
+from tests.support.logs import AccessLines
 from tests.support.tools import (
     DeadProxy,
     answer_texts,
@@ -31,29 +29,6 @@ from tests.support.tools import (
 )
 
 PROMPT = "Say hello in one short sentence."
-
-
-class AccessLines(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.INFO)
-        self.lines: list[dict] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(json.loads(record.getMessage()))
-
-
-@pytest.fixture
-def access() -> Iterator[AccessLines]:
-    handler = AccessLines()
-    logger = logging.getLogger(accesslog.LOGGER_NAME)
-    level = logger.level
-    logger.setLevel(logging.INFO)
-    logger.addHandler(handler)
-    try:
-        yield handler
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
 
 
 @pytest.fixture(scope="module")
@@ -67,10 +42,10 @@ def llm() -> Path:
 
 
 def check_served(
-    access: AccessLines, customer: Customer, mock: MockUpstream, before: int
+    access_lines: AccessLines, customer: Customer, mock: MockUpstream, before: int
 ) -> list[dict]:
     """The tool's access lines: each names its path; every upstream call has one."""
-    lines = [line for line in access.lines if line["key_id"] == customer.public_id]
+    lines = [line for line in access_lines.lines if line["key_id"] == customer.public_id]
     assert lines and all(line["path"].startswith("/") for line in lines), lines
     # served at the first try: no request shape of the tool's is refused
     assert all(line["status"] == 200 for line in lines), lines
@@ -103,7 +78,7 @@ async def test_claude_code_headless(
     customer: Customer,
     db: asyncpg.Connection,
     mock_upstream: MockUpstream,
-    access: AccessLines,
+    access_lines: AccessLines,
     tmp_path: Path,
     choice: str | None,
     family: str,
@@ -126,7 +101,7 @@ async def test_claude_code_headless(
     sent = upstream_exchanges(mock_upstream)[before:]
     assert result["result"].strip() in [text.strip() for text in answer_texts(sent)]
     assert proxy.asked == [], "the CLI reached for something other than the gateway"
-    lines = check_served(access, customer, mock_upstream, before)
+    lines = check_served(access_lines, customer, mock_upstream, before)
     rows = await billed(gw, db, customer)
     assert rows and all(row["cost_nanos"] > 0 for row in rows)
     main = json.loads(sent[-1].body)["model"]
@@ -143,7 +118,7 @@ async def test_llm_over_the_openai_protocol(
     customer: Customer,
     db: asyncpg.Connection,
     mock_upstream: MockUpstream,
-    access: AccessLines,
+    access_lines: AccessLines,
     tmp_path: Path,
 ) -> None:
     user_dir = tmp_path / "llm"
@@ -165,7 +140,7 @@ async def test_llm_over_the_openai_protocol(
     sent = upstream_exchanges(mock_upstream)[before:]
     assert out.strip() in [text.strip() for text in answer_texts(sent)] and out.strip()
     assert proxy.asked == []
-    lines = check_served(access, customer, mock_upstream, before)
+    lines = check_served(access_lines, customer, mock_upstream, before)
     assert {line["path"] for line in lines} == {"/v1/chat/completions"}
     (row,) = await billed(gw, db, customer)
     assert (row["requested_model"], row["model"]) == (
