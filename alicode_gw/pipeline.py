@@ -25,8 +25,10 @@ from aiohttp import web
 from alicode_gw.errors import InvalidRequestError, PermissionDeniedError
 from alicode_gw.identity.auth import ApiKey
 from alicode_gw.limits.limiter import Admission
-from alicode_gw.money.billing import Hold, Usage, format_usd
+from alicode_gw.money.billing import Hold
 from alicode_gw.money.catalog import ModelInfo
+from alicode_gw.money.contract import Usage
+from alicode_gw.money.usd import format_usd
 from alicode_gw.state import RequestContext
 from alicode_gw.upstream.client import Refusal, open_upstream, passed_headers
 from alicode_gw.upstream.relay import (

@@ -17,7 +17,7 @@ import asyncpg
 import pytest
 
 from alicode_gw.dev.mock_upstream import MockUpstream
-from alicode_gw.money.billing import parse_usd
+from alicode_gw.money.usd import parse_usd
 from tests.support import procs
 from tests.support.customers import MODEL, Customer, make_customer, reset_pool
 from tests.support.money import assert_audit_clean

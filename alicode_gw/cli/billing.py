@@ -11,7 +11,7 @@ from redis.asyncio import Redis
 from alicode_gw.cli.common import account_subparsers, emit, fail, with_db
 from alicode_gw.config import Config
 from alicode_gw.money import catalog, ledger
-from alicode_gw.money.billing import parse_usd
+from alicode_gw.money.usd import parse_usd
 from alicode_gw.upstream import models as upstream_models
 
 _PRICE_FLAGS = (

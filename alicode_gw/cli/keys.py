@@ -11,7 +11,7 @@ from redis.asyncio import Redis
 from alicode_gw.cli.common import emit, fail, with_db
 from alicode_gw.config import Config
 from alicode_gw.identity import accounts, auth
-from alicode_gw.money.billing import format_usd, parse_usd
+from alicode_gw.money.usd import format_usd, parse_usd
 
 
 def _positive_int(text: str) -> int:

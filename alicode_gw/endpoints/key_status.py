@@ -15,7 +15,7 @@ from aiohttp import web
 
 from alicode_gw.identity import accounts
 from alicode_gw.limits.refusals import format_duration
-from alicode_gw.money.billing import format_usd
+from alicode_gw.money.usd import format_usd
 from alicode_gw.state import RequestContext
 from alicode_gw.store.unavailable import DATABASE_FAILED, unavailable
 

@@ -2,7 +2,7 @@
 the dashboard, plus the one lookup authentication needs.
 
 Secrets never pass through here in clear except once, as the return value of
-:func:`create_key`. Money is integer nano-USD (``billing.parse_usd`` / ``format_usd``).
+:func:`create_key`. Money is integer nano-USD (``money.usd.parse_usd`` / ``format_usd``).
 """
 
 from __future__ import annotations

@@ -11,8 +11,8 @@ goes upstream) or, when this node holds a credit lease of the account with the
 request's worst case free, against that lease in memory (:mod:`alicode_gw.money.leases`; no
 round trip). Either way it is settled exactly once per request id.
 
-Money is integer nano-USD (1 USD = 1 000 000 000). :func:`format_usd` and
-:func:`parse_usd` convert exactly, through :class:`~decimal.Decimal`.
+Money is integer nano-USD (1 USD = 1 000 000 000; :mod:`alicode_gw.money.usd` converts
+exactly to and from decimal strings).
 
 When the database cannot take a settlement or release, it goes to the journal
 (:mod:`alicode_gw.money.journal`) and is replayed from there.
@@ -32,7 +32,6 @@ import logging
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
@@ -70,37 +69,12 @@ from alicode_gw.money.contract import (
 )
 from alicode_gw.money.journal import JOURNAL_FILE, SettlementJournal
 from alicode_gw.money.leases import Credit
+from alicode_gw.money.usd import format_usd
 from alicode_gw.store.batching import Closed, Coalescer
 from alicode_gw.store.unavailable import DATABASE_FAILED, DATABASE_UNREACHABLE, REDIS_FAILED
 from alicode_gw.tasks import TaskTracker, nothing
 
 log = logging.getLogger(__name__)
-
-NANOS_PER_USD = 1_000_000_000
-
-
-def format_usd(nanos: int) -> str:
-    """Integer nano-USD -> exact decimal string, at least two decimals ("12.50",
-    "0.039", "0.000000001")."""
-    sign = "-" if nanos < 0 else ""
-    whole, frac = divmod(abs(nanos), NANOS_PER_USD)
-    digits = f"{frac:09d}".rstrip("0").ljust(2, "0")
-    return f"{sign}{whole}.{digits}"
-
-
-def parse_usd(text: str) -> int:
-    """Decimal USD string -> integer nano-USD, exactly; more precision than a nano is
-    refused (ValueError), never rounded."""
-    try:
-        value = Decimal(text.strip())
-    except InvalidOperation:
-        raise ValueError(f"expected an amount in USD, got {text!r}") from None
-    if not value.is_finite():
-        raise ValueError(f"expected an amount in USD, got {text!r}")
-    nanos = value * NANOS_PER_USD
-    if nanos != nanos.to_integral_value():
-        raise ValueError(f"{text!r} has more than 9 decimal places (1 nano-USD)")
-    return int(nanos)
 
 
 @dataclass(frozen=True, slots=True)

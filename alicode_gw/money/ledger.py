@@ -11,7 +11,7 @@ from typing import Any
 
 import asyncpg
 
-from alicode_gw.money.billing import format_usd
+from alicode_gw.money.usd import format_usd
 
 
 class LedgerError(ValueError):

@@ -27,7 +27,7 @@ from typing import IO, TYPE_CHECKING
 
 from alicode_gw.clientip import client_ip
 from alicode_gw.errors import AuthenticationError, GatewayError, RateLimitError
-from alicode_gw.money.billing import format_usd
+from alicode_gw.money.usd import format_usd
 from alicode_gw.observe.metrics import NO_MODEL, OTHER_MODEL
 
 if TYPE_CHECKING:

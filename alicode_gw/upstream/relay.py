@@ -26,7 +26,7 @@ from alicode_gw.errors import (
     UpstreamError,
     sse_error_event,
 )
-from alicode_gw.money.billing import Usage
+from alicode_gw.money.contract import Usage
 from alicode_gw.state import RequestContext
 from alicode_gw.upstream.client import body_read_timeout, passed_headers
 from alicode_gw.upstream.sse import UsageScanner

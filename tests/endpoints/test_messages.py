@@ -12,7 +12,7 @@ import pytest
 
 from alicode_gw import app
 from alicode_gw.dev.mock_upstream import MockUpstream
-from alicode_gw.money.billing import format_usd
+from alicode_gw.money.usd import format_usd
 from tests.support.customers import (
     MODEL,
     Customer,

@@ -16,8 +16,10 @@ from redis.asyncio import Redis
 from alicode_gw.errors import InsufficientCreditsError, InvalidRequestError, RateLimitError
 from alicode_gw.identity import auth
 from alicode_gw.money import catalog, ledger
-from alicode_gw.money.billing import Billing, Usage, format_usd, parse_usd
+from alicode_gw.money.billing import Billing
 from alicode_gw.money.catalog import ModelCatalog
+from alicode_gw.money.contract import Usage
+from alicode_gw.money.usd import format_usd, parse_usd
 from tests.support.money import USD, balances, new_account
 
 

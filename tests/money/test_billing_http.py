@@ -11,7 +11,7 @@ import asyncpg
 
 from alicode_gw import app
 from alicode_gw.config import Config
-from alicode_gw.money.billing import parse_usd
+from alicode_gw.money.usd import parse_usd
 from tests.support.customers import Customer, make_customer, own_gateway
 from tests.support.gateway import stop_gateway
 from tests.support.money import balances

@@ -17,8 +17,9 @@ import pytest
 from redis.asyncio import Redis
 
 from alicode_gw.errors import InsufficientCreditsError
-from alicode_gw.money.billing import Billing, Hold, Usage, hold_amount
+from alicode_gw.money.billing import Billing, Hold, hold_amount
 from alicode_gw.money.catalog import ModelCatalog, Prices
+from alicode_gw.money.contract import Usage
 from alicode_gw.money.leases import Credit, Lease
 from alicode_gw.tasks import TaskTracker
 from tests.support.money import USD, TestAccount, balances, new_account

@@ -14,8 +14,9 @@ from redis.asyncio import Redis
 
 from alicode_gw.dev.embedded import EmbeddedPostgres
 from alicode_gw.errors import ServiceUnavailableError
-from alicode_gw.money.billing import Billing, Usage
+from alicode_gw.money.billing import Billing
 from alicode_gw.money.catalog import ModelCatalog
+from alicode_gw.money.contract import Usage
 from alicode_gw.store import migrate
 from alicode_gw.store.backends import create_redis
 from alicode_gw.tasks import TaskTracker

@@ -10,7 +10,8 @@ import asyncio
 import anthropic
 import asyncpg
 
-from alicode_gw.money.billing import format_usd, hold_amount
+from alicode_gw.money.billing import hold_amount
+from alicode_gw.money.usd import format_usd
 from tests.support.customers import make_customer, own_gateway
 from tests.support.gateway import stop_gateway
 from tests.support.money import balances

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from alicode_gw.money.billing import Usage
+from alicode_gw.money.contract import Usage
 from alicode_gw.upstream.relay import _last_usage, json_result, usage_from_message
 
 USAGE = {
