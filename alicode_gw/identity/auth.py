@@ -4,7 +4,9 @@ Hot path (a key this process has verified in the last ``cache_ttl`` seconds): pa
 key, one keyed SHA-256 of the secret, a constant-time compare with the digest cached
 when bcrypt accepted it. No bcrypt, no database, no Redis.
 
-Everything else is the cold path, which first counts the attempt against the client
+A cached key whose entry is older than ``cache_ttl``, presented with the cached secret,
+is re-read from PostgreSQL (one request re-reads, the others keep using the entry), not
+counted as an attempt. Everything else is the cold path, which first counts the attempt against the client
 IP in Redis, atomically (one script), before any work (fail closed: 503 when Redis is down; 429 past
 ``fail_limit`` attempts in ``fail_window`` seconds; the count is given back when the key
 is accepted), so concurrent attempts cannot all pass a check made before any of them
@@ -220,13 +222,13 @@ class Authenticator:
         parsed = keys.parse_key(raw) if raw else None
         if parsed is not None:
             entry = self._cache.get(parsed.public_id)
-            if (
-                entry is not None
-                and (entry.fresh_until > started or entry.refreshing)
-                and keys.same_digest(entry.digest, keys.secret_digest(self._pepper, parsed.secret))
+            if entry is not None and keys.same_digest(
+                entry.digest, keys.secret_digest(self._pepper, parsed.secret)
             ):
-                self._last_used[entry.key.id] = time.time()
-                return entry.key
+                if entry.fresh_until > started or entry.refreshing:
+                    self._last_used[entry.key.id] = time.time()
+                    return entry.key
+                return await self._refresh(parsed, client_ip, started)
         await self._count_attempt(client_ip)
         try:
             if raw is None:
@@ -243,6 +245,21 @@ class Authenticator:
             await self._give_back(client_ip)  # not the client's failure (e.g. 503)
             raise
         await self._give_back(client_ip)
+        self._last_used[key.id] = time.time()
+        return key
+
+    async def _refresh(self, parsed: keys.ParsedKey, client_ip: str, started: float) -> ApiKey:
+        """A stale entry presented with the secret bcrypt accepted: re-read the key (the
+        requests arriving meanwhile keep using the entry). Not counted against the
+        address: it is no guess, and a busy client must not throttle itself out of its
+        own key when the entry goes stale under load."""
+        try:
+            key = await self._verify(parsed, client_ip)
+        except AuthenticationError:  # revoked, or its account stopped
+            delay = started + self.failure_floor - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            raise
         self._last_used[key.id] = time.time()
         return key
 
