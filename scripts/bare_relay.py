@@ -27,9 +27,7 @@ def build(upstream: str, key: str, session: aiohttp.ClientSession) -> web.Server
                 return web.Response(
                     status=up.status, body=await up.read(), headers={"content-type": content_type}
                 )
-            response = web.StreamResponse(
-                status=up.status, headers={"content-type": content_type}
-            )
+            response = web.StreamResponse(status=up.status, headers={"content-type": content_type})
             await response.prepare(request)
             async for chunk in up.content.iter_any():
                 await response.write(chunk)

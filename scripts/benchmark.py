@@ -280,7 +280,7 @@ def main() -> int:
     # The servers' own output (the gateway's access log) goes to a file, not the table.
     server_log = open(work / "servers.log", "ab")  # noqa: SIM115 (closed in the finally)
     try:
-        mock_port, relay_port, gw_port, base_port = free_port(), free_port(), free_port(), free_port()
+        mock_port, relay_port, gw_port, base_port = (free_port() for _ in range(4))
         env = {
             **base,
             "ALICODE_DATABASE_URL": database_url,
@@ -295,6 +295,7 @@ def main() -> int:
             "ALICODE_CREDIT_LEASE_PCT": "0" if args.no_leases else "50",
             "ALICODE_LIMIT_SHARE_PCT": "0" if args.no_shares else "25",
         }
+
         def spawn(*cmd: str, extra: dict[str, str] | None = None, cwd: Path | None = None) -> int:
             procs.append(subprocess.Popen(cmd, env={**env, **(extra or {})}, cwd=cwd,
                                           stdout=server_log, stderr=server_log))  # fmt: skip
@@ -327,7 +328,6 @@ def main() -> int:
 
         def db_pids() -> list[int]:
             return pids_named("postgres", "redis-server")
-
 
         sat_targets = [
             saturation.Target("bare", relay_url, relay_pid),

@@ -95,9 +95,9 @@ def write_lua(path: Path, payload: bytes, key: str) -> Path:
 def wrk(
     binary: str, url: str, script: Path, connections: int, seconds: float
 ) -> tuple[float, float, float, float, int, float, int, int]:
+    command = [binary, "-t1", f"-c{connections}", f"-d{seconds:g}s", "--timeout", "10s"]
     out = subprocess.run(
-        [binary, "-t1", f"-c{connections}", f"-d{seconds:g}s", "--timeout", "10s",
-         "-s", str(script), url + "/v1/messages"],  # fmt: skip
+        [*command, "-s", str(script), url + "/v1/messages"],
         check=True,
         capture_output=True,
         text=True,
@@ -123,7 +123,7 @@ def saturate(
     """Every (target, kind) ``rounds`` times, the targets taking turns; one warm-up
     second each first."""
     binary = ensure_wrk()
-    for kind, script in scripts.items():
+    for script in scripts.values():
         for target in targets:
             wrk(binary, target.url, script, connections, 1)
     runs = []
@@ -148,7 +148,7 @@ def report(runs: list[Run], connections: int, seconds: float, rounds: int) -> No
 
     def spread(target: str, kind: str, attr: str) -> str:
         values = [getattr(r, attr) for r in runs if r.target == target and r.kind == kind]
-        return f"{min(values):.0f}–{max(values):.0f}"
+        return f"{min(values):.0f}-{max(values):.0f}"
 
     targets = list(dict.fromkeys(r.target for r in runs))
     kinds = list(dict.fromkeys(r.kind for r in runs))

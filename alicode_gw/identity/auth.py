@@ -6,11 +6,11 @@ when bcrypt accepted it. No bcrypt, no database, no Redis.
 
 A cached key whose entry is older than ``cache_ttl``, presented with the cached secret,
 is re-read from PostgreSQL (one request re-reads, the others keep using the entry), not
-counted as an attempt. Everything else is the cold path, which first counts the attempt against the client
-IP in Redis, atomically (one script), before any work (fail closed: 503 when Redis is down; 429 past
-``fail_limit`` attempts in ``fail_window`` seconds; the count is given back when the key
-is accepted), so concurrent attempts cannot all pass a check made before any of them
-was counted. Then:
+counted as an attempt. Everything else is the cold path, which first counts the attempt
+against the client IP in Redis, atomically (one script), before any work (fail closed:
+503 when Redis is down; 429 past ``fail_limit`` attempts in ``fail_window`` seconds; the
+count is given back when the key is accepted), so concurrent attempts cannot all pass a
+check made before any of them was counted. Then:
 
 - missing / malformed key: 401 without any lookup;
 - unknown public id, revoked key, stopped account: 401 after one indexed query, no bcrypt;
