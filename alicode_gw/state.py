@@ -47,6 +47,7 @@ class State:
     health: HealthMonitor
     started_at: float = field(default_factory=time.time)
     in_flight: int = 0
+    shed_until: float = 0.0  # monotonic time until which health reports the shedding
     draining: bool = False
 
 

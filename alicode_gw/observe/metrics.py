@@ -120,6 +120,11 @@ class Metrics:
             ["limit"],
             registry=r,
         )
+        self.shed = Counter(
+            "alicode_shed_requests",
+            "Requests answered 529 at once: the process had max_in_flight requests in flight.",
+            registry=r,
+        )
         self.streams = Gauge(
             "alicode_streams_in_flight", "SSE streams being relayed now.", registry=r
         )
