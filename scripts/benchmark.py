@@ -265,6 +265,15 @@ def main() -> int:
         action="store_true",
         help="limit shares off (ALICODE_LIMIT_SHARE_PCT=0): every admission waits for Redis",
     )
+    parser.add_argument("--kinds", default="json,sse", help="saturation: json, sse or json,sse")
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME:VAR=VALUE[,VAR=VALUE]",
+        help="a gateway of this checkout with other settings joins the saturation phase "
+        "as NAME (e.g. noshares:ALICODE_LIMIT_SHARE_PCT=0); repeatable",
+    )
     args = parser.parse_args()
     if args.quick:
         args.requests, args.latency_samples, args.streams = 200, 50, 100
@@ -321,6 +330,15 @@ def main() -> int:
                              extra={"PYTHONPATH": str(base_dir),
                                     "ALICODE_LISTEN": f"127.0.0.1:{base_port}"})  # fmt: skip
             ports.append(base_port)
+        variants = []
+        for spec in args.variant:
+            name, _, settings = spec.partition(":")
+            extra = dict(item.split("=", 1) for item in settings.split(",") if item)
+            port = free_port()
+            extra["ALICODE_LISTEN"] = f"127.0.0.1:{port}"
+            pid = spawn(sys.executable, "-m", "alicode_gw", "serve", extra=extra)
+            variants.append(saturation.Target(name, f"http://127.0.0.1:{port}", pid))
+            ports.append(port)
         for port in ports:
             wait_port(port)
         mock_url = f"http://127.0.0.1:{mock_port}"
@@ -339,11 +357,13 @@ def main() -> int:
             )
         # One request first: 64 connections opening on a key nobody verified yet all take
         # the authentication's cold path and count as attempts of one address.
+        sat_targets += variants
         for target in sat_targets:
             asyncio.run(load(target.url, key, body(False), 1, 1))
+        payloads = {"json": body(False), "sse": body(True, STREAM_WORDS)}
         scripts = {
-            "json": saturation.write_lua(work / "json.lua", body(False), key),
-            "sse": saturation.write_lua(work / "sse.lua", body(True, STREAM_WORDS), key),
+            kind: saturation.write_lua(work / f"{kind}.lua", payloads[kind], key)
+            for kind in args.kinds.split(",")
         }
         sat_runs = saturation.saturate(
             sat_targets,

@@ -131,11 +131,16 @@ def saturate(
         for kind, script in scripts.items():
             for target in targets:
                 dbs = db_pids()
-                before, db_before = cpu_seconds([target.pid]), cpu_seconds(dbs)
+                before = cpu_seconds([target.pid])
+                db_before = {pid: cpu_seconds([pid]) for pid in dbs}
                 p50, p90, p99, top, requests, duration, status, sock = wrk(
                     binary, target.url, script, connections, seconds
                 )
-                cpu, db_cpu = cpu_seconds([target.pid]) - before, cpu_seconds(dbs) - db_before
+                cpu = cpu_seconds([target.pid]) - before
+                # Only the processes alive throughout (a backend that exited took its
+                # figure with it).
+                db_after = {pid: cpu_seconds([pid]) for pid in dbs if Path(f"/proc/{pid}").exists()}
+                db_cpu = sum(db_after[pid] - db_before[pid] for pid in db_after)
                 runs.append(Run(target.name, kind, p50, p90, p99, top, requests, duration,
                                 status, sock, cpu, db_cpu))  # fmt: skip
     return runs
