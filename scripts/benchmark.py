@@ -411,6 +411,15 @@ def main() -> int:
                 proc.wait(30)
             except subprocess.TimeoutExpired:
                 proc.kill()
+        if procs:  # nothing lost or billed twice: the books add up once every node stopped
+            audit = subprocess.run(
+                [sys.executable, "-m", "alicode_gw", "audit", "--json"],
+                env=env,
+                capture_output=True,
+                text=True,
+            )
+            clean = audit.returncode == 0 and json.loads(audit.stdout)["ok"]
+            print(f"\naudit after the run (servers stopped): {'clean' if clean else audit.stdout}")
         if server_db:
             drop_database(backends.database_url, database_url)
         backends.stop()
