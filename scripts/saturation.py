@@ -161,14 +161,14 @@ def report(runs: list[Run], connections: int, seconds: float, rounds: int) -> No
     print(f"Saturation: wrk, {connections} keep-alive connections, {seconds:g} s per run, "
           f"{rounds} rounds (targets interleaved); medians of the rounds, ms")  # fmt: skip
     print()
-    print("| target | kind | p50 | p90 | p99 (range) | max | p99/p50 | req/s | non-2xx "
-          "| CPU µs/req | PG+Redis CPU µs/req |")  # fmt: skip
+    print("| target | kind | p50 | p90 | p99 (range) | max | p99/p50 | req/s "
+          "| non-2xx / socket errors | CPU µs/req | PG+Redis CPU µs/req |")  # fmt: skip
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for kind in kinds:
         for target in targets:
             p50, p99 = med(target, kind, "p50"), med(target, kind, "p99")
-            non_2xx = sum(r.non_2xx + r.socket_errors for r in runs
-                          if r.target == target and r.kind == kind)  # fmt: skip
+            mine = [r for r in runs if r.target == target and r.kind == kind]
+            non_2xx = f"{sum(r.non_2xx for r in mine)} / {sum(r.socket_errors for r in mine)}"
             print(
                 f"| {target} | {kind} | {p50:.1f} | {med(target, kind, 'p90'):.1f} "
                 f"| {p99:.1f} ({spread(target, kind, 'p99')}) | {med(target, kind, 'max'):.0f} "
