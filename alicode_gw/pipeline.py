@@ -173,6 +173,7 @@ async def _admit_and_hold(
     state = ctx.state
     hold = (ctx.request_id, key.id, request.model, estimate, request.max_tokens, ip)
     leased = state.billing.hold_leased(*hold, account_id=key.account_id, priced=info)
+    state.metrics.hold("database" if leased is None else "lease")
     if leased is not None:  # the hold took no I/O: only the limits are waited for
         try:
             return await state.limiter.admit(ip, key), leased
