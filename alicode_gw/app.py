@@ -10,6 +10,7 @@ import errno
 import logging
 import signal
 import socket
+import time
 from collections.abc import Awaitable, Callable
 
 import aiohttp
@@ -17,7 +18,7 @@ import uvloop
 from aiohttp import web
 
 from alicode_gw.config import Config, ConfigError
-from alicode_gw.errors import ApiError, GatewayError, render
+from alicode_gw.errors import ApiError, GatewayError, OverloadedError, render
 from alicode_gw.identity.auth import Authenticator
 from alicode_gw.ids import new_request_id
 from alicode_gw.limits.limiter import Limiter
@@ -42,6 +43,8 @@ log = logging.getLogger(__name__)
 RequestHandler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
 
+SHED_RETRY_AFTER = 1  # seconds, the retry-after of a request refused past max_in_flight
+SHED_REPORTED = 10.0  # seconds /v1/health reports "degraded" after the last one
 ACCEPTED_GRACE = 0.1  # seconds; see Gateway.stop
 
 
@@ -191,6 +194,17 @@ def make_handler(state: State, router: Router) -> RequestHandler:
             state.in_flight -= 1
             accesslog.finish(ctx, status)
 
+    cap = state.config.max_in_flight or None
+
+    def shed() -> OverloadedError:
+        """Past the cap: refused before any work (health reports it for a while)."""
+        state.metrics.shed.inc()
+        state.shed_until = time.monotonic() + SHED_REPORTED
+        return OverloadedError(
+            "The gateway is at capacity; retry shortly.",
+            headers={"retry-after": str(SHED_RETRY_AFTER)},
+        )
+
     async def respond(ctx: RequestContext) -> web.StreamResponse:
         """Route and run the handler; any error rendered in the route's API shape."""
         try:
@@ -200,6 +214,8 @@ def make_handler(state: State, router: Router) -> RequestHandler:
             ctx.flavor = route.flavor if route.flavor_of is None else route.flavor_of(ctx.request)
             ctx.params = match.params
             if route.auth:
+                if cap is not None and state.in_flight > cap:  # this one counted already
+                    raise shed()
                 key = ctx.key = await state.auth.authenticate(ctx.request, ctx.ip)
                 ctx.key_public_id, ctx.account_id = key.public_id, key.account_id
             return await match.handler(ctx)

@@ -118,6 +118,15 @@ class Config:
             "doc": "Concurrent requests per client IP; 0 = off.",
         },
     )
+    max_in_flight: int = field(
+        default=1024,
+        metadata={
+            "env": "ALICODE_MAX_IN_FLIGHT",
+            "doc": "Requests this process serves at once; past it a new API request is "
+            "answered 529 overloaded_error with retry-after at once; 0 = no cap. Streams "
+            "count while they last.",
+        },
+    )
     trusted_proxies: tuple[Network, ...] = field(
         default=(),
         metadata={
@@ -382,6 +391,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "ALICODE_MAX_BODY_BYTES": _parse_int(1024),
     "ALICODE_IP_RPM": _parse_int(0),
     "ALICODE_IP_CONCURRENCY": _parse_int(0),
+    "ALICODE_MAX_IN_FLIGHT": _parse_int(0),
     "ALICODE_TRUSTED_PROXIES": _parse_networks,
     "ALICODE_HEADER_TIMEOUT": _parse_seconds,
     "ALICODE_BODY_IDLE_TIMEOUT": _parse_seconds,

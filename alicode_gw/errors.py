@@ -145,7 +145,8 @@ class GatewayTimeoutError(GatewayError):
 
 
 class OverloadedError(GatewayError):
-    """529: the upstream reported overload on every attempt."""
+    """529: the upstream reported overload on every attempt, or this process has as many
+    requests in flight as it may (``max_in_flight``)."""
 
     status = 529
     error_type = "overloaded_error"

@@ -195,6 +195,7 @@ async def _admit_and_hold(
         priced=info,
         spend_capped=key.spend_cap_nanos is not None,
     )
+    state.metrics.hold("database" if leased is None else "lease")
     if leased is not None:  # the hold took no I/O: only the limits are waited for
         try:
             return await state.limiter.admit(ip, key, worst_tokens), leased

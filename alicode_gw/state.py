@@ -51,6 +51,7 @@ class State:
     upstream_models: UpstreamModels
     started_at: float = field(default_factory=time.time)
     in_flight: int = 0
+    shed_until: float = 0.0  # monotonic time until which health reports the shedding
     draining: bool = False
 
 

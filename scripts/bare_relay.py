@@ -1,5 +1,7 @@
 """The yardstick of scripts/bench: a bare aiohttp pass-through relay (no auth, no limits,
-no billing) written the obvious way. The gateway's CPU per request is compared to it."""
+no billing) written the obvious way: a JSON answer is read whole and sent in one write
+(as the gateway sends it), a stream is relayed chunk by chunk. The gateway's CPU per
+request is compared to it."""
 
 from __future__ import annotations
 
@@ -20,9 +22,12 @@ def build(upstream: str, key: str, session: aiohttp.ClientSession) -> web.Server
             "content-type": "application/json",
         }
         async with session.post(upstream + request.path, data=body, headers=headers) as up:
-            response = web.StreamResponse(
-                status=up.status, headers={"content-type": up.headers["content-type"]}
-            )
+            content_type = up.headers["content-type"]
+            if not content_type.startswith("text/event-stream"):  # JSON: one write
+                return web.Response(
+                    status=up.status, body=await up.read(), headers={"content-type": content_type}
+                )
+            response = web.StreamResponse(status=up.status, headers={"content-type": content_type})
             await response.prepare(request)
             async for chunk in up.content.iter_any():
                 await response.write(chunk)

@@ -33,6 +33,7 @@ import asyncpg
 from alicode_gw.config import Config
 from alicode_gw.dev.embedded import running_backends
 from alicode_gw.dev.mock_upstream import DEFAULT_MOCK_KEY
+from scripts import saturation
 
 TICKS = os.sysconf("SC_CLK_TCK")
 MODEL = "claude-sonnet-4-6"
@@ -243,6 +244,18 @@ def main() -> int:
     parser.add_argument("--latency-samples", type=int, default=300)
     parser.add_argument("--streams", type=int, default=1000)
     parser.add_argument("--quick", action="store_true", help="small counts (smoke run)")
+    parser.add_argument("--connections", type=int, default=64, help="saturation: wrk connections")
+    parser.add_argument("--saturation-seconds", type=float, default=4.0)
+    parser.add_argument("--saturation-rounds", type=int, default=3)
+    parser.add_argument(
+        "--saturation-only", action="store_true", help="only the wrk saturation phase"
+    )
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="a checkout of another commit: its gateway joins the saturation phase as "
+        "'baseline' (same database, Redis and mock upstream; its schema must match)",
+    )
     parser.add_argument(
         "--no-leases",
         action="store_true",
@@ -253,9 +266,19 @@ def main() -> int:
         action="store_true",
         help="limit shares off (ALICODE_LIMIT_SHARE_PCT=0): every admission waits for Redis",
     )
+    parser.add_argument("--kinds", default="json,sse", help="saturation: json, sse or json,sse")
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME:VAR=VALUE[,VAR=VALUE]",
+        help="a gateway of this checkout with other settings joins the saturation phase "
+        "as NAME (e.g. noshares:ALICODE_LIMIT_SHARE_PCT=0); repeatable",
+    )
     args = parser.parse_args()
     if args.quick:
         args.requests, args.latency_samples, args.streams = 200, 50, 100
+        args.saturation_seconds, args.saturation_rounds = 2.0, 1
 
     work = Path(tempfile.mkdtemp(prefix="alicode-bench-"))
     base = {k: v for k, v in os.environ.items() if not k.startswith("ALICODE_")}
@@ -270,7 +293,7 @@ def main() -> int:
     # The servers' own output (the gateway's access log) goes to a file, not the table.
     server_log = open(work / "servers.log", "ab")  # noqa: SIM115 (closed in the finally)
     try:
-        mock_port, relay_port, gw_port = free_port(), free_port(), free_port()
+        mock_port, relay_port, gw_port, base_port = (free_port() for _ in range(4))
         env = {
             **base,
             "ALICODE_DATABASE_URL": database_url,
@@ -285,9 +308,12 @@ def main() -> int:
             "ALICODE_CREDIT_LEASE_PCT": "0" if args.no_leases else "50",
             "ALICODE_LIMIT_SHARE_PCT": "0" if args.no_shares else "25",
         }
-        spawn = lambda *cmd: procs.append(  # noqa: E731
-            subprocess.Popen(cmd, env=env, stdout=server_log, stderr=server_log)
-        )
+
+        def spawn(*cmd: str, extra: dict[str, str] | None = None, cwd: Path | None = None) -> int:
+            procs.append(subprocess.Popen(cmd, env={**env, **(extra or {})}, cwd=cwd,
+                                          stdout=server_log, stderr=server_log))  # fmt: skip
+            return procs[-1].pid
+
         spawn(sys.executable, "-m", "alicode_gw", "mock-upstream", "--port", str(mock_port),
               "--key", DEFAULT_MOCK_KEY)  # fmt: skip
         subprocess.run([sys.executable, "-m", "alicode_gw", "migrate"], env=env, check=True,
@@ -298,17 +324,65 @@ def main() -> int:
         key = cli(env, "key", "create", "--email", email, "--name", "bench",
                   "--rpm", "1000000", "--concurrency", "5000")["key"]  # fmt: skip
         cli(env, "upstream", "add", "--key", DEFAULT_MOCK_KEY, "--name", "mock")
-        spawn(sys.executable, "-m", "alicode_gw", "serve")
-        spawn(sys.executable, "-m", "scripts.bare_relay", "--port", str(relay_port),
+        gw_pid = spawn(sys.executable, "-m", "alicode_gw", "serve")
+        relay_pid = spawn(sys.executable, "-m", "scripts.bare_relay", "--port", str(relay_port),
               "--upstream", f"http://127.0.0.1:{mock_port}", "--key", DEFAULT_MOCK_KEY)  # fmt: skip
-        for port in (mock_port, relay_port, gw_port):
+        ports = [mock_port, relay_port, gw_port]
+        if args.baseline:
+            base_dir = args.baseline.resolve()
+            base_pid = spawn(sys.executable, "-m", "alicode_gw", "serve", cwd=base_dir,
+                             extra={"PYTHONPATH": str(base_dir),
+                                    "ALICODE_LISTEN": f"127.0.0.1:{base_port}"})  # fmt: skip
+            ports.append(base_port)
+        variants = []
+        for spec in args.variant:
+            name, _, settings = spec.partition(":")
+            extra = dict(item.split("=", 1) for item in settings.split(",") if item)
+            port = free_port()
+            extra["ALICODE_LISTEN"] = f"127.0.0.1:{port}"
+            pid = spawn(sys.executable, "-m", "alicode_gw", "serve", extra=extra)
+            variants.append(saturation.Target(name, f"http://127.0.0.1:{port}", pid))
+            ports.append(port)
+        for port in ports:
             wait_port(port)
-        gw_pid, relay_pid = procs[1].pid, procs[2].pid
         mock_url = f"http://127.0.0.1:{mock_port}"
         gw_url, relay_url = f"http://127.0.0.1:{gw_port}", f"http://127.0.0.1:{relay_port}"
 
         def db_pids() -> list[int]:
             return pids_named("postgres", "redis-server")
+
+        sat_targets = [
+            saturation.Target("bare", relay_url, relay_pid),
+            saturation.Target("gateway", gw_url, gw_pid),
+        ]
+        if args.baseline:
+            sat_targets.append(
+                saturation.Target("baseline", f"http://127.0.0.1:{base_port}", base_pid)
+            )
+        # One request first: 64 connections opening on a key nobody verified yet all take
+        # the authentication's cold path and count as attempts of one address.
+        sat_targets += variants
+        for target in sat_targets:
+            asyncio.run(load(target.url, key, body(False), 1, 1))
+        payloads = {"json": body(False), "sse": body(True, STREAM_WORDS)}
+        scripts = {
+            kind: saturation.write_lua(work / f"{kind}.lua", payloads[kind], key)
+            for kind in args.kinds.split(",")
+        }
+        sat_runs = saturation.saturate(
+            sat_targets,
+            scripts,
+            connections=args.connections,
+            seconds=args.saturation_seconds,
+            rounds=args.saturation_rounds,
+            cpu_seconds=cpu_seconds,
+            db_pids=db_pids,
+        )
+        if args.saturation_only:
+            saturation.report(
+                sat_runs, args.connections, args.saturation_seconds, args.saturation_rounds
+            )
+            return 0
 
         results: dict[str, Phase] = {}
         for kind, payload in (("json", body(False)), ("sse", body(True, STREAM_WORDS))):
@@ -341,6 +415,15 @@ def main() -> int:
                 proc.wait(30)
             except subprocess.TimeoutExpired:
                 proc.kill()
+        if procs:  # nothing lost or billed twice: the books add up once every node stopped
+            audit = subprocess.run(
+                [sys.executable, "-m", "alicode_gw", "audit", "--json"],
+                env=env,
+                capture_output=True,
+                text=True,
+            )
+            clean = audit.returncode == 0 and json.loads(audit.stdout)["ok"]
+            print(f"\naudit after the run (servers stopped): {'clean' if clean else audit.stdout}")
         if server_db:
             drop_database(backends.database_url, database_url)
         servers.close()
@@ -371,6 +454,7 @@ def main() -> int:
           f"| {pct(lat['bare-sse'][0], 0.5) - pct(lat['direct-sse'][0], 0.5):.2f} |")  # fmt: skip
     print(f"| {args.streams} concurrent slow streams: completed | - | {ok}/{args.streams} |")
     print(f"| gateway peak RSS with them (MB) | - | {peak:.0f} |")
+    saturation.report(sat_runs, args.connections, args.saturation_seconds, args.saturation_rounds)
     print(f"\n(latency: {args.latency_samples} sequential requests per target, the targets "
           "taking turns; "
           f"CPU: {args.requests} requests per phase, concurrency {args.concurrency})")  # fmt: skip

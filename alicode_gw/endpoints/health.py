@@ -63,6 +63,8 @@ async def collect(state: State) -> tuple[int, dict[str, Any]]:
         down.append("no enabled upstream credential")
     if not redis["ok"]:
         degraded.append("redis unreachable")
+    if time.monotonic() < state.shed_until:
+        degraded.append("shedding load: requests in flight at max_in_flight")
     if upstream["healthy"] < upstream["total"]:
         degraded.append("some upstream credentials are not healthy")
     recent = upstream["recent"]

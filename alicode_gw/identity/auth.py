@@ -4,11 +4,13 @@ Hot path (a key this process has verified in the last ``cache_ttl`` seconds): pa
 key, one keyed SHA-256 of the secret, a constant-time compare with the digest cached
 when bcrypt accepted it. No bcrypt, no database, no Redis.
 
-Everything else is the cold path, which first counts the attempt against the client
-IP in Redis, atomically (one script), before any work (fail closed: 503 when Redis is down; 429 past
-``fail_limit`` attempts in ``fail_window`` seconds; the count is given back when the key
-is accepted), so concurrent attempts cannot all pass a check made before any of them
-was counted. Then:
+A cached key whose entry is older than ``cache_ttl``, presented with the cached secret,
+is re-read from PostgreSQL (one request re-reads, the others keep using the entry), not
+counted as an attempt. Everything else is the cold path, which first counts the attempt
+against the client IP in Redis, atomically (one script), before any work (fail closed:
+503 when Redis is down; 429 past ``fail_limit`` attempts in ``fail_window`` seconds; the
+count is given back when the key is accepted), so concurrent attempts cannot all pass a
+check made before any of them was counted. Then:
 
 - missing / malformed key: 401 without any lookup;
 - unknown public id, revoked key, stopped account: 401 after one indexed query, no bcrypt;
@@ -39,7 +41,7 @@ import logging
 import math
 import secrets
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -229,13 +231,11 @@ class Authenticator:
             digest = keys.secret_digest(self._pepper, parsed.secret)
             token = (parsed.public_id, digest)
             entry = self._cache.get(parsed.public_id)
-            if (
-                entry is not None
-                and (entry.fresh_until > started or entry.refreshing)
-                and keys.same_digest(entry.digest, digest)
-            ):
-                self._last_used[entry.key.id] = time.time()
-                return entry.key
+            if entry is not None and keys.same_digest(entry.digest, digest):
+                if entry.fresh_until > started or entry.refreshing:
+                    self._last_used[entry.key.id] = time.time()
+                    return entry.key
+                return await self._refresh(parsed, client_ip, started)
             pending = self._verifying.get(token)
             if pending is not None:  # the same key is being checked: its outcome is ours
                 with contextlib.suppress(_Abandoned):
@@ -287,11 +287,24 @@ class Authenticator:
         """The outcome of a check under way for the same key (:class:`_Abandoned` when
         the request that ran it went away)."""
         try:
-            key = await asyncio.shield(pending)
+            return await self._answered(asyncio.shield(pending), started)
         except asyncio.CancelledError:
             if pending.cancelled():
                 raise _Abandoned from None
             raise
+
+    async def _refresh(self, parsed: keys.ParsedKey, client_ip: str, started: float) -> ApiKey:
+        """A stale entry presented with the secret bcrypt accepted: re-read the key (the
+        requests arriving meanwhile keep using the entry). Not counted against the
+        address: it is no guess, and a busy client must not throttle itself out of its
+        own key when the entry goes stale under load."""
+        return await self._answered(self._verify(parsed, client_ip), started)
+
+    async def _answered(self, check: Awaitable[ApiKey], started: float) -> ApiKey:
+        """The key ``check`` finds; a refusal (revoked, stopped, wrong) answered no sooner
+        than the failure floor after the request arrived."""
+        try:
+            key = await check
         except AuthenticationError:
             delay = started + self.failure_floor - time.monotonic()
             if delay > 0:

@@ -117,7 +117,11 @@ class Credit:
             lease.free -= amount
             lease.in_flight += 1
             lease.used = now
-            if lease.free < amount * HOLDS_PER_LEASE // 4:
+            # Ask ahead of need: while a growth is under way (it commits after the
+            # settlements queued before it), every request in flight may be followed by
+            # one like it. A lease short of that sends those followers to the ordinary
+            # hold, which waits behind the same settlements: the saturation tail.
+            if lease.free < amount * (HOLDS_PER_LEASE // 4 + lease.in_flight):
                 self._ask(account_id, amount)
             return lease.id
         self._ask(account_id, amount)
@@ -165,7 +169,7 @@ class Credit:
             lease = self._by_account.get(account_id)
             sent = time.monotonic()
             if lease is not None and lease.deadline > sent:
-                want = max(lease.total, amount * HOLDS_PER_LEASE)
+                want = max(lease.total, amount * (HOLDS_PER_LEASE + 2 * lease.in_flight))
                 async with asyncio.timeout(self._db_timeout):
                     added = await call(
                         self._db,

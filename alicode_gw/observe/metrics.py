@@ -120,6 +120,18 @@ class Metrics:
             ["limit"],
             registry=r,
         )
+        self.holds = Counter(
+            "alicode_holds",
+            "Billing holds by where they were taken: lease (this node's credit lease, no "
+            "I/O) or database (a billing round trip).",
+            ["path"],
+            registry=r,
+        )
+        self.shed = Counter(
+            "alicode_shed_requests",
+            "Requests answered 529 at once: the process had max_in_flight requests in flight.",
+            registry=r,
+        )
         self.streams = Gauge(
             "alicode_streams_in_flight", "SSE streams being relayed now.", registry=r
         )
@@ -178,6 +190,9 @@ class Metrics:
         self._child(self.duration, route).observe(duration)
         if ttfb is not None:
             self._child(self.ttfb, route).observe(ttfb)
+
+    def hold(self, path: str) -> None:
+        self._child(self.holds, path).inc()
 
     def usage(
         self,

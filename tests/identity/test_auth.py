@@ -16,7 +16,7 @@ import pytest
 from aiohttp.test_utils import make_mocked_request
 
 from alicode_gw import app
-from alicode_gw.errors import AuthenticationError, ServiceUnavailableError
+from alicode_gw.errors import AuthenticationError, RateLimitError, ServiceUnavailableError
 from alicode_gw.identity import accounts, keys
 from alicode_gw.identity.auth import (
     INVALID_MESSAGE,
@@ -469,3 +469,29 @@ async def test_a_stampede_of_one_keys_first_requests_is_one_attempt(
         statuses = await asyncio.gather(*(attempt() for _ in range(100)))
     assert statuses == [200] * 100
     assert gw.state.auth.bcrypt_runs - runs == 1
+
+
+async def test_a_stale_entry_is_reread_even_when_the_address_is_throttled(
+    database_url: str, redis: object, redis_prefix: str, db: asyncpg.Connection
+) -> None:
+    """A busy client's own key: once its entry is older than the TTL, re-reading it is
+    no guess and is not counted, so an address past its failure limit (here: many
+    connections opening at once on a cold key) keeps using the key it proved."""
+    _, secret = await new_key(db)
+    pool = await create_pool(database_url, 2)
+    authenticator = Authenticator(pool, redis, redis_prefix, cache_ttl=0.2, fail_limit=3)  # type: ignore[arg-type]
+    try:
+        ip = unique_ip()
+        await authenticator.authenticate(_request(secret), ip)  # type: ignore[arg-type]
+        for _ in range(5):  # the address goes past its limit
+            with pytest.raises((AuthenticationError, RateLimitError)):
+                await authenticator.authenticate(_request("sk-ali-nope"), ip)  # type: ignore[arg-type]
+        await asyncio.sleep(0.3)
+        keys_seen = await asyncio.gather(
+            *(authenticator.authenticate(_request(secret), ip) for _ in range(20))  # type: ignore[arg-type]
+        )
+        assert len({k.id for k in keys_seen}) == 1
+        assert authenticator.bcrypt_runs == 1
+    finally:
+        await authenticator.close()
+        await pool.close()

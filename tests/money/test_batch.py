@@ -11,8 +11,8 @@ import secrets
 import asyncpg
 
 from alicode_gw.errors import InsufficientCreditsError
-from alicode_gw.money.billing import Billing, Usage
-from alicode_gw.money.contract import HoldOp, SettleOp, SettleOutcome, SettleResult
+from alicode_gw.money.billing import Billing
+from alicode_gw.money.contract import HoldOp, SettleOp, SettleOutcome, SettleResult, Usage
 from alicode_gw.tasks import TaskTracker
 from tests.support.money import USD, balances, new_account
 

@@ -531,3 +531,27 @@ async def test_a_shrink_waits_for_a_growth_under_way(
     (row,) = await open_leases(pool, account.id)
     assert row["amount_nanos"] == 2 * 16 * 700_000 - 30 * 700_000
     assert lease.free == row["amount_nanos"]
+
+
+async def test_a_lease_grows_ahead_of_the_requests_in_flight(
+    leased: Billing, credit: Credit, pool: asyncpg.Pool, model_catalog: ModelCatalog
+) -> None:
+    """Under saturation every request in flight is followed by another: the lease asks
+    to grow while it still covers them all, so none falls to the ordinary hold (which
+    waits behind the settlements queued before it) while the growth is under way."""
+    account = await new_account(pool, nanos=USD)
+    lease = await with_lease(leased, account, model_catalog)
+    granted = lease.total
+    assert granted == 16 * 700_000
+    held = [await hold(leased, account, model_catalog, rid()) for _ in range(8)]
+    assert all(h.lease_id == lease.id for h in held)
+    for _ in range(200):  # polled: the growth is a database round trip
+        if lease.total > granted:
+            break
+        await asyncio.sleep(0.01)
+    assert lease.total > granted  # half of it still free, but 8 in flight
+    trips = leased.round_trips
+    more = [await hold(leased, account, model_catalog, rid()) for _ in range(8)]
+    assert all(h.lease_id == lease.id for h in more) and leased.round_trips == trips
+    for h in held + more:
+        await leased.settle(h.request_id, Usage(100, 10))

@@ -16,9 +16,9 @@ import asyncpg
 from redis.asyncio import Redis
 
 from alicode_gw.config import Config
-from alicode_gw.money.billing import Billing, Usage
+from alicode_gw.money.billing import Billing
 from alicode_gw.money.catalog import ModelCatalog
-from alicode_gw.money.contract import LeaseOpen, SettleOp, batch_element, call
+from alicode_gw.money.contract import LeaseOpen, SettleOp, Usage, batch_element, call
 from alicode_gw.money.leases import Credit
 from alicode_gw.money.nodes import Node
 from alicode_gw.tasks import TaskTracker

@@ -117,6 +117,8 @@ async def test_counters_move_with_traffic(
         for n in range(len(UPSTREAM_KEYS))
     )
     assert attempts == 2
+    holds = [delta("alicode_holds_total", path=path) for path in ("lease", "database")]
+    assert sum(holds) == 2
     assert value(after, "alicode_streams_in_flight") == 0
     assert value(after, "alicode_upstream_credentials", state="healthy") == 3
     assert value(after, "alicode_upstream_credentials", state="cooling") == 0
