@@ -242,22 +242,27 @@ class Authenticator:
                     return await self._joined(pending, started)
         await self._count_attempt(client_ip)
         try:
-            if raw is None:
-                raise AuthenticationError(MISSING_MESSAGE)
-            if parsed is None or token is None:
-                raise AuthenticationError(INVALID_MESSAGE)
-            key = await self._verify_once(token, parsed, client_ip)
+            key = await self._answered(self._check(raw, parsed, token, client_ip), started)
         except AuthenticationError:
-            delay = started + self.failure_floor - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            raise
+            raise  # a failed attempt: it stays counted
         except BaseException:
             await self._give_back(client_ip)  # not the client's failure (e.g. 503)
             raise
         await self._give_back(client_ip)
-        self._last_used[key.id] = time.time()
         return key
+
+    async def _check(
+        self,
+        raw: str | None,
+        parsed: keys.ParsedKey | None,
+        token: tuple[str, bytes] | None,
+        client_ip: str,
+    ) -> ApiKey:
+        if raw is None:
+            raise AuthenticationError(MISSING_MESSAGE)
+        if parsed is None or token is None:
+            raise AuthenticationError(INVALID_MESSAGE)
+        return await self._verify_once(token, parsed, client_ip)
 
     async def _verify_once(
         self, token: tuple[str, bytes], parsed: keys.ParsedKey, client_ip: str
