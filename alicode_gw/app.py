@@ -19,6 +19,8 @@ from aiohttp import web
 
 from alicode_gw.config import Config, ConfigError
 from alicode_gw.errors import ApiError, GatewayError, OverloadedError, render
+from alicode_gw.files.inline import INLINED_HEADER
+from alicode_gw.files.purge import FilePurger
 from alicode_gw.identity.auth import Authenticator
 from alicode_gw.ids import new_request_id
 from alicode_gw.limits.limiter import Limiter
@@ -116,6 +118,8 @@ async def open_state(config: Config, backends: Backends) -> State:
     )
     tasks.spawn(limiter.refresh_loop(), name="limit-leases", perpetual=True)
     tasks.spawn(accesslog.flush_loop(), name="access-log-flush", perpetual=True)
+    purger = FilePurger(db, grace=config.files_purge_grace, interval=config.files_purge_interval)
+    tasks.spawn(purger.run(), name="file-purge", perpetual=True)
     metrics = Metrics(share_dir(config))
     tasks.spawn(metrics.publish_loop(), name="metrics-publish", perpetual=True)
     http = upstream_session(config)
@@ -178,6 +182,8 @@ def make_handler(state: State, router: Router) -> RequestHandler:
             response = await respond(ctx)
             if not response.prepared:
                 response.headers["request-id"] = ctx.request_id
+                if ctx.files_inlined:
+                    response.headers[INLINED_HEADER] = str(ctx.files_inlined)
             status = response.status
             # Send the answer before the bookkeeping below: the client does not wait
             # for its access line. (aiohttp then finds it sent.)

@@ -4,7 +4,7 @@ It runs the node-independent maintenance loops that every gateway process also r
 the hold sweeper (the holds and leases of dead nodes, and those past their expiry, give
 their reservation back) and the
 billing journal replay (settlements journaled while PostgreSQL was unreachable).
-File purges and batches will join them here.
+and the purge of deleted files (:mod:`alicode_gw.files.purge`). Batches will join them here.
 
 Running it next to the gateways is optional and safe: ``billing.expire_holds`` takes a
 transaction advisory lock and skips rows locked by a concurrent settlement (``FOR
@@ -23,6 +23,7 @@ import signal
 import uvloop
 
 from alicode_gw.config import Config
+from alicode_gw.files.purge import FilePurger
 from alicode_gw.money.billing import Billing
 from alicode_gw.store.backends import Backends, configured_backends, create_pool, create_redis
 from alicode_gw.tasks import TaskTracker
@@ -52,7 +53,11 @@ async def run_until_signalled(config: Config, backends: Backends) -> None:
             tasks=tasks,
         )
         billing.start(tasks)
-        log.info("background worker running: hold sweeper, billing journal replay")
+        purger = FilePurger(
+            db, grace=config.files_purge_grace, interval=config.files_purge_interval
+        )
+        tasks.spawn(purger.run(), name="file-purge", perpetual=True)
+        log.info("background worker running: hold sweeper, billing journal replay, file purge")
         await stop.wait()
         log.info("background worker stopping")
     finally:

@@ -261,6 +261,62 @@ class Config:
             "0 sends every admission to Redis.",
         },
     )
+    files_max_bytes: int = field(
+        default=25 * 1024 * 1024,
+        metadata={
+            "env": "ALICODE_FILES_MAX_BYTES",
+            "doc": "Largest file `POST /v1/files` stores (enforced while reading: 413 "
+            "request_too_large).",
+        },
+    )
+    files_mime_types: tuple[str, ...] = field(
+        default=(
+            "image/jpeg",
+            "image/png",
+            "image/gif",
+            "image/webp",
+            "application/pdf",
+            "text/plain",
+            "text/markdown",
+            "text/csv",
+        ),
+        metadata={
+            "env": "ALICODE_FILES_MIME_TYPES",
+            "doc": "Comma-separated MIME types `POST /v1/files` accepts (others: 415); "
+            "images and PDFs are recognised by their bytes, text types must be UTF-8. See "
+            "docs/files.md.",
+        },
+    )
+    files_quota_count: int = field(
+        default=0,
+        metadata={
+            "env": "ALICODE_FILES_QUOTA_COUNT",
+            "doc": "Files an account may keep (past it an upload is 403); 0 = no limit.",
+        },
+    )
+    files_quota_bytes: int = field(
+        default=0,
+        metadata={
+            "env": "ALICODE_FILES_QUOTA_BYTES",
+            "doc": "Bytes of files an account may keep (past it an upload is 413); 0 = no limit.",
+        },
+    )
+    files_purge_grace: float = field(
+        default=86400.0,
+        metadata={
+            "env": "ALICODE_FILES_PURGE_GRACE",
+            "doc": "Seconds a deleted file's bytes are kept before the purge removes them "
+            "(a deleted file is 404 at once).",
+        },
+    )
+    files_purge_interval: float = field(
+        default=300.0,
+        metadata={
+            "env": "ALICODE_FILES_PURGE_INTERVAL",
+            "doc": "Seconds between two runs of the file purge (in every gateway and "
+            "`worker` process).",
+        },
+    )
     metrics_allow: tuple[Network, ...] = field(
         default=(ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128")),
         metadata={
@@ -377,6 +433,15 @@ def _parse_prefix(value: str) -> str:
     return value
 
 
+def _parse_mime_types(value: str) -> tuple[str, ...]:
+    types = tuple(part.strip().lower() for part in value.split(",") if part.strip())
+    for mime in types:
+        kind, sep, sub = mime.partition("/")
+        if not sep or not kind or not sub or any(ch.isspace() or ch == ";" for ch in mime):
+            raise ValueError(f"expected MIME types (image/png,...) separated by commas: {mime!r}")
+    return types
+
+
 # variable -> (Config field(s), parser); ALICODE_LISTEN fills two fields.
 _PARSERS: dict[str, Callable[[str], Any]] = {
     "ALICODE_DATABASE_URL": _parse_url(("postgres", "postgresql")),
@@ -409,6 +474,12 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "ALICODE_NODE_DEAD_AFTER": _parse_seconds,
     "ALICODE_HOLD_SWEEP_INTERVAL": _parse_seconds,
     "ALICODE_LIMIT_SHARE_PCT": _parse_percent,
+    "ALICODE_FILES_MAX_BYTES": _parse_int(1),
+    "ALICODE_FILES_MIME_TYPES": _parse_mime_types,
+    "ALICODE_FILES_QUOTA_COUNT": _parse_int(0),
+    "ALICODE_FILES_QUOTA_BYTES": _parse_int(0),
+    "ALICODE_FILES_PURGE_GRACE": _parse_seconds,
+    "ALICODE_FILES_PURGE_INTERVAL": _parse_seconds,
     "ALICODE_METRICS_ALLOW": _parse_networks,
     "ALICODE_METRICS_TOKEN": _parse_token,
 }

@@ -23,6 +23,7 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from alicode_gw.errors import InvalidRequestError, PermissionDeniedError
+from alicode_gw.files.inline import inline_request
 from alicode_gw.identity.auth import ApiKey
 from alicode_gw.limits.limiter import Admission
 from alicode_gw.money.billing import Hold
@@ -158,6 +159,7 @@ async def serve(
     state = ctx.state
     note_model(ctx, payload)
     request = validate(payload)
+    body, payload = await inline_request(ctx, body, payload)  # file_id sources: their bytes
     key, ip = ctx.authenticated, ctx.ip
     info = resolve_model(ctx, request.model)
     check_max_tokens(request.max_tokens, info)

@@ -17,6 +17,7 @@ from aiohttp import web
 
 from alicode_gw.endpoints import (
     count_tokens,
+    files,
     health,
     key_status,
     messages,
@@ -125,6 +126,24 @@ def build_router() -> Router:
                 {"GET": models.handle_get},
                 auth=True,
                 flavor_of=models.flavor_of,
+            ),
+            Route(
+                "files",
+                "/v1/files",
+                {"GET": files.handle_list, "POST": files.handle_upload},
+                auth=True,
+            ),
+            Route(
+                "file",
+                "/v1/files/{file_id}",
+                {"GET": files.handle_get, "DELETE": files.handle_delete},
+                auth=True,
+            ),
+            Route(
+                "file_content",
+                "/v1/files/{file_id}/content",
+                {"GET": files.handle_content},
+                auth=True,
             ),
             Route(
                 "chat_completions",

@@ -82,6 +82,7 @@ class RequestContext:
     cache_write_tokens: int = 0
     cache_read_tokens: int = 0
     cost_nanos: int | None = None
+    files_inlined: int = 0  # file sources replaced by their bytes (files/inline.py)
 
     @property
     def ip(self) -> str:
@@ -98,7 +99,10 @@ class RequestContext:
         return self.key
 
     def headers(self, **more: str) -> dict[str, str]:
-        """Response headers every answer carries (``request-id``) plus ``more``."""
+        """Response headers every answer carries (``request-id``, and
+        ``x-alicode-files-inlined`` once files were inlined) plus ``more``."""
+        if self.files_inlined:
+            more = {"x-alicode-files-inlined": str(self.files_inlined), **more}
         if self.flavor is Flavor.OPENAI:
             # OpenAI's SDKs read the request id from x-request-id.
             return {"request-id": self.request_id, "x-request-id": self.request_id, **more}

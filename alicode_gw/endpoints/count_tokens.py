@@ -13,6 +13,7 @@ import json
 from aiohttp import web
 
 from alicode_gw.errors import GatewayError, InvalidRequestError
+from alicode_gw.files.inline import inline_request
 from alicode_gw.pipeline import resolve_model, upstream_body
 from alicode_gw.requestbody import read_json
 from alicode_gw.state import RequestContext
@@ -36,6 +37,7 @@ async def handle_count_tokens(ctx: RequestContext) -> web.StreamResponse:
     state = ctx.state
     body, payload = await read_json(ctx.request, state.config.max_body_bytes)
     model = _validate(payload)
+    body, payload = await inline_request(ctx, body, payload)  # file_id sources: their bytes
     info = resolve_model(ctx, model)
     admission = await state.limiter.admit(ctx.ip, ctx.authenticated)
     try:
