@@ -29,6 +29,8 @@ and refused like the API refuses an unknown role without them. ``GET /v1/models`
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import collections
 import json
 import secrets
@@ -150,6 +152,48 @@ def _validate_blocks(where: str, content: Any) -> None:
                 f"{where}.{j}: Input tag '{kind}' found using 'type' does not match any"
                 f" of the expected tags: {expected}"
             )
+        if kind in _SOURCE_TYPES:
+            _validate_source(f"{where}.{j}.source", kind, block.get("source"))
+        elif kind == "tool_result":
+            _validate_blocks(f"{where}.{j}.content", block.get("content"))
+
+
+# The sources an image / document block takes, and the media types of a base64 one.
+_SOURCE_TYPES: Mapping[str, tuple[str, ...]] = MappingProxyType(
+    {
+        "image": ("base64", "url", "file"),
+        "document": ("base64", "text", "url", "content", "file"),
+    }
+)
+_BASE64_MEDIA: Mapping[str, tuple[str, ...]] = MappingProxyType(
+    {
+        "image": ("image/jpeg", "image/png", "image/gif", "image/webp"),
+        "document": ("application/pdf",),
+    }
+)
+
+
+def _validate_source(where: str, kind: str, source: Any) -> None:
+    """An image's or document's source as the API checks it. A ``file`` source names a
+    file of the upstream's own Files API, which the mock does not have: 404."""
+    stype = source.get("type") if isinstance(source, dict) else None
+    if stype not in _SOURCE_TYPES[kind]:
+        raise invalid(f"{where}: Input tag '{stype}' found using 'type' is not expected")
+    if stype == "file":
+        raise RequestError(404, "not_found_error", f"File not found: {source.get('file_id')}")
+    if stype == "base64":
+        media = source.get("media_type")
+        if media not in _BASE64_MEDIA[kind]:
+            expected = ", ".join(f"'{m}'" for m in _BASE64_MEDIA[kind])
+            raise invalid(f"{where}.media_type: Input should be {expected}")
+        try:
+            base64.b64decode(str(source.get("data")), validate=True)
+        except binascii.Error:
+            raise invalid(f"{where}.data: invalid base64 data") from None
+    if stype == "text" and (
+        source.get("media_type") != "text/plain" or not isinstance(source.get("data"), str)
+    ):
+        raise invalid(f"{where}: a text source needs media_type 'text/plain' and string data")
 
 
 def _validate_count(body: Any, betas: frozenset[str] = frozenset()) -> dict[str, Any]:
