@@ -226,6 +226,25 @@ def _validate_messages(body: Any, betas: frozenset[str] = frozenset()) -> dict[s
     return body
 
 
+# The API's request size limit of the Messages and Token Counting endpoints.
+MAX_REQUEST_BYTES = 32 * 1024 * 1024
+
+
+async def _read_body(request: web.BaseRequest) -> bytes:
+    """The body, up to the API's size limit (past it: its 413 request_too_large)."""
+    too_large = RequestError(
+        413, "request_too_large", "Request exceeds the maximum allowed number of bytes."
+    )
+    if (request.content_length or 0) > MAX_REQUEST_BYTES:
+        raise too_large
+    body = bytearray()
+    async for chunk in request.content.iter_any():
+        body += chunk
+        if len(body) > MAX_REQUEST_BYTES:
+            raise too_large
+    return bytes(body)
+
+
 def _betas(request: web.BaseRequest) -> frozenset[str]:
     """The ``anthropic-beta`` names of a request (comma-separated, possibly repeated)."""
     names = ",".join(request.headers.getall("anthropic-beta", ()))
@@ -384,7 +403,7 @@ class MockUpstream:
         )
         self.exchanges.append(ex)
         try:
-            ex.body = await request.read()
+            ex.body = await _read_body(request)
             return await self._route(request, ex)
         except RequestError as err:
             return await self._send_error(request, ex, err)
