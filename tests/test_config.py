@@ -118,3 +118,16 @@ def test_a_node_is_dead_only_after_more_than_two_missed_heartbeats() -> None:
     assert (config.node_heartbeat_interval, config.node_dead_after) == (0.5, 3.0)
     with pytest.raises(ConfigError, match="ALICODE_NODE_DEAD_AFTER"):
         load({**settings, "ALICODE_NODE_DEAD_AFTER": "1"})
+
+
+def test_files_settings() -> None:
+    config = load(
+        {"ALICODE_FILES_MIME_TYPES": " image/PNG , text/plain,", "ALICODE_FILES_QUOTA_COUNT": "3"}
+    )
+    assert config.files_mime_types == ("image/png", "text/plain")
+    assert config.files_quota_count == 3
+    assert Config().files_max_bytes == 25 * 1024 * 1024
+    assert Config().files_purge_grace == 86400
+    for bad in ("png", "image/png; q=1", "text/ plain"):
+        with pytest.raises(ConfigError, match="ALICODE_FILES_MIME_TYPES"):
+            load({"ALICODE_FILES_MIME_TYPES": bad})
