@@ -33,7 +33,7 @@ from tests.support.gateway import (
     stop_gateway,
     with_database,
 )
-from tests.support.logs import AccessLines
+from tests.support.logs import AccessLines, Capture
 
 
 def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict:
@@ -210,3 +210,25 @@ def access_lines() -> Iterator[AccessLines]:
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)
+
+
+@pytest.fixture
+def captured() -> Iterator[Capture]:
+    """Every log record of the server side at DEBUG while the test runs: attached to
+    the root and to every existing logger (some may not propagate)."""
+    handler = Capture()
+    loggers = [logging.getLogger()] + [
+        logger
+        for logger in logging.root.manager.loggerDict.values()
+        if isinstance(logger, logging.Logger)
+    ]
+    levels = [(logger, logger.level) for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.DEBUG)
+        logger.addHandler(handler)
+    try:
+        yield handler
+    finally:
+        for logger, level in levels:
+            logger.removeHandler(handler)
+            logger.setLevel(level)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -47,29 +46,16 @@ async def nodes(
     # cred-0 is picked first by every node (smooth weighted round-robin), unless cooling.
     await db.execute("UPDATE upstream_credentials SET weight = 100 WHERE name = 'cred-0'")
     prefix = f"two-{secrets.token_hex(4)}:"
-    started: list[subprocess.Popen[bytes]] = []
-    urls: list[str] = []
-    try:
-        for name in ("a", "b"):
-            port = procs.free_port()
-            env = procs.gateway_env(
-                database_url,
-                redis_url,
-                prefix,
-                ALICODE_LISTEN=f"127.0.0.1:{port}",
-                ALICODE_UPSTREAM_URL=mock_upstream.url,
-                ALICODE_DATA_DIR=str(tmp_path / name),
-                ALICODE_LOG_LEVEL="WARNING",
-            )
-            started.append(procs.start(env, "serve", log=tmp_path / f"{name}.log"))
-            urls.append(f"http://127.0.0.1:{port}")
-        for url, proc in zip(urls, started, strict=True):
-            await procs.wait_serving(url, proc)
+    async with procs.serve_nodes(
+        ("a", "b"),
+        database_url,
+        redis_url,
+        prefix,
+        tmp_path,
+        ALICODE_UPSTREAM_URL=mock_upstream.url,
+    ) as started:
         await asyncio.sleep(0.3)  # both subscribed to the revocation and upstream channels
-        yield Nodes(urls, prefix)
-    finally:
-        for proc in started:
-            await asyncio.to_thread(procs.stop, proc)
+        yield Nodes([node.url for node in started], prefix)
     problems = await ledger.audit(db)
     assert not problems, [p.as_dict() for p in problems]
 

@@ -31,6 +31,7 @@ from tests.support.customers import (
     upstream_exchanges,
 )
 from tests.support.gateway import stop_gateway
+from tests.support.logs import Capture
 
 BETA = ["files-api-2025-04-14"]
 INLINED = "x-alicode-files-inlined"
@@ -149,7 +150,9 @@ async def test_upload_without_the_beta_header_and_with_curl_style_form(
         + TEXT
         + b"\r\n--b0undary--\r\n"
     )
-    status, headers, body = await _post_stream(gw, customer, form, boundary="b0undary")
+    status, headers, body = await _post(
+        gw, customer, "/v1/files", form, "multipart/form-data; boundary=b0undary"
+    )
     assert status == 200, body
     answer = json.loads(body)
     assert set(answer) == {
@@ -248,7 +251,9 @@ async def test_size_cap_while_reading_and_quotas(
                     yield b"b" * 65536
                 yield f"\r\n--{boundary}--\r\n".encode()
 
-            status, _, answer = await _post_stream(gw, customer, body())
+            status, _, answer = await _post(
+                gw, customer, "/v1/files", body(), "multipart/form-data; boundary=xyzzy"
+            )
             assert status == 413, answer
             assert json.loads(answer)["error"]["type"] == "request_too_large"
             second = await client.beta.files.upload(file=("b.txt", b"second", "text/plain"))
@@ -276,16 +281,17 @@ async def test_size_cap_while_reading_and_quotas(
         await stop_gateway(gw)
 
 
-async def _post_stream(
-    gw: app.Gateway, customer: Customer, body: object, boundary: str = "xyzzy"
+async def _post(
+    gw: app.Gateway, customer: Customer, path: str, body: object, content_type: str
 ) -> tuple[int, dict, bytes]:
+    """POST a body as given (bytes or an async iterator: sent chunked, no length)."""
     headers = {
         "x-api-key": customer.key,
         "anthropic-version": "2023-06-01",
-        "content-type": f"multipart/form-data; boundary={boundary}",
+        "content-type": content_type,
     }
     async with aiohttp.ClientSession() as http:
-        async with http.post(gw.url + "/v1/files", data=body, headers=headers) as resp:
+        async with http.post(gw.url + path, data=body, headers=headers) as resp:
             return resp.status, dict(resp.headers), await resp.read()
 
 
@@ -424,20 +430,9 @@ async def test_a_request_without_files_is_forwarded_byte_for_byte(
     body = b'{"model":"%s",  "max_tokens":20,"messages":[{"role":"user","content":"hi"}]}' % (
         MODEL.encode()
     )
-    status, headers, _ = await _post_json(gw, customer, body)
+    status, headers, _ = await _post(gw, customer, "/v1/messages", body, "application/json")
     assert status == 200 and INLINED not in headers
     assert upstream_exchanges(mock_upstream)[-1].body == body
-
-
-async def _post_json(gw: app.Gateway, customer: Customer, body: bytes) -> tuple[int, dict, bytes]:
-    headers = {
-        "x-api-key": customer.key,
-        "anthropic-version": "2023-06-01",
-        "content-type": "application/json",
-    }
-    async with aiohttp.ClientSession() as http:
-        async with http.post(gw.url + "/v1/messages", data=body, headers=headers) as resp:
-            return resp.status, dict(resp.headers), await resp.read()
 
 
 async def test_wrong_block_kind_is_400_before_anything_is_held(
@@ -523,7 +518,7 @@ async def test_marker_in_a_file_is_in_no_log_metric_or_redis_key(
     customer: Customer,
     redis: object,
     mock_upstream: MockUpstream,
-    captured: list[str],
+    captured: Capture,
 ) -> None:
     marker = f"FILEMARKER{secrets.token_hex(10)}"
     content = f"secret notes {marker}\n".encode()
@@ -551,9 +546,9 @@ async def test_marker_in_a_file_is_in_no_log_metric_or_redis_key(
         if (await redis.type(key)) == b"string":  # type: ignore[attr-defined]
             values.append(await redis.get(key))  # type: ignore[attr-defined]
     assert keys
-    assert len(captured) >= 5
+    assert len(captured.lines) >= 5
     for where, text in (
-        ("log", "\n".join(captured)),
+        ("log", "\n".join(captured.lines)),
         ("metrics", metrics_text),
         ("redis keys", repr(keys)),
         ("redis values", repr(values)),

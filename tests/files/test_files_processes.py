@@ -9,7 +9,6 @@ import base64
 import contextlib
 import json
 import secrets
-import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -31,30 +30,25 @@ CAP = 25 * MB  # the default ALICODE_FILES_MAX_BYTES
 ALLOWED_GROWTH = 10 * MB
 
 
-class Node:
-    def __init__(self, url: str, proc: subprocess.Popen[bytes]) -> None:
-        self.url = url
-        self.proc = proc
-
-    def rss(self) -> int:
-        """The process's resident set now (VmRSS), in bytes."""
-        status = Path(f"/proc/{self.proc.pid}/status").read_text()
-        line = next(line for line in status.splitlines() if line.startswith("VmRSS:"))
-        return int(line.split()[1]) * 1024
+def rss(node: procs.ServeNode) -> int:
+    """The process's resident set now (VmRSS), in bytes."""
+    status = Path(f"/proc/{node.proc.pid}/status").read_text()
+    line = next(line for line in status.splitlines() if line.startswith("VmRSS:"))
+    return int(line.split()[1]) * 1024
 
 
 class RssSampler:
     """The largest resident set of a node seen while the block runs (every 10 ms; the
     peak high-water mark would hide growth below the start-up peak)."""
 
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: procs.ServeNode) -> None:
         self.node = node
         self.peak = 0
         self._task: asyncio.Task[None] | None = None
 
     async def _sample(self) -> None:
         while True:
-            self.peak = max(self.peak, self.node.rss())
+            self.peak = max(self.peak, rss(self.node))
             await asyncio.sleep(0.01)
 
     async def __aenter__(self) -> RssSampler:
@@ -66,7 +60,7 @@ class RssSampler:
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
-        self.peak = max(self.peak, self.node.rss())
+        self.peak = max(self.peak, rss(self.node))
 
 
 @pytest.fixture
@@ -76,38 +70,25 @@ async def nodes(
     redis_url: str,
     mock_upstream: MockUpstream,
     tmp_path: Path,
-) -> AsyncIterator[list[Node]]:
+) -> AsyncIterator[list[procs.ServeNode]]:
     await reset_pool(db)
-    prefix = f"files-{secrets.token_hex(4)}:"
-    started: list[Node] = []
-    try:
-        for name in ("a", "b"):
-            port = procs.free_port()
-            env = procs.gateway_env(
-                database_url,
-                redis_url,
-                prefix,
-                ALICODE_LISTEN=f"127.0.0.1:{port}",
-                ALICODE_UPSTREAM_URL=mock_upstream.url,
-                ALICODE_DATA_DIR=str(tmp_path / name),
-                ALICODE_LOG_LEVEL="WARNING",
-                ALICODE_UPSTREAM_MODELS_INTERVAL="0",
-            )
-            proc = procs.start(env, "serve", log=tmp_path / f"{name}.log")
-            started.append(Node(f"http://127.0.0.1:{port}", proc))
-        for node in started:
-            await procs.wait_serving(node.url, node.proc)
+    async with procs.serve_nodes(
+        ("a", "b"),
+        database_url,
+        redis_url,
+        f"files-{secrets.token_hex(4)}:",
+        tmp_path,
+        ALICODE_UPSTREAM_URL=mock_upstream.url,
+        ALICODE_UPSTREAM_MODELS_INTERVAL="0",
+    ) as started:
         yield started
-    finally:
-        for node in started:
-            await asyncio.to_thread(procs.stop, node.proc)
 
 
-def client(node: Node, key: str) -> anthropic.AsyncAnthropic:
+def client(node: procs.ServeNode, key: str) -> anthropic.AsyncAnthropic:
     return anthropic.AsyncAnthropic(api_key=key, base_url=node.url, max_retries=0, timeout=120)
 
 
-async def upload_stream(node: Node, key: str, size: int) -> tuple[int, dict]:
+async def upload_stream(node: procs.ServeNode, key: str, size: int) -> tuple[int, dict]:
     """Upload ``size`` bytes of text without a Content-Length (read until the cap)."""
     boundary = "memtest"
 
@@ -135,13 +116,13 @@ async def upload_stream(node: Node, key: str, size: int) -> tuple[int, dict]:
 
 
 async def test_a_file_past_the_cap_is_413_without_the_gateway_holding_it(
-    nodes: list[Node], db: asyncpg.Connection
+    nodes: list[procs.ServeNode], db: asyncpg.Connection
 ) -> None:
     node = nodes[0]
     customer = await make_customer(db)
     async with client(node, customer.key) as c:  # warm up every code path once
         await c.beta.files.upload(file=("warm.txt", b"warm up " * 1000, "text/plain"))
-    before = node.rss()
+    before = rss(node)
 
     async with RssSampler(node) as refusals:
         status, answer = await upload_stream(node, customer.key, CAP + 1)
@@ -182,7 +163,7 @@ async def test_a_file_past_the_cap_is_413_without_the_gateway_holding_it(
 
 
 async def test_a_second_node_serves_a_file_the_first_stored(
-    nodes: list[Node], db: asyncpg.Connection, mock_upstream: MockUpstream
+    nodes: list[procs.ServeNode], db: asyncpg.Connection, mock_upstream: MockUpstream
 ) -> None:
     a, b = nodes
     customer = await make_customer(db)

@@ -9,7 +9,6 @@ import io
 import json
 import logging
 import secrets
-from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
@@ -29,6 +28,7 @@ from tests.support.customers import (
     upstream_exchanges,
 )
 from tests.support.gateway import UPSTREAM_KEYS
+from tests.support.logs import Capture
 
 TOOLS = [
     {
@@ -41,49 +41,6 @@ TOOLS = [
         },
     }
 ]
-
-
-# The test's own HTTP clients (they log what they send at DEBUG, as a client may).
-CLIENT_LOGGERS = ("anthropic", "openai", "httpx", "httpx2", "httpcore", "httpcore2")
-
-
-class Capture(logging.Handler):
-    """Every record of every logger of the server side, at DEBUG, fully formatted
-    (arguments, exceptions, stack). Everything else in this process — the gateway,
-    aiohttp, asyncpg, redis, asyncio, the mock upstream — is captured."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.setFormatter(logging.Formatter("%(name)s %(levelname)s %(message)s"))
-        self.lines: list[str] = []
-        self.client_lines = 0
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if record.name.split(".")[0] in CLIENT_LOGGERS:
-            self.client_lines += 1
-            return
-        self.lines.append(self.format(record))
-
-
-@pytest.fixture
-def captured() -> Iterator[Capture]:
-    """Attach to the root and to every existing logger (some may not propagate)."""
-    handler = Capture()
-    loggers = [logging.getLogger()] + [
-        logger
-        for logger in logging.root.manager.loggerDict.values()
-        if isinstance(logger, logging.Logger)
-    ]
-    levels = [(logger, logger.level) for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.DEBUG)
-        logger.addHandler(handler)
-    try:
-        yield handler
-    finally:
-        for logger, level in levels:
-            logger.removeHandler(handler)
-            logger.setLevel(level)
 
 
 def access_lines(capture: Capture) -> list[dict]:

@@ -4,12 +4,15 @@ nginx): the environment, free ports, waiting for health, stopping, worker pids."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
@@ -100,3 +103,44 @@ def alive(pid: int) -> bool:
     except OSError:
         return False
     return "\nState:\tZ" not in status
+
+
+@dataclass(frozen=True, slots=True)
+class ServeNode:
+    url: str
+    proc: subprocess.Popen[bytes]
+
+
+@contextlib.asynccontextmanager
+async def serve_nodes(
+    names: tuple[str, ...],
+    database_url: str,
+    redis_url: str,
+    redis_prefix: str,
+    tmp_path: Path,
+    **more: str,
+) -> AsyncIterator[list[ServeNode]]:
+    """One ``alicode-gw serve`` process per name, each on a free port with its own data
+    dir and log under ``tmp_path``, sharing the backends; all serving when yielded,
+    stopped afterwards."""
+    started: list[ServeNode] = []
+    try:
+        for name in names:
+            port = free_port()
+            env = gateway_env(
+                database_url,
+                redis_url,
+                redis_prefix,
+                ALICODE_LISTEN=f"127.0.0.1:{port}",
+                ALICODE_DATA_DIR=str(tmp_path / name),
+                ALICODE_LOG_LEVEL="WARNING",
+                **more,
+            )
+            proc = start(env, "serve", log=tmp_path / f"{name}.log")
+            started.append(ServeNode(f"http://127.0.0.1:{port}", proc))
+        for node in started:
+            await wait_serving(node.url, node.proc)
+        yield started
+    finally:
+        for node in started:
+            await asyncio.to_thread(stop, node.proc)
