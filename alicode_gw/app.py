@@ -19,7 +19,7 @@ from aiohttp import web
 
 from alicode_gw.config import Config, ConfigError
 from alicode_gw.errors import ApiError, GatewayError, OverloadedError, render
-from alicode_gw.files.inline import INLINED_HEADER
+from alicode_gw.files.objects import INLINED_HEADER
 from alicode_gw.files.purge import FilePurger
 from alicode_gw.identity.auth import Authenticator
 from alicode_gw.ids import new_request_id

@@ -15,6 +15,7 @@ from redis.asyncio import Redis
 from alicode_gw.clientip import client_ip
 from alicode_gw.config import Config
 from alicode_gw.errors import Flavor
+from alicode_gw.files.objects import INLINED_HEADER
 from alicode_gw.tasks import TaskTracker
 
 if TYPE_CHECKING:
@@ -102,7 +103,7 @@ class RequestContext:
         """Response headers every answer carries (``request-id``, and
         ``x-alicode-files-inlined`` once files were inlined) plus ``more``."""
         if self.files_inlined:
-            more = {"x-alicode-files-inlined": str(self.files_inlined), **more}
+            more = {INLINED_HEADER: str(self.files_inlined), **more}
         if self.flavor is Flavor.OPENAI:
             # OpenAI's SDKs read the request id from x-request-id.
             return {"request-id": self.request_id, "x-request-id": self.request_id, **more}

@@ -27,7 +27,6 @@ from alicode_gw.files import store
 from alicode_gw.files.objects import is_text
 from alicode_gw.state import RequestContext, State
 
-INLINED_HEADER = "x-alicode-files-inlined"
 BLOCK_KINDS = ("image", "document")
 
 

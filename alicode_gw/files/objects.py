@@ -16,18 +16,23 @@ import binascii
 import mimetypes
 import re
 import unicodedata
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
+from multidict import MultiMapping
+
 from alicode_gw.errors import InvalidRequestError
 from alicode_gw.ids import random_token
 
 FILE_ID_PREFIX = "file_"
+# The response header of a request whose file sources were inlined (files/inline.py).
+INLINED_HEADER = "x-alicode-files-inlined"
 DEFAULT_LIMIT = 20
 MAX_LIMIT = 1000
+MAX_IDS = 100
 MAX_FILENAME_CHARS = 500  # the API's own bound
 PAGE_PREFIX = "page_"
 _FILE_ID = re.compile(r"^file_[0-9A-Za-z]{1,64}$")
@@ -100,16 +105,31 @@ def deleted_json(file_id: str) -> dict[str, str]:
 @dataclass(frozen=True, slots=True)
 class ListQuery:
     """A list request: at most ``limit`` files, newest first, older than ``after_id``
-    or newer than ``before_id`` (the page immediately before that file)."""
+    or newer than ``before_id`` (the page immediately before that file); or, with
+    ``ids``, those of the named files that are visible, as one page; or, with a
+    ``scope_id``, the files of that scope (sessions: the gateway's files have none)."""
 
     limit: int = DEFAULT_LIMIT
     before_id: str | None = None
     after_id: str | None = None
+    ids: tuple[str, ...] | None = None
+    scope_id: str | None = None
 
 
-def parse_list_query(query: Mapping[str, str]) -> ListQuery:
+def parse_list_query(query: MultiMapping[str]) -> ListQuery:
     """The list parameters, or a 400 naming the one that is wrong. ``page`` (a cursor
-    from ``next_page``) stands for the ``before_id`` / ``after_id`` it encodes."""
+    from ``next_page``) stands for the ``before_id`` / ``after_id`` it encodes; ``ids``
+    (``ids[]=…`` repeated, as the SDKs send it, or ``ids=…``) excludes paging."""
+    ids = tuple(dict.fromkeys([*query.getall("ids[]", []), *query.getall("ids", [])]))
+    scope_id = query.get("scope_id") or None
+    if ids:
+        if any(name in query for name in ("limit", "page", "before_id", "after_id")):
+            raise InvalidRequestError(
+                "ids cannot be combined with limit, page, before_id or after_id", param="ids"
+            )
+        if len(ids) > MAX_IDS:
+            raise InvalidRequestError(f"ids: at most {MAX_IDS} ids", param="ids")
+        return ListQuery(ids=ids, scope_id=scope_id)
     raw_limit = query.get("limit")
     limit = DEFAULT_LIMIT
     if raw_limit is not None:
@@ -136,7 +156,7 @@ def parse_list_query(query: Mapping[str, str]) -> ListQuery:
     for name, value in (("before_id", before_id), ("after_id", after_id)):
         if value is not None and not valid_file_id(value):
             raise InvalidRequestError(f"{name}: not a file id", param=name)
-    return ListQuery(limit, before_id, after_id)
+    return ListQuery(limit, before_id, after_id, scope_id=scope_id)
 
 
 def encode_page(direction: str, file_id: str) -> str:

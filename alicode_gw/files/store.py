@@ -126,6 +126,16 @@ async def list_page(
 ) -> tuple[list[FileRecord], bool] | None:
     """One page, newest first, and whether more lie in its direction; None when the
     cursor is not one of the account's files (a deleted one still serves, until purged)."""
+    if query.scope_id is not None:
+        return [], False  # no file of the gateway's belongs to a scope (a session)
+    if query.ids is not None:
+        rows = await db.fetch(
+            f"SELECT {_COLUMNS} FROM files WHERE id = ANY($1::text[]) AND account_id = $2"
+            f" AND {_LIVE} ORDER BY seq DESC",
+            list(query.ids),
+            account_id,
+        )
+        return [_record(r) for r in rows], False
     cursor = query.before_id or query.after_id
     limit = query.limit + 1
     if cursor is None:

@@ -44,7 +44,6 @@ log = logging.getLogger(__name__)
 FIELD = "file"
 READ_BYTES = 64 * 1024  # one read of the part
 MULTIPART_SLACK = 64 * 1024  # part headers and boundaries on top of the file itself
-OTHER_FIELD_BYTES = 64 * 1024  # a form field besides the file (read and ignored)
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,8 +139,7 @@ async def _read_form(
         if not isinstance(part, BodyPartReader):
             raise InvalidRequestError("A nested multipart part is not accepted.")
         if part.name != FIELD:
-            await _skip(part)
-            continue
+            raise _unsupported_field(str(part.name)[:40])
         if stored is not None:
             raise InvalidRequestError("Send one 'file' part per upload.", param=FIELD)
         stored = await _store_part(state, account_id, part, limits)
@@ -150,13 +148,18 @@ async def _read_form(
     return stored
 
 
-async def _skip(part: BodyPartReader) -> None:
-    """Read a form field the API does not use (bounded)."""
-    size = 0
-    while chunk := await part.read_chunk(READ_BYTES):
-        size += len(chunk)
-        if size > OTHER_FIELD_BYTES:
-            raise InvalidRequestError(f"Form field {str(part.name)[:40]!r} is too large.")
+def _unsupported_field(name: str) -> InvalidRequestError:
+    """A form field besides ``file`` is refused, never ignored: a client that asked for
+    an expiry must not believe its file expires."""
+    if name == "expires_in_seconds":
+        return InvalidRequestError(
+            "expires_in_seconds is not supported by this gateway; a file is kept until "
+            "DELETE /v1/files/{file_id}.",
+            param=name,
+        )
+    return InvalidRequestError(
+        f"Form field {name!r} is not supported; send only a 'file' part.", param=name
+    )
 
 
 async def _store_part(

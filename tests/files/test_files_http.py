@@ -206,6 +206,11 @@ async def test_pagination_sdk_and_raw_json(gw: app.Gateway, customer: Customer) 
     top = await page(f"limit=2&before_id={f4}")
     assert [d["id"] for d in top["data"]] == [f5] and top["has_more"] is False
     assert [d["id"] for d in (await page("limit=1000"))["data"]] == newest_first
+    # ids: those visible, newest first, one page; a scope: none of the gateway's files
+    async with client_for(gw, customer) as client:
+        named = await client.beta.files.list(ids=[f1, f3, "file_011unknown", f3])
+        assert [f.id for f in named.data] == [f3, f1] and named.next_page is None
+        assert [f async for f in client.beta.files.list(scope_id="sesn_011x")] == []
     for bad in ("limit=0", "limit=1001", f"before_id={f1}&after_id={f2}", "page=page_zz"):
         status, _, body = await raw(gw, customer, "GET", "/v1/files?" + bad)
         assert status == 400, bad
@@ -228,6 +233,18 @@ async def test_executable_is_415_naming_its_type(gw: app.Gateway, customer: Cust
         with pytest.raises(anthropic.APIStatusError) as err:
             await client.beta.files.upload(file=("bad.txt", b"\xff\xfe\x00binary", "text/plain"))
         assert err.value.status_code == 415
+        assert [f async for f in client.beta.files.list()] == []
+
+
+async def test_an_unsupported_form_field_is_refused_not_ignored(
+    gw: app.Gateway, customer: Customer
+) -> None:
+    async with client_for(gw, customer) as client:
+        with pytest.raises(anthropic.BadRequestError) as err:
+            await client.beta.files.upload(
+                file=("a.txt", b"expiring", "text/plain"), expires_in_seconds=3600
+            )
+        assert "expires_in_seconds" in err.value.body["error"]["message"]
         assert [f async for f in client.beta.files.list()] == []
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
+from multidict import MultiDict
 
 from alicode_gw.errors import InvalidRequestError
 from alicode_gw.files.objects import (
@@ -100,25 +101,46 @@ def test_content_disposition_keeps_the_exact_name() -> None:
     assert header.endswith("filename*=UTF-8''%C3%A9t%C3%A9%20%22q%22.txt")
 
 
+def query(**params: str | list[str]) -> MultiDict[str]:
+    pairs = []
+    for name, value in params.items():
+        for item in value if isinstance(value, list) else [value]:
+            pairs.append((name.replace("__", "[]"), item))
+    return MultiDict(pairs)
+
+
 def test_list_query() -> None:
-    assert parse_list_query({}) == ListQuery(20, None, None)
-    assert parse_list_query({"limit": "1000", "after_id": "file_011a"}) == ListQuery(
+    assert parse_list_query(query()) == ListQuery(20, None, None)
+    assert parse_list_query(query(limit="1000", after_id="file_011a")) == ListQuery(
         1000, None, "file_011a"
     )
-    for bad in ({"limit": "0"}, {"limit": "1001"}, {"limit": "x"}):
+    for bad in (query(limit="0"), query(limit="1001"), query(limit="x")):
         with pytest.raises(InvalidRequestError) as err:
             parse_list_query(bad)
         assert err.value.param == "limit"
     with pytest.raises(InvalidRequestError):
-        parse_list_query({"before_id": "file_011a", "after_id": "file_011b"})
+        parse_list_query(query(before_id="file_011a", after_id="file_011b"))
     with pytest.raises(InvalidRequestError):
-        parse_list_query({"after_id": "nope"})
+        parse_list_query(query(after_id="nope"))
+
+
+def test_list_query_ids_and_scope() -> None:
+    # The SDKs send ids[]=a&ids[]=b; plain repeated ids work too; duplicates count once.
+    assert parse_list_query(query(ids__=["file_011a", "file_011b", "file_011a"])) == ListQuery(
+        ids=("file_011a", "file_011b")
+    )
+    assert parse_list_query(query(ids=["file_011a"])).ids == ("file_011a",)
+    with pytest.raises(InvalidRequestError):
+        parse_list_query(query(ids__=["file_011a"], limit="5"))
+    with pytest.raises(InvalidRequestError):
+        parse_list_query(query(ids__=[f"file_011{n}" for n in range(101)]))
+    assert parse_list_query(query(scope_id="sesn_1")).scope_id == "sesn_1"
 
 
 def test_page_cursors_round_trip() -> None:
     assert decode_page(encode_page("after", "file_011a")) == (None, "file_011a")
     assert decode_page(encode_page("before", "file_011b")) == ("file_011b", None)
-    assert parse_list_query({"page": encode_page("after", "file_011a"), "limit": "5"}) == (
+    assert parse_list_query(query(page=encode_page("after", "file_011a"), limit="5")) == (
         ListQuery(5, None, "file_011a")
     )
     for bad in ("file_011a", "page_!!", "page_" + "c2lkZXdheXM6ZmlsZV8x"):
