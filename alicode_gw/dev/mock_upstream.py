@@ -6,7 +6,10 @@ router). Answers are deterministic (see `alicode_gw.dev.mock_answers`).
 
 Like the API, it rejects a content block of an unknown type with a 400 whose message
 quotes the type as sent (what lets a client put words of its choosing into an upstream
-error message).
+error message), checks the source of image and document blocks (a base64 source's
+media type and data, a text source's shape; a ``file`` source is a 404, since the mock
+has no Files API of its own), and refuses a body over 32 MB with 413
+``request_too_large``.
 
 Faults are requested per request, either with a header ``x-mock-fault: k=v k=v`` or
 with ``[[mock: k=v k=v]]`` anywhere in the text of the last user message (that one
