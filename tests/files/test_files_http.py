@@ -333,6 +333,21 @@ async def test_identical_bytes_twice_are_one_file_per_account(
     assert chunks == 1
 
 
+async def test_concurrent_identical_uploads_store_one_file(
+    gw: app.Gateway, customer: Customer, db: asyncpg.Connection
+) -> None:
+    data = b"same bytes from five clients at once\n" * 1000
+    async with client_for(gw, customer) as client:
+        uploaded = await asyncio.gather(
+            *(client.beta.files.upload(file=(f"{n}.txt", data, "text/plain")) for n in range(5))
+        )
+    assert len({f.id for f in uploaded}) == 1
+    assert (
+        await db.fetchval("SELECT count(*) FROM files WHERE account_id = $1", customer.account_id)
+        == 1
+    )
+
+
 async def test_another_account_gets_404_everywhere(
     gw: app.Gateway, customer: Customer, db: asyncpg.Connection, mock_upstream: MockUpstream
 ) -> None:
