@@ -234,11 +234,13 @@ async def test_a_database_of_the_layout_before_the_split_migrates_to_a_new_ones_
     finally:
         await conn.close()
 
-    assert await migrate.run(scratch_database_url) == [
+    later = [m.name for m in migrate.load_migrations(migrate.sql_dir()) if m.version > 6]
+    assert later[:3] == [
         "007_named_parameters.sql",
         "008_billing_nodes.sql",
         "009_model_families.sql",
     ]
+    assert await migrate.run(scratch_database_url) == later  # and every one added since
     assert await schema(scratch_database_url) == await schema(database_url)
     conn = await asyncpg.connect(scratch_database_url)
     try:
