@@ -118,7 +118,8 @@ class ListQuery:
 
 def parse_list_query(query: MultiMapping[str]) -> ListQuery:
     """The list parameters, or a 400 naming the one that is wrong. ``page`` (a cursor
-    from ``next_page``) stands for the ``before_id`` / ``after_id`` it encodes; ``ids``
+    from ``next_page``) stands for the ``before_id`` / ``after_id`` it encodes, in place
+    of any sent with it; ``ids``
     (``ids[]=…`` repeated, as the SDKs send it, or ``ids=…``) excludes paging."""
     ids = tuple(dict.fromkeys([*query.getall("ids[]", []), *query.getall("ids", [])]))
     scope_id = query.get("scope_id") or None
@@ -145,11 +146,7 @@ def parse_list_query(query: MultiMapping[str]) -> ListQuery:
             )
     before_id, after_id = query.get("before_id") or None, query.get("after_id") or None
     page = query.get("page") or None
-    if page is not None:
-        if before_id or after_id:
-            raise InvalidRequestError(
-                "page cannot be combined with before_id or after_id", param="page"
-            )
+    if page is not None:  # it wins: an SDK keeps the first page's query on the next
         before_id, after_id = decode_page(page)
     if before_id and after_id:
         raise InvalidRequestError("Cannot specify both before_id and after_id")

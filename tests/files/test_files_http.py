@@ -208,6 +208,11 @@ async def test_pagination_sdk_and_raw_json(gw: app.Gateway, customer: Customer) 
     assert [d["id"] for d in (await page("limit=1000"))["data"]] == newest_first
     # ids: those visible, newest first, one page; a scope: none of the gateway's files
     async with client_for(gw, customer) as client:
+        # auto-pagination from a before_id / after_id cursor (what older SDKs send)
+        newer = client.beta.files.list(limit=2, extra_query={"before_id": f1})
+        assert [f.id async for f in newer] == [f3, f2, f5, f4]
+        older = client.beta.files.list(limit=2, extra_query={"after_id": f4})
+        assert [f.id async for f in older] == [f3, f2, f1]
         named = await client.beta.files.list(ids=[f1, f3, "file_011unknown", f3])
         assert [f.id for f in named.data] == [f3, f1] and named.next_page is None
         assert [f async for f in client.beta.files.list(scope_id="sesn_011x")] == []

@@ -143,6 +143,9 @@ def test_page_cursors_round_trip() -> None:
     assert parse_list_query(query(page=encode_page("after", "file_011a"), limit="5")) == (
         ListQuery(5, None, "file_011a")
     )
+    # the cursor wins over the first page's before_id / after_id an SDK sends again
+    again = query(page=encode_page("after", "file_011a"), before_id="file_011z")
+    assert parse_list_query(again) == ListQuery(20, None, "file_011a")
     for bad in ("file_011a", "page_!!", "page_" + "c2lkZXdheXM6ZmlsZV8x"):
         with pytest.raises(InvalidRequestError):
             decode_page(bad)
