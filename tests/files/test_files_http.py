@@ -102,6 +102,32 @@ async def raw(
             return resp.status, dict(resp.headers), await resp.read()
 
 
+async def assert_not_found_everywhere(client: anthropic.AsyncAnthropic, file_id: str) -> list[str]:
+    """Metadata, download, delete, a message and count_tokens naming the file: each a
+    404 not_found_error. Returns the request ids of the two refused requests."""
+    for call in (
+        client.beta.files.retrieve_metadata,
+        client.beta.files.download,
+        client.beta.files.delete,
+    ):
+        with pytest.raises(anthropic.NotFoundError):
+            await call(file_id)
+    refused = []
+    with pytest.raises(anthropic.NotFoundError) as err:
+        await client.beta.messages.create(
+            model=MODEL, max_tokens=20, messages=image_message(file_id), betas=BETA
+        )
+    assert err.value.body["error"]["type"] == "not_found_error"
+    assert file_id in err.value.body["error"]["message"]
+    refused.append(err.value.request_id)
+    with pytest.raises(anthropic.NotFoundError) as err:
+        await client.beta.messages.count_tokens(
+            model=MODEL, messages=image_message(file_id), betas=BETA
+        )
+    refused.append(err.value.request_id)
+    return refused
+
+
 # ------------------------------------------------------------------ the SDK's calls
 
 
@@ -359,25 +385,12 @@ async def test_another_account_gets_404_everywhere(
     other = await make_customer(db)
     async with client_for(gw, customer) as client, client_for(gw, other) as theirs:
         uploaded = await client.beta.files.upload(file=("chart.png", png(), "image/png"))
-        with pytest.raises(anthropic.NotFoundError):
-            await theirs.beta.files.retrieve_metadata(uploaded.id)
-        with pytest.raises(anthropic.NotFoundError):
-            await theirs.beta.files.download(uploaded.id)
-        with pytest.raises(anthropic.NotFoundError):
-            await theirs.beta.files.delete(uploaded.id)
-        assert [f async for f in theirs.beta.files.list()] == []
         sent = len(mock_upstream.exchanges)
-        with pytest.raises(anthropic.NotFoundError) as err:
-            await theirs.beta.messages.create(
-                model=MODEL, max_tokens=20, messages=image_message(uploaded.id), betas=BETA
-            )
-        assert err.value.body["error"]["type"] == "not_found_error"
-        with pytest.raises(anthropic.NotFoundError):
-            await theirs.beta.messages.count_tokens(
-                model=MODEL, messages=image_message(uploaded.id), betas=BETA
-            )
+        refused = await assert_not_found_everywhere(theirs, uploaded.id)
+        assert [f async for f in theirs.beta.files.list()] == []
         assert len(mock_upstream.exchanges) == sent  # nothing went upstream
-        assert await ledger_rows(db, err.value.request_id, wait=0.3) == []
+        for request_id in refused:
+            assert await ledger_rows(db, request_id, wait=0.1) == []
         # still the owner's
         assert (await client.beta.files.retrieve_metadata(uploaded.id)).id == uploaded.id
 
@@ -500,16 +513,7 @@ async def test_deleted_is_404_at_once_and_purged_after_the_grace(
             uploaded = await client.beta.files.upload(file=("chart.png", png(seed=5), "image/png"))
             kept = await client.beta.files.upload(file=("keep.txt", b"keep me", "text/plain"))
             await client.beta.files.delete(uploaded.id)
-            with pytest.raises(anthropic.NotFoundError):
-                await client.beta.files.retrieve_metadata(uploaded.id)
-            with pytest.raises(anthropic.NotFoundError):
-                await client.beta.files.download(uploaded.id)
-            with pytest.raises(anthropic.NotFoundError):
-                await client.beta.files.delete(uploaded.id)
-            with pytest.raises(anthropic.NotFoundError):
-                await client.beta.messages.create(
-                    model=MODEL, max_tokens=20, messages=image_message(uploaded.id), betas=BETA
-                )
+            await assert_not_found_everywhere(client, uploaded.id)
             assert [f.id async for f in client.beta.files.list()] == [kept.id]
             # the bytes stay through the grace period, then the purge takes them
             assert (
