@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 import aiohttp
 import uvloop
 from aiohttp import web
+from redis.asyncio import Redis
 
 from alicode_gw.config import Config, ConfigError
 from alicode_gw.errors import ApiError, GatewayError, OverloadedError, render
@@ -30,6 +31,7 @@ from alicode_gw.observe import accesslog
 from alicode_gw.observe.health import HealthMonitor
 from alicode_gw.observe.metrics import Metrics, clear_share_dir, share_dir
 from alicode_gw.protocol import GatewayServer
+from alicode_gw.respcache.store import ResponseCache
 from alicode_gw.routes import Router, build_router
 from alicode_gw.state import RequestContext, State
 from alicode_gw.store.backends import Backends, configured_backends, create_pool, create_redis
@@ -146,6 +148,27 @@ async def open_state(config: Config, backends: Backends) -> State:
         health=HealthMonitor(),
         node=node,
         upstream_models=upstream_models,
+        respcache=response_cache(config, redis, metrics, tasks),
+    )
+
+
+def response_cache(
+    config: Config, redis: Redis, metrics: Metrics, tasks: TaskTracker
+) -> ResponseCache | None:
+    """The response cache when it is on (docs/response-cache.md)."""
+    if not config.response_cache:
+        return None
+    config.require_cache_secret()
+    assert config.response_cache_secret is not None
+    return ResponseCache(
+        redis,
+        prefix=config.redis_prefix,
+        secret=config.response_cache_secret.encode(),
+        ttl=config.response_cache_ttl,
+        max_bytes=config.response_cache_max_bytes,
+        hit_pct=config.response_cache_hit_pct,
+        metrics=metrics,
+        tasks=tasks,
     )
 
 
