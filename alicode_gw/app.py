@@ -23,6 +23,7 @@ from alicode_gw.errors import ApiError, GatewayError, OverloadedError, render
 from alicode_gw.identity.auth import Authenticator
 from alicode_gw.ids import new_request_id
 from alicode_gw.limits.limiter import Limiter
+from alicode_gw.limits.resp import RespConnection
 from alicode_gw.money.billing import Billing
 from alicode_gw.money.catalog import ModelCatalog
 from alicode_gw.money.leases import Credit
@@ -161,7 +162,7 @@ def response_cache(
     config.require_cache_secret()
     assert config.response_cache_secret is not None
     return ResponseCache(
-        redis,
+        RespConnection.like(redis),
         prefix=config.redis_prefix,
         secret=config.response_cache_secret.encode(),
         ttl=config.response_cache_ttl,
@@ -182,6 +183,8 @@ async def close_state(state: State) -> None:
     await state.keypool.close()
     await state.auth.close()
     state.limiter.close()
+    if state.respcache is not None:
+        state.respcache.close()
     await state.http.close()
     await state.redis.aclose()
     await state.db.close()

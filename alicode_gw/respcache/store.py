@@ -4,6 +4,8 @@ One Redis key per entry, ``<prefix>respcache:<lookup id>`` (64 hex digits), its 
 ``nonce ‖ AES-GCM ciphertext`` (:mod:`alicode_gw.respcache.keys`), written with
 ``SET … EX ttl``; nothing else about a request is written. A lookup is one round trip
 (``GET`` and ``PTTL`` pipelined); a store is queued as a tracked task after the answer.
+Both go over a lean connection of the cache's own (:class:`~alicode_gw.limits.resp.
+RespConnection`, as the limits': a redis-py round trip costs several times its CPU).
 Redis being unreachable never fails a request: the lookup counts as a miss (nothing is
 stored), a failed store is logged.
 
@@ -18,8 +20,9 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
+from alicode_gw.limits.resp import RespConnection
 from alicode_gw.respcache.keys import CacheKey, Entry, UnreadableEntry, cache_key, open_sealed, seal
 from alicode_gw.store.unavailable import REDIS_FAILED
 from alicode_gw.tasks import TaskTracker
@@ -34,6 +37,7 @@ HIT, MISS, BYPASS = "HIT", "MISS", "BYPASS"
 NO_CACHE_HEADER = "x-no-cache"
 _NO_CACHE_VALUES = frozenset({"true", "1"})
 THREAD_THRESHOLD = 1 << 20  # bodies from this size are hashed in a thread
+REDIS_TIMEOUT = 2.0  # seconds for a lookup's or a store's round trip
 
 
 @dataclass(slots=True)
@@ -62,7 +66,7 @@ class ResponseCache:
 
     def __init__(
         self,
-        redis: Redis,
+        redis: RespConnection,
         *,
         prefix: str,
         secret: bytes,
@@ -102,11 +106,13 @@ class ResponseCache:
             key = cache_key(*args)
         else:
             key = await asyncio.to_thread(cache_key, *args)
+        name = self.redis_key(key)
         try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.get(self.redis_key(key))
-                pipe.pttl(self.redis_key(key))
-                value, pttl = await pipe.execute()
+            async with asyncio.timeout(REDIS_TIMEOUT):
+                value, pttl = await self._redis.execute([("GET", name), ("PTTL", name)])
+            for reply in (value, pttl):
+                if isinstance(reply, ResponseError):
+                    raise reply
         except REDIS_FAILED as exc:
             log.warning("response cache lookup failed: %r", exc)
             return self._counted(Lookup(MISS))
@@ -117,7 +123,7 @@ class ResponseCache:
         except UnreadableEntry:
             log.warning("response cache entry %s… unreadable; replaced", key.lookup_id[:12])
             return self._counted(Lookup(MISS, key))
-        ttl_left = max(0, math.ceil(pttl / 1000)) if pttl and pttl > 0 else self.ttl
+        ttl_left = max(1, math.ceil(pttl / 1000)) if pttl > 0 else self.ttl
         return self._counted(Lookup(HIT, key, entry, ttl_left))
 
     def _counted(self, lookup: Lookup) -> Lookup:
@@ -133,9 +139,17 @@ class ResponseCache:
     async def store(self, key: CacheKey, entry: Entry) -> bool:
         value = seal(key, entry)
         try:
-            await self._redis.set(self.redis_key(key), value, ex=self.ttl)
+            async with asyncio.timeout(REDIS_TIMEOUT):
+                (reply,) = await self._redis.execute(
+                    [("SET", self.redis_key(key), value, "EX", self.ttl)]
+                )
+            if isinstance(reply, ResponseError):
+                raise reply
         except REDIS_FAILED as exc:
             log.warning("response cache store failed: %r", exc)
             return False
         self._metrics.response_cache_stored(len(value))
         return True
+
+    def close(self) -> None:
+        self._redis.close()
