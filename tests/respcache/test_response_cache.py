@@ -8,6 +8,7 @@ import asyncio
 import json
 import logging
 import secrets
+import socket
 from collections.abc import Awaitable, Callable
 
 import aiohttp
@@ -19,6 +20,7 @@ from redis.asyncio import Redis
 
 from alicode_gw import app
 from alicode_gw.dev.mock_upstream import MockUpstream
+from alicode_gw.limits.resp import RespConnection
 from alicode_gw.money.usd import format_usd
 from tests.support.customers import (
     MODEL,
@@ -395,3 +397,24 @@ async def redis_values(redis: Redis, key: bytes) -> list[bytes]:
             for part in pair
         ]
     return []  # gone since the scan
+
+
+async def test_an_unreachable_cache_store_never_fails_a_request(
+    cache_gw: app.Gateway, customer: Customer, mock_upstream: MockUpstream
+) -> None:
+    cache = cache_gw.state.respcache
+    assert cache is not None
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        dead = RespConnection(port=probe.getsockname()[1])
+    cache._redis, live = dead, cache._redis  # fault injection: Redis gone for the cache
+    request = prompt("redis down")
+    try:
+        async with client_for(cache_gw, customer) as client:
+            for _ in range(2):
+                raw, _ = await create(client, request)
+                assert raw.headers["x-cache"] == "MISS"
+                await cache_gw.state.tasks.settle(5.0)
+    finally:
+        cache._redis = live
+    assert len(upstream_exchanges(mock_upstream)) == 2
