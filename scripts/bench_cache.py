@@ -24,7 +24,6 @@ import contextlib
 import json
 import os
 import secrets
-import signal
 import statistics
 import subprocess
 import sys
@@ -40,13 +39,14 @@ from alicode_gw.dev.mock_upstream import DEFAULT_MOCK_KEY
 from scripts.benchmark import (
     MODEL,
     STREAM_WORDS,
-    cli,
     cpu_seconds,
     drop_database,
     free_port,
     fresh_database,
     pct,
     pids_named,
+    provision,
+    stop_and_audit,
     wait_port,
 )
 
@@ -178,14 +178,7 @@ def main() -> int:
 
         spawn(sys.executable, "-m", "alicode_gw", "mock-upstream", "--port", str(mock_port),
               "--key", DEFAULT_MOCK_KEY, extra={})  # fmt: skip
-        subprocess.run([sys.executable, "-m", "alicode_gw", "migrate"], env=env, check=True,
-                       capture_output=True)  # fmt: skip
-        email = f"bench-{secrets.token_hex(3)}@example.com"
-        cli(env, "account", "create", "--email", email)
-        cli(env, "account", "topup", "--email", email, "--usd", "1000000")
-        key = cli(env, "key", "create", "--email", email, "--name", "bench",
-                  "--rpm", "1000000", "--concurrency", "5000")["key"]  # fmt: skip
-        cli(env, "upstream", "add", "--key", DEFAULT_MOCK_KEY, "--name", "mock")
+        key = provision(env)
         pids = {}
         for name, port, cache in (("off", off_port, "off"), ("on", on_port, "on")):
             pids[name] = spawn(sys.executable, "-m", "alicode_gw", "serve", extra={
@@ -203,22 +196,7 @@ def main() -> int:
             cpu = cpu_rounds(urls, pids, key, stream, args.requests, args.rounds)
             results[kind] = (lat, cpu)
     finally:
-        for proc in reversed(procs):
-            proc.send_signal(signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        if procs:
-            audit = subprocess.run(
-                [sys.executable, "-m", "alicode_gw", "audit", "--json"],
-                env=env,
-                capture_output=True,
-                text=True,
-            )
-            clean = audit.returncode == 0 and json.loads(audit.stdout)["ok"]
-            print(f"\naudit after the run (servers stopped): {'clean' if clean else audit.stdout}")
+        stop_and_audit(procs, env)
         if server_db:
             drop_database(backends.database_url, database_url)
         servers.close()

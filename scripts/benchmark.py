@@ -237,6 +237,41 @@ def drop_database(server_url: str, url: str) -> None:
     asyncio.run(drop())
 
 
+def provision(env: dict[str, str]) -> str:
+    """Migrate; an account funded with $1,000,000, a key with a per-minute limit of 10⁶
+    and a concurrency limit of 5,000, the mock's credential in the pool. The key."""
+    subprocess.run([sys.executable, "-m", "alicode_gw", "migrate"], env=env, check=True,
+                   capture_output=True)  # fmt: skip
+    email = f"bench-{secrets.token_hex(3)}@example.com"
+    cli(env, "account", "create", "--email", email)
+    cli(env, "account", "topup", "--email", email, "--usd", "1000000")
+    key = cli(env, "key", "create", "--email", email, "--name", "bench",
+              "--rpm", "1000000", "--concurrency", "5000")["key"]  # fmt: skip
+    cli(env, "upstream", "add", "--key", DEFAULT_MOCK_KEY, "--name", "mock")
+    return str(key)
+
+
+def stop_and_audit(procs: list[subprocess.Popen[bytes]], env: dict[str, str]) -> None:
+    """Stop the servers (SIGTERM, then a kill after 30 s), then check with
+    ``alicode-gw audit`` that nothing was lost or billed twice."""
+    for proc in reversed(procs):
+        proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    if procs:  # the books add up once every node stopped
+        audit = subprocess.run(
+            [sys.executable, "-m", "alicode_gw", "audit", "--json"],
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        clean = audit.returncode == 0 and json.loads(audit.stdout)["ok"]
+        print(f"\naudit after the run (servers stopped): {'clean' if clean else audit.stdout}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--requests", type=int, default=2000)
@@ -316,14 +351,7 @@ def main() -> int:
 
         spawn(sys.executable, "-m", "alicode_gw", "mock-upstream", "--port", str(mock_port),
               "--key", DEFAULT_MOCK_KEY)  # fmt: skip
-        subprocess.run([sys.executable, "-m", "alicode_gw", "migrate"], env=env, check=True,
-                       capture_output=True)  # fmt: skip
-        email = f"bench-{secrets.token_hex(3)}@example.com"
-        cli(env, "account", "create", "--email", email)
-        cli(env, "account", "topup", "--email", email, "--usd", "1000000")
-        key = cli(env, "key", "create", "--email", email, "--name", "bench",
-                  "--rpm", "1000000", "--concurrency", "5000")["key"]  # fmt: skip
-        cli(env, "upstream", "add", "--key", DEFAULT_MOCK_KEY, "--name", "mock")
+        key = provision(env)
         gw_pid = spawn(sys.executable, "-m", "alicode_gw", "serve")
         relay_pid = spawn(sys.executable, "-m", "scripts.bare_relay", "--port", str(relay_port),
               "--upstream", f"http://127.0.0.1:{mock_port}", "--key", DEFAULT_MOCK_KEY)  # fmt: skip
@@ -408,22 +436,7 @@ def main() -> int:
 
         ok, peak = asyncio.run(slow_streams(gw_url, key, args.streams, gw_pid))
     finally:
-        for proc in reversed(procs):
-            proc.send_signal(signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        if procs:  # nothing lost or billed twice: the books add up once every node stopped
-            audit = subprocess.run(
-                [sys.executable, "-m", "alicode_gw", "audit", "--json"],
-                env=env,
-                capture_output=True,
-                text=True,
-            )
-            clean = audit.returncode == 0 and json.loads(audit.stdout)["ok"]
-            print(f"\naudit after the run (servers stopped): {'clean' if clean else audit.stdout}")
+        stop_and_audit(procs, env)
         if server_db:
             drop_database(backends.database_url, database_url)
         servers.close()
