@@ -20,6 +20,7 @@ from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import aiohttp
 from aiohttp import web
 
 from alicode_gw.errors import InvalidRequestError, PermissionDeniedError
@@ -285,12 +286,12 @@ async def _replay_hit(
 def _cache_store(
     ctx: RequestContext,
     cached: Lookup | None,
-    upstream: Any,
+    upstream: aiohttp.ClientResponse,
     result: RelayResult,
     body: bytes | None,
     stream: bool,
 ) -> None:
-    """Store a complete, successful answer of a miss (after it is sent)."""
+    """Store a complete, successful answer of a miss (a task the answer does not wait for)."""
     cache = ctx.state.respcache
     if cache is None or cached is None or cached.key is None or body is None:
         return

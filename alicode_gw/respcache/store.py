@@ -3,7 +3,7 @@
 One Redis key per entry, ``<prefix>respcache:<lookup id>`` (64 hex digits), its value
 ``nonce ‖ AES-GCM ciphertext`` (:mod:`alicode_gw.respcache.keys`), written with
 ``SET … EX ttl``; nothing else about a request is written. A lookup is one round trip
-(``GET`` and ``PTTL`` pipelined); a store is queued as a tracked task after the answer.
+(``GET`` and ``PTTL`` pipelined); a store is a tracked task the answer does not wait for.
 Both go over a lean connection of the cache's own (:class:`~alicode_gw.limits.resp.
 RespConnection`, as the limits': a redis-py round trip costs several times its CPU).
 Redis being unreachable never fails a request: the lookup counts as a miss (nothing is
@@ -131,7 +131,7 @@ class ResponseCache:
         return lookup
 
     def store_later(self, key: CacheKey, entry: Entry) -> None:
-        """Store a complete answer after it is sent (a tracked task), if it fits."""
+        """Store a complete answer in a tracked task (the answer does not wait), if it fits."""
         if len(entry.body) > self.max_bytes:
             return
         self._tasks.spawn(self.store(key, entry), name=f"respcache-{key.lookup_id[:12]}")
