@@ -266,7 +266,7 @@ async def _cache_lookup(
     cache = ctx.state.respcache
     if cache is None or not isinstance(surface, AnthropicSurface):
         return None
-    lookup = await cache.lookup(ctx, body, stream)
+    lookup = await cache.lookup(ctx.authenticated, ctx.request.headers, body, stream)
     ctx.response_cache = lookup.outcome
     return lookup
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -28,8 +29,8 @@ from alicode_gw.store.unavailable import REDIS_FAILED
 from alicode_gw.tasks import TaskTracker
 
 if TYPE_CHECKING:
+    from alicode_gw.identity.auth import ApiKey
     from alicode_gw.observe.metrics import Metrics
-    from alicode_gw.state import RequestContext
 
 log = logging.getLogger(__name__)
 
@@ -88,24 +89,29 @@ class ResponseCache:
     def redis_key(self, key: CacheKey) -> str:
         return self._prefix + key.lookup_id
 
-    async def lookup(self, ctx: RequestContext, body: bytes, stream: bool) -> Lookup:
-        """Bypass (the key opted out, or ``X-No-Cache: true``), hit or miss."""
-        headers = ctx.request.headers
+    async def lookup(
+        self, key: ApiKey, headers: Mapping[str, str], body: bytes, stream: bool
+    ) -> Lookup:
+        """Bypass (the key opted out, or ``X-No-Cache: true`` in the request's
+        ``headers``), hit or miss of ``body`` as it goes upstream."""
         no_cache = headers.get(NO_CACHE_HEADER, "").strip().lower() in _NO_CACHE_VALUES
-        if no_cache or not ctx.authenticated.response_cache:
+        if no_cache or not key.response_cache:
             return self._counted(Lookup(BYPASS))
         args = (
             self._secret,
-            ctx.authenticated.account_id,
+            key.account_id,
             body,
             headers.get("anthropic-version"),
             headers.get("anthropic-beta"),
             stream,
         )
         if len(body) < THREAD_THRESHOLD:
-            key = cache_key(*args)
+            entry_key = cache_key(*args)
         else:
-            key = await asyncio.to_thread(cache_key, *args)
+            entry_key = await asyncio.to_thread(cache_key, *args)
+        return await self._find(entry_key)
+
+    async def _find(self, key: CacheKey) -> Lookup:
         name = self.redis_key(key)
         try:
             async with asyncio.timeout(REDIS_TIMEOUT):
