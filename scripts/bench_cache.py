@@ -2,9 +2,11 @@
 
 Everything runs on 127.0.0.1, each server in its own process: the mock upstream and two
 gateways on the same PostgreSQL and Redis, ``off`` (the cache off) and ``on`` (the
-cache on). Three cases, JSON and SSE (50 events):
+cache on). Four cases, JSON and SSE (50 events):
 
 - ``off``: a fresh request through the gateway without the cache (the yardstick);
+- ``bypass``: a fresh request with ``X-No-Cache: true`` through the gateway with the
+  cache on (no lookup, no store: the same work as ``off`` in the other process);
 - ``miss``: a fresh request through the gateway with the cache on (lookup, relay with
   the capture, the encrypted store after the answer);
 - ``hit``: one stored request again (lookup, decrypt, replay; no upstream).
@@ -50,7 +52,8 @@ from scripts.benchmark import (
     wait_port,
 )
 
-CASES = ("off", "miss", "hit")
+CASES = ("off", "bypass", "miss", "hit")
+EXPECTED = {"off": "-", "bypass": "BYPASS", "miss": "MISS", "hit": "HIT"}
 CONCURRENCY = 8
 
 
@@ -68,10 +71,14 @@ def payload(stream: bool, fresh: bool) -> bytes:
     ).encode()
 
 
-async def one(http: aiohttp.ClientSession, url: str, key: str, body: bytes) -> tuple[float, str]:
+async def one(
+    http: aiohttp.ClientSession, url: str, key: str, body: bytes, case: str
+) -> tuple[float, str]:
     """(seconds, X-Cache) of one request, its body read to the end."""
     started = time.perf_counter()
     headers = {"x-api-key": key, "anthropic-version": "2023-06-01"}
+    if case == "bypass":
+        headers["x-no-cache"] = "true"
     async with http.post(url + "/v1/messages", data=body, headers=headers) as resp:
         async for _chunk in resp.content.iter_any():
             pass
@@ -91,24 +98,22 @@ async def latencies(
     async with aiohttp.ClientSession() as http:
         for _ in range(samples):
             for case in CASES:
-                seconds, seen = await one(
-                    http, target(case, urls), key, payload(stream, case != "hit")
-                )
-                expected = {"off": "-", "miss": "MISS", "hit": "HIT"}[case]
-                if seen != expected:
-                    raise RuntimeError(f"{case}: X-Cache {seen}, expected {expected}")
+                body = payload(stream, case != "hit")
+                seconds, seen = await one(http, target(case, urls), key, body, case)
+                if seen != EXPECTED[case]:
+                    raise RuntimeError(f"{case}: X-Cache {seen}, expected {EXPECTED[case]}")
                 out[case].append(seconds)
     return out
 
 
-async def load(url: str, key: str, stream: bool, fresh: bool, count: int) -> None:
-    bodies = [payload(stream, fresh) for _ in range(count)]
+async def load(url: str, key: str, stream: bool, case: str, count: int) -> None:
+    bodies = [payload(stream, case != "hit") for _ in range(count)]
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector) as http:
 
         async def worker(index: int) -> None:
             for body in bodies[index::CONCURRENCY]:
-                await one(http, url, key, body)
+                await one(http, url, key, body, case)
 
         await asyncio.gather(*(worker(i) for i in range(CONCURRENCY)))
 
@@ -123,7 +128,7 @@ def cpu_rounds(
             pid = pids["off"] if case == "off" else pids["on"]
             redis = pids_named("redis-server")
             before, redis_before = cpu_seconds([pid]), cpu_seconds(redis)
-            asyncio.run(load(target(case, urls), key, stream, case != "hit", count))
+            asyncio.run(load(target(case, urls), key, stream, case, count))
             used, redis_used = cpu_seconds([pid]) - before, cpu_seconds(redis) - redis_before
             samples[case].append((used / count * 1e6, redis_used / count * 1e6))
     return {
@@ -190,7 +195,7 @@ def main() -> int:
         results = {}
         for kind, stream in (("json", False), ("sse", True)):
             for case in CASES:  # warm-up; stores the entry the hits read
-                asyncio.run(load(target(case, urls), key, stream, case != "hit", 50))
+                asyncio.run(load(target(case, urls), key, stream, case, 50))
             time.sleep(0.2)
             lat = asyncio.run(latencies(urls, key, stream, args.samples))
             cpu = cpu_rounds(urls, pids, key, stream, args.requests, args.rounds)
@@ -203,8 +208,8 @@ def main() -> int:
         server_log.close()
 
     print()
-    print("| measure | JSON off | JSON miss | JSON hit | SSE off | SSE miss | SSE hit |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print("| measure | " + " | ".join(f"{k} {c}" for k in ("JSON", "SSE") for c in CASES) + " |")
+    print("| --- " * (1 + 2 * len(CASES)) + "|")
     for q, tag in ((0.5, "p50"), (0.99, "p99")):
         cells = [f"{pct(results[k][0][c], q):.2f}" for k in ("json", "sse") for c in CASES]
         print(f"| latency {tag} (ms) | " + " | ".join(cells) + " |")
