@@ -97,6 +97,9 @@ async def test_a_hit_costs_the_configured_percentage(
         second, _ = await create(client, request)
     assert second.headers["x-cache"] == "HIT"
     spent = before - await balance(gw, db, customer.email)
+    held = "SELECT count(*) FROM billing_holds WHERE request_id = $1"
+    # Settled through billing.settle (a hold row) or billing.settle_leased (none).
+    assert await db.fetchval(held, second.headers["request-id"]) == (0 if lease_pct else 1)
     (hit,) = await ledger_rows(db, second.headers["request-id"])
     (miss,) = await ledger_rows(db, first.headers["request-id"])
     # 30 % of the original's usage at the model's prices, by the one rounding rule.
@@ -418,3 +421,23 @@ async def test_an_unreachable_cache_store_never_fails_a_request(
     finally:
         cache._redis = live
     assert len(upstream_exchanges(mock_upstream)) == 2
+
+
+async def test_concurrent_hits_and_misses_add_up_in_the_ledger(
+    cache_gateway: CacheGateway, db: asyncpg.Connection
+) -> None:
+    gw = await cache_gateway(response_cache_hit_pct=30)
+    customer = await make_customer(db)
+    stored = prompt("stored")
+    async with client_for(gw, customer) as client:
+        await create(client, stored)
+        await gw.state.tasks.settle(5.0)
+        before = await balance(gw, db, customer.email)
+        requests = [stored] * 12 + [prompt("fresh") for _ in range(6)]
+        answers = await asyncio.gather(*(create(client, request) for request in requests))
+    outcomes = [raw.headers["x-cache"] for raw, _ in answers]
+    assert outcomes == ["HIT"] * 12 + ["MISS"] * 6
+    spent = before - await balance(gw, db, customer.email)
+    rows = [(await ledger_rows(db, raw.headers["request-id"]))[0] for raw, _ in answers]
+    assert spent == -sum(row["amount_nanos"] for row in rows) > 0
+    assert [row["cache_hit"] for row in rows] == [True] * 12 + [False] * 6
