@@ -167,7 +167,6 @@ def response_cache(
         secret=config.response_cache_secret.encode(),
         ttl=config.response_cache_ttl,
         max_bytes=config.response_cache_max_bytes,
-        hit_pct=config.response_cache_hit_pct,
         metrics=metrics,
         tasks=tasks,
     )

@@ -73,7 +73,6 @@ class ResponseCache:
         secret: bytes,
         ttl: int,
         max_bytes: int,
-        hit_pct: int,
         metrics: Metrics,
         tasks: TaskTracker,
     ) -> None:
@@ -82,7 +81,6 @@ class ResponseCache:
         self._secret = secret
         self.ttl = ttl
         self.max_bytes = max_bytes
-        self.hit_pct = hit_pct
         self._metrics = metrics
         self._tasks = tasks
 
