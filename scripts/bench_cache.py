@@ -22,33 +22,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
-import os
 import secrets
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 import aiohttp
 
-from alicode_gw.config import Config
-from alicode_gw.dev.embedded import running_backends
-from alicode_gw.dev.mock_upstream import DEFAULT_MOCK_KEY
 from scripts.benchmark import (
     MODEL,
     STREAM_WORDS,
+    bench_servers,
     cpu_seconds,
-    drop_database,
     free_port,
-    fresh_database,
     pct,
     pids_named,
-    provision,
-    stop_and_audit,
     wait_port,
 )
 
@@ -150,46 +139,16 @@ def main() -> int:
     if args.quick:
         args.samples, args.requests, args.rounds = 30, 100, 1
 
-    work = Path(tempfile.mkdtemp(prefix="alicode-bench-cache-"))
-    base = {k: v for k, v in os.environ.items() if not k.startswith("ALICODE_")}
-    server_db = os.environ.get("ALICODE_BENCH_DATABASE_URL")
-    redis_url = os.environ.get("ALICODE_BENCH_REDIS_URL")
-    servers = contextlib.ExitStack()
-    backends = servers.enter_context(
-        running_backends(Config(data_dir=work, database_url=server_db, redis_url=redis_url))
-    )
-    database_url = fresh_database(backends.database_url) if server_db else backends.database_url
-    procs: list[subprocess.Popen[bytes]] = []
-    server_log = open(work / "servers.log", "ab")  # noqa: SIM115 (closed in the finally)
-    try:
-        mock_port, off_port, on_port = (free_port() for _ in range(3))
-        env = {
-            **base,
-            "ALICODE_DATABASE_URL": database_url,
-            "ALICODE_REDIS_URL": backends.redis_url,
-            "ALICODE_REDIS_PREFIX": f"bench-cache-{secrets.token_hex(3)}:",
-            "ALICODE_UPSTREAM_URL": f"http://127.0.0.1:{mock_port}",
-            "ALICODE_IP_RPM": "0",
-            "ALICODE_IP_CONCURRENCY": "0",
-            "ALICODE_LOG_LEVEL": "WARNING",
-            "ALICODE_DATA_DIR": str(work),
-            "ALICODE_RESPONSE_CACHE_SECRET": secrets.token_urlsafe(32),
-        }
-
-        def spawn(*cmd: str, extra: dict[str, str]) -> int:
-            procs.append(subprocess.Popen(cmd, env={**env, **extra}, stdout=server_log,
-                                          stderr=server_log))  # fmt: skip
-            return procs[-1].pid
-
-        spawn(sys.executable, "-m", "alicode_gw", "mock-upstream", "--port", str(mock_port),
-              "--key", DEFAULT_MOCK_KEY, extra={})  # fmt: skip
-        key = provision(env)
+    on_port, off_port = free_port(), free_port()
+    secret = {"ALICODE_RESPONSE_CACHE_SECRET": secrets.token_urlsafe(32)}
+    with bench_servers("bench-cache", secret) as servers:
+        work, spawn, key = servers.work, servers.spawn, servers.key
         pids = {}
         for name, port, cache in (("off", off_port, "off"), ("on", on_port, "on")):
             pids[name] = spawn(sys.executable, "-m", "alicode_gw", "serve", extra={
                 "ALICODE_LISTEN": f"127.0.0.1:{port}", "ALICODE_RESPONSE_CACHE": cache,
                 "ALICODE_DATA_DIR": str(work / name)})  # fmt: skip
-        for port in (mock_port, off_port, on_port):
+        for port in (servers.mock_port, off_port, on_port):
             wait_port(port)
         urls = {"off": f"http://127.0.0.1:{off_port}", "on": f"http://127.0.0.1:{on_port}"}
         results = {}
@@ -200,12 +159,6 @@ def main() -> int:
             lat = asyncio.run(latencies(urls, key, stream, args.samples))
             cpu = cpu_rounds(urls, pids, key, stream, args.requests, args.rounds)
             results[kind] = (lat, cpu)
-    finally:
-        stop_and_audit(procs, env)
-        if server_db:
-            drop_database(backends.database_url, database_url)
-        servers.close()
-        server_log.close()
 
     print()
     print("| measure | " + " | ".join(f"{k} {c}" for k in ("JSON", "SSE") for c in CASES) + " |")
