@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 import aiohttp
 import uvloop
 from aiohttp import web
+from redis.asyncio import Redis
 
 from alicode_gw.config import Config, ConfigError
 from alicode_gw.errors import ApiError, GatewayError, OverloadedError, render
@@ -24,6 +25,7 @@ from alicode_gw.files.purge import FilePurger
 from alicode_gw.identity.auth import Authenticator
 from alicode_gw.ids import new_request_id
 from alicode_gw.limits.limiter import Limiter
+from alicode_gw.limits.resp import RespConnection
 from alicode_gw.money.billing import Billing
 from alicode_gw.money.catalog import ModelCatalog
 from alicode_gw.money.leases import Credit
@@ -32,6 +34,7 @@ from alicode_gw.observe import accesslog
 from alicode_gw.observe.health import HealthMonitor
 from alicode_gw.observe.metrics import Metrics, clear_share_dir, share_dir
 from alicode_gw.protocol import GatewayServer
+from alicode_gw.respcache.store import ResponseCache
 from alicode_gw.routes import Router, build_router
 from alicode_gw.state import RequestContext, State
 from alicode_gw.store.backends import Backends, configured_backends, create_pool, create_redis
@@ -150,6 +153,26 @@ async def open_state(config: Config, backends: Backends) -> State:
         health=HealthMonitor(),
         node=node,
         upstream_models=upstream_models,
+        respcache=response_cache(config, redis, metrics, tasks),
+    )
+
+
+def response_cache(
+    config: Config, redis: Redis, metrics: Metrics, tasks: TaskTracker
+) -> ResponseCache | None:
+    """The response cache when it is on (docs/response-cache.md)."""
+    if not config.response_cache:
+        return None
+    config.require_cache_secret()
+    assert config.response_cache_secret is not None
+    return ResponseCache(
+        RespConnection.like(redis),
+        prefix=config.redis_prefix,
+        secret=config.response_cache_secret.encode(),
+        ttl=config.response_cache_ttl,
+        max_bytes=config.response_cache_max_bytes,
+        metrics=metrics,
+        tasks=tasks,
     )
 
 
@@ -163,6 +186,8 @@ async def close_state(state: State) -> None:
     await state.keypool.close()
     await state.auth.close()
     state.limiter.close()
+    if state.respcache is not None:
+        state.respcache.close()
     await state.http.close()
     await state.redis.aclose()
     await state.db.close()

@@ -334,6 +334,50 @@ class Config:
             "(`Authorization: Bearer …`); a secret.",
         },
     )
+    # The response cache (docs/response-cache.md).
+    response_cache: bool = field(
+        default=False,
+        metadata={
+            "env": "ALICODE_RESPONSE_CACHE",
+            "doc": "`on`: identical /v1/messages requests of one account are answered from "
+            "the encrypted response cache in Redis; `off`: no cache, no X-Cache header.",
+        },
+    )
+    response_cache_secret: str | None = field(
+        default=None,
+        repr=False,
+        metadata={
+            "env": "ALICODE_RESPONSE_CACHE_SECRET",
+            "doc": "Server secret of the response cache's keys (32+ characters, the same on "
+            "every node); required by `serve` and `worker` when the cache is on.",
+        },
+    )
+    response_cache_ttl: int = field(
+        default=3600,
+        metadata={"env": "ALICODE_RESPONSE_CACHE_TTL", "doc": "Seconds an entry is kept."},
+    )
+    response_cache_max_bytes: int = field(
+        default=1024 * 1024,
+        metadata={
+            "env": "ALICODE_RESPONSE_CACHE_MAX_BYTES",
+            "doc": "Largest answer (JSON body or whole stream) that is stored.",
+        },
+    )
+    response_cache_hit_pct: int = field(
+        default=0,
+        metadata={
+            "env": "ALICODE_RESPONSE_CACHE_HIT_PCT",
+            "doc": "Price of a hit, percent of what the original request cost (0: free).",
+        },
+    )
+
+    def require_cache_secret(self) -> None:
+        """``serve`` and ``worker``: the response cache needs the nodes' shared secret."""
+        if self.response_cache and not self.response_cache_secret:
+            raise ConfigError(
+                "ALICODE_RESPONSE_CACHE_SECRET",
+                "not set; the response cache is on and needs the secret all nodes share",
+            )
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -427,6 +471,19 @@ def _parse_token(value: str) -> str:
     return value
 
 
+def _parse_switch(value: str) -> bool:
+    text = value.strip().lower()
+    if text not in ("on", "off", "true", "false", "1", "0"):
+        raise ValueError(f"expected on or off, got {value!r}")
+    return text in ("on", "true", "1")
+
+
+def _parse_secret(value: str) -> str:
+    if len(value) < 32 or any(ch.isspace() for ch in value):
+        raise ValueError("must be at least 32 characters without spaces")
+    return value
+
+
 def _parse_prefix(value: str) -> str:
     if not value or any(ch.isspace() for ch in value):
         raise ValueError("must be non-empty and contain no spaces")
@@ -482,6 +539,11 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "ALICODE_FILES_PURGE_INTERVAL": _parse_seconds,
     "ALICODE_METRICS_ALLOW": _parse_networks,
     "ALICODE_METRICS_TOKEN": _parse_token,
+    "ALICODE_RESPONSE_CACHE": _parse_switch,
+    "ALICODE_RESPONSE_CACHE_SECRET": _parse_secret,
+    "ALICODE_RESPONSE_CACHE_TTL": _parse_int(1),
+    "ALICODE_RESPONSE_CACHE_MAX_BYTES": _parse_int(0),
+    "ALICODE_RESPONSE_CACHE_HIT_PCT": _parse_percent,
 }
 
 
@@ -548,7 +610,9 @@ def documented_settings() -> list[tuple[str, str, str]]:
         if "doc" not in f.metadata:
             continue
         default = getattr(defaults, f.name)
-        if isinstance(default, tuple):
+        if isinstance(default, bool):
+            shown = "on" if default else "off"
+        elif isinstance(default, tuple):
             shown = ",".join(str(item) for item in default) or "(empty)"
         else:
             shown = "(unset)" if default is None else str(default)

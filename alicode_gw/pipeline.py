@@ -20,6 +20,7 @@ from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import aiohttp
 from aiohttp import web
 
 from alicode_gw.errors import InvalidRequestError, PermissionDeniedError
@@ -30,6 +31,9 @@ from alicode_gw.money.billing import Hold
 from alicode_gw.money.catalog import ModelInfo
 from alicode_gw.money.contract import Usage
 from alicode_gw.money.usd import format_usd
+from alicode_gw.respcache.keys import Entry
+from alicode_gw.respcache.replay import replay
+from alicode_gw.respcache.store import Lookup
 from alicode_gw.state import RequestContext
 from alicode_gw.upstream.client import Refusal, open_upstream, passed_headers
 from alicode_gw.upstream.relay import (
@@ -171,7 +175,14 @@ async def serve(
         if info.is_alias:
             headers["x-alicode-model"] = info.target
         body = upstream_body(body, payload, info)
-        return await _forward(ctx, body, request.stream, headers, surface, info, hold, outcome)
+        cached = await _cache_lookup(ctx, body, request.stream, surface)
+        if cached is not None:
+            headers.update(cached.headers())
+            if cached.entry is not None:
+                return await _replay_hit(ctx, cached.entry, headers, hold, outcome)
+        return await _forward(
+            ctx, body, request.stream, headers, surface, info, hold, outcome, cached
+        )
     finally:
         _conclude(ctx, admission, outcome)
 
@@ -238,11 +249,57 @@ class _Outcome:
 
     result: RelayResult | None = None
     cost_nanos: int = 0
+    hit_pct: int | None = None  # a response cache hit, billed at this % of its cost
 
-    def record(self, result: RelayResult, hold: Hold) -> None:
-        self.result = result
+    def record(self, result: RelayResult, hold: Hold, hit_pct: int | None = None) -> None:
+        self.result, self.hit_pct = result, hit_pct
         if result.generated:
-            self.cost_nanos = hold.cost_nanos(result.usage)
+            self.cost_nanos = hold.cost_nanos(result.usage, hit_pct=hit_pct)
+
+
+# --- the response cache (alicode_gw/respcache; docs/response-cache.md) --------------------
+
+
+async def _cache_lookup(
+    ctx: RequestContext, body: bytes, stream: bool, surface: Surface
+) -> Lookup | None:
+    """The cache's verdict on the body going upstream; None when the cache is off or
+    the surface is not Anthropic's (only ``/v1/messages`` is cached)."""
+    cache = ctx.state.respcache
+    if cache is None or not isinstance(surface, AnthropicSurface):
+        return None
+    lookup = await cache.lookup(ctx.authenticated, ctx.request.headers, body, stream)
+    ctx.response_cache = lookup.outcome
+    return lookup
+
+
+async def _replay_hit(
+    ctx: RequestContext, entry: Entry, headers: dict[str, str], hold: Hold, outcome: _Outcome
+) -> web.StreamResponse:
+    """A hit: billed at the hit price on the original's usage, replayed as stored."""
+    hit_pct = ctx.state.config.response_cache_hit_pct
+    outcome.record(RelayResult(entry.usage, True, False, True), hold, hit_pct)
+    ctx.tokens_saved = entry.tokens_saved
+    if not entry.stream:
+        headers["x-alicode-cost-usd"] = format_usd(outcome.cost_nanos)
+    return await replay(ctx, entry, ctx.headers(**headers))
+
+
+def _cache_store(
+    ctx: RequestContext,
+    cached: Lookup | None,
+    upstream: aiohttp.ClientResponse,
+    result: RelayResult,
+    body: bytes | None,
+    stream: bool,
+) -> None:
+    """Store a complete, successful answer of a miss (a task the answer does not wait for)."""
+    cache = ctx.state.respcache
+    if cache is None or cached is None or cached.key is None or body is None:
+        return
+    if upstream.status == 200 and result.complete and result.generated:
+        headers = passed_headers(upstream.headers)
+        cache.store_later(cached.key, Entry(stream, 200, headers, result.usage, body))
 
 
 async def _forward(
@@ -254,6 +311,7 @@ async def _forward(
     info: ModelInfo,
     hold: Hold,
     outcome: _Outcome,
+    cached: Lookup | None = None,
 ) -> web.StreamResponse:
     """Upstream call and relay; what was generated is left in ``outcome``."""
     opened = await open_upstream(ctx, UPSTREAM_PATH, body)
@@ -262,12 +320,16 @@ async def _forward(
     upstream, _credential = opened
     if stream:
         fmt = surface.stream_format(info.target)
-        response, result = await relay_stream(ctx, upstream, ctx.headers(**headers), fmt)
+        cache = ctx.state.respcache
+        capture = cache.max_bytes if cache and cached and cached.key else 0
+        response, result = await relay_stream(ctx, upstream, ctx.headers(**headers), fmt, capture)
         outcome.record(result, hold)
+        _cache_store(ctx, cached, upstream, result, result.captured, stream)
         return response
     raw = await read_upstream_json(ctx, upstream)
     result = json_result(raw)
     outcome.record(result, hold)
+    _cache_store(ctx, cached, upstream, result, raw, stream)
     if result.generated:
         headers["x-alicode-cost-usd"] = format_usd(outcome.cost_nanos)
     return web.Response(
@@ -287,15 +349,21 @@ def _conclude(ctx: RequestContext, admission: Admission, outcome: _Outcome) -> N
     tokens = 0
     result = outcome.result
     if result is not None and result.generated:
-        usage = result.usage
-        ctx.input_tokens = usage.input_tokens
-        ctx.output_tokens = usage.output_tokens
-        ctx.cache_write_tokens = usage.cache_creation_5m + usage.cache_creation_1h
-        ctx.cache_read_tokens = usage.cache_read
+        usage = result.usage  # a hit's: the original's, billed at the hit price
+        # A hit generated nothing: it reports no tokens and spends none of the budget.
+        used = usage if outcome.hit_pct is None else Usage()
+        ctx.input_tokens = used.input_tokens
+        ctx.output_tokens = used.output_tokens
+        ctx.cache_write_tokens = used.cache_creation_5m + used.cache_creation_1h
+        ctx.cache_read_tokens = used.cache_read
         ctx.cost_nanos = outcome.cost_nanos
-        tokens = _tokens(usage)
+        tokens = _tokens(used)
         money = state.billing.settle_later(
-            ctx.request_id, usage, estimated=result.estimated, cost_nanos=outcome.cost_nanos
+            ctx.request_id,
+            usage,
+            estimated=result.estimated,
+            cost_nanos=outcome.cost_nanos,
+            hit_pct=outcome.hit_pct,
         )
     else:
         money = state.billing.release_later(ctx.request_id)

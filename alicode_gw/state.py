@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from alicode_gw.money.nodes import Node
     from alicode_gw.observe.health import HealthMonitor
     from alicode_gw.observe.metrics import Metrics
+    from alicode_gw.respcache.store import ResponseCache
     from alicode_gw.tokens import TokenCounter
     from alicode_gw.upstream.models import UpstreamModels
     from alicode_gw.upstream.pool import KeyPool
@@ -50,6 +51,7 @@ class State:
     health: HealthMonitor
     node: Node  # this process as the owner of its holds and leases
     upstream_models: UpstreamModels
+    respcache: ResponseCache | None = None  # the response cache; None when it is off
     started_at: float = field(default_factory=time.time)
     in_flight: int = 0
     shed_until: float = 0.0  # monotonic time until which health reports the shedding
@@ -84,6 +86,8 @@ class RequestContext:
     cache_read_tokens: int = 0
     cost_nanos: int | None = None
     files_inlined: int = 0  # file sources replaced by their bytes (files/inline.py)
+    response_cache: str | None = None  # HIT, MISS or BYPASS (None: not consulted)
+    tokens_saved: int = 0  # a hit's original input + output tokens
 
     @property
     def ip(self) -> str:

@@ -22,9 +22,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
@@ -237,6 +238,102 @@ def drop_database(server_url: str, url: str) -> None:
     asyncio.run(drop())
 
 
+def provision(env: dict[str, str]) -> str:
+    """Migrate; an account funded with $1,000,000, a key with a per-minute limit of 10⁶
+    and a concurrency limit of 5,000, the mock's credential in the pool. The key."""
+    subprocess.run([sys.executable, "-m", "alicode_gw", "migrate"], env=env, check=True,
+                   capture_output=True)  # fmt: skip
+    email = f"bench-{secrets.token_hex(3)}@example.com"
+    cli(env, "account", "create", "--email", email)
+    cli(env, "account", "topup", "--email", email, "--usd", "1000000")
+    key = cli(env, "key", "create", "--email", email, "--name", "bench",
+              "--rpm", "1000000", "--concurrency", "5000")["key"]  # fmt: skip
+    cli(env, "upstream", "add", "--key", DEFAULT_MOCK_KEY, "--name", "mock")
+    return str(key)
+
+
+def stop_and_audit(procs: list[subprocess.Popen[bytes]], env: dict[str, str]) -> None:
+    """Stop the servers (SIGTERM, then a kill after 30 s), then check with
+    ``alicode-gw audit`` that nothing was lost or billed twice."""
+    for proc in reversed(procs):
+        proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    if procs:  # the books add up once every node stopped
+        audit = subprocess.run(
+            [sys.executable, "-m", "alicode_gw", "audit", "--json"],
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        clean = audit.returncode == 0 and json.loads(audit.stdout)["ok"]
+        print(f"\naudit after the run (servers stopped): {'clean' if clean else audit.stdout}")
+
+
+@dataclass
+class Servers:
+    """A benchmark's backends and server processes: the gateway environment, the mock
+    upstream's port, the provisioned key; every process's output goes to servers.log."""
+
+    work: Path
+    env: dict[str, str]
+    mock_port: int
+    procs: list[subprocess.Popen[bytes]]
+    log: IO[bytes]
+    key: str = ""
+
+    def spawn(self, *cmd: str, extra: dict[str, str] | None = None, cwd: Path | None = None) -> int:
+        self.procs.append(subprocess.Popen(cmd, env={**self.env, **(extra or {})}, cwd=cwd,
+                                           stdout=self.log, stderr=self.log))  # fmt: skip
+        return self.procs[-1].pid
+
+
+@contextlib.contextmanager
+def bench_servers(tag: str, settings: dict[str, str]) -> Iterator[Servers]:
+    """PostgreSQL and Redis (ALICODE_BENCH_DATABASE_URL / ALICODE_BENCH_REDIS_URL when
+    set: a scratch database; the embedded servers otherwise), the gateway environment
+    (the common settings, then ``settings``), the mock upstream started and the database
+    provisioned. On the way out: the servers stopped, the audit, the scratch database
+    dropped."""
+    work = Path(tempfile.mkdtemp(prefix=f"alicode-{tag}-"))
+    base = {k: v for k, v in os.environ.items() if not k.startswith("ALICODE_")}
+    server_db = os.environ.get("ALICODE_BENCH_DATABASE_URL")
+    redis_url = os.environ.get("ALICODE_BENCH_REDIS_URL")
+    with contextlib.ExitStack() as stack:
+        backends = stack.enter_context(
+            running_backends(Config(data_dir=work, database_url=server_db, redis_url=redis_url))
+        )
+        database_url = fresh_database(backends.database_url) if server_db else backends.database_url
+        if server_db:
+            stack.callback(drop_database, backends.database_url, database_url)
+        # The servers' own output (the gateway's access log) goes to a file, not the table.
+        server_log = stack.enter_context(open(work / "servers.log", "ab"))
+        mock_port = free_port()
+        env = {
+            **base,
+            "ALICODE_DATABASE_URL": database_url,
+            "ALICODE_REDIS_URL": backends.redis_url,
+            "ALICODE_REDIS_PREFIX": f"{tag}-{secrets.token_hex(3)}:",
+            "ALICODE_UPSTREAM_URL": f"http://127.0.0.1:{mock_port}",
+            "ALICODE_IP_RPM": "0",
+            "ALICODE_IP_CONCURRENCY": "0",
+            "ALICODE_LOG_LEVEL": "WARNING",
+            "ALICODE_DATA_DIR": str(work),
+            **settings,
+        }
+        servers = Servers(work, env, mock_port, [], server_log)
+        try:
+            servers.spawn(sys.executable, "-m", "alicode_gw", "mock-upstream", "--port",
+                          str(mock_port), "--key", DEFAULT_MOCK_KEY)  # fmt: skip
+            servers.key = provision(env)
+            yield servers
+        finally:
+            stop_and_audit(servers.procs, env)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--requests", type=int, default=2000)
@@ -280,50 +377,14 @@ def main() -> int:
         args.requests, args.latency_samples, args.streams = 200, 50, 100
         args.saturation_seconds, args.saturation_rounds = 2.0, 1
 
-    work = Path(tempfile.mkdtemp(prefix="alicode-bench-"))
-    base = {k: v for k, v in os.environ.items() if not k.startswith("ALICODE_")}
-    server_db = os.environ.get("ALICODE_BENCH_DATABASE_URL")
-    redis_url = os.environ.get("ALICODE_BENCH_REDIS_URL")
-    servers = contextlib.ExitStack()
-    backends = servers.enter_context(
-        running_backends(Config(data_dir=work, database_url=server_db, redis_url=redis_url))
-    )
-    database_url = fresh_database(backends.database_url) if server_db else backends.database_url
-    procs: list[subprocess.Popen[bytes]] = []
-    # The servers' own output (the gateway's access log) goes to a file, not the table.
-    server_log = open(work / "servers.log", "ab")  # noqa: SIM115 (closed in the finally)
-    try:
-        mock_port, relay_port, gw_port, base_port = (free_port() for _ in range(4))
-        env = {
-            **base,
-            "ALICODE_DATABASE_URL": database_url,
-            "ALICODE_REDIS_URL": backends.redis_url,
-            "ALICODE_REDIS_PREFIX": f"bench-{secrets.token_hex(3)}:",
-            "ALICODE_UPSTREAM_URL": f"http://127.0.0.1:{mock_port}",
-            "ALICODE_LISTEN": f"127.0.0.1:{gw_port}",
-            "ALICODE_IP_RPM": "0",
-            "ALICODE_IP_CONCURRENCY": "0",
-            "ALICODE_LOG_LEVEL": "WARNING",
-            "ALICODE_DATA_DIR": str(work),
-            "ALICODE_CREDIT_LEASE_PCT": "0" if args.no_leases else "50",
-            "ALICODE_LIMIT_SHARE_PCT": "0" if args.no_shares else "25",
-        }
-
-        def spawn(*cmd: str, extra: dict[str, str] | None = None, cwd: Path | None = None) -> int:
-            procs.append(subprocess.Popen(cmd, env={**env, **(extra or {})}, cwd=cwd,
-                                          stdout=server_log, stderr=server_log))  # fmt: skip
-            return procs[-1].pid
-
-        spawn(sys.executable, "-m", "alicode_gw", "mock-upstream", "--port", str(mock_port),
-              "--key", DEFAULT_MOCK_KEY)  # fmt: skip
-        subprocess.run([sys.executable, "-m", "alicode_gw", "migrate"], env=env, check=True,
-                       capture_output=True)  # fmt: skip
-        email = f"bench-{secrets.token_hex(3)}@example.com"
-        cli(env, "account", "create", "--email", email)
-        cli(env, "account", "topup", "--email", email, "--usd", "1000000")
-        key = cli(env, "key", "create", "--email", email, "--name", "bench",
-                  "--rpm", "1000000", "--concurrency", "5000")["key"]  # fmt: skip
-        cli(env, "upstream", "add", "--key", DEFAULT_MOCK_KEY, "--name", "mock")
+    relay_port, gw_port, base_port = (free_port() for _ in range(3))
+    gateway = {
+        "ALICODE_LISTEN": f"127.0.0.1:{gw_port}",
+        "ALICODE_CREDIT_LEASE_PCT": "0" if args.no_leases else "50",
+        "ALICODE_LIMIT_SHARE_PCT": "0" if args.no_shares else "25",
+    }
+    with bench_servers("bench", gateway) as servers:
+        work, spawn, key, mock_port = servers.work, servers.spawn, servers.key, servers.mock_port
         gw_pid = spawn(sys.executable, "-m", "alicode_gw", "serve")
         relay_pid = spawn(sys.executable, "-m", "scripts.bare_relay", "--port", str(relay_port),
               "--upstream", f"http://127.0.0.1:{mock_port}", "--key", DEFAULT_MOCK_KEY)  # fmt: skip
@@ -407,27 +468,6 @@ def main() -> int:
             lat.update({f"{name}-{kind}": values for name, values in measured.items()})
 
         ok, peak = asyncio.run(slow_streams(gw_url, key, args.streams, gw_pid))
-    finally:
-        for proc in reversed(procs):
-            proc.send_signal(signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        if procs:  # nothing lost or billed twice: the books add up once every node stopped
-            audit = subprocess.run(
-                [sys.executable, "-m", "alicode_gw", "audit", "--json"],
-                env=env,
-                capture_output=True,
-                text=True,
-            )
-            clean = audit.returncode == 0 and json.loads(audit.stdout)["ok"]
-            print(f"\naudit after the run (servers stopped): {'clean' if clean else audit.stdout}")
-        if server_db:
-            drop_database(backends.database_url, database_url)
-        servers.close()
-        server_log.close()
 
     print()
     print("| measure | JSON | SSE (50 events) |")

@@ -131,3 +131,23 @@ def test_files_settings() -> None:
     for bad in ("png", "image/png; q=1", "text/ plain"):
         with pytest.raises(ConfigError, match="ALICODE_FILES_MIME_TYPES"):
             load({"ALICODE_FILES_MIME_TYPES": bad})
+
+
+def test_the_response_cache_settings() -> None:
+    config = load({})
+    assert not config.response_cache and config.response_cache_ttl == 3600
+    assert config.response_cache_hit_pct == 0
+    config.require_cache_secret()  # off: no secret needed
+    secret = "x" * 32
+    on = load({"ALICODE_RESPONSE_CACHE": "on", "ALICODE_RESPONSE_CACHE_SECRET": secret})
+    assert on.response_cache and on.response_cache_secret == secret
+    assert secret not in repr(on)
+    on.require_cache_secret()
+    with pytest.raises(ConfigError, match="ALICODE_RESPONSE_CACHE_SECRET"):
+        load({"ALICODE_RESPONSE_CACHE": "on"}).require_cache_secret()
+    with pytest.raises(ConfigError, match="ALICODE_RESPONSE_CACHE_SECRET"):
+        load({"ALICODE_RESPONSE_CACHE_SECRET": "too short"})
+    with pytest.raises(ConfigError, match="ALICODE_RESPONSE_CACHE_HIT_PCT"):
+        load({"ALICODE_RESPONSE_CACHE_HIT_PCT": "101"})
+    with pytest.raises(ConfigError, match="ALICODE_RESPONSE_CACHE:"):
+        load({"ALICODE_RESPONSE_CACHE": "maybe"})

@@ -1,4 +1,4 @@
-"""``key create|revoke|list``: customer API keys. The secret is printed once, at creation."""
+"""``key create|update|revoke|list``: customer API keys. The secret is printed once, at creation."""
 
 from __future__ import annotations
 
@@ -40,6 +40,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--spend-cap-usd", help="revoke the key automatically once it has spent this much"
     )
     create.add_argument("--models", help="comma-separated allowed models (default: all)")
+    create.add_argument(
+        "--no-response-cache",
+        dest="response_cache",
+        action="store_false",
+        help="keep the key's requests out of the response cache",
+    )
     create.add_argument("--json", action="store_true", help="machine-readable output")
     create.set_defaults(handler=run_create)
 
@@ -47,6 +53,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     revoke.add_argument("id", metavar="ID", help="the key's id or public id")
     revoke.add_argument("--json", action="store_true", help="machine-readable output")
     revoke.set_defaults(handler=run_revoke)
+
+    update = sub.add_parser("update", help="change a key's settings")
+    update.add_argument("id", metavar="ID", help="the key's id or public id")
+    update.add_argument(
+        "--response-cache",
+        choices=("on", "off"),
+        required=True,
+        help="let the key's requests use the response cache, or keep them out of it",
+    )
+    update.add_argument("--json", action="store_true", help="machine-readable output")
+    update.set_defaults(handler=run_update)
 
     listing = sub.add_parser("list", help="an account's keys (never their secrets)")
     listing.add_argument("--email", required=True)
@@ -70,6 +87,7 @@ def key_dict(record: accounts.KeyRecord) -> dict[str, Any]:
         "spend_cap_usd": None if cap is None else format_usd(cap),
         "spent_usd": format_usd(record.spent_nanos),
         "models": None if record.allowed_models is None else list(record.allowed_models),
+        "response_cache": record.response_cache,
         "last_used_at": record.last_used_at.isoformat() if record.last_used_at else None,
         "created_at": record.created_at.isoformat(),
         "revoked_at": record.revoked_at.isoformat() if record.revoked_at else None,
@@ -104,6 +122,7 @@ def run_create(args: argparse.Namespace, config: Config) -> int:
             budget_tokens=args.budget_tokens,
             spend_cap_nanos=cap,
             models=models,
+            response_cache=args.response_cache,
         )
 
     try:
@@ -131,6 +150,21 @@ def run_revoke(args: argparse.Namespace, config: Config) -> int:
     except accounts.AccountError as exc:
         return fail(str(exc))
     emit(key_dict(record), args.json, f"revoked key {record.id} ({record.masked})")
+    return 0
+
+
+def run_update(args: argparse.Namespace, config: Config) -> int:
+    enabled = args.response_cache == "on"
+
+    async def work(conn: asyncpg.Connection, redis: Redis) -> accounts.KeyRecord:
+        return await accounts.set_response_cache(conn, args.id, enabled)
+
+    try:
+        record = with_db(config, work)
+    except accounts.AccountError as exc:
+        return fail(str(exc))
+    text = f"key {record.id} ({record.masked}): response cache {args.response_cache}"
+    emit(key_dict(record), args.json, text)
     return 0
 
 

@@ -77,6 +77,7 @@ def overrides(args: argparse.Namespace) -> dict[str, Any]:
 def run_serve(args: argparse.Namespace, config: Config) -> int:
     from alicode_gw import workers
 
+    config.require_cache_secret()
     count = workers.worker_count(args.workers)
     if count == 1:
         # Refused before anything is opened or cleared (the metrics share directory may
@@ -92,6 +93,7 @@ def run_serve(args: argparse.Namespace, config: Config) -> int:
 def run_worker(args: argparse.Namespace, config: Config) -> int:
     from alicode_gw import background
 
+    config.require_cache_secret()
     return background.run(config)
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+import secrets
 import shlex
 import sys
 import time
@@ -111,7 +113,26 @@ async def prepare_demo(database_url: str, upstream_keys: tuple[str, ...]) -> str
         await conn.close()
 
 
+CACHE_SECRET_FILE = "response-cache.secret"
+
+
+def with_cache_secret(config: Config) -> Config:
+    """With the response cache on and no secret configured, the one kept in the data
+    dir (generated on first use, readable by its owner only)."""
+    if not config.response_cache or config.response_cache_secret:
+        return config
+    path = config.data_dir / CACHE_SECRET_FILE
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="ascii") as out:
+            out.write(secrets.token_urlsafe(48) + "\n")
+    secret = path.read_text(encoding="ascii").strip()
+    return dataclasses.replace(config, response_cache_secret=secret)
+
+
 async def _run(config: Config, backends: Backends) -> None:
+    config = with_cache_secret(config)
     applied = await migrate.run(backends.database_url)
     for name in applied:
         log.info("applied migration %s", name)

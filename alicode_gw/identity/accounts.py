@@ -64,6 +64,7 @@ class KeyRecord:
     last_used_at: dt.datetime | None
     created_at: dt.datetime
     revoked_at: dt.datetime | None
+    response_cache: bool = True  # may the key's requests use the response cache?
 
     @property
     def masked(self) -> str:
@@ -92,7 +93,8 @@ class AuthRow:
 _KEY_COLUMNS = """
     k.id, k.public_id, k.account_id, k.name, k.status, k.revoked_reason,
     k.rpm_limit, k.concurrency_limit, k.budget_tokens, k.spend_cap_nanos,
-    k.allowed_models, k.spent_nanos, k.last_used_at, k.created_at, k.revoked_at
+    k.allowed_models, k.spent_nanos, k.last_used_at, k.created_at, k.revoked_at,
+    k.response_cache
 """
 
 
@@ -114,6 +116,7 @@ def _key(row: asyncpg.Record) -> KeyRecord:
         last_used_at=row["last_used_at"],
         created_at=row["created_at"],
         revoked_at=row["revoked_at"],
+        response_cache=row["response_cache"],
     )
 
 
@@ -191,8 +194,10 @@ async def create_key(
     spend_cap_nanos: int | None = None,
     models: Sequence[str] | None = None,
     cost: int = keys.DEFAULT_BCRYPT_COST,
+    response_cache: bool = True,
 ) -> tuple[KeyRecord, str]:
-    """A new active key of an active account, and its full secret (shown once)."""
+    """A new active key of an active account, and its full secret (shown once).
+    ``response_cache``: False keeps the key's requests out of the response cache."""
     name = name.strip()
     if not name:
         raise AccountError("a key needs a name")
@@ -218,8 +223,8 @@ async def create_key(
             row = await conn.fetchrow(
                 f"""INSERT INTO api_keys AS k (account_id, public_id, name, secret_hash,
                         rpm_limit, concurrency_limit, budget_tokens, spend_cap_nanos,
-                        allowed_models)
-                    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                        allowed_models, response_cache)
+                    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
                     RETURNING {_KEY_COLUMNS}""",
                 account_id,
                 public_id,
@@ -230,6 +235,7 @@ async def create_key(
                 budget_tokens,
                 spend_cap_nanos,
                 allowed,
+                response_cache,
             )
         except asyncpg.UniqueViolationError:
             continue  # a public id collision: astronomically rare, draw another
@@ -280,6 +286,21 @@ async def revoke_key(
     if existing is None:
         raise KeyNotFoundError(f"no key {key!r}")
     return existing
+
+
+async def set_response_cache(conn: Connection, key: int | str, enabled: bool) -> KeyRecord:
+    """Let a key's requests use the response cache, or keep them out of it (every node
+    sees the change within the key check's cache TTL)."""
+    column, value = _key_lookup(key)
+    row = await conn.fetchrow(
+        f"""UPDATE api_keys k SET response_cache = $2 WHERE k.{column} = $1
+            RETURNING {_KEY_COLUMNS}""",
+        value,
+        enabled,
+    )
+    if row is None:
+        raise KeyNotFoundError(f"no key {key!r}")
+    return _key(row)
 
 
 async def stop_account(conn: Connection, email: str) -> list[str]:

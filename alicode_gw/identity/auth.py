@@ -98,6 +98,7 @@ class ApiKey:
     budget_tokens: int | None
     spend_cap_nanos: int | None
     allowed_models: frozenset[str] | None
+    response_cache: bool = True  # False: the key opted out of the response cache
 
     @classmethod
     def from_record(cls, record: accounts.KeyRecord) -> ApiKey:
@@ -112,6 +113,7 @@ class ApiKey:
             budget_tokens=record.budget_tokens,
             spend_cap_nanos=record.spend_cap_nanos,
             allowed_models=None if models is None else frozenset(models),
+            response_cache=record.response_cache,
         )
 
     @property

@@ -103,13 +103,18 @@ class Hold:
     lease_id: int | None = None
     settlement: LeasedRequest | None = None
 
-    def cost_nanos(self, usage: Usage) -> int:
+    def cost_nanos(self, usage: Usage, *, hit_pct: int | None = None) -> int:
         """What ``billing.settle`` will record as this request's cost for ``usage``
-        (the same rule and prices); 0 when the snapshot is unknown."""
+        (the same rule and prices); 0 when the snapshot is unknown. ``hit_pct``: a
+        response cache hit, billed at that percent of ``usage``'s cost (the SQL's
+        discount of 100 - ``hit_pct``)."""
         if self.prices is None:
             return 0
         counts = {name: max(0, value) for name, value in usage.counts().items()}
-        return self.prices.cost_nanos(**counts, batch=True)
+        prices = self.prices
+        if hit_pct is not None:
+            prices = dataclasses.replace(prices, batch_discount_pct=100 - hit_pct)
+        return prices.cost_nanos(**counts, batch=True)
 
 
 def hold_amount(prices: Prices, estimated_input_tokens: int, max_tokens: int) -> int:
@@ -344,16 +349,18 @@ class Billing:
         estimated: bool = False,
         urgent: bool = False,
         cost_nanos: int | None = None,
+        hit_pct: int | None = None,
     ) -> Coroutine[Any, Any, int]:
         """Queue the settlement now (so it goes before anything this process queues
         after it, e.g. the same customer's next hold) and return what awaits its
         outcome. Not urgent: it may wait a moment to share another request's round
         trip. ``cost_nanos``: the hold's :meth:`Hold.cost_nanos` of ``usage``, when the
-        caller has it already."""
+        caller has it already. ``hit_pct``: a response cache hit (``usage`` is the
+        original's), billed at that percent and marked in the ledger."""
         held = self._leased(request_id)
         op: SettleOp | SettleLeasedOp
         if held is None:
-            op = SettleOp(request_id, usage, estimated)
+            op = SettleOp(request_id, usage, estimated, hit_pct)
         else:  # billed by settle_leased; the lease gets the rest back now
             assert held.lease_id is not None and held.settlement and held.prices
             op = SettleLeasedOp(
@@ -367,8 +374,9 @@ class Billing:
                 prices=held.prices,
                 usage=usage,
                 estimated=estimated,
+                hit_pct=hit_pct,
             )
-            spent = held.cost_nanos(usage) if cost_nanos is None else cost_nanos
+            spent = held.cost_nanos(usage, hit_pct=hit_pct) if cost_nanos is None else cost_nanos
             self._credit().give_back(held.lease_id, held.amount_nanos - spent)
         future = self._ops.submit(op, urgent=urgent)
         return self._settled(op, usage, future, held.lease_id if held else None)

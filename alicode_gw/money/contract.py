@@ -78,6 +78,7 @@ class SettleOp:
     request_id: str
     usage: Usage
     estimated: bool = False
+    hit_pct: int | None = None  # a response cache hit: billed at this % of usage's cost
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +98,7 @@ class SettleLeasedOp:
     prices: Prices
     usage: Usage
     estimated: bool = False
+    hit_pct: int | None = None  # as SettleOp's
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +185,7 @@ def batch_element(op: BatchOp) -> dict[str, Any]:
                 "request_id": op.request_id,
                 "estimated": op.estimated,
                 **op.usage.counts(),
+                **_hit(op.hit_pct),
             }
         case SettleLeasedOp():
             return {
@@ -197,9 +200,16 @@ def batch_element(op: BatchOp) -> dict[str, Any]:
                 "client_ip": op.client_ip,
                 "reserved": op.reserved_nanos,
                 **price_columns(op.prices),
+                **_hit(op.hit_pct),
             }
         case ReleaseOp():
             return {"op": op.KIND, "request_id": op.request_id}
+
+
+def _hit(hit_pct: int | None) -> dict[str, int]:
+    """The key of a response cache hit's settlement (absent otherwise, as in journals
+    written before it existed)."""
+    return {} if hit_pct is None else {"hit_pct": hit_pct}
 
 
 class MalformedOperation(ValueError):
@@ -230,8 +240,10 @@ def _batch_op(element: Mapping[str, Any]) -> BatchOp:
         return ReleaseOp(element["request_id"])
     usage = Usage(**{name: int(element.get(name) or 0) for name in Usage.__slots__})
     estimated = bool(element.get("estimated", False))
+    hit = element.get("hit_pct")
+    hit_pct = None if hit is None else int(hit)
     if kind == SettleOp.KIND:
-        return SettleOp(element["request_id"], usage, estimated)
+        return SettleOp(element["request_id"], usage, estimated, hit_pct)
     if kind == SettleLeasedOp.KIND:
         return SettleLeasedOp(
             request_id=element["request_id"],
@@ -244,6 +256,7 @@ def _batch_op(element: Mapping[str, Any]) -> BatchOp:
             prices=prices_from_row({**element, "batch_discount_pct": 0}),
             usage=usage,
             estimated=estimated,
+            hit_pct=hit_pct,
         )
     raise ValueError(f"unknown billing operation {kind!r}")
 

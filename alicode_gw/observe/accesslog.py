@@ -14,7 +14,11 @@ characters::
      "path": "/v1/messages", "model": "claude-sonnet-4-5-20250929", "status": 200,
      "input_tokens": 12, "output_tokens": 40, "cache_write_tokens": 0,
      "cache_read_tokens": 0, "cost_usd": "0.000636",
-     "duration_ms": 812.4, "ttfb_ms": 301.2, "upstream": "main", "attempts": 1}
+     "duration_ms": 812.4, "ttfb_ms": 301.2, "upstream": "main", "attempts": 1,
+     "response_cache": "MISS", "tokens_saved": 0}
+
+``response_cache`` is the response cache's verdict (``HIT``, ``MISS``, ``BYPASS``; null
+when it was not consulted) and ``tokens_saved`` a hit's original input + output tokens.
 """
 
 from __future__ import annotations
@@ -185,6 +189,8 @@ def finish(ctx: RequestContext, status: int) -> None:
         "upstream": ctx.upstream_name,
         "upstream_request_id": ctx.upstream_request_id,
         "attempts": ctx.attempts,
+        "response_cache": ctx.response_cache,
+        "tokens_saved": ctx.tokens_saved,
     }
     text = json.dumps(line, separators=(",", ":"))
     handlers = access_log.handlers

@@ -132,6 +132,17 @@ class Metrics:
             "Requests answered 529 at once: the process had max_in_flight requests in flight.",
             registry=r,
         )
+        self.respcache = Counter(
+            "alicode_response_cache",
+            "Response cache lookups by outcome (hit, miss, bypass).",
+            ["outcome"],
+            registry=r,
+        )
+        self.respcache_stored = Counter(
+            "alicode_response_cache_stored_bytes",
+            "Bytes written to the response cache (encrypted entries).",
+            registry=r,
+        )
         self.streams = Gauge(
             "alicode_streams_in_flight", "SSE streams being relayed now.", registry=r
         )
@@ -193,6 +204,12 @@ class Metrics:
 
     def hold(self, path: str) -> None:
         self._child(self.holds, path).inc()
+
+    def response_cache(self, outcome: str) -> None:
+        self._child(self.respcache, outcome.lower()).inc()
+
+    def response_cache_stored(self, size: int) -> None:
+        self.respcache_stored.inc(size)
 
     def usage(
         self,

@@ -46,6 +46,7 @@ class RelayResult:
     estimated: bool  # was output estimated (stream cut before its final usage)?
     complete: bool  # did the upstream finish normally?
     client_gone: bool = False
+    captured: bytes | None = None  # a complete stream's bytes (capture asked, within it)
 
 
 def usage_from_message(message: dict[str, Any]) -> Usage:
@@ -167,8 +168,11 @@ async def relay_stream(
     upstream: aiohttp.ClientResponse,
     headers: dict[str, str],
     fmt: StreamFormat | None = None,
+    capture: int = 0,
 ) -> tuple[web.StreamResponse, RelayResult]:
-    """Relay an SSE body chunk by chunk; always returns what was generated."""
+    """Relay an SSE body chunk by chunk; always returns what was generated. ``capture``:
+    also keep a copy of the upstream's bytes up to that many (for the response cache;
+    none past it)."""
     config = ctx.state.config
     loop = asyncio.get_running_loop()
     response = web.StreamResponse(
@@ -181,6 +185,7 @@ async def relay_stream(
         },
     )
     scanner = UsageScanner()
+    captured = bytearray() if capture else None
     client_gone = False
     failure: GatewayError | None = None
     idle = config.upstream_idle_timeout
@@ -208,6 +213,11 @@ async def relay_stream(
                     deadline = min(now + idle * 1.5, drain_until)
                     timer.reschedule(deadline)
                 scanner.feed(chunk)
+                if captured is not None:
+                    if len(captured) + len(chunk) > capture:
+                        captured = None
+                    else:
+                        captured += chunk
                 if client_gone:
                     continue
                 if fmt is not None:
@@ -254,4 +264,5 @@ async def relay_stream(
     usage, estimated = usage_from_scanner(scanner)
     generated = scanner.saw_message_start and (usage.output_tokens > 0 or usage.input_tokens > 0)
     complete = failure is None and scanner.saw_message_stop and scanner.error is None
-    return response, RelayResult(usage, generated, estimated, complete, client_gone)
+    kept = bytes(captured) if captured is not None and complete else None
+    return response, RelayResult(usage, generated, estimated, complete, client_gone, kept)

@@ -12,7 +12,8 @@
 --   "op": "hold"          + request_id, key_id, model, estimated_input, max_tokens,
 --                           client_ip, batch
 --         "settle"        + request_id, input_tokens, output_tokens, cache_creation_5m,
---                           cache_creation_1h, cache_read, estimated
+--                           cache_creation_1h, cache_read, estimated, and hit_pct for
+--                           a response cache hit (settle_leased too)
 --         "settle_leased" + request_id, lease_id, key_id, requested_model, model,
 --                           client_ip, reserved (nanos), the five prices (input_price ...
 --                           cache_read_price, micro-USD per MTok), the five token counts
@@ -100,7 +101,8 @@ BEGIN
                 p_tokens_cache_creation_5m => r.cache_creation_5m,
                 p_tokens_cache_creation_1h => r.cache_creation_1h,
                 p_tokens_cache_read => r.cache_read,
-                p_estimated => coalesce(r.estimated, false));
+                p_estimated => coalesce(r.estimated, false),
+                p_hit_pct => r.hit_pct);
             RETURN QUERY SELECT r.i, s.outcome, NULL::text, s.charged_nanos,
                 s.revoked_public_id, NULL::bigint, NULL::bigint, NULL::bigint,
                 NULL::bigint, NULL::bigint, NULL::smallint;
@@ -123,7 +125,8 @@ BEGIN
                 p_tokens_cache_creation_5m => r.cache_creation_5m,
                 p_tokens_cache_creation_1h => r.cache_creation_1h,
                 p_tokens_cache_read => r.cache_read,
-                p_estimated => coalesce(r.estimated, false));
+                p_estimated => coalesce(r.estimated, false),
+                p_hit_pct => r.hit_pct);
             RETURN QUERY SELECT r.i, s.outcome, NULL::text, s.charged_nanos,
                 s.revoked_public_id, NULL::bigint, NULL::bigint, NULL::bigint,
                 NULL::bigint, NULL::bigint, NULL::smallint;

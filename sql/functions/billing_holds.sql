@@ -94,6 +94,8 @@ END $$;
 -- spend cap is reached. A hold the sweeper already expired is still billed (the usage
 -- is real); a released hold is not. The charge never exceeds what the account has left
 -- outside its other holds; any uncovered part is recorded as shortfall_nanos.
+-- p_hit_pct: a response cache hit (the usage is the original's): billed at that percent
+-- of its cost, i.e. with a discount of 100 - p_hit_pct, and marked cache_hit.
 -- outcome: settled | already_settled | released | unknown
 CREATE OR REPLACE FUNCTION billing.settle(
     p_request_id text,
@@ -102,7 +104,8 @@ CREATE OR REPLACE FUNCTION billing.settle(
     p_tokens_cache_creation_5m bigint,
     p_tokens_cache_creation_1h bigint,
     p_tokens_cache_read bigint,
-    p_estimated boolean
+    p_estimated boolean,
+    p_hit_pct integer DEFAULT NULL
 ) RETURNS TABLE (outcome text, charged_nanos bigint, revoked_public_id text)
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -131,7 +134,8 @@ BEGIN
         p_price_cache_write_5m_micro => h.cache_write_5m_price,
         p_price_cache_write_1h_micro => h.cache_write_1h_price,
         p_price_cache_read_micro => h.cache_read_price,
-        p_discount_pct => h.discount_pct,
+        p_discount_pct => CASE WHEN p_hit_pct IS NULL THEN h.discount_pct
+                              ELSE 100 - least(greatest(p_hit_pct, 0), 100) END,
         p_tokens_input => greatest(p_tokens_input, 0),
         p_tokens_output => greatest(p_tokens_output, 0),
         p_tokens_cache_creation_5m => greatest(p_tokens_cache_creation_5m, 0),
@@ -150,13 +154,13 @@ BEGIN
     INSERT INTO ledger (account_id, kind, amount_nanos, request_id, key_id, client_ip,
                         requested_model, model, input_tokens, output_tokens,
                         cache_creation_5m, cache_creation_1h, cache_read, batch,
-                        cost_nanos, shortfall_nanos, status)
+                        cost_nanos, shortfall_nanos, status, cache_hit)
     VALUES (h.account_id, 'charge', -v_charge, p_request_id, h.key_id, h.client_ip,
             h.requested_model, h.model, greatest(p_tokens_input, 0),
             greatest(p_tokens_output, 0), greatest(p_tokens_cache_creation_5m, 0),
             greatest(p_tokens_cache_creation_1h, 0), greatest(p_tokens_cache_read, 0), h.batch,
             v_cost, v_cost - v_charge,
-            CASE WHEN p_estimated THEN 'estimated' ELSE 'complete' END);
+            CASE WHEN p_estimated THEN 'estimated' ELSE 'complete' END, p_hit_pct IS NOT NULL);
     RETURN QUERY SELECT 'settled'::text, v_charge,
         billing.key_spend(p_key_id => h.key_id, p_charge_nanos => v_charge);
 END $$;

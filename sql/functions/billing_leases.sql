@@ -152,6 +152,7 @@ END $$;
 -- the lease is open and belongs to the key's account), then out of the free balance.
 -- Prices are the node's snapshot (micro-USD per MTok, no discount: never a batch).
 -- Called with named arguments (billing_batch.sql): eighteen of them, of three units.
+-- p_hit_pct: a response cache hit, as in billing.settle.
 -- outcome: settled | already_settled | unknown_key
 CREATE OR REPLACE FUNCTION billing.settle_leased(
     p_lease_id bigint,
@@ -171,7 +172,8 @@ CREATE OR REPLACE FUNCTION billing.settle_leased(
     p_tokens_cache_creation_5m bigint,
     p_tokens_cache_creation_1h bigint,
     p_tokens_cache_read bigint,
-    p_estimated boolean
+    p_estimated boolean,
+    p_hit_pct integer DEFAULT NULL
 ) RETURNS TABLE (outcome text, charged_nanos bigint, revoked_public_id text)
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -206,7 +208,8 @@ BEGIN
         p_price_cache_write_5m_micro => p_price_cache_write_5m_micro,
         p_price_cache_write_1h_micro => p_price_cache_write_1h_micro,
         p_price_cache_read_micro => p_price_cache_read_micro,
-        p_discount_pct => 0,
+        p_discount_pct => CASE WHEN p_hit_pct IS NULL THEN 0
+                              ELSE 100 - least(greatest(p_hit_pct, 0), 100) END,
         p_tokens_input => greatest(p_tokens_input, 0),
         p_tokens_output => greatest(p_tokens_output, 0),
         p_tokens_cache_creation_5m => greatest(p_tokens_cache_creation_5m, 0),
@@ -226,13 +229,13 @@ BEGIN
     INSERT INTO ledger (account_id, kind, amount_nanos, request_id, key_id, client_ip,
                         requested_model, model, input_tokens, output_tokens,
                         cache_creation_5m, cache_creation_1h, cache_read, batch,
-                        cost_nanos, shortfall_nanos, status)
+                        cost_nanos, shortfall_nanos, status, cache_hit)
     VALUES (v_account, 'charge', -v_charge, p_request_id, p_key_id, p_client_ip,
             p_requested_model, p_model, greatest(p_tokens_input, 0),
             greatest(p_tokens_output, 0), greatest(p_tokens_cache_creation_5m, 0),
             greatest(p_tokens_cache_creation_1h, 0), greatest(p_tokens_cache_read, 0), false,
             v_cost, v_cost - v_charge,
-            CASE WHEN p_estimated THEN 'estimated' ELSE 'complete' END);
+            CASE WHEN p_estimated THEN 'estimated' ELSE 'complete' END, p_hit_pct IS NOT NULL);
     RETURN QUERY SELECT 'settled'::text, v_charge,
         billing.key_spend(p_key_id => p_key_id, p_charge_nanos => v_charge);
 END $$;

@@ -1,4 +1,4 @@
-"""``account create|stop`` and ``key create|revoke|list`` as an operator runs them."""
+"""``account create|stop`` and ``key create|update|revoke|list`` as an operator runs them."""
 
 from __future__ import annotations
 
@@ -115,6 +115,26 @@ async def test_key_create_shows_the_secret_once(cli, db: asyncpg.Connection) -> 
         assert result.returncode != 0 and message in result.stderr, result.stderr
     missing = cli("key", "create", "--email", unique_email(), "--name", "x")
     assert missing.returncode == 1 and "no account" in missing.stderr
+
+
+async def test_a_key_opts_out_of_the_response_cache_and_back(cli, db: asyncpg.Connection) -> None:
+    email = unique_email()
+    ok_json(cli("account", "create", "--email", email, "--json"))
+    plain = ok_json(cli("key", "create", "--email", email, "--name", "a", "--json"))
+    assert plain["response_cache"] is True
+    created = ok_json(
+        cli("key", "create", "--email", email, "--name", "b", "--no-response-cache", "--json")
+    )
+    stored = "SELECT response_cache FROM api_keys WHERE id = $1"
+    assert created["response_cache"] is False and not await db.fetchval(stored, created["id"])
+    updated = ok_json(
+        cli("key", "update", created["public_id"], "--response-cache", "on", "--json")
+    )
+    assert updated["response_cache"] is True and await db.fetchval(stored, created["id"])
+    result = cli("key", "update", str(plain["id"]), "--response-cache", "off")
+    assert result.returncode == 0 and "response cache off" in result.stdout
+    assert not await db.fetchval(stored, plain["id"])
+    assert cli("key", "update", "999999999", "--response-cache", "off").returncode != 0
 
 
 async def test_key_revoke_and_account_stop(cli, db: asyncpg.Connection) -> None:

@@ -206,10 +206,12 @@ OPS = [
     SettleOp(rid(), USAGE, estimated=True),
     SettleLeasedOp(rid(), 3, 4, "gpt-4o", "claude-sonnet-4-5", "::1", 500, PRICES, USAGE),
     ReleaseOp(rid()),
+    SettleOp(rid(), USAGE, hit_pct=25),  # a response cache hit
+    SettleLeasedOp(rid(), 3, 4, "m", "claude-sonnet-4-5", "::1", 500, PRICES, USAGE, hit_pct=0),
 ]
 
 
-@pytest.mark.parametrize("op", OPS, ids=[op.KIND for op in OPS])
+@pytest.mark.parametrize("op", OPS, ids=[f"{op.KIND}-{i}" for i, op in enumerate(OPS)])
 def test_an_operation_reads_back_from_its_journal_element(op: object) -> None:
     assert batch_op(batch_element(op)) == op  # type: ignore[arg-type]
 

@@ -252,3 +252,32 @@ async def test_a_database_of_the_layout_before_the_split_migrates_to_a_new_ones_
     current = migrate.load_migrations(migrate.sql_dir())
     assert [tuple(r) for r in recorded] == [(m.version, m.name, m.checksum) for m in current]
     assert await migrate.run(scratch_database_url) == []
+
+
+async def test_a_database_of_the_layout_before_013_loses_the_old_settle_signatures(
+    scratch_database_url: str, database_url: str, tmp_path: Path
+) -> None:
+    """A database migrated to 012 with the functions of then (settle and settle_leased
+    without ``p_hit_pct``) ends with the new signatures only: 013 drops the old ones
+    (an overload left behind would make every named call without p_hit_pct ambiguous)."""
+    root = migrate.sql_dir()
+    (tmp_path / "migrations").mkdir()
+    for migration in migrate.load_migrations(root):
+        if migration.version < 13:
+            (tmp_path / "migrations" / migration.name).symlink_to(
+                root / "migrations" / migration.name
+            )
+    hit = re.compile(r",\s*p_hit_pct integer DEFAULT NULL")
+    for functions in migrate.load_functions(root):
+        write(tmp_path, functions.name, hit.sub("", functions.sql), folder="functions")
+    await migrate.run(scratch_database_url, tmp_path)
+    conn = await asyncpg.connect(scratch_database_url)
+    try:  # the old layout: no p_hit_pct
+        old = await conn.fetchval("SELECT pg_get_function_arguments('billing.settle'::regproc)")
+        assert "p_estimated boolean" in old and "p_hit_pct" not in old
+    finally:
+        await conn.close()
+
+    newer = [m.name for m in migrate.load_migrations(root) if m.version >= 13]
+    assert await migrate.run(scratch_database_url) == newer
+    assert await schema(scratch_database_url) == await schema(database_url)
