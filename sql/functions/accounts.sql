@@ -8,7 +8,8 @@ DECLARE
     v_account bigint;
 BEGIN
     UPDATE accounts a
-       SET status = 'stopped', stopped_at = COALESCE(a.stopped_at, now())
+       SET status = CASE WHEN a.status = 'active' THEN 'stopped' ELSE a.status END,
+           stopped_at = COALESCE(a.stopped_at, now())
      WHERE lower(a.email) = lower(p_email)
     RETURNING a.id INTO v_account;
     IF v_account IS NULL THEN
