@@ -4,7 +4,6 @@ CLI's one-time link, and the operator's /admin pages."""
 from __future__ import annotations
 
 import asyncio
-from dataclasses import replace
 
 import asyncpg
 import pytest
@@ -57,8 +56,17 @@ async def test_operator_topup_matches_the_cli(dash_gw: app.Gateway, db: asyncpg.
             f"/admin/accounts/{customer.account_id}/topup", {"usd": "2.50", "note": "invoice 7"}
         )
         assert answer.status == 200 and "topup" in answer.text
-        await cli(dash_gw, "account", "topup", "--email", customer.email, "--usd", "2.50",
-                  "--note", "invoice 7")
+        await cli(
+            dash_gw,
+            "account",
+            "topup",
+            "--email",
+            customer.email,
+            "--usd",
+            "2.50",
+            "--note",
+            "invoice 7",
+        )
         rows = await db.fetch(
             "SELECT account_id, kind, amount_nanos, status, note, request_id, key_id, model"
             " FROM ledger WHERE account_id = $1 ORDER BY id",
@@ -79,8 +87,11 @@ async def test_suspend_and_unsuspend(dash_gw: app.Gateway, db: asyncpg.Connectio
     admin, _ = await _operator(dash_gw)
     customer = await make_customer(db)
     sdk = anthropic.AsyncAnthropic(api_key=customer.key, base_url=dash_gw.url, max_retries=0)
-    ask = {"model": "claude-sonnet-4-6", "max_tokens": 8,
-           "messages": [{"role": "user", "content": "hi"}]}
+    ask = {
+        "model": "claude-sonnet-4-6",
+        "max_tokens": 8,
+        "messages": [{"role": "user", "content": "hi"}],
+    }
     try:
         await sdk.messages.create(**ask)
         await admin.get(f"/admin/accounts/{customer.account_id}")
@@ -123,7 +134,11 @@ async def test_password_change_ends_other_sessions(dash_gw: app.Gateway) -> None
         await first.get("/dashboard/account")
         answer = await first.post(
             "/dashboard/account/password",
-            {"current": PASSWORD, "password": "a new long password", "confirm": "a new long password"},
+            {
+                "current": PASSWORD,
+                "password": "a new long password",
+                "confirm": "a new long password",
+            },
         )
         assert answer.status == 200 and "Password changed" in answer.text
         assert "Log in" in (await second.get("/dashboard/keys")).text  # redirected
@@ -149,7 +164,7 @@ async def test_closed_registration_and_the_password_link(
         await cli(gateway, "account", "create", "--email", email)
         out = await cli(gateway, "account", "password-link", "--email", email)
         url = out.splitlines()[0]
-        path = url[url.index("/dashboard/setup"):]
+        path = url[url.index("/dashboard/setup") :]
         page = await client.get(path)
         assert page.status == 200 and email in page.text
         token = path.split("token=")[1]
@@ -187,8 +202,9 @@ async def test_delete_account_erases_and_keeps_the_books(
         assert wrong.status == 400
         answer = await client.post("/dashboard/account/delete", {"password": PASSWORD})
         assert answer.status == 200 and "deleted" in answer.text
-        row = await db.fetchrow("SELECT email, status, password_hash FROM accounts WHERE id = $1",
-                                account_id)
+        row = await db.fetchrow(
+            "SELECT email, status, password_hash FROM accounts WHERE id = $1", account_id
+        )
         assert row["status"] == "deleted" and email not in row["email"]
         assert row["password_hash"] is None
         ips = await db.fetch(
@@ -196,10 +212,13 @@ async def test_delete_account_erases_and_keeps_the_books(
             account_id,
         )
         assert ips == []
-        assert await db.fetchval("SELECT count(*) FROM ledger WHERE account_id = $1", account_id) == 2
+        assert (
+            await db.fetchval("SELECT count(*) FROM ledger WHERE account_id = $1", account_id) == 2
+        )
         with pytest.raises(anthropic.AuthenticationError):
             await sdk.messages.create(
-                model="claude-sonnet-4-6", max_tokens=8,
+                model="claude-sonnet-4-6",
+                max_tokens=8,
                 messages=[{"role": "user", "content": "x"}],
             )
         await sdk.close()

@@ -44,9 +44,7 @@ async def test_a_post_without_the_csrf_token_is_refused(
     assert answer.status == 403
     assert answer.headers["Content-Type"].startswith("text/html")
     assert "did not come from this site" in answer.text
-    answer = await client.post(
-        "/dashboard/keys", {"name": "x", "csrf_token": "forged"}, csrf=False
-    )
+    answer = await client.post("/dashboard/keys", {"name": "x", "csrf_token": "forged"}, csrf=False)
     assert answer.status == 403
     assert await _key_ids(db, email) == []
     # a login form without its token is refused too (login CSRF)
@@ -128,7 +126,9 @@ async def test_session_cookie_flags_and_rotation(client: PageClient, make_config
             "/dashboard/login", {"email": email, "password": PASSWORD}, follow=False
         )
         assert answer.status == 303
-        assert "secure" in [p.strip().lower() for p in _session_cookie(answer.set_cookies).split(";")]
+        assert "secure" in [
+            p.strip().lower() for p in _session_cookie(answer.set_cookies).split(";")
+        ]
     finally:
         await proxied.close()
         await stop_gateway(gateway)

@@ -13,7 +13,12 @@ async def test_register_create_key_and_every_page(client: PageClient) -> None:
     answer = await client.post("/dashboard/keys", {"name": "prod", "rpm": "60"})
     assert answer.status == 200, answer.text
     assert "sk-ali-" in answer.text
-    for path in ("/dashboard", "/dashboard/usage", "/dashboard/billing", "/dashboard/account",
-                 "/dashboard/usage.csv?by=ip"):
+    for path in (
+        "/dashboard",
+        "/dashboard/usage",
+        "/dashboard/billing",
+        "/dashboard/account",
+        "/dashboard/usage.csv?by=ip",
+    ):
         answer = await client.get(path)
         assert answer.status == 200, (path, answer.text)
