@@ -62,7 +62,8 @@ async def viewer(conn: Connection, token: str, token_hash: bytes) -> Viewer | No
 
 @dataclass(frozen=True, slots=True)
 class UsageRow:
-    label: str | None
+    dimension: str  # day | key | model | ip
+    label: str | None  # the day, key id, model or client IP (None: not recorded)
     requests: int
     input_tokens: int
     output_tokens: int
@@ -72,15 +73,21 @@ class UsageRow:
     charged_nanos: int
 
 
-async def usage_by(
-    conn: Connection, account_id: int, first: dt.date, last: dt.date, by: str
-) -> list[UsageRow]:
-    """The account's usage from ``first`` to ``last`` (UTC days) grouped by ``by``."""
-    if by not in USAGE_DIMENSIONS:
-        raise ValueError(by)
+async def usage(
+    conn: Connection, account_id: int, first: dt.date, last: dt.date, by: tuple[str, ...]
+) -> dict[str, list[UsageRow]]:
+    """The account's usage from ``first`` to ``last`` (UTC days) summed by each
+    dimension in ``by`` (one scan for all). Closed days are rolled up first (a no-op
+    once done for the day)."""
+    unknown = set(by) - set(USAGE_DIMENSIONS)
+    if unknown:
+        raise ValueError(f"unknown usage dimension(s): {sorted(unknown)}")
     await value(conn, "roll_up", account_id=account_id)
-    found = await rows(conn, "usage_by", account_id=account_id, first=first, last=last, by=by)
-    return [UsageRow(*r.values()) for r in found]
+    found = await rows(conn, "usage_by", account_id=account_id, first=first, last=last, by=list(by))
+    tables: dict[str, list[UsageRow]] = {dimension: [] for dimension in by}
+    for r in found:
+        tables[r["dimension"]].append(UsageRow(*r.values()))
+    return tables
 
 
 @dataclass(frozen=True, slots=True)

@@ -60,9 +60,8 @@ async def _key_names(page: Page) -> dict[str, str]:
 
 async def overview(page: Page) -> web.StreamResponse:
     last = today()
-    days = await store.usage_by(
-        page.db, page.me.account_id, last - dt.timedelta(days=29), last, "day"
-    )
+    first = last - dt.timedelta(days=29)
+    days = (await store.usage(page.db, page.me.account_id, first, last, ("day",)))["day"]
     by_day = {dt.date.fromisoformat(r.label): r for r in days if r.label}
 
     def since(n: int) -> tuple[int, int]:
@@ -82,19 +81,14 @@ async def overview(page: Page) -> web.StreamResponse:
     )
 
 
-async def _tables(page: Page, period: Period) -> dict[str, list[store.UsageRow]]:
-    return {
-        by: await store.usage_by(page.db, page.me.account_id, period.first, period.last, by)
-        for by in DIMENSIONS
-    }
-
-
 async def usage(page: Page) -> web.StreamResponse:
     period = parse_period(page.query)
     return page.render(
         "usage.html",
         period=period,
-        tables=await _tables(page, period),
+        tables=await store.usage(
+            page.db, page.me.account_id, period.first, period.last, tuple(DIMENSIONS)
+        ),
         dimensions=DIMENSIONS,
         key_names=await _key_names(page),
     )
@@ -110,7 +104,7 @@ async def usage_csv(page: Page) -> web.StreamResponse:
     by = page.query.get("by", "day")
     if by not in DIMENSIONS:
         raise InvalidRequestError(f"by is one of {', '.join(DIMENSIONS)}.")
-    rows = await store.usage_by(page.db, page.me.account_id, period.first, period.last, by)
+    rows = (await store.usage(page.db, page.me.account_id, period.first, period.last, (by,)))[by]
     names = await _key_names(page) if by == "key" else {}
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\r\n")
@@ -155,7 +149,9 @@ async def billing(page: Page) -> web.StreamResponse:
         page.db, page.me.account_id, before_id, LEDGER_PAGE, topups_only=False
     )
     topups = await store.ledger_page(page.db, page.me.account_id, None, 20, topups_only=True)
-    days = await store.usage_by(page.db, page.me.account_id, period.first, period.last, "day")
+    days = (await store.usage(page.db, page.me.account_id, period.first, period.last, ("day",)))[
+        "day"
+    ]
     return page.render(
         "billing.html",
         period=period,

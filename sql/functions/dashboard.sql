@@ -111,15 +111,21 @@ $$;
 -- ---------------------------------------------------------------------- usage
 
 -- roll_up: add the account's closed days (UTC; a day closes 10 minutes after its end)
--- to dashboard.usage_daily; returns the first day not rolled up.
+-- to dashboard.usage_daily; returns the first day not rolled up. Nothing to add (the
+-- usual case: every page load after the first of the day) costs one indexed read.
 CREATE OR REPLACE FUNCTION dashboard.roll_up(p_account_id bigint)
 RETURNS date LANGUAGE plpgsql AS $$
 DECLARE
     v_from date;
     v_until date := ((now() - interval '10 minutes') AT TIME ZONE 'UTC')::date;
 BEGIN
-    PERFORM pg_advisory_xact_lock(hashtextextended('dashboard.roll_up', p_account_id));
     SELECT r.rolled_until INTO v_from FROM dashboard.rollup_state r
+     WHERE r.account_id = p_account_id;
+    IF v_from >= v_until THEN
+        RETURN v_from;
+    END IF;
+    PERFORM pg_advisory_xact_lock(hashtextextended('dashboard.roll_up', p_account_id));
+    SELECT r.rolled_until INTO v_from FROM dashboard.rollup_state r  -- again, locked
      WHERE r.account_id = p_account_id;
     IF v_from IS NULL THEN
         SELECT (min(l.created_at) AT TIME ZONE 'UTC')::date INTO v_from FROM ledger l
@@ -145,41 +151,53 @@ BEGIN
     RETURN greatest(v_from, v_until);
 END $$;
 
--- usage_by: the account's charges from p_first to p_last (UTC days, inclusive), grouped by
--- p_by ('day', 'key', 'model' or 'ip'): the rollup for rolled-up days, the ledger after.
-CREATE OR REPLACE FUNCTION dashboard.usage_by(
-    p_account_id bigint, p_first date, p_last date, p_by text)
-RETURNS TABLE (label text, requests bigint, input_tokens bigint, output_tokens bigint,
-               cache_read bigint, cache_write bigint, cost_nanos bigint,
-               charged_nanos bigint)
+-- usage_rows: the account's usage from p_first to p_last (UTC days, inclusive) at the
+-- rollup's grain: the rollup for rolled-up days, the ledger's charge rows after them.
+CREATE OR REPLACE FUNCTION dashboard.usage_rows(
+    p_account_id bigint, p_first date, p_last date)
+RETURNS TABLE (day date, key_id bigint, model text, client_ip text, requests bigint,
+               input_tokens bigint, output_tokens bigint, cache_read bigint,
+               cache_write bigint, cost_nanos bigint, charged_nanos bigint)
 LANGUAGE sql STABLE AS $$
-    WITH since AS (
-        SELECT greatest(p_first, coalesce(
-                   (SELECT r.rolled_until FROM dashboard.rollup_state r
-                     WHERE r.account_id = p_account_id), '-infinity'::date)) AS day
-    ), rows AS (
-        SELECT u.day, u.key_id, u.model, u.client_ip, u.requests, u.input_tokens,
-               u.output_tokens, u.cache_read, u.cache_write, u.cost_nanos, u.charged_nanos
-          FROM dashboard.usage_daily u
-         WHERE u.account_id = p_account_id AND u.day BETWEEN p_first AND p_last
-        UNION ALL
-        SELECT (l.created_at AT TIME ZONE 'UTC')::date, l.key_id, l.model, l.client_ip, 1,
-               coalesce(l.input_tokens, 0), coalesce(l.output_tokens, 0),
-               coalesce(l.cache_read, 0),
-               coalesce(l.cache_creation_5m, 0) + coalesce(l.cache_creation_1h, 0),
-               coalesce(l.cost_nanos, 0), -l.amount_nanos
-          FROM ledger l, since
-         WHERE l.account_id = p_account_id AND l.kind = 'charge'
-           AND l.created_at >= since.day::timestamp AT TIME ZONE 'UTC'
-           AND l.created_at < (p_last + 1)::timestamp AT TIME ZONE 'UTC'
-    )
-    SELECT CASE p_by WHEN 'day' THEN rows.day::text WHEN 'key' THEN rows.key_id::text
-                     WHEN 'model' THEN rows.model ELSE rows.client_ip END,
-           sum(rows.requests)::bigint, sum(rows.input_tokens)::bigint,
-           sum(rows.output_tokens)::bigint, sum(rows.cache_read)::bigint,
-           sum(rows.cache_write)::bigint, sum(rows.cost_nanos)::bigint,
-           sum(rows.charged_nanos)::bigint
-      FROM rows GROUP BY 1 ORDER BY 1
+    SELECT u.day, u.key_id, u.model, u.client_ip, u.requests, u.input_tokens,
+           u.output_tokens, u.cache_read, u.cache_write, u.cost_nanos, u.charged_nanos
+      FROM dashboard.usage_daily u
+     WHERE u.account_id = p_account_id AND u.day BETWEEN p_first AND p_last
+    UNION ALL
+    SELECT (l.created_at AT TIME ZONE 'UTC')::date, l.key_id, l.model, l.client_ip, 1,
+           coalesce(l.input_tokens, 0), coalesce(l.output_tokens, 0),
+           coalesce(l.cache_read, 0),
+           coalesce(l.cache_creation_5m, 0) + coalesce(l.cache_creation_1h, 0),
+           coalesce(l.cost_nanos, 0), -l.amount_nanos
+      FROM ledger l
+     WHERE l.account_id = p_account_id AND l.kind = 'charge'
+       AND l.created_at >= greatest(p_first, coalesce(
+               (SELECT r.rolled_until FROM dashboard.rollup_state r
+                 WHERE r.account_id = p_account_id), '-infinity'::date))::timestamp
+               AT TIME ZONE 'UTC'
+       AND l.created_at < (p_last + 1)::timestamp AT TIME ZONE 'UTC'
+$$;
+
+-- usage_by: usage_rows summed by each of the dimensions in p_by ('day', 'key', 'model',
+-- 'ip'): one scan for all of them (grouping sets). Rows are (dimension, label, sums).
+CREATE OR REPLACE FUNCTION dashboard.usage_by(
+    p_account_id bigint, p_first date, p_last date, p_by text[])
+RETURNS TABLE (dimension text, label text, requests bigint, input_tokens bigint,
+               output_tokens bigint, cache_read bigint, cache_write bigint,
+               cost_nanos bigint, charged_nanos bigint)
+LANGUAGE sql STABLE AS $$
+    SELECT CASE WHEN GROUPING(u.day) = 0 THEN 'day' WHEN GROUPING(u.key_id) = 0 THEN 'key'
+                WHEN GROUPING(u.model) = 0 THEN 'model' ELSE 'ip' END,
+           coalesce(u.day::text, u.key_id::text, u.model, u.client_ip),
+           sum(u.requests)::bigint, sum(u.input_tokens)::bigint,
+           sum(u.output_tokens)::bigint, sum(u.cache_read)::bigint,
+           sum(u.cache_write)::bigint, sum(u.cost_nanos)::bigint,
+           sum(u.charged_nanos)::bigint
+      FROM dashboard.usage_rows(p_account_id, p_first, p_last) u
+     GROUP BY GROUPING SETS ((u.day), (u.key_id), (u.model), (u.client_ip))
+    HAVING CASE WHEN GROUPING(u.day) = 0 THEN 'day' WHEN GROUPING(u.key_id) = 0 THEN 'key'
+                WHEN GROUPING(u.model) = 0 THEN 'model' ELSE 'ip' END = ANY (p_by)
+     ORDER BY 1, 2
 $$;
 
 -- ledger_page: the account's ledger rows, newest first, older than p_before_id (NULL:
