@@ -1,7 +1,7 @@
 -- Accounts. (Re-applied by `alicode-gw migrate` on every run: CREATE OR REPLACE only.)
 
 -- stop_account: revoke every active key of an account (emergency stop) in one statement;
--- returns the public ids revoked.
+-- returns the public ids revoked. A suspended (or deleted) account keeps its status.
 CREATE OR REPLACE FUNCTION stop_account(p_email text) RETURNS TABLE (public_id text)
 LANGUAGE plpgsql AS $$
 DECLARE

@@ -15,7 +15,7 @@ from tests.support.cli import run_cli
 from tests.support.customers import make_customer
 from tests.support.dashboard import PageClient
 from tests.support.gateway import UPSTREAM_KEYS, start_gateway, stop_gateway
-from tests.support.keys import unique_email
+from tests.support.keys import LOW_COST, unique_email
 
 PASSWORD = "correct horse battery"
 
@@ -156,7 +156,7 @@ async def test_closed_registration_and_the_password_link(
     gateway = await start_gateway(
         make_config(dashboard_registration="closed", redis_prefix="dash-closed:")
     )
-    gateway.state.dashboard.passwords = Passwords(4)
+    gateway.state.dashboard.passwords = Passwords(LOW_COST)
     client = PageClient(gateway.url)
     try:
         assert (await client.get("/dashboard/register")).status == 404

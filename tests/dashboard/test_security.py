@@ -14,7 +14,7 @@ from alicode_gw import app
 from alicode_gw.dashboard.passwords import Passwords
 from tests.support.dashboard import PageClient
 from tests.support.gateway import start_gateway, stop_gateway
-from tests.support.keys import unique_email
+from tests.support.keys import LOW_COST, unique_email
 
 PASSWORD = "correct horse battery"
 MODEL = "claude-sonnet-4-6"
@@ -114,7 +114,7 @@ async def test_session_cookie_flags_and_rotation(client: PageClient, make_config
     # behind a trusted proxy that says the client came over TLS: Secure
     config = make_config(trusted_proxies=(ipaddress.ip_network("127.0.0.1/32"),))
     gateway = await start_gateway(config)
-    gateway.state.dashboard.passwords = Passwords(4)
+    gateway.state.dashboard.passwords = Passwords(LOW_COST)
     proxied = PageClient(gateway.url)
     try:
         proxied.session.headers["X-Forwarded-Proto"] = "https"

@@ -11,6 +11,7 @@ from alicode_gw.dashboard import chart, csrf, store
 from alicode_gw.dashboard.passwords import PasswordError, Passwords, check_new
 from alicode_gw.identity import keylimits
 from tests.support.customers import make_customer
+from tests.support.keys import LOW_COST
 
 
 def test_spend_bars_scale_to_the_highest_day() -> None:
@@ -33,7 +34,7 @@ def test_new_password_rules() -> None:
 
 
 async def test_passwords_hash_and_verify_in_an_executor() -> None:
-    passwords = Passwords(4)
+    passwords = Passwords(LOW_COST)
     hashed = await passwords.hash("a long enough password")
     assert await passwords.verify("a long enough password", hashed)
     assert not await passwords.verify("another password!", hashed)
@@ -90,8 +91,12 @@ async def test_usage_from_rollup_and_ledger_equals_the_ledger(db: asyncpg.Connec
 
     async def expected() -> dict[str, dict[str | None, tuple[int, int, int, int]]]:
         out = {}
-        for by, column in (("day", "(created_at AT TIME ZONE 'UTC')::date::text"),
-                           ("key", "key_id::text"), ("model", "model"), ("ip", "client_ip")):
+        for by, column in (
+            ("day", "(created_at AT TIME ZONE 'UTC')::date::text"),
+            ("key", "key_id::text"),
+            ("model", "model"),
+            ("ip", "client_ip"),
+        ):
             rows = await db.fetch(
                 f"SELECT {column} AS label, count(*) AS n, sum(input_tokens) AS i,"
                 " sum(output_tokens) AS o, sum(cost_nanos) AS c FROM ledger"
@@ -103,10 +108,7 @@ async def test_usage_from_rollup_and_ledger_equals_the_ledger(db: asyncpg.Connec
 
     def got(tables: dict[str, list[store.UsageRow]]) -> dict:
         return {
-            by: {
-                r.label: (r.requests, r.input_tokens, r.output_tokens, r.cost_nanos)
-                for r in rows
-            }
+            by: {r.label: (r.requests, r.input_tokens, r.output_tokens, r.cost_nanos) for r in rows}
             for by, rows in tables.items()
         }
 
