@@ -12,8 +12,8 @@ from __future__ import annotations
 from aiohttp import web
 
 from alicode_gw.dashboard import store
-from alicode_gw.dashboard.site import Page
-from alicode_gw.errors import InvalidRequestError, NotFoundError
+from alicode_gw.dashboard.site import Page, row_id
+from alicode_gw.errors import NotFoundError
 from alicode_gw.identity import accounts
 from alicode_gw.identity.auth import announce_revoked
 from alicode_gw.money import ledger
@@ -30,10 +30,10 @@ async def accounts_page(page: Page) -> web.StreamResponse:
 
 
 async def _account(page: Page) -> dict:
-    text = page.ctx.params["account_id"]
-    if not text.isdigit():
+    account_id = row_id(page.ctx.params["account_id"])
+    if account_id is None:
         raise NotFoundError("No such account.")
-    email = await page.db.fetchval("SELECT email FROM accounts WHERE id = $1", int(text))
+    email = await page.db.fetchval("SELECT email FROM accounts WHERE id = $1", account_id)
     if email is None:
         raise NotFoundError("No such account.")
     return await ledger.account_summary(page.db, email)
@@ -95,8 +95,8 @@ async def upstream_change(page: Page) -> web.StreamResponse:
     if action not in ("enable", "disable"):
         raise NotFoundError("No such action.")
     ref = page.ctx.params["cred_id"]
-    if not ref.isdigit():
-        raise InvalidRequestError("Not a credential id.")
+    if row_id(ref) is None:
+        raise NotFoundError("No such credential.")
     state = page.ctx.state
     reason = page.field("reason").strip() or "disabled by the operator"
     row = await operator.change(

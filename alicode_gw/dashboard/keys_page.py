@@ -11,7 +11,7 @@ from typing import Any
 from aiohttp import web
 
 from alicode_gw.dashboard import store
-from alicode_gw.dashboard.site import Page
+from alicode_gw.dashboard.site import Page, row_id
 from alicode_gw.errors import NotFoundError
 from alicode_gw.identity import accounts, keylimits, revocation
 from alicode_gw.identity.auth import announce_revoked
@@ -59,8 +59,8 @@ async def create(page: Page) -> web.StreamResponse:
 
 async def _own_key(page: Page) -> accounts.KeyRecord:
     """The key named in the path, if it is this account's; else 404."""
-    text = page.ctx.params["key_id"]
-    record = await accounts.get_key(page.db, int(text)) if text.isdigit() else None
+    key_id = row_id(page.ctx.params["key_id"])
+    record = None if key_id is None else await accounts.get_key(page.db, key_id)
     if record is None or record.account_id != page.me.account_id:
         raise NotFoundError("No such key.")
     return record

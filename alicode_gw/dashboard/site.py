@@ -116,6 +116,11 @@ class Page:
 PageHandler = Callable[[Page], Awaitable[web.StreamResponse]]
 
 
+def row_id(text: str) -> int | None:
+    """A row id from a path or a query (digits that fit a bigint), else ``None``."""
+    return int(text) if text.isdigit() and len(text) <= 18 else None
+
+
 async def read_form(request: web.BaseRequest) -> dict[str, str]:
     """An ``application/x-www-form-urlencoded`` body (the only kind the pages post)."""
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()

@@ -14,12 +14,13 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from alicode_gw.dashboard import chart, store
-from alicode_gw.dashboard.site import Page
+from alicode_gw.dashboard.site import Page, row_id
 from alicode_gw.errors import HTML_HEADERS, InvalidRequestError
 from alicode_gw.identity import accounts
 from alicode_gw.money.usd import format_usd
 
 MAX_DAYS = 366
+FIRST_YEAR, LAST_YEAR = 2000, 2999
 LEDGER_PAGE = 50
 DIMENSIONS = {"day": "Day", "key": "Key", "model": "Model", "ip": "Client IP"}
 
@@ -44,8 +45,10 @@ def parse_period(query: dict[str, str], default_days: int = 30) -> Period:
             if query.get("from")
             else last - dt.timedelta(days=default_days - 1)
         )
-    except ValueError as exc:
+    except (ValueError, OverflowError) as exc:
         raise InvalidRequestError("Dates are written YYYY-MM-DD.") from exc
+    if not (first.year >= FIRST_YEAR and last.year <= LAST_YEAR):
+        raise InvalidRequestError(f"Dates are between {FIRST_YEAR} and {LAST_YEAR}.")
     if first > last:
         raise InvalidRequestError("The period starts after it ends.")
     if (last - first).days >= MAX_DAYS:
@@ -143,8 +146,7 @@ async def usage_csv(page: Page) -> web.StreamResponse:
 
 async def billing(page: Page) -> web.StreamResponse:
     period = parse_period(page.query)
-    before = page.query.get("before", "")
-    before_id = int(before) if before.isdigit() else None
+    before_id = row_id(page.query.get("before", ""))
     rows = await store.ledger_page(
         page.db, page.me.account_id, before_id, LEDGER_PAGE, topups_only=False
     )

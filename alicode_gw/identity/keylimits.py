@@ -11,6 +11,9 @@ from __future__ import annotations
 
 from alicode_gw.money.usd import parse_usd
 
+MAX_LIMIT = 2**31 - 1  # the largest limit the table holds (rpm, concurrency: integer)
+MAX_NANOS = 2**63 - 1  # the largest amount it holds (bigint nano-USD)
+
 
 def positive_int(text: str) -> int:
     """A limit such as requests per minute: a whole number above zero."""
@@ -20,6 +23,8 @@ def positive_int(text: str) -> int:
         raise ValueError(f"expected a whole number, got {text!r}") from None
     if value <= 0:
         raise ValueError(f"must be positive, got {value}")
+    if value > MAX_LIMIT:
+        raise ValueError(f"must be at most {MAX_LIMIT}, got {value}")
     return value
 
 
@@ -28,6 +33,8 @@ def spend_cap(text: str) -> int:
     cap = parse_usd(text)
     if cap <= 0:
         raise ValueError("must be positive")
+    if cap > MAX_NANOS:
+        raise ValueError("is too large")
     return cap
 
 

@@ -244,3 +244,18 @@ async def test_a_revoked_key_gets_401_at_once(
             raise AssertionError("a revoked key was accepted")
     finally:
         await sdk.close()
+
+
+async def test_out_of_range_values_are_client_errors(client: PageClient) -> None:
+    """Ids, dates and amounts past what the database holds: 4xx pages, never a 500."""
+    await _signed_in(client)
+    await client.get("/dashboard/keys")
+    assert (await client.post("/dashboard/keys/99999999999999999999999/revoke", {})).status == 404
+    answer = await client.post("/dashboard/keys", {"name": "k", "rpm": "3000000000"})
+    assert answer.status == 400 and "must be at most" in answer.text
+    answer = await client.post("/dashboard/keys", {"name": "k", "spend_cap_usd": "1e40"})
+    assert answer.status == 400
+    for query in ("to=0001-01-01", "from=9999-12-31&to=9999-12-31", "from=x", "to=2026-13-01"):
+        answer = await client.get(f"/dashboard/usage?{query}")
+        assert answer.status == 400, query
+    assert (await client.get("/dashboard/billing?before=99999999999999999999999")).status == 200
