@@ -18,7 +18,7 @@ import uvloop
 from aiohttp import web
 
 from alicode_gw.config import Config, ConfigError
-from alicode_gw.dashboard.site import Dashboard
+from alicode_gw.dashboard.state import Dashboard
 from alicode_gw.errors import ApiError, GatewayError, OverloadedError, render
 from alicode_gw.identity.auth import Authenticator
 from alicode_gw.ids import new_request_id

@@ -18,7 +18,7 @@ from alicode_gw.errors import Flavor
 from alicode_gw.tasks import TaskTracker
 
 if TYPE_CHECKING:
-    from alicode_gw.dashboard.site import Dashboard
+    from alicode_gw.dashboard.state import Dashboard
     from alicode_gw.identity.auth import ApiKey, Authenticator
     from alicode_gw.limits.limiter import Limiter
     from alicode_gw.money.billing import Billing

@@ -1,7 +1,7 @@
 """HTML out: the jinja2 environment (autoescape on: every value a user typed is shown
 as text) and the response every page gets, with the security headers of
 :data:`~alicode_gw.errors.HTML_HEADERS`. The environment is built once, by
-:class:`~alicode_gw.dashboard.site.Dashboard` (on ``State``)."""
+:class:`~alicode_gw.dashboard.state.Dashboard` (on ``State``)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""The dashboard as the router sees it: :class:`Dashboard` (on ``State``: templates,
-passwords, throttle, static files) and :func:`page`, which wraps each page handler with
+"""The dashboard as the router sees it: :func:`page`, which wraps each page handler with
 what every page needs: the session (login required unless said otherwise; ``operator``
 pages answer 404 to anyone else), the form of a POST read and its CSRF token checked,
 and HTML out. Errors raised by a page are rendered as HTML by ``errors.render`` (the
@@ -15,43 +14,21 @@ from urllib.parse import parse_qsl
 
 import asyncpg
 from aiohttp import web
-from redis.asyncio import Redis
 
 from alicode_gw.clientip import came_over_tls
-from alicode_gw.config import Config
 from alicode_gw.dashboard import csrf, render, sessions, store
-from alicode_gw.dashboard.passwords import Passwords
-from alicode_gw.dashboard.throttle import Throttle
+from alicode_gw.dashboard.state import Dashboard
 from alicode_gw.errors import (
     InvalidRequestError,
     NotFoundError,
     PermissionDeniedError,
     UnsupportedMediaTypeError,
 )
-from alicode_gw.identity.keys import DEFAULT_BCRYPT_COST
 from alicode_gw.requestbody import read_body
 from alicode_gw.state import RequestContext
 
 MAX_FORM_BYTES = 64 * 1024
 CSRF_REFUSED = "This form has expired or did not come from this site; reload the page."
-
-
-class Dashboard:
-    """Per-process dashboard state, built once in ``app.open_state``."""
-
-    def __init__(
-        self, config: Config, redis: Redis, bcrypt_cost: int = DEFAULT_BCRYPT_COST
-    ) -> None:
-        self.config = config
-        self.templates = render.environment()
-        self.static = render.static_files()
-        self.passwords = Passwords(bcrypt_cost)
-        self.throttle = Throttle(
-            redis,
-            config.redis_prefix,
-            config.dashboard_login_attempts,
-            config.dashboard_login_window,
-        )
 
 
 @dataclass(slots=True)
