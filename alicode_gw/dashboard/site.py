@@ -123,7 +123,7 @@ def page(
         if token:
             viewer = await store.viewer(ctx.state.db, token, sessions.token_hash(token))
         if viewer is None and (login or operator):
-            if request.method == "GET":
+            if request.method in ("GET", "HEAD"):
                 return web.Response(status=303, headers={"Location": "/dashboard/login"})
             raise PermissionDeniedError("Sign in first.")
         if operator and (viewer is None or not viewer.is_operator):
