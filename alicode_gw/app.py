@@ -19,6 +19,7 @@ from aiohttp import web
 from redis.asyncio import Redis
 
 from alicode_gw.config import Config, ConfigError
+from alicode_gw.dashboard.state import Dashboard
 from alicode_gw.errors import ApiError, GatewayError, OverloadedError, render
 from alicode_gw.files.objects import INLINED_HEADER
 from alicode_gw.files.purge import FilePurger
@@ -153,6 +154,7 @@ async def open_state(config: Config, backends: Backends) -> State:
         health=HealthMonitor(),
         node=node,
         upstream_models=upstream_models,
+        dashboard=Dashboard(config, redis),
         respcache=response_cache(config, redis, metrics, tasks),
     )
 

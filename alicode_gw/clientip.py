@@ -62,3 +62,15 @@ def client_ip(request: web.BaseRequest, trusted: tuple[Network, ...]) -> str:
         if address is not None:
             return str(address)
     return str(peer)
+
+
+def came_over_tls(request: web.BaseRequest, trusted: tuple[Network, ...]) -> bool:
+    """Whether the client's connection was TLS: this server's own, or as a trusted proxy
+    tells with ``X-Forwarded-Proto: https`` (from anyone else the header is ignored)."""
+    if request.secure:
+        return True
+    peer = _address(request.remote or "")
+    if peer is None or not trusted or not _trusted(peer, trusted):
+        return False
+    proto = request.headers.get("x-forwarded-proto", "")
+    return proto.split(",")[0].strip().lower() == "https"

@@ -371,6 +371,48 @@ class Config:
         },
     )
 
+    # The dashboard (docs/dashboard.md).
+    dashboard_registration: str = field(
+        default="open",
+        metadata={
+            "env": "ALICODE_DASHBOARD_REGISTRATION",
+            "doc": "`open`: anyone may register at /dashboard/register (a new account starts "
+            "at $0); `closed`: accounts come from `alicode-gw account create`, whose owners "
+            "set a password through the one-time link `alicode-gw account password-link` "
+            "prints.",
+        },
+    )
+    dashboard_url: str | None = field(
+        default=None,
+        metadata={
+            "env": "ALICODE_DASHBOARD_URL",
+            "doc": "Public base URL of the gateway, for the password links the CLI prints "
+            "(default: http:// and `ALICODE_LISTEN`).",
+        },
+    )
+    dashboard_session_lifetime: float = field(
+        default=12 * 3600.0,
+        metadata={
+            "env": "ALICODE_DASHBOARD_SESSION_LIFETIME",
+            "doc": "Seconds a dashboard login lasts.",
+        },
+    )
+    dashboard_login_attempts: int = field(
+        default=10,
+        metadata={
+            "env": "ALICODE_DASHBOARD_LOGIN_ATTEMPTS",
+            "doc": "Failed logins (and registrations) allowed per client IP and per email "
+            "within `ALICODE_DASHBOARD_LOGIN_WINDOW`; more are refused (429).",
+        },
+    )
+    dashboard_login_window: float = field(
+        default=900.0,
+        metadata={
+            "env": "ALICODE_DASHBOARD_LOGIN_WINDOW",
+            "doc": "Seconds over which `ALICODE_DASHBOARD_LOGIN_ATTEMPTS` counts.",
+        },
+    )
+
     def require_cache_secret(self) -> None:
         """``serve`` and ``worker``: the response cache needs the nodes' shared secret."""
         if self.response_cache and not self.response_cache_secret:
@@ -544,6 +586,11 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "ALICODE_RESPONSE_CACHE_TTL": _parse_int(1),
     "ALICODE_RESPONSE_CACHE_MAX_BYTES": _parse_int(0),
     "ALICODE_RESPONSE_CACHE_HIT_PCT": _parse_percent,
+    "ALICODE_DASHBOARD_REGISTRATION": _parse_choice("open", "closed"),
+    "ALICODE_DASHBOARD_URL": _parse_url(("http", "https")),
+    "ALICODE_DASHBOARD_SESSION_LIFETIME": _parse_seconds,
+    "ALICODE_DASHBOARD_LOGIN_ATTEMPTS": _parse_int(1),
+    "ALICODE_DASHBOARD_LOGIN_WINDOW": _parse_seconds,
 }
 
 

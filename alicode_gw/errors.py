@@ -9,6 +9,7 @@ route. After a stream has started, :func:`sse_error_event` gives the in-band for
 
 from __future__ import annotations
 
+import html
 import json
 from collections.abc import Mapping
 from enum import Enum
@@ -21,6 +22,7 @@ class Flavor(Enum):
 
     ANTHROPIC = "anthropic"
     OPENAI = "openai"
+    HTML = "html"  # the dashboard's pages (/dashboard, /admin): a page, not JSON
 
 
 class GatewayError(Exception):
@@ -178,11 +180,45 @@ def openai_body(err: GatewayError) -> bytes:
     ).encode()
 
 
+# Every dashboard answer carries these (its pages through dashboard/render.py, its
+# errors through render below): no script but the gateway's own files, no framing.
+HTML_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; "
+    "img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "same-origin",
+    "X-Content-Type-Options": "nosniff",
+    "Cache-Control": "no-store",
+}
+
+
+def html_body(err: GatewayError, request_id: str) -> bytes:
+    """The dashboard's error page (the message escaped; no template: it cannot fail)."""
+    title = f"{err.status} {err.error_type.replace('_', ' ')}"
+    return (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        f"<title>{html.escape(title)}</title>"
+        '<link rel="stylesheet" href="/dashboard/static/style.css"></head><body>'
+        f'<main class="error"><h1>{html.escape(title)}</h1><p>{html.escape(err.message)}</p>'
+        f'<p class="muted">Request id {html.escape(request_id)}</p>'
+        '<p><a href="/dashboard">Back to the dashboard</a></p></main></body></html>'
+    ).encode()
+
+
 def render(err: GatewayError, request_id: str, flavor: Flavor = Flavor.ANTHROPIC) -> web.Response:
     """The single place an error becomes an HTTP response."""
     flavor = err.flavor or flavor
     headers = {k: v for k, v in err.headers.items() if k.lower() != "content-type"}
     headers["request-id"] = request_id
+    if flavor is Flavor.HTML:
+        headers.update(HTML_HEADERS)
+        return web.Response(
+            status=err.status,
+            body=html_body(err, request_id),
+            content_type="text/html",
+            charset="utf-8",
+            headers=headers,
+        )
     if flavor is Flavor.OPENAI:
         body = openai_body(err)
         headers["x-request-id"] = request_id

@@ -15,6 +15,14 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from alicode_gw.dashboard import (
+    account_page,
+    admin_pages,
+    auth_pages,
+    keys_page,
+    site,
+    usage_pages,
+)
 from alicode_gw.endpoints import (
     count_tokens,
     files,
@@ -88,7 +96,10 @@ class Router:
         elif found is None and not path.startswith("/v1/"):
             found = self._find("/v1" + path)
         if found is None:
-            raise NotFoundError(f"No such endpoint: {path}")
+            err = NotFoundError(f"No such endpoint: {path}")
+            if path.startswith(HTML_PREFIXES):
+                err.flavor = Flavor.HTML
+            raise err
         route, params = found
         handler = route.methods.get(method)
         if handler is None and method == "HEAD":
@@ -96,6 +107,92 @@ class Router:
         if handler is None:
             raise MethodNotAllowedError(method, path, sorted(route.methods), route.flavor)
         return Match(route, handler, params)
+
+
+HTML_PREFIXES = ("/dashboard", "/admin")  # unknown paths below these get a page
+
+
+def dashboard_routes() -> list[Route]:
+    """The dashboard's pages (alicode_gw/dashboard): session cookie, not a key, so not
+    ``auth=True``; errors rendered as HTML."""
+    page, html = site.page, Flavor.HTML
+    anonymous = {"login": False}
+    admin = {"operator": True}
+    table: list[tuple[str, str, dict[str, Handler]]] = [
+        ("dash_static", "/dashboard/static/{name}", {"GET": site.serve_static}),
+        (
+            "dash_login",
+            "/dashboard/login",
+            {
+                "GET": page(auth_pages.login_form, **anonymous),
+                "POST": page(auth_pages.login, **anonymous),
+            },
+        ),
+        (
+            "dash_register",
+            "/dashboard/register",
+            {
+                "GET": page(auth_pages.register_form, **anonymous),
+                "POST": page(auth_pages.register, **anonymous),
+            },
+        ),
+        (
+            "dash_setup",
+            "/dashboard/setup",
+            {
+                "GET": page(auth_pages.setup_form, **anonymous),
+                "POST": page(auth_pages.setup, **anonymous),
+            },
+        ),
+        ("dash_logout", "/dashboard/logout", {"POST": page(auth_pages.logout)}),
+        ("dash_overview", "/dashboard", {"GET": page(usage_pages.overview)}),
+        (
+            "dash_keys",
+            "/dashboard/keys",
+            {"GET": page(keys_page.keys_page), "POST": page(keys_page.create)},
+        ),
+        ("dash_key_revoke", "/dashboard/keys/{key_id}/revoke", {"POST": page(keys_page.revoke)}),
+        ("dash_key_cap", "/dashboard/keys/{key_id}/cap", {"POST": page(keys_page.set_cap)}),
+        ("dash_usage", "/dashboard/usage", {"GET": page(usage_pages.usage)}),
+        ("dash_usage_csv", "/dashboard/usage.csv", {"GET": page(usage_pages.usage_csv)}),
+        ("dash_billing", "/dashboard/billing", {"GET": page(usage_pages.billing)}),
+        ("dash_account", "/dashboard/account", {"GET": page(account_page.account_page)}),
+        (
+            "dash_password",
+            "/dashboard/account/password",
+            {"POST": page(account_page.change_password)},
+        ),
+        ("dash_stop", "/dashboard/account/stop", {"POST": page(account_page.emergency_stop)}),
+        ("dash_delete", "/dashboard/account/delete", {"POST": page(account_page.delete_account)}),
+        ("admin_accounts", "/admin", {"GET": page(admin_pages.accounts_page, **admin)}),
+        (
+            "admin_account",
+            "/admin/accounts/{account_id}",
+            {"GET": page(admin_pages.account_page, **admin)},
+        ),
+        (
+            "admin_topup",
+            "/admin/accounts/{account_id}/topup",
+            {"POST": page(admin_pages.topup, **admin)},
+        ),
+        (
+            "admin_suspend",
+            "/admin/accounts/{account_id}/suspend",
+            {"POST": page(admin_pages.suspend, **admin)},
+        ),
+        (
+            "admin_unsuspend",
+            "/admin/accounts/{account_id}/unsuspend",
+            {"POST": page(admin_pages.unsuspend, **admin)},
+        ),
+        ("admin_upstream", "/admin/upstream", {"GET": page(admin_pages.upstream_page, **admin)}),
+        (
+            "admin_upstream_change",
+            "/admin/upstream/{cred_id}/{action}",
+            {"POST": page(admin_pages.upstream_change, **admin)},
+        ),
+    ]
+    return [Route(name, pattern, methods, html) for name, pattern, methods in table]
 
 
 def build_router() -> Router:
@@ -152,5 +249,6 @@ def build_router() -> Router:
                 Flavor.OPENAI,
                 auth=True,
             ),
+            *dashboard_routes(),
         ]
     )

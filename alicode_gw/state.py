@@ -19,6 +19,7 @@ from alicode_gw.files.objects import INLINED_HEADER
 from alicode_gw.tasks import TaskTracker
 
 if TYPE_CHECKING:
+    from alicode_gw.dashboard.state import Dashboard
     from alicode_gw.identity.auth import ApiKey, Authenticator
     from alicode_gw.limits.limiter import Limiter
     from alicode_gw.money.billing import Billing
@@ -51,6 +52,7 @@ class State:
     health: HealthMonitor
     node: Node  # this process as the owner of its holds and leases
     upstream_models: UpstreamModels
+    dashboard: Dashboard
     respcache: ResponseCache | None = None  # the response cache; None when it is off
     started_at: float = field(default_factory=time.time)
     in_flight: int = 0

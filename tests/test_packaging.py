@@ -120,3 +120,40 @@ def test_the_boundary_check_sees_an_import() -> None:
     names = [name for _, name in imports_of(tree)]
     assert "alicode_gw.dev.embedded" in names
     assert set(enclosing_functions(tree).values()) == {"f"}
+
+
+def test_the_wheel_carries_the_dashboards_templates_and_static_files(tmp_path: Path) -> None:
+    """``pip install .`` installs the dashboard's templates and static files (setup.cfg
+    package_data): the wheel holds every one of them."""
+    import subprocess
+    import sys
+    import zipfile
+
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(ROOT),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    [wheel] = tmp_path.glob("alicode_gw-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    folder = PACKAGE / "dashboard"
+    wanted = {
+        path.relative_to(ROOT).as_posix()
+        for sub in ("templates", "static")
+        for path in (folder / sub).iterdir()
+        if path.is_file()
+    }
+    assert len(wanted) > 10
+    assert wanted <= names, sorted(wanted - names)

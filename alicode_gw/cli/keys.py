@@ -10,18 +10,15 @@ from redis.asyncio import Redis
 
 from alicode_gw.cli.common import emit, fail, with_db
 from alicode_gw.config import Config
-from alicode_gw.identity import accounts, auth
-from alicode_gw.money.usd import format_usd, parse_usd
+from alicode_gw.identity import accounts, keylimits, revocation
+from alicode_gw.money.usd import format_usd
 
 
 def _positive_int(text: str) -> int:
     try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
-    return value
+        return keylimits.positive_int(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -95,19 +92,17 @@ def key_dict(record: accounts.KeyRecord) -> dict[str, Any]:
 
 
 def run_create(args: argparse.Namespace, config: Config) -> int:
-    cap = None
-    if args.spend_cap_usd is not None:
-        try:
-            cap = parse_usd(args.spend_cap_usd)
-        except ValueError as exc:
-            return fail(f"--spend-cap-usd: {exc}")
-        if cap <= 0:
-            return fail("--spend-cap-usd: must be positive")
-    models = None
-    if args.models is not None:
-        models = [m.strip() for m in args.models.split(",") if m.strip()]
-        if not models:
-            return fail("--models: name at least one model (omit it to allow every model)")
+    cap = models = None
+    try:
+        if args.spend_cap_usd is not None:
+            cap = keylimits.spend_cap(args.spend_cap_usd)
+    except ValueError as exc:
+        return fail(f"--spend-cap-usd: {exc}")
+    try:
+        if args.models is not None:
+            models = keylimits.allowed_models(args.models)
+    except ValueError as exc:
+        return fail(f"--models: {exc}")
 
     async def work(conn: asyncpg.Connection, redis: Redis) -> tuple[accounts.KeyRecord, str]:
         account = await accounts.find_account(conn, args.email)
@@ -141,9 +136,7 @@ def run_create(args: argparse.Namespace, config: Config) -> int:
 
 def run_revoke(args: argparse.Namespace, config: Config) -> int:
     async def work(conn: asyncpg.Connection, redis: Redis) -> accounts.KeyRecord:
-        record = await accounts.revoke_key(conn, args.id)
-        await auth.announce_revoked(redis, config.redis_prefix, [record.public_id])
-        return record
+        return await revocation.revoke_key(conn, redis, config.redis_prefix, args.id)
 
     try:
         record = with_db(config, work)

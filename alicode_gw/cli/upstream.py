@@ -7,7 +7,6 @@ on Redis so running nodes re-read the table at once (else within a few seconds).
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from typing import Any
 
@@ -16,13 +15,8 @@ from redis.asyncio import Redis
 
 from alicode_gw.cli.common import emit, fail, with_db
 from alicode_gw.config import Config
-from alicode_gw.store.unavailable import REDIS_FAILED
 from alicode_gw.upstream import credentials as creds
-from alicode_gw.upstream import health as pool_health
-
-log = logging.getLogger(__name__)
-
-_COLUMNS = "id, name, secret, weight, status, disabled_reason, created_at"
+from alicode_gw.upstream import operator
 
 
 def _weight(text: str) -> int:
@@ -69,43 +63,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         command.set_defaults(handler=handler)
 
 
-def _row_dict(row: asyncpg.Record, health: str | None = None) -> dict[str, Any]:
-    data: dict[str, Any] = {
-        "id": row["id"],
-        "name": row["name"],
-        "key": creds.mask_secret(row["secret"]),
-        "weight": row["weight"],
-        "status": row["status"],
-        "disabled_reason": row["disabled_reason"],
-        "created_at": row["created_at"].isoformat(),
-    }
-    if health is not None:
-        data["health"] = health
-    return data
-
-
-async def _announce(redis: Redis, config: Config) -> None:
-    try:
-        await pool_health.announce_reload(redis, config.redis_prefix)
-    except REDIS_FAILED as exc:
-        log.warning("running nodes will notice within seconds (Redis: %s)", exc)
-
-
-async def _find(conn: asyncpg.Connection, ref: str) -> asyncpg.Record | None:
-    row = await conn.fetchrow(f"SELECT {_COLUMNS} FROM upstream_credentials WHERE name = $1", ref)
-    if row is None and ref.isdigit():
-        row = await conn.fetchrow(
-            f"SELECT {_COLUMNS} FROM upstream_credentials WHERE id = $1", int(ref)
-        )
-    return row
-
-
 def run_add(args: argparse.Namespace, config: Config) -> int:
     secret = sys.stdin.readline().strip() if args.key_stdin else args.key
 
     async def work(conn: asyncpg.Connection, redis: Redis) -> creds.Credential:
         cred = await creds.add_credential(conn, secret, name=args.name, weight=args.weight)
-        await _announce(redis, config)
+        await operator.announce(redis, config.redis_prefix)
         return cred
 
     try:
@@ -122,26 +85,20 @@ def run_add(args: argparse.Namespace, config: Config) -> int:
 
 def run_list(args: argparse.Namespace, config: Config) -> int:
     async def work(conn: asyncpg.Connection, redis: Redis) -> list[dict[str, Any]]:
-        rows = await conn.fetch(f"SELECT {_COLUMNS} FROM upstream_credentials ORDER BY id")
-        pipe = redis.pipeline(transaction=False)
-        for row in rows:
-            cool, trip, _ = pool_health.health_keys(config.redis_prefix, row["id"])
-            pipe.pttl(cool)
-            pipe.exists(trip)
-        replies = await pipe.execute() if rows else []
-        result = []
-        for i, row in enumerate(rows):
-            ttl, tripped = replies[2 * i], replies[2 * i + 1]
-            if row["status"] == "disabled":
-                health = "disabled"
-            elif ttl > 0:
-                health = f"cooling {ttl / 1000:.1f}s"
-            elif tripped:
-                health = "half-open"
-            else:
-                health = "healthy"
-            result.append(_row_dict(row, health))
-        return result
+        states = await operator.live_states(conn, redis, config.redis_prefix)
+        return [
+            {
+                "id": st.id,
+                "name": st.name,
+                "key": st.key,
+                "weight": st.weight,
+                "status": st.status,
+                "disabled_reason": st.disabled_reason,
+                "created_at": st.created_at.isoformat(),
+                "health": st.health,
+            }
+            for st in states
+        ]
 
     rows = with_db(config, work)
     lines = [f"{'ID':>4}  {'NAME':<20} {'KEY':<16} {'WEIGHT':>6}  HEALTH"]
@@ -156,20 +113,13 @@ def run_list(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
-def _change(args: argparse.Namespace, config: Config, sql: str, *params: Any) -> int:
-    """Find NAME_OR_ID, run ``sql`` with its id as $1, clear its health, announce."""
+def _change(args: argparse.Namespace, config: Config, **reason: str) -> int:
+    """Find NAME_OR_ID and enable, disable or remove it (:func:`operator.change`)."""
 
     async def work(conn: asyncpg.Connection, redis: Redis) -> asyncpg.Record | None:
-        row = await _find(conn, args.ref)
-        if row is None:
-            return None
-        await conn.execute(sql, row["id"], *params)
-        try:
-            await pool_health.clear_health(redis, config.redis_prefix, row["id"])
-        except REDIS_FAILED as exc:
-            log.warning("cannot clear the cooldown in Redis: %s", exc)
-        await _announce(redis, config)
-        return row
+        return await operator.change(
+            conn, redis, config.redis_prefix, args.ref, args.upstream_action, **reason
+        )
 
     row = with_db(config, work)
     if row is None:
@@ -187,23 +137,12 @@ def _change(args: argparse.Namespace, config: Config, sql: str, *params: Any) ->
 
 
 def run_remove(args: argparse.Namespace, config: Config) -> int:
-    return _change(args, config, "DELETE FROM upstream_credentials WHERE id = $1")
+    return _change(args, config)
 
 
 def run_enable(args: argparse.Namespace, config: Config) -> int:
-    return _change(
-        args,
-        config,
-        "UPDATE upstream_credentials SET status = 'active', disabled_reason = NULL,"
-        " disabled_at = NULL, updated_at = now() WHERE id = $1",
-    )
+    return _change(args, config)
 
 
 def run_disable(args: argparse.Namespace, config: Config) -> int:
-    return _change(
-        args,
-        config,
-        "UPDATE upstream_credentials SET status = 'disabled', disabled_reason = $2,"
-        " disabled_at = coalesce(disabled_at, now()), updated_at = now() WHERE id = $1",
-        args.reason,
-    )
+    return _change(args, config, reason=args.reason)

@@ -67,7 +67,7 @@ THROTTLE_UNAVAILABLE = (
 REJECTED_TTL = 300.0
 # Count one attempt; the window starts with the first (a count without expiry gets one).
 # Returns {count, ms left in the window}. (A script, not EXPIRE NX: Redis 6.2 lacks NX.)
-_COUNT_LUA = """
+COUNT_LUA = """
 local n = redis.call('INCR', KEYS[1])
 local ttl = redis.call('PTTL', KEYS[1])
 if ttl < 0 then
@@ -215,7 +215,7 @@ class Authenticator:
         self.bcrypt_per_ip = bcrypt_per_ip or max(1, bcrypt_threads // 2)
         self._ip_gates: dict[str, _Gate] = {}
         self._verifying: dict[tuple[str, bytes], asyncio.Future[ApiKey]] = {}
-        self._count_script = redis.register_script(_COUNT_LUA)
+        self._count_script = redis.register_script(COUNT_LUA)
         self._give_back_script = redis.register_script(_GIVE_BACK_LUA)
         self.subscribed = asyncio.Event()
         self.bcrypt_runs = 0

@@ -57,6 +57,8 @@ async def topup(
     """Credit the account (one ledger row); returns the new balance in nano-USD."""
     if amount_nanos <= 0:
         raise LedgerError("a top-up must be a positive amount")
+    if amount_nanos >= 2**62:  # the balance is a bigint: far beyond any real top-up
+        raise LedgerError("a top-up that large is not taken")
     account_id = await account_id_by_email(conn, email)
     return int(
         await conn.fetchval("SELECT billing.topup($1, $2, $3)", account_id, amount_nanos, note)
