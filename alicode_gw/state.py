@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from alicode_gw.observe.health import HealthMonitor
     from alicode_gw.observe.metrics import Metrics
     from alicode_gw.tokens import TokenCounter
+    from alicode_gw.upstream.credentials import Credential
     from alicode_gw.upstream.models import UpstreamModels
     from alicode_gw.upstream.pool import KeyPool
 
@@ -82,6 +83,10 @@ class RequestContext:
     cache_write_tokens: int = 0
     cache_read_tokens: int = 0
     cost_nanos: int | None = None
+    # Cache-affine routing (upstream/affinity.py): the request's key (never logged, only
+    # whether there was one) and the credential whose in-flight count it holds.
+    affinity: bytes | None = None
+    upstream_held: Credential | None = None
 
     @property
     def ip(self) -> str:

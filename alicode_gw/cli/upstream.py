@@ -22,7 +22,7 @@ from alicode_gw.upstream import health as pool_health
 
 log = logging.getLogger(__name__)
 
-_COLUMNS = "id, name, secret, weight, status, disabled_reason, created_at"
+_COLUMNS = "id, name, secret, weight, cache_group, status, disabled_reason, created_at"
 
 
 def _weight(text: str) -> int:
@@ -49,6 +49,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add.add_argument("--name", help="a unique name (default: key- and its last 4 characters)")
     add.add_argument("--weight", type=_weight, default=1, help="share of the load (1-1000)")
+    add.add_argument(
+        "--cache-group",
+        metavar="NAME",
+        help="the organization or workspace of the key: credentials of one group share the "
+        "upstream's prompt cache (default: a group of its own; see docs/routing.md)",
+    )
     add.add_argument("--json", action="store_true", help="machine-readable output")
     add.set_defaults(handler=run_add)
 
@@ -75,6 +81,7 @@ def _row_dict(row: asyncpg.Record, health: str | None = None) -> dict[str, Any]:
         "name": row["name"],
         "key": creds.mask_secret(row["secret"]),
         "weight": row["weight"],
+        "cache_group": row["cache_group"],
         "status": row["status"],
         "disabled_reason": row["disabled_reason"],
         "created_at": row["created_at"].isoformat(),
@@ -104,7 +111,9 @@ def run_add(args: argparse.Namespace, config: Config) -> int:
     secret = sys.stdin.readline().strip() if args.key_stdin else args.key
 
     async def work(conn: asyncpg.Connection, redis: Redis) -> creds.Credential:
-        cred = await creds.add_credential(conn, secret, name=args.name, weight=args.weight)
+        cred = await creds.add_credential(
+            conn, secret, name=args.name, weight=args.weight, cache_group=args.cache_group
+        )
         await _announce(redis, config)
         return cred
 
@@ -112,10 +121,17 @@ def run_add(args: argparse.Namespace, config: Config) -> int:
         cred = with_db(config, work)
     except creds.PoolError as exc:
         return fail(str(exc))
+    group = f", cache group {cred.cache_group}" if cred.cache_group else ""
     emit(
-        {"id": cred.id, "name": cred.name, "key": cred.display, "weight": cred.weight},
+        {
+            "id": cred.id,
+            "name": cred.name,
+            "key": cred.display,
+            "weight": cred.weight,
+            "cache_group": cred.cache_group,
+        },
         args.json,
-        f"added {cred.name} ({cred.display}, weight {cred.weight})",
+        f"added {cred.name} ({cred.display}, weight {cred.weight}{group})",
     )
     return 0
 
@@ -144,13 +160,14 @@ def run_list(args: argparse.Namespace, config: Config) -> int:
         return result
 
     rows = with_db(config, work)
-    lines = [f"{'ID':>4}  {'NAME':<20} {'KEY':<16} {'WEIGHT':>6}  HEALTH"]
+    lines = [f"{'ID':>4}  {'NAME':<20} {'KEY':<16} {'WEIGHT':>6}  {'CACHE GROUP':<16} HEALTH"]
     for row in rows:
         health = row["health"]
         if row["disabled_reason"]:
             health += f" ({row['disabled_reason']})"
         lines.append(
-            f"{row['id']:>4}  {row['name']:<20} {row['key']:<16} {row['weight']:>6}  {health}"
+            f"{row['id']:>4}  {row['name']:<20} {row['key']:<16} {row['weight']:>6}  "
+            f"{row['cache_group'] or '-':<16} {health}"
         )
     emit(rows, args.json, "\n".join(lines) if rows else "the upstream pool is empty")
     return 0

@@ -14,7 +14,8 @@ characters::
      "path": "/v1/messages", "model": "claude-sonnet-4-5-20250929", "status": 200,
      "input_tokens": 12, "output_tokens": 40, "cache_write_tokens": 0,
      "cache_read_tokens": 0, "cost_usd": "0.000636",
-     "duration_ms": 812.4, "ttfb_ms": 301.2, "upstream": "main", "attempts": 1}
+     "duration_ms": 812.4, "ttfb_ms": 301.2, "upstream": "main", "attempts": 1,
+     "affinity": true}
 """
 
 from __future__ import annotations
@@ -139,6 +140,9 @@ def count_error(ctx: RequestContext, err: GatewayError) -> None:
         metrics.limit_rejections.labels(err.limit).inc()
 
 
+_ROUTED = frozenset({"messages", "chat_completions"})  # what the routing metrics count
+
+
 def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000, 1)
 
@@ -158,6 +162,14 @@ def finish(ctx: RequestContext, status: int) -> None:
             cache_write_tokens=ctx.cache_write_tokens,
             cache_read_tokens=ctx.cache_read_tokens,
             cost_nanos=ctx.cost_nanos,
+        )
+    if ctx.route in _ROUTED:
+        metrics.routed(
+            ctx.upstream_name,
+            ctx.affinity is not None,
+            ctx.cache_read_tokens,
+            ctx.cache_write_tokens,
+            ctx.input_tokens,
         )
     if not access_log.isEnabledFor(logging.INFO):
         return
@@ -185,6 +197,7 @@ def finish(ctx: RequestContext, status: int) -> None:
         "upstream": ctx.upstream_name,
         "upstream_request_id": ctx.upstream_request_id,
         "attempts": ctx.attempts,
+        "affinity": ctx.affinity is not None,
     }
     text = json.dumps(line, separators=(",", ":"))
     handlers = access_log.handlers

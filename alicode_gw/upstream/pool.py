@@ -64,6 +64,7 @@ from redis.asyncio import Redis
 from alicode_gw.errors import ServiceUnavailableError
 from alicode_gw.store.unavailable import DATABASE_FAILED, REDIS_FAILED
 from alicode_gw.tasks import TaskTracker
+from alicode_gw.upstream.affinity import Candidate, Rendezvous, limited_for
 from alicode_gw.upstream.credentials import Credential
 from alicode_gw.upstream.health import (
     FAIL_SCRIPT,
@@ -118,6 +119,8 @@ class _Entry:
     probe_until: float = 0.0  # this node holds the probe lock until then
     probe_out: bool = False  # ... and has handed the probe to a request
     version: int = 0  # bumped by local changes; a refresh that raced one is ignored
+    inflight: int = 0  # this process's attempts on it that have not finished
+    limited_until: float = 0.0  # monotonic: near its own upstream rate limit until then
 
 
 class KeyPool:
@@ -136,6 +139,9 @@ class KeyPool:
         probe_ttl: float = PROBE_TTL,
         blame_window: float = BLAME_WINDOW,
         blame_quorum: int = BLAME_QUORUM,
+        affinity: bool = True,
+        inflight_cap: int = 0,
+        ratelimit_floor: int = 5,
     ) -> None:
         self._db = db
         self._redis = redis
@@ -148,6 +154,10 @@ class KeyPool:
         self._probe_ttl = probe_ttl
         self._blame_window = blame_window
         self._blame_quorum = blame_quorum
+        self._affinity = affinity
+        self._inflight_cap = inflight_cap
+        self._ratelimit_floor = ratelimit_floor
+        self._rendezvous = Rendezvous(())
         self._node = secrets.token_hex(6)
         self._entries: list[_Entry] = []
         self._by_id: dict[int, _Entry] = {}
@@ -181,13 +191,22 @@ class KeyPool:
 
     # ------------------------------------------------------------ hot path
 
-    def pick(self, exclude: frozenset[int] = frozenset()) -> Credential:
+    def pick(
+        self, exclude: frozenset[int] = frozenset(), affinity: bytes | None = None
+    ) -> Credential:
         """The credential for the next attempt (never one in ``exclude``).
 
-        Half-open credentials whose probe this node holds go first (one request
-        each); otherwise smooth weighted round-robin over the healthy ones.
+        With an ``affinity`` key (and affinity routing on): the first usable credential
+        in the key's rendezvous order (:mod:`alicode_gw.upstream.affinity`), passing
+        over those at their in-flight cap or near their rate limit while a later one is
+        free; a half-open credential whose probe this node holds takes its own
+        conversations' first request back. Otherwise: half-open credentials whose probe
+        this node holds go first (one request each), then smooth weighted round-robin
+        over the healthy ones.
         """
         now = time.monotonic()
+        if affinity is not None and self._affinity:
+            return self._pick_affine(affinity, exclude, now)
         entries = self._entries
         best: _Entry | None = None
         total = 0
@@ -195,8 +214,7 @@ class KeyPool:
             if entry.disabled or entry.cred.id in exclude:
                 continue
             if entry.tripped:
-                if entry.cool_until <= now and entry.probe_until > now and not entry.probe_out:
-                    entry.probe_out = True
+                if self._take_probe(entry, now):
                     return entry.cred
                 continue
             entry.current += entry.cred.weight
@@ -207,6 +225,53 @@ class KeyPool:
             raise ServiceUnavailableError(NO_HEALTHY_MESSAGE)
         best.current -= total
         return best.cred
+
+    def _pick_affine(self, key: bytes, exclude: frozenset[int], now: float) -> Credential:
+        busy: _Entry | None = None
+        by_id = self._by_id
+        for cid in self._rendezvous.order(key):
+            entry = by_id.get(cid)
+            if entry is None or entry.disabled or cid in exclude:
+                continue
+            if entry.tripped:
+                if self._take_probe(entry, now):
+                    return entry.cred
+                continue
+            cap = self._inflight_cap
+            if (cap and entry.inflight >= cap) or entry.limited_until > now:
+                busy = busy or entry  # every usable one busy: the first of them
+                continue
+            return entry.cred
+        if busy is None:
+            raise ServiceUnavailableError(NO_HEALTHY_MESSAGE)
+        return busy.cred
+
+    @staticmethod
+    def _take_probe(entry: _Entry, now: float) -> bool:
+        if entry.cool_until <= now and entry.probe_until > now and not entry.probe_out:
+            entry.probe_out = True
+            return True
+        return False
+
+    def started(self, cred: Credential) -> None:
+        """An attempt with ``cred`` begins (counted against the in-flight cap)."""
+        entry = self._by_id.get(cred.id)
+        if entry is not None:
+            entry.inflight += 1
+
+    def finished(self, cred: Credential) -> None:
+        """The attempt :meth:`started` with ``cred`` is over (answer read or failed)."""
+        entry = self._by_id.get(cred.id)
+        if entry is not None and entry.inflight > 0:
+            entry.inflight -= 1
+
+    def observe_limits(self, cred: Credential, headers: Any) -> None:
+        """Note how close ``cred`` is to its own upstream rate limit (its answer's
+        ``anthropic-ratelimit-*`` headers); affinity passes over it meanwhile."""
+        entry = self._by_id.get(cred.id)
+        if entry is not None:
+            seconds = limited_for(headers, self._ratelimit_floor, time.time())
+            entry.limited_until = time.monotonic() + seconds if seconds else 0.0
 
     async def report(
         self,
@@ -267,6 +332,8 @@ class KeyPool:
                     "name": entry.cred.name,
                     "display": entry.cred.display,
                     "weight": entry.cred.weight,
+                    "cache_group": entry.cred.cache_group,
+                    "in_flight": entry.inflight,
                     "state": state,
                     "half_open": entry.tripped and not entry.disabled and remaining == 0.0,
                     "cooldown_remaining": round(remaining, 3),
@@ -390,12 +457,14 @@ class KeyPool:
 
     async def _load(self) -> None:
         rows = await self._db.fetch(
-            "SELECT id, name, secret, weight, status, disabled_reason"
+            "SELECT id, name, secret, weight, cache_group, status, disabled_reason"
             " FROM upstream_credentials ORDER BY id"
         )
         entries: list[_Entry] = []
         for row in rows:
-            cred = Credential(row["id"], row["name"], row["weight"], row["secret"])
+            cred = Credential(
+                row["id"], row["name"], row["weight"], row["secret"], row["cache_group"]
+            )
             entry = self._by_id.get(cred.id)
             if entry is None:
                 entry = _Entry(cred)
@@ -406,6 +475,9 @@ class KeyPool:
             entries.append(entry)
         self._entries = entries
         self._by_id = {entry.cred.id: entry for entry in entries}
+        self._rendezvous = Rendezvous(
+            Candidate(e.cred.id, e.cred.weight, e.cred.cache_group) for e in entries
+        )
 
     async def _sync(self) -> None:
         """One pipelined read of every credential's cooldown; then take the probe
