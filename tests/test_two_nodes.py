@@ -5,6 +5,7 @@ limits, revocation and upstream cooldowns taken on one node hold on the other.""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import subprocess
 from collections.abc import AsyncIterator
@@ -46,6 +47,33 @@ async def nodes(
     await reset_pool(db)
     # cred-0 is picked first by every node (smooth weighted round-robin), unless cooling.
     await db.execute("UPDATE upstream_credentials SET weight = 100 WHERE name = 'cred-0'")
+    async with serving(db, database_url, redis_url, mock_upstream, tmp_path, "round_robin") as two:
+        yield two
+
+
+@pytest.fixture
+async def affine_nodes(
+    db: asyncpg.Connection,
+    database_url: str,
+    redis_url: str,
+    mock_upstream: MockUpstream,
+    tmp_path: Path,
+) -> AsyncIterator[Nodes]:
+    """Two nodes routing by cache affinity over three credentials of equal weight."""
+    await reset_pool(db)
+    async with serving(db, database_url, redis_url, mock_upstream, tmp_path, "affinity") as two:
+        yield two
+
+
+@contextlib.asynccontextmanager
+async def serving(
+    db: asyncpg.Connection,
+    database_url: str,
+    redis_url: str,
+    mock_upstream: MockUpstream,
+    tmp_path: Path,
+    routing: str,
+) -> AsyncIterator[Nodes]:
     prefix = f"two-{secrets.token_hex(4)}:"
     started: list[subprocess.Popen[bytes]] = []
     urls: list[str] = []
@@ -60,6 +88,7 @@ async def nodes(
                 ALICODE_UPSTREAM_URL=mock_upstream.url,
                 ALICODE_DATA_DIR=str(tmp_path / name),
                 ALICODE_LOG_LEVEL="WARNING",
+                ALICODE_ROUTING=routing,
             )
             started.append(procs.start(env, "serve", log=tmp_path / f"{name}.log"))
             urls.append(f"http://127.0.0.1:{port}")
@@ -219,3 +248,32 @@ async def test_both_nodes_bill_one_account_exactly_with_their_own_leases(
         customer.account_id,
     )
     assert before - after == charged > 0
+
+
+async def test_both_nodes_route_a_conversation_to_the_same_credential(
+    affine_nodes: Nodes, db: asyncpg.Connection, mock_upstream: MockUpstream
+) -> None:
+    """No shared state: rendezvous hashing gives each conversation the same credential
+    on every node (the one holding its prompt cache), and spreads conversations."""
+    customer = await make_customer(db)
+    homes: dict[int, set[str | None]] = {}
+    async with client(affine_nodes.a, customer.key) as a, client(affine_nodes.b, customer.key) as b:
+        for turn in range(3):
+            for conversation in range(12):
+                node = (a, b)[(turn + conversation) % 2]
+                system = f"Conversation {conversation} of the two-node test. " * 3
+                before = len(mock_upstream.exchanges)
+                await node.messages.create(
+                    model=MODEL,
+                    max_tokens=20,
+                    system=system,
+                    messages=[
+                        {"role": "user", "content": "start"},
+                        {"role": "assistant", "content": "ok"},
+                        {"role": "user", "content": f"turn {turn}"},
+                    ][: 1 + 2 * min(turn, 1)],
+                )
+                served = [ex.api_key for ex in list(mock_upstream.exchanges)[before:]]
+                homes.setdefault(conversation, set()).update(served)
+    assert all(len(keys) == 1 for keys in homes.values()), homes
+    assert len(set().union(*homes.values())) >= 2  # conversations spread over credentials

@@ -970,7 +970,8 @@ async def test_prompt_cache_lookback_reads_the_previous_turn() -> None:
             history[-1]["content"][0].pop("cache_control")
             history.append({"role": "assistant", "content": [{"type": "text", "text": "ok"}]})
     # input_tokens after the last breakpoint: only the request's base tokens
-    assert all(total - read - written == reads[0][2] - reads[0][1] for read, written, total in reads)
+    base = reads[0][2] - reads[0][1]
+    assert all(total - read - written == base for read, written, total in reads)
     assert reads[0][0] == 0
     for (read, _, _), (before_read, before_written, _) in zip(reads[1:], reads, strict=False):
         assert read == before_read + before_written  # the whole previous prefix

@@ -58,9 +58,7 @@ async def grouped_gateway(
             "UPDATE upstream_credentials SET cache_group = $2 WHERE secret = $1", key, GROUPS[key]
         )
     return await start_gateway(
-        make_config(
-            redis_prefix=f"route-{secrets.token_hex(4)}:", upstream_url=mock.url, **changes
-        )
+        make_config(redis_prefix=f"route-{secrets.token_hex(4)}:", upstream_url=mock.url, **changes)
     )
 
 
@@ -218,9 +216,7 @@ async def test_skew_spreads_past_the_inflight_cap(
             first = await turn(sdk, grouped_mock, session, 0)
             before = len(grouped_mock.exchanges)
             request = session.next_request(1, "[[mock: first_byte_delay_ms=3000]]")
-            answers = await asyncio.gather(
-                *(sdk.messages.create(**request) for _ in range(50))
-            )
+            answers = await asyncio.gather(*(sdk.messages.create(**request) for _ in range(50)))
         assert len(answers) == 50
         spread = collections.Counter(served_by(grouped_mock, before))
         assert spread[first] == 20  # its own credential up to the cap ...
