@@ -51,20 +51,6 @@ async def nodes(
         yield two
 
 
-@pytest.fixture
-async def affine_nodes(
-    db: asyncpg.Connection,
-    database_url: str,
-    redis_url: str,
-    mock_upstream: MockUpstream,
-    tmp_path: Path,
-) -> AsyncIterator[Nodes]:
-    """Two nodes routing by cache affinity over three credentials of equal weight."""
-    await reset_pool(db)
-    async with serving(db, database_url, redis_url, mock_upstream, tmp_path, "affinity") as two:
-        yield two
-
-
 @contextlib.asynccontextmanager
 async def serving(
     db: asyncpg.Connection,
@@ -251,13 +237,22 @@ async def test_both_nodes_bill_one_account_exactly_with_their_own_leases(
 
 
 async def test_both_nodes_route_a_conversation_to_the_same_credential(
-    affine_nodes: Nodes, db: asyncpg.Connection, mock_upstream: MockUpstream
+    db: asyncpg.Connection,
+    database_url: str,
+    redis_url: str,
+    mock_upstream: MockUpstream,
+    tmp_path: Path,
 ) -> None:
     """No shared state: rendezvous hashing gives each conversation the same credential
     on every node (the one holding its prompt cache), and spreads conversations."""
+    await reset_pool(db)  # three credentials of equal weight
     customer = await make_customer(db)
     homes: dict[int, set[str | None]] = {}
-    async with client(affine_nodes.a, customer.key) as a, client(affine_nodes.b, customer.key) as b:
+    async with (
+        serving(db, database_url, redis_url, mock_upstream, tmp_path, "affinity") as two,
+        client(two.a, customer.key) as a,
+        client(two.b, customer.key) as b,
+    ):
         for turn in range(3):
             for conversation in range(12):
                 node = (a, b)[(turn + conversation) % 2]

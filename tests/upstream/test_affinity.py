@@ -138,7 +138,8 @@ def winners(rv: Rendezvous, usable: set[int] | None = None) -> list[int]:
 def test_rendezvous_is_deterministic_and_complete() -> None:
     one, two = Rendezvous(CANDIDATES), Rendezvous(list(reversed(CANDIDATES)))
     for key in KEYS[:200]:
-        assert list(one.order(key)) == list(two.order(key))  # same table, same order: no shared state
+        # the same table gives the same order: no shared state
+        assert list(one.order(key)) == list(two.order(key))
         assert sorted(one.order(key)) == [1, 2, 3, 4]
     spread = collections.Counter(winners(one))
     assert set(spread) == {1, 2, 3, 4}
