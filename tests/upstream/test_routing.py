@@ -16,6 +16,7 @@ import pytest
 from alicode_gw import app
 from alicode_gw.dev.mock_upstream import MockUpstream
 from alicode_gw.money import ledger
+from alicode_gw.upstream.credentials import Credential
 from alicode_gw.upstream.outcome import Outcome
 from tests.support.customers import (
     MODEL,
@@ -183,7 +184,11 @@ async def test_a_cooled_credentials_conversations_move_and_return(
             assert [await turn(sdk, grouped_mock, s, 1) for s in sessions] == home
 
             pool = gateway.state.keypool
-            cooled = next(c for c in pool._entries if c.cred.secret == home[0]).cred
+            row = await db.fetchrow(
+                "SELECT id, name, weight, secret FROM upstream_credentials WHERE secret = $1",
+                home[0],
+            )
+            cooled = Credential(row["id"], row["name"], row["weight"], row["secret"])
             await pool.report(cooled, Outcome.RATE_LIMITED, 1.0)
             during = [await turn(sdk, grouped_mock, s, 2) for s in sessions]
             for was, now in zip(home, during, strict=True):
