@@ -11,7 +11,7 @@ therefore goes where its prefix was cached, chosen by two pure functions:
     prompt and the first user message. None when the request has neither (such a request
     is spread by weighted round-robin). The bytes are hashed (xxh3-128, account first)
     and never kept. What is hashed: every text of the prefix in full; of the other
-    pieces what identifies them (a tool's name and type, a tool call's id and name, a
+    pieces what identifies them (a tool's name, a tool call's id and name, a
     tool result's id, an image's or document's media type, size and first bytes). Equal
     prefixes therefore always give equal keys; two prefixes that differ only inside a
     tool's schema or an image share a key, which only puts them on the same credential.
@@ -121,13 +121,19 @@ def _first_marked(items: Sequence[Any]) -> int | None:
     return None
 
 
-def _tools(h: Any, tools: Sequence[Any]) -> None:
-    """Each tool by its type and name, in one update (tools are many and small)."""
-    names = [
-        f"{tool.get('type')}\x1f{tool.get('name')}" if isinstance(tool, dict) else repr(tool)
-        for tool in tools
-    ]
-    _text(h, "\x1e".join(names))
+def _tool_names(tools: Sequence[Any]) -> tuple[str, int | None]:
+    """The tools by name (unique in a request) up to the first one marked with
+    ``cache_control``, and that one's index (None: no tool is marked). One pass: a
+    coding agent sends dozens of tools on every request."""
+    names: list[str] = []
+    for i, tool in enumerate(tools):
+        if not isinstance(tool, dict):
+            names.append(repr(tool))
+            continue
+        names.append(str(tool.get("name")))
+        if "cache_control" in tool and isinstance(tool["cache_control"], dict):
+            return "\x1e".join(names), i
+    return "\x1e".join(names), None
 
 
 def affinity_key(account: int | str, model: str, payload: dict[str, Any]) -> bytes | None:
@@ -141,11 +147,10 @@ def affinity_key(account: int | str, model: str, payload: dict[str, Any]) -> byt
     h = xxhash.xxh3_128()
     _text(h, str(account))
     _text(h, model)
-    at = _first_marked(tools)
+    names, at = _tool_names(tools)
+    _text(h, names)
     if at is not None:
-        _tools(h, tools[: at + 1])
         return h.digest()
-    _tools(h, tools)
     at = _first_marked(blocks)
     if at is not None:
         _content(h, blocks, at)
