@@ -13,12 +13,17 @@ import json
 import math
 import re
 import secrets
-import time
-from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
+
+from alicode_gw.dev.mock_cache import (
+    CacheUsage,
+    PromptCache,
+    canonical_json,
+    count_input_tokens,
+)
 
 __all__ = [
     "Answer",
@@ -68,7 +73,6 @@ _NAMED_ERRORS: Mapping[str, tuple[int, str, str]] = MappingProxyType({
 })  # fmt: skip
 DEFAULT_WORDS = 12
 THINKING_WORDS = 8
-_BASE_INPUT_TOKENS = 3
 _JSON_PIECE = 7
 
 
@@ -79,10 +83,6 @@ def new_id(prefix: str, n: int = 24) -> str:
 def _dumps(obj: Any) -> str:
     """Compact JSON, as the real API writes it."""
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
-
-
-def _canon(obj: Any) -> bytes:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 # ---------------------------------------------------------------- errors
@@ -233,177 +233,6 @@ def parse_directives(header: str | None, body: dict[str, Any] | None) -> Directi
     return Directives(**values)
 
 
-# ---------------------------------------------------------------- token counting and caching
-
-
-def _segments(body: dict[str, Any]) -> list[tuple[Any, dict[str, Any] | None]]:
-    """Prompt pieces in cache order (tools, system, messages), each with its cache_control."""
-    out: list[tuple[Any, dict[str, Any] | None]] = []
-
-    def add(item: Any) -> None:
-        if isinstance(item, dict) and "cache_control" in item:
-            cc = item["cache_control"]
-            rest = {k: v for k, v in item.items() if k != "cache_control"}
-            out.append((rest, cc if isinstance(cc, dict) else None))
-        else:
-            out.append((item, None))
-
-    tools = body.get("tools")
-    if isinstance(tools, list):
-        for tool in tools:
-            add(tool)
-    system = body.get("system")
-    if isinstance(system, list):
-        for block in system:
-            add(block)
-    elif system:
-        add(system)
-    for msg in body.get("messages") or ():
-        content = msg.get("content") if isinstance(msg, dict) else msg
-        role = msg.get("role") if isinstance(msg, dict) else None
-        if isinstance(content, list):
-            out.append((role, None))
-            for block in content:
-                add(block)
-        else:
-            add({"role": role, "content": content})
-    return out
-
-
-def _seg_tokens(item: Any) -> int:
-    return max(1, math.ceil(len(_canon(item)) / 4))
-
-
-def count_input_tokens(body: dict[str, Any]) -> int:
-    """Deterministic prompt size: about one token per 4 bytes of canonical JSON."""
-    return _BASE_INPUT_TOKENS + sum(_seg_tokens(item) for item, _ in _segments(body))
-
-
-@dataclass(frozen=True, slots=True)
-class CacheUsage:
-    input_tokens: int
-    cache_creation_input_tokens: int = 0
-    cache_read_input_tokens: int = 0
-    ephemeral_5m_input_tokens: int = 0
-    ephemeral_1h_input_tokens: int = 0
-
-
-# Smallest cacheable prefix, by model (the API's table): a shorter prefix marked with
-# ``cache_control`` is processed without caching, and no error.
-_MIN_CACHEABLE: tuple[tuple[str, int], ...] = (
-    ("claude-opus-4-5", 4096),
-    ("claude-opus-4-6", 4096),
-    ("claude-opus-4-7", 4096),
-    ("claude-haiku-4-5", 4096),
-    ("claude-mythos", 4096),
-    ("claude-3-haiku", 2048),
-    ("claude-3-5-haiku", 2048),
-    ("claude-haiku-3", 2048),
-)
-DEFAULT_MIN_CACHEABLE = 1024  # Sonnet 4.x, Opus 4 / 4.1 / 4.8 and the rest
-LOOKBACK_BLOCKS = 20  # a breakpoint finds a cached prefix at most this many blocks back
-TTL_5M = 300.0
-TTL_1H = 3600.0
-
-
-def min_cacheable_tokens(model: Any) -> int:
-    """The API's minimum cacheable prompt length for ``model``."""
-    name = str(model)
-    for prefix, tokens in _MIN_CACHEABLE:
-        if name.startswith(prefix):
-            return tokens
-    return DEFAULT_MIN_CACHEABLE
-
-
-class PromptCache:
-    """One cache group's prompt cache (an organization's or workspace's), as the API
-    keeps it.
-
-    Breakpoints are the ``cache_control`` marks on tools, system blocks and message
-    blocks (cache order: tools, system, messages), plus the end of the prompt when the
-    request has a top-level ``cache_control`` (automatic caching). A breakpoint whose
-    prefix is shorter than the model's minimum is not cached. Each breakpoint looks for
-    a cached prefix ending at it or up to :data:`LOOKBACK_BLOCKS` blocks before it; the
-    longest one found is read, the tokens from there to the last breakpoint are
-    written, each span taking the ``ttl`` of the breakpoint that ends it ("1h", else 5
-    minutes). An entry lives its TTL from its last use (a hit refreshes it). ``clock``
-    is the time source (monotonic seconds; tests pass their own).
-    """
-
-    def __init__(self, limit: int = 4096, clock: Callable[[], float] = time.monotonic) -> None:
-        self._limit = limit
-        self._clock = clock
-        self._seen: OrderedDict[bytes, tuple[float, float]] = OrderedDict()  # -> expiry, ttl
-
-    def _alive(self, key: bytes, now: float) -> bool:
-        entry = self._seen.get(key)
-        if entry is None:
-            return False
-        if entry[0] <= now:
-            del self._seen[key]
-            return False
-        return True
-
-    def usage(self, body: dict[str, Any]) -> CacheUsage:
-        total = count_input_tokens(body)
-        minimum = min_cacheable_tokens(body.get("model"))
-        hasher = hashlib.sha256(str(body.get("model")).encode())
-        cumulative = 0
-        bounds: list[tuple[bytes, int]] = []  # prefix key and tokens at each block's end
-        points: list[tuple[int, int, float]] = []  # (bound index, tokens so far, ttl)
-        for item, cc in _segments(body):
-            hasher.update(_canon(item))
-            hasher.update(b"\x1e")
-            cumulative += _seg_tokens(item)
-            bounds.append((hasher.copy().digest(), cumulative))
-            if cc is not None:
-                points.append((len(bounds) - 1, cumulative, _ttl(cc)))
-        auto = body.get("cache_control")  # automatic caching: a breakpoint at the end
-        if isinstance(auto, dict) and cumulative and (not points or points[-1][1] != cumulative):
-            points.append((len(bounds) - 1, cumulative, _ttl(auto)))
-        points = [p for p in points if p[1] >= minimum]
-        if not points:
-            return CacheUsage(input_tokens=total)
-        now = self._clock()
-        read, hit = 0, None
-        for at, _, _ in points:
-            for i in range(at, max(at - LOOKBACK_BLOCKS, -1), -1):
-                key, upto = bounds[i]
-                if upto > read and self._alive(key, now):
-                    read, hit = upto, key
-                    break
-        if hit is not None:  # a hit refreshes the entry
-            ttl = self._seen[hit][1]
-            self._seen[hit] = (now + ttl, ttl)
-            self._seen.move_to_end(hit)
-        m5 = h1 = 0
-        prev = read
-        for at, upto, ttl in points:
-            if upto <= read:
-                continue
-            if ttl == TTL_1H:
-                h1 += upto - prev
-            else:
-                m5 += upto - prev
-            prev = upto
-            key = bounds[at][0]
-            self._seen[key] = (now + ttl, ttl)
-            self._seen.move_to_end(key)
-        while len(self._seen) > self._limit:
-            self._seen.popitem(last=False)
-        return CacheUsage(
-            input_tokens=total - max(read, points[-1][1]),
-            cache_creation_input_tokens=m5 + h1,
-            cache_read_input_tokens=read,
-            ephemeral_5m_input_tokens=m5,
-            ephemeral_1h_input_tokens=h1,
-        )
-
-
-def _ttl(cc: dict[str, Any]) -> float:
-    return TTL_1H if cc.get("ttl") == "1h" else TTL_5M
-
-
 # ---------------------------------------------------------------- answers
 
 
@@ -474,7 +303,7 @@ def _chosen_tool(body: dict[str, Any], directives: Directives) -> dict[str, Any]
 
 def build_answer(body: dict[str, Any], directives: Directives) -> Answer:
     """The deterministic answer to a validated /v1/messages body (one token per word)."""
-    seed = _canon([body.get("system"), body.get("messages")])
+    seed = canonical_json([body.get("system"), body.get("messages")])
     budget: int = body["max_tokens"]
     answer = Answer()
     truncated = False

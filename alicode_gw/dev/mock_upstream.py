@@ -21,7 +21,7 @@ credentials), ``drop_after=N`` (streaming: close the connection after N events),
 ``mode=tool|text`` (call the first tool even without a forcing ``tool_choice``).
 
 The prompt cache is emulated per cache group (``groups``: key → group; by default each
-key is its own organization), as :class:`~alicode_gw.dev.mock_answers.PromptCache`
+key is its own organization), as :class:`~alicode_gw.dev.mock_cache.PromptCache`
 describes: ``cache_read_input_tokens`` for a marked prefix the group saw within its TTL,
 ``cache_creation_input_tokens`` (and the ``cache_creation`` split) otherwise.
 

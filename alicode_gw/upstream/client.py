@@ -169,7 +169,8 @@ async def open_upstream(
 
     Returns the open 2xx response (the caller relays and releases it) and the
     credential it came from, or a :class:`Refusal` to pass through. Raises the mapped
-    error when every attempt failed.
+    error when every attempt failed. The credential of a 2xx stays counted in flight
+    (``ctx.upstream_held``) until the root handler ends the request.
     """
     state = ctx.state
     config = state.config
@@ -183,6 +184,9 @@ async def open_upstream(
         sock_connect=config.upstream_connect_timeout,
         sock_read=config.upstream_first_byte_timeout,
     )
+    if ctx.upstream_held is not None:  # a second upstream call of one request
+        state.keypool.finished(ctx.upstream_held)
+        ctx.upstream_held = None
     for number in range(config.upstream_max_attempts):
         if number and loop.time() > deadline:
             break

@@ -12,6 +12,12 @@ every node through Redis, under ``{prefix}upstream:``:
 ``events``      pub/sub channel: ``cool``/``ok``/``disable`` from :meth:`KeyPool.report`,
                 ``reload`` from the CLI, so other nodes update their view at once
 
+Which healthy credential a request gets: with an affinity key (a conversation's
+cacheable prefix), the first usable one in the key's rendezvous order over cache groups
+(:mod:`alicode_gw.upstream.affinity`, docs/routing.md), passing over credentials at
+their in-flight cap or near their own upstream rate limit; without one, smooth
+weighted round-robin.
+
 :meth:`KeyPool.pick` is synchronous and does no I/O: it reads the in-process view that
 :meth:`KeyPool.report`, the pub/sub listener and a refresh loop (one pipelined Redis
 read per second, the table every few seconds) keep current. When a cooldown expires
