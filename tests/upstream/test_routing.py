@@ -7,6 +7,7 @@ import asyncio
 import collections
 import secrets
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 import anthropic
@@ -58,9 +59,11 @@ async def grouped_gateway(
         await db.execute(
             "UPDATE upstream_credentials SET cache_group = $2 WHERE secret = $1", key, GROUPS[key]
         )
-    return await start_gateway(
-        make_config(redis_prefix=f"route-{secrets.token_hex(4)}:", upstream_url=mock.url, **changes)
+    config = make_config(
+        redis_prefix=f"route-{secrets.token_hex(4)}:", upstream_url=mock.url, **changes
     )
+    # A data dir of its own: /metrics sums the processes that share one.
+    return await start_gateway(replace(config, data_dir=config.data_dir / secrets.token_hex(4)))
 
 
 class Session:
@@ -117,6 +120,9 @@ async def run_session(sdk: anthropic.AsyncAnthropic, seed: str, turns: int = TUR
     return totals
 
 
+ALL_RATIO = 'alicode_upstream_cache_hit_ratio{credential="all"}'
+
+
 def read_share(totals: collections.Counter[str]) -> float:
     return totals["read"] / (totals["read"] + totals["write"] + totals["input"])
 
@@ -132,8 +138,12 @@ async def session_through(
         async with client_for(gateway, customer) as sdk:
             totals = await run_session(sdk, secrets.token_hex(6))
         billed = 100 * NANOS - await balance(gateway, db, customer.email)
+        metrics = (await asyncio.to_thread(gateway.state.metrics.exposition)).decode()
     finally:
         await stop_gateway(gateway)
+    # /metrics reports the same cache-hit ratio the session saw.
+    line = next(x for x in metrics.splitlines() if x.startswith(ALL_RATIO))
+    assert float(line.split()[-1]) == pytest.approx(read_share(totals))
     assert not await ledger.audit(db)
     return read_share(totals), billed
 
@@ -189,14 +199,20 @@ async def test_a_cooled_credentials_conversations_move_and_return(
                 home[0],
             )
             cooled = Credential(row["id"], row["name"], row["weight"], row["secret"])
-            await pool.report(cooled, Outcome.RATE_LIMITED, 1.0)
+            await pool.report(cooled, Outcome.RATE_LIMITED, 4.0)
             during = [await turn(sdk, grouped_mock, s, 2) for s in sessions]
             for was, now in zip(home, during, strict=True):
                 assert now == was if was != cooled.secret else now != cooled.secret
             # Moved conversations stay put on their next choice while it cools.
             assert [await turn(sdk, grouped_mock, s, 3) for s in sessions] == during
 
-            await asyncio.sleep(1.3)  # the cooldown is over: a probe, then they return
+            # The cooldown ends: a probe (the first request of one of its own
+            # conversations), then they return.
+            for _ in range(200):
+                row = next(r for r in pool.snapshot() if r["id"] == cooled.id)
+                if not row["cooldown_remaining"]:
+                    break
+                await asyncio.sleep(0.05)
             await pool.refresh()
             after = [await turn(sdk, grouped_mock, s, 4) for s in sessions]
             assert after == home
