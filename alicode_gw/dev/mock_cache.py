@@ -13,7 +13,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["CacheUsage", "PromptCache", "canonical_json", "count_input_tokens"]
+__all__ = [
+    "MAX_BREAKPOINTS",
+    "CacheUsage",
+    "PromptCache",
+    "canonical_json",
+    "count_breakpoints",
+    "count_input_tokens",
+]
 
 _BASE_INPUT_TOKENS = 3
 
@@ -58,6 +65,16 @@ def _segments(body: dict[str, Any]) -> list[tuple[Any, dict[str, Any] | None]]:
 
 def _seg_tokens(item: Any) -> int:
     return max(1, math.ceil(len(canonical_json(item)) / 4))
+
+
+MAX_BREAKPOINTS = 4
+
+
+def count_breakpoints(body: dict[str, Any]) -> int:
+    """``cache_control`` breakpoints of a request (a top-level one, automatic caching,
+    takes one of the :data:`MAX_BREAKPOINTS` slots too)."""
+    marked = sum(1 for _, cc in _segments(body) if cc is not None)
+    return marked + isinstance(body.get("cache_control"), dict)
 
 
 def count_input_tokens(body: dict[str, Any]) -> int:

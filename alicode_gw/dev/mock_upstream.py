@@ -62,6 +62,7 @@ from alicode_gw.dev.mock_answers import (
     status_error,
     stream_events,
 )
+from alicode_gw.dev.mock_cache import MAX_BREAKPOINTS, count_breakpoints
 from alicode_gw.dev.mock_models import MODELS, model_json
 from alicode_gw.upstream.sse import format_event
 
@@ -171,6 +172,12 @@ def _validate_messages(body: Any, betas: frozenset[str] = frozenset()) -> dict[s
         raise invalid("max_tokens: Input should be a valid integer")
     if max_tokens < 1:
         raise invalid("max_tokens: Input should be greater than or equal to 1")
+    breakpoints = count_breakpoints(body)
+    if breakpoints > MAX_BREAKPOINTS:
+        raise invalid(
+            f"A maximum of {MAX_BREAKPOINTS} blocks with cache_control may be provided."
+            f" Found {breakpoints}."
+        )
     thinking = body.get("thinking")
     if isinstance(thinking, dict) and thinking.get("type") == "enabled":
         budget = thinking.get("budget_tokens")

@@ -975,3 +975,24 @@ async def test_prompt_cache_lookback_reads_the_previous_turn() -> None:
     assert reads[0][0] == 0
     for (read, _, _), (before_read, before_written, _) in zip(reads[1:], reads, strict=False):
         assert read == before_read + before_written  # the whole previous prefix
+
+
+async def test_more_than_four_breakpoints_is_the_apis_400(client: anthropic.AsyncAnthropic) -> None:
+    blocks: Any = [
+        {"type": "text", "text": f"part {n}", "cache_control": {"type": "ephemeral"}}
+        for n in range(4)
+    ]
+    ok = await client.messages.create(
+        model=MODEL, max_tokens=10, messages=[{"role": "user", "content": blocks}]
+    )
+    assert ok.usage.input_tokens > 0
+    with pytest.raises(anthropic.BadRequestError) as info:
+        await client.messages.create(
+            model=MODEL,
+            max_tokens=10,
+            system=[{"type": "text", "text": "one more", "cache_control": {"type": "ephemeral"}}],
+            messages=[{"role": "user", "content": blocks}],
+        )
+    assert info.value.body["error"]["message"] == (  # type: ignore[index]
+        "A maximum of 4 blocks with cache_control may be provided. Found 5."
+    )
