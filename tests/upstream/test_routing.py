@@ -249,3 +249,48 @@ async def test_skew_spreads_past_the_inflight_cap(
     assert 'alicode_upstream_cache_hit_ratio{credential="all"}' in metrics
     assert 'alicode_affinity_requests_total{keyed="yes"} 51.0' in metrics
     assert not await ledger.audit(db)
+
+
+async def test_inflight_counts_return_to_zero_on_every_path(
+    db: asyncpg.Connection, make_config, grouped_mock: MockUpstream
+) -> None:
+    """Failures, refusals and a client that leaves mid-stream all end their upstream
+    call's in-flight count (else a capped credential would look busy for ever)."""
+    gateway = await grouped_gateway(db, make_config, grouped_mock, upstream_inflight_cap=5)
+    customer = await make_customer(db)
+    pool = gateway.state.keypool
+
+    def in_flight() -> list[int]:
+        return [row["in_flight"] for row in pool.snapshot()]
+
+    try:
+        async with client_for(gateway, customer) as sdk:
+            session = Session("paths")
+            with pytest.raises(anthropic.APIStatusError):  # every attempt fails (529)
+                await sdk.messages.create(**session.next_request(0, "[[mock: status=529]]"))
+            with pytest.raises(anthropic.BadRequestError):  # the upstream's refusal
+                await sdk.messages.create(**session.next_request(1, "[[mock: status=400]]"))
+            request = session.next_request(2, "[[mock: words=200 chunk_delay_ms=20]]")
+            async with sdk.messages.stream(**request) as stream:
+                async for _event in stream:
+                    break  # the client leaves mid-stream
+            for _ in range(100):  # the gateway still reads the answer to its usage
+                if in_flight() == [0, 0, 0]:
+                    break
+                await asyncio.sleep(0.05)
+            assert in_flight() == [0, 0, 0]
+            # A request cancelled while it waits for the upstream's first byte.
+            slow = sdk.messages.create(
+                **session.next_request(3, "[[mock: first_byte_delay_ms=2000]]")
+            )
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.5):
+                    await slow
+            for _ in range(100):
+                if in_flight() == [0, 0, 0]:
+                    break
+                await asyncio.sleep(0.05)
+            assert in_flight() == [0, 0, 0]
+    finally:
+        await stop_gateway(gateway)
+    assert not await ledger.audit(db)
