@@ -45,7 +45,7 @@ __all__ = ["Candidate", "Rendezvous", "affinity_key", "limited_for"]
 _SEP = b"\x1e"
 _LONG = 4096  # bytes of a text past which its own digest is fed to the key's hash
 _HEAD = 64  # leading characters of a large non-text value (image data...) that are hashed
-_TWO64 = float(2**64)
+_TWO52 = float(2**52)
 
 
 # ---------------------------------------------------------------- the key
@@ -201,7 +201,9 @@ class Candidate:
 
 
 def _score(key: bytes, seed: int, weight: int) -> float:
-    u = (xxhash.xxh3_64_intdigest(key, seed) + 0.5) / _TWO64  # in (0, 1)
+    # The hash's top 52 bits, so that h + 0.5 is exact in a float and u strictly
+    # inside (0, 1): (h + 0.5) / 2**64 rounds to 1.0 for the largest hashes.
+    u = ((xxhash.xxh3_64_intdigest(key, seed) >> 12) + 0.5) / _TWO52
     return weight / -math.log(u)
 
 

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+import xxhash
 
 from alicode_gw.upstream.affinity import (
     MAX_LIMITED_SECONDS,
@@ -241,3 +242,15 @@ def reset(seconds: float) -> str:
 def test_limited_for(headers: dict[str, str], expected: float) -> None:
     assert limited_for(headers, 5, NOW) == pytest.approx(expected)
     assert limited_for(headers, 0, NOW) == 0.0
+
+
+@pytest.mark.parametrize("digest", [0, 1, 2**63, 2**64 - 2**10, 2**64 - 1])
+def test_rendezvous_scores_every_hash_value(monkeypatch: pytest.MonkeyPatch, digest: int) -> None:
+    """A hash at either end of its range still scores (u strictly inside (0, 1)): a
+    key whose hash rounded to u = 1.0 divided by zero on every request of its
+    conversation."""
+    monkeypatch.setattr(xxhash, "xxh3_64_intdigest", lambda *_: digest)
+    order = list(
+        Rendezvous([Candidate(1, 1, "g"), Candidate(2, 3, "g"), Candidate(3, 1)]).order(b"k")
+    )
+    assert sorted(order) == [1, 2, 3]
