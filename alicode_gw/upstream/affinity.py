@@ -7,15 +7,18 @@ therefore goes where its prefix was cached, chosen by two pure functions:
 :func:`affinity_key`
     16 bytes naming a request's cacheable prefix: the account, the model (after the
     alias) and the prefix up to and including the first ``cache_control`` breakpoint in
-    the API's cache order (tools → system → messages); without a breakpoint, the system
-    prompt and the first user message. None when the request has neither (such a request
-    is spread by weighted round-robin). The bytes are hashed (xxh3-128, account first)
-    and never kept. What is hashed: every text of the prefix in full; of the other
-    pieces what identifies them (a tool's name, a tool call's id and name, a
-    tool result's id, an image's or document's media type, size and first bytes). Equal
-    prefixes therefore always give equal keys; two prefixes that differ only inside a
-    tool's schema or an image share a key, which only puts them on the same credential.
-    That keeps the key's cost to the hashing of the texts (a few µs for 200 KB) instead
+    the API's cache order (tools → system → messages) — in the messages, no further
+    than the first user message, so that a breakpoint kept on the newest message (moved
+    forward every turn) leaves the key alone; without a breakpoint, the system prompt
+    and the first user message (a string content counts as its one text block). None
+    when the request has neither (such a request is spread by weighted round-robin).
+    The bytes are hashed (xxh3-128, account first) and never kept. What is hashed:
+    every text of the prefix in full; of the other pieces what identifies them (a
+    tool's name, a tool call's id and name, a tool result's id, an image's or
+    document's media type, size and first bytes). Equal prefixes therefore always give
+    equal keys; two prefixes that differ only inside a tool's schema or an image share
+    a key, which only puts them on the same credential. That keeps the key's cost to
+    the hashing of the texts (a few µs for 200 KB) instead
     of re-encoding the JSON (a millisecond and more for a large body).
 
 :class:`Rendezvous`
@@ -106,6 +109,9 @@ def _content(h: Any, content: Any, upto: int | None = None) -> None:
     if isinstance(content, list):
         for block in content if upto is None else content[: upto + 1]:
             _block(h, block)
+    elif isinstance(content, str):  # the same as its one text block (what the API sees)
+        _text(h, "text")
+        _text(h, content)
     else:
         _text(h, content)
 
@@ -156,16 +162,24 @@ def affinity_key(account: int | str, model: str, payload: dict[str, Any]) -> byt
         _content(h, blocks, at)
         return h.digest()
     _content(h, system)
+    first_user: int | None = None
     for i, message in enumerate(messages):
-        content = message.get("content") if isinstance(message, dict) else None
+        if not isinstance(message, dict):
+            continue
+        content = message.get("content")
         at = _first_marked(content) if isinstance(content, list) else None
         if at is not None:
-            _content_upto_message(h, messages, i, at)
+            # The prefix up to the breakpoint, but no further than the first user
+            # message: a client whose only breakpoint is on its newest message moves
+            # it every turn, and the conversation must keep its key.
+            if first_user is None or first_user == i:
+                _content_upto_message(h, messages, i, at)
+            else:
+                _content_upto_message(h, messages, first_user, None)
             return h.digest()
+        if first_user is None and message.get("role") == "user":
+            first_user = i
     # No breakpoint: the system prompt and the first user message.
-    first_user = next(
-        (m for m in messages if isinstance(m, dict) and m.get("role") == "user"), None
-    )
     if not system and first_user is None:
         return None
     h = xxhash.xxh3_128()  # restart: without a breakpoint the tools do not count
@@ -173,12 +187,13 @@ def affinity_key(account: int | str, model: str, payload: dict[str, Any]) -> byt
     _text(h, model)
     _content(h, system)
     if first_user is not None:
-        _content(h, first_user.get("content"))
+        _content(h, messages[first_user].get("content"))
     return h.digest()
 
 
-def _content_upto_message(h: Any, messages: Sequence[Any], index: int, block: int) -> None:
-    """Messages before ``index`` in full, then message ``index`` up to ``block``."""
+def _content_upto_message(h: Any, messages: Sequence[Any], index: int, block: int | None) -> None:
+    """Messages before ``index`` in full, then message ``index`` up to ``block`` (None:
+    in full)."""
     for message in messages[:index]:
         if isinstance(message, dict):
             _text(h, message.get("role"))

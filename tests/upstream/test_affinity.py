@@ -86,6 +86,28 @@ def test_first_breakpoint_in_cache_order() -> None:
     assert affinity_key(1, "m", in_messages) != key
 
 
+def incremental_turn(turns: int, first: str = "question 0") -> dict[str, Any]:
+    """The documented multi-turn pattern without a system breakpoint: the only
+    ``cache_control`` sits on the newest user message and moves forward every turn
+    (earlier turns' content sent as plain strings, as many clients rebuild them)."""
+    messages: list[dict[str, Any]] = [{"role": "user", "content": first}]
+    for n in range(1, turns):
+        messages.append({"role": "assistant", "content": f"answer {n}"})
+        messages.append({"role": "user", "content": f"question {n}"})
+    last = messages[-1]
+    last["content"] = [{"type": "text", "text": last["content"], "cache_control": CC}]
+    return {"tools": TOOLS, "system": "You are a helpful assistant. " * 50, "messages": messages}
+
+
+def test_key_is_stable_when_the_only_breakpoint_moves_with_the_conversation() -> None:
+    first = affinity_key(1, "m", incremental_turn(1))
+    assert first is not None
+    for turns in (2, 3, 10, 30):
+        assert affinity_key(1, "m", incremental_turn(turns)) == first
+    # Another conversation (another opening question) keeps a key of its own.
+    assert affinity_key(1, "m", incremental_turn(5, "another question")) != first
+
+
 def test_without_breakpoint_system_and_first_user_message() -> None:
     body: dict[str, Any] = {
         "system": "Be brief.",
