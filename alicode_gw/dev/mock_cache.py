@@ -31,15 +31,22 @@ def canonical_json(obj: Any) -> bytes:
 
 def _segments(body: dict[str, Any]) -> list[tuple[Any, dict[str, Any] | None]]:
     """Prompt pieces in cache order (tools, system, messages), each with its cache_control."""
-    out: list[tuple[Any, dict[str, Any] | None]] = []
+    return [(item, cc) for item, cc, _ in _pieces(body)]
+
+
+def _pieces(body: dict[str, Any]) -> list[tuple[Any, dict[str, Any] | None, bool]]:
+    """:func:`_segments` with whether each piece is a block (a tool, a system block, a
+    message's content block or string content) rather than a message's role, which
+    is part of the prompt but not a block boundary the cache looks back over."""
+    out: list[tuple[Any, dict[str, Any] | None, bool]] = []
 
     def add(item: Any) -> None:
         if isinstance(item, dict) and "cache_control" in item:
             cc = item["cache_control"]
             rest = {k: v for k, v in item.items() if k != "cache_control"}
-            out.append((rest, cc if isinstance(cc, dict) else None))
+            out.append((rest, cc if isinstance(cc, dict) else None, True))
         else:
-            out.append((item, None))
+            out.append((item, None, True))
 
     tools = body.get("tools")
     if isinstance(tools, list):
@@ -55,7 +62,7 @@ def _segments(body: dict[str, Any]) -> list[tuple[Any, dict[str, Any] | None]]:
         content = msg.get("content") if isinstance(msg, dict) else msg
         role = msg.get("role") if isinstance(msg, dict) else None
         if isinstance(content, list):
-            out.append((role, None))
+            out.append((role, None, False))
             for block in content:
                 add(block)
         else:
@@ -154,10 +161,12 @@ class PromptCache:
         cumulative = 0
         bounds: list[tuple[bytes, int]] = []  # prefix key and tokens at each block's end
         points: list[tuple[int, int, float]] = []  # (bound index, tokens so far, ttl)
-        for item, cc in _segments(body):
+        for item, cc, block in _pieces(body):
             hasher.update(canonical_json(item))
             hasher.update(b"\x1e")
             cumulative += _seg_tokens(item)
+            if not block:  # a message's role: hashed, but no boundary of its own
+                continue
             bounds.append((hasher.copy().digest(), cumulative))
             if cc is not None:
                 points.append((len(bounds) - 1, cumulative, _ttl(cc)))
