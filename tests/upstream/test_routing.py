@@ -226,26 +226,61 @@ async def test_a_cooled_credentials_conversations_move_and_return(
     assert not await ledger.audit(db)
 
 
-async def test_skew_spreads_past_the_inflight_cap(
-    db: asyncpg.Connection, make_config, grouped_mock: MockUpstream
-) -> None:
-    gateway = await grouped_gateway(db, make_config, grouped_mock, upstream_inflight_cap=20)
-    customer = await make_customer(db)
-    try:
-        async with client_for(gateway, customer, timeout=30) as sdk:
-            session = Session("one huge conversation")
-            first = await turn(sdk, grouped_mock, session, 0)
-            before = len(grouped_mock.exchanges)
-            request = session.next_request(1, "[[mock: first_byte_delay_ms=3000]]")
-            answers = await asyncio.gather(*(sdk.messages.create(**request) for _ in range(50)))
-        assert len(answers) == 50
-        spread = collections.Counter(served_by(grouped_mock, before))
-        assert spread[first] == 20  # its own credential up to the cap ...
-        assert sorted(spread.values()) == [10, 20, 20]  # ... the rest to the next ones
-        assert all(v["in_flight"] == 0 for v in gateway.state.keypool.snapshot())
-        metrics = (await asyncio.to_thread(gateway.state.metrics.exposition)).decode()
-    finally:
-        await stop_gateway(gateway)
+class GatedMock(MockUpstream):
+    """Can hold /v1/messages requests at the upstream (:meth:`hold`) until ``gate`` is
+    set: a burst is routed in full before any of it is answered, however slow the
+    machine."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.all_held = asyncio.Event()
+        self._expected = self._held = 0
+
+    def hold(self, expected: int) -> None:
+        """Hold the next requests; ``all_held`` is set once ``expected`` wait."""
+        self.gate.clear()
+        self.all_held.clear()
+        self._expected, self._held = expected, 0
+
+    async def _messages(self, *args: Any, **kwargs: Any) -> Any:
+        if not self.gate.is_set():
+            self._held += 1
+            if self._held == self._expected:
+                self.all_held.set()
+        await self.gate.wait()
+        return await super()._messages(*args, **kwargs)
+
+
+async def test_skew_spreads_past_the_inflight_cap(db: asyncpg.Connection, make_config) -> None:
+    async with GatedMock(UPSTREAM_KEYS, groups=GROUPS) as mock:
+        gateway = await grouped_gateway(db, make_config, mock, upstream_inflight_cap=20)
+        customer = await make_customer(db)
+        try:
+            async with client_for(gateway, customer, timeout=30) as sdk:
+                session = Session("one huge conversation")
+                first = await turn(sdk, mock, session, 0)
+                before = len(mock.exchanges)
+                request = session.next_request(1)
+                mock.hold(50)  # none of the 50 is answered before all are routed
+                burst = asyncio.gather(*(sdk.messages.create(**request) for _ in range(50)))
+                try:
+                    async with asyncio.timeout(20):
+                        await mock.all_held.wait()
+                    spread = collections.Counter(served_by(mock, before))
+                    in_flight = sorted(v["in_flight"] for v in gateway.state.keypool.snapshot())
+                finally:
+                    mock.gate.set()
+                    answers = await burst
+            assert len(answers) == 50
+            assert spread[first] == 20  # its own credential up to the cap ...
+            assert sorted(spread.values()) == [10, 20, 20]  # ... the rest to the next ones
+            assert in_flight == [10, 20, 20]
+            assert all(v["in_flight"] == 0 for v in gateway.state.keypool.snapshot())
+            metrics = (await asyncio.to_thread(gateway.state.metrics.exposition)).decode()
+        finally:
+            await stop_gateway(gateway)
     assert 'alicode_upstream_cache_hit_ratio{credential="all"}' in metrics
     assert 'alicode_affinity_requests_total{keyed="yes"} 51.0' in metrics
     assert not await ledger.audit(db)
