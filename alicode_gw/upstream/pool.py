@@ -61,13 +61,11 @@ import contextlib
 import logging
 import secrets
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
 from redis.asyncio import Redis
 
-from alicode_gw.errors import ServiceUnavailableError
 from alicode_gw.store.unavailable import DATABASE_FAILED, REDIS_FAILED
 from alicode_gw.tasks import TaskTracker
 from alicode_gw.upstream.affinity import Candidate, Rendezvous, limited_for
@@ -80,6 +78,7 @@ from alicode_gw.upstream.health import (
     health_keys,
 )
 from alicode_gw.upstream.outcome import RATE_LIMIT_COOLDOWN_CAP, Outcome
+from alicode_gw.upstream.picking import Entry, pick_affine, pick_weighted
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +90,6 @@ PROBE_TTL = 60.0  # how long a node may hold the half-open probe before another 
 TRIP_TTL = 3600.0  # a tripped credential nobody probed for this long is trusted again
 BLAME_WINDOW = 10.0  # seconds a customer's failure counts towards cooling a credential
 BLAME_QUORUM = 2  # distinct customers whose failures cool a credential
-NO_HEALTHY_MESSAGE = "no healthy upstream credential"
 _BACKOFF = frozenset({Outcome.OVERLOADED, Outcome.SERVER_ERROR, Outcome.CONNECT_ERROR})
 _DISABLE_REASONS = {
     Outcome.AUTH_FAILED: "upstream rejected the credential (401)",
@@ -110,23 +108,6 @@ def _raise_if_cancelled() -> None:
     task = asyncio.current_task()
     if task is not None and task.cancelling():
         raise asyncio.CancelledError
-
-
-@dataclass(slots=True)
-class _Entry:
-    cred: Credential
-    disabled: bool = False
-    disabled_reason: str | None = None
-    current: int = 0  # smooth weighted round-robin
-    tripped: bool = False  # failed; healthy again only after a successful probe
-    cool_until: float = 0.0  # monotonic
-    streak: int = 0  # local failure count, used only when Redis is unreachable
-    blamed: dict[str, float] = field(default_factory=dict)  # customer -> monotonic, ditto
-    probe_until: float = 0.0  # this node holds the probe lock until then
-    probe_out: bool = False  # ... and has handed the probe to a request
-    version: int = 0  # bumped by local changes; a refresh that raced one is ignored
-    inflight: int = 0  # this process's attempts on it that have not finished
-    limited_until: float = 0.0  # monotonic: near its own upstream rate limit until then
 
 
 class KeyPool:
@@ -165,8 +146,8 @@ class KeyPool:
         self._ratelimit_floor = ratelimit_floor
         self._rendezvous = Rendezvous(())
         self._node = secrets.token_hex(6)
-        self._entries: list[_Entry] = []
-        self._by_id: dict[int, _Entry] = {}
+        self._entries: list[Entry] = []
+        self._by_id: dict[int, Entry] = {}
         self._wake = asyncio.Event()
         self._reload_requested = False
         self._tasks: list[asyncio.Task[Any]] = []
@@ -212,52 +193,9 @@ class KeyPool:
         """
         now = time.monotonic()
         if affinity is not None and self._affinity:
-            return self._pick_affine(affinity, exclude, now)
-        entries = self._entries
-        best: _Entry | None = None
-        total = 0
-        for entry in entries:
-            if entry.disabled or entry.cred.id in exclude:
-                continue
-            if entry.tripped:
-                if self._take_probe(entry, now):
-                    return entry.cred
-                continue
-            entry.current += entry.cred.weight
-            total += entry.cred.weight
-            if best is None or entry.current > best.current:
-                best = entry
-        if best is None:
-            raise ServiceUnavailableError(NO_HEALTHY_MESSAGE)
-        best.current -= total
-        return best.cred
-
-    def _pick_affine(self, key: bytes, exclude: frozenset[int], now: float) -> Credential:
-        busy: _Entry | None = None
-        by_id = self._by_id
-        for cid in self._rendezvous.order(key):
-            entry = by_id.get(cid)
-            if entry is None or entry.disabled or cid in exclude:
-                continue
-            if entry.tripped:
-                if self._take_probe(entry, now):
-                    return entry.cred
-                continue
-            cap = self._inflight_cap
-            if (cap and entry.inflight >= cap) or entry.limited_until > now:
-                busy = busy or entry  # every usable one busy: the first of them
-                continue
-            return entry.cred
-        if busy is None:
-            raise ServiceUnavailableError(NO_HEALTHY_MESSAGE)
-        return busy.cred
-
-    @staticmethod
-    def _take_probe(entry: _Entry, now: float) -> bool:
-        if entry.cool_until <= now and entry.probe_until > now and not entry.probe_out:
-            entry.probe_out = True
-            return True
-        return False
+            order = self._rendezvous.order(affinity)
+            return pick_affine(order, self._by_id, exclude, now, self._inflight_cap).cred
+        return pick_weighted(self._entries, exclude, now).cred
 
     def started(self, cred: Credential) -> None:
         """An attempt with ``cred`` begins (counted against the in-flight cap)."""
@@ -353,7 +291,7 @@ class KeyPool:
     async def _trip(
         self,
         cred: Credential,
-        entry: _Entry | None,
+        entry: Entry | None,
         mode: str,
         seconds: float,
         customer: str | None = None,
@@ -399,7 +337,7 @@ class KeyPool:
             self._apply_cool(entry, ms)
         return True
 
-    def _blamed_enough(self, entry: _Entry, customer: str) -> bool:
+    def _blamed_enough(self, entry: Entry, customer: str) -> bool:
         """The quorum rule of the failure script, on this node's view (no Redis)."""
         now = time.monotonic()
         entry.blamed = {
@@ -408,7 +346,7 @@ class KeyPool:
         entry.blamed[customer] = now
         return len(entry.blamed) >= self._blame_quorum
 
-    async def _recovered(self, cred: Credential, entry: _Entry) -> None:
+    async def _recovered(self, cred: Credential, entry: Entry) -> None:
         cool, trip, probe = health_keys(self._prefix, cred.id)
         try:
             done = await self._ok_script(
@@ -421,7 +359,7 @@ class KeyPool:
             log.info("upstream %s is healthy again", cred.name)
             self._apply_ok(entry)
 
-    async def _disable(self, cred: Credential, entry: _Entry | None, reason: str) -> None:
+    async def _disable(self, cred: Credential, entry: Entry | None, reason: str) -> None:
         log.warning("upstream %s disabled: %s", cred.name, reason)
         if entry is not None:
             entry.disabled, entry.disabled_reason = True, reason
@@ -440,7 +378,7 @@ class KeyPool:
         except REDIS_FAILED as exc:
             log.warning("upstream %s: cannot announce that it is disabled (%s)", cred.name, exc)
 
-    def _apply_cool(self, entry: _Entry, ms: int) -> None:
+    def _apply_cool(self, entry: Entry, ms: int) -> None:
         entry.tripped = True
         entry.cool_until = max(entry.cool_until, time.monotonic() + ms / 1000)
         entry.probe_until, entry.probe_out = 0.0, False
@@ -448,7 +386,7 @@ class KeyPool:
         self._wake.set()  # the refresh loop re-plans its wake-up for the expiry
 
     @staticmethod
-    def _apply_ok(entry: _Entry) -> None:
+    def _apply_ok(entry: Entry) -> None:
         entry.tripped, entry.cool_until, entry.streak = False, 0.0, 0
         entry.probe_until, entry.probe_out = 0.0, False
         entry.version += 1
@@ -466,14 +404,14 @@ class KeyPool:
             "SELECT id, name, secret, weight, cache_group, status, disabled_reason"
             " FROM upstream_credentials ORDER BY id"
         )
-        entries: list[_Entry] = []
+        entries: list[Entry] = []
         for row in rows:
             cred = Credential(
                 row["id"], row["name"], row["weight"], row["secret"], row["cache_group"]
             )
             entry = self._by_id.get(cred.id)
             if entry is None:
-                entry = _Entry(cred)
+                entry = Entry(cred)
             elif entry.cred != cred:
                 entry.cred = cred
             entry.disabled = row["status"] == "disabled"
