@@ -18,6 +18,7 @@ from alicode_gw import app
 from alicode_gw.dev.mock_upstream import MockUpstream
 from alicode_gw.money import ledger
 from alicode_gw.upstream.credentials import Credential
+from alicode_gw.upstream.health import health_keys
 from alicode_gw.upstream.outcome import Outcome
 from tests.support.customers import (
     MODEL,
@@ -199,21 +200,20 @@ async def test_a_cooled_credentials_conversations_move_and_return(
                 home[0],
             )
             cooled = Credential(row["id"], row["name"], row["weight"], row["secret"])
-            await pool.report(cooled, Outcome.RATE_LIMITED, 4.0)
+            await pool.report(cooled, Outcome.RATE_LIMITED, 60.0)  # outlasts the phase
             during = [await turn(sdk, grouped_mock, s, 2) for s in sessions]
             for was, now in zip(home, during, strict=True):
                 assert now == was if was != cooled.secret else now != cooled.secret
             # Moved conversations stay put on their next choice while it cools.
             assert [await turn(sdk, grouped_mock, s, 3) for s in sessions] == during
 
-            # The cooldown ends: a probe (the first request of one of its own
-            # conversations), then they return.
-            for _ in range(200):
-                row = next(r for r in pool.snapshot() if r["id"] == cooled.id)
-                if not row["cooldown_remaining"]:
-                    break
-                await asyncio.sleep(0.05)
+            # The cooldown ends (its Redis key expires: here, at once): a probe (the
+            # first request of one of its own conversations), then they return.
+            cool_key = health_keys(gateway.state.config.redis_prefix, cooled.id)[0]
+            assert await gateway.state.redis.delete(cool_key) == 1  # it was still cooling
             await pool.refresh()
+            row = next(r for r in pool.snapshot() if r["id"] == cooled.id)
+            assert row["cooldown_remaining"] == 0 and row["half_open"]
             after = [await turn(sdk, grouped_mock, s, 4) for s in sessions]
             assert after == home
             assert [await turn(sdk, grouped_mock, s, 5) for s in sessions] == home
