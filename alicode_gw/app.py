@@ -73,7 +73,15 @@ async def open_state(config: Config, backends: Backends) -> State:
     db = await create_pool(backends.database_url, config.db_pool_size)
     redis = create_redis(backends.redis_url)
     tasks = TaskTracker()
-    keypool = await KeyPool.open(db, redis, config.redis_prefix, tasks)
+    keypool = await KeyPool.open(
+        db,
+        redis,
+        config.redis_prefix,
+        tasks,
+        affinity=config.routing == "affinity",
+        inflight_cap=config.upstream_inflight_cap,
+        ratelimit_floor=config.upstream_ratelimit_floor,
+    )
     catalog = ModelCatalog(db)
     await catalog.refresh()
     tasks.spawn(catalog.run(), name="model-catalog-refresh", perpetual=True)
@@ -225,6 +233,8 @@ def make_handler(state: State, router: Router) -> RequestHandler:
             raise
         finally:
             state.in_flight -= 1
+            if ctx.upstream_held is not None:  # the answer's upstream call is over
+                state.keypool.finished(ctx.upstream_held)
             accesslog.finish(ctx, status)
 
     cap = state.config.max_in_flight or None

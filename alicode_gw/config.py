@@ -202,6 +202,32 @@ class Config:
             "doc": "Seconds after which no further upstream attempt is started.",
         },
     )
+    routing: str = field(
+        default="affinity",
+        metadata={
+            "env": "ALICODE_ROUTING",
+            "doc": "`affinity`: a conversation stays on the credential (cache group) holding "
+            "its prompt cache (rendezvous hashing; docs/routing.md); `round_robin`: every "
+            "request goes to the next credential by weight.",
+        },
+    )
+    upstream_inflight_cap: int = field(
+        default=0,
+        metadata={
+            "env": "ALICODE_UPSTREAM_INFLIGHT_CAP",
+            "doc": "Requests one credential serves at once on this process before affinity "
+            "sends a conversation to its next choice; 0 = no cap.",
+        },
+    )
+    upstream_ratelimit_floor: int = field(
+        default=5,
+        metadata={
+            "env": "ALICODE_UPSTREAM_RATELIMIT_FLOOR",
+            "doc": "Percent of a credential's upstream rate limit (its last "
+            "anthropic-ratelimit-*-remaining headers) below which affinity prefers the next "
+            "credential until the limit resets; 0 = never.",
+        },
+    )
     count_tokens: str = field(
         default="upstream",
         metadata={
@@ -568,6 +594,9 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "ALICODE_UPSTREAM_RETRY_BUDGET": _parse_seconds,
     "ALICODE_DISCONNECT_DRAIN_TIMEOUT": _parse_seconds,
     "ALICODE_COUNT_TOKENS": _parse_choice("upstream", "estimate"),
+    "ALICODE_ROUTING": _parse_choice("affinity", "round_robin"),
+    "ALICODE_UPSTREAM_INFLIGHT_CAP": _parse_int(0),
+    "ALICODE_UPSTREAM_RATELIMIT_FLOOR": _parse_percent,
     "ALICODE_CREDIT_LEASE_PCT": _parse_percent,
     "ALICODE_NODE_HEARTBEAT_INTERVAL": _parse_seconds,
     "ALICODE_NODE_DEAD_AFTER": _parse_seconds,

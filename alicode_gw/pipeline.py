@@ -35,6 +35,7 @@ from alicode_gw.respcache.keys import Entry
 from alicode_gw.respcache.replay import replay
 from alicode_gw.respcache.store import Lookup
 from alicode_gw.state import RequestContext
+from alicode_gw.upstream.affinity import affinity_key
 from alicode_gw.upstream.client import Refusal, open_upstream, passed_headers
 from alicode_gw.upstream.relay import (
     RelayResult,
@@ -167,6 +168,8 @@ async def serve(
     key, ip = ctx.authenticated, ctx.ip
     info = resolve_model(ctx, request.model)
     check_max_tokens(request.max_tokens, info)
+    if state.config.routing == "affinity":  # which credential holds its prompt cache
+        ctx.affinity = affinity_key(key.account_id, info.target, payload)
     estimate = await state.tokens.count_async(payload)
     admission, hold = await _admit_and_hold(ctx, key, info, request, estimate, ip)
     outcome = _Outcome()

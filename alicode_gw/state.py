@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from alicode_gw.observe.metrics import Metrics
     from alicode_gw.respcache.store import ResponseCache
     from alicode_gw.tokens import TokenCounter
+    from alicode_gw.upstream.credentials import Credential
     from alicode_gw.upstream.models import UpstreamModels
     from alicode_gw.upstream.pool import KeyPool
 
@@ -90,6 +91,10 @@ class RequestContext:
     files_inlined: int = 0  # file sources replaced by their bytes (files/inline.py)
     response_cache: str | None = None  # HIT, MISS or BYPASS (None: not consulted)
     tokens_saved: int = 0  # a hit's original input + output tokens
+    # Cache-affine routing (upstream/affinity.py): the request's key (never logged, only
+    # whether there was one) and the credential whose in-flight count it holds.
+    affinity: bytes | None = None
+    upstream_held: Credential | None = None
 
     @property
     def ip(self) -> str:

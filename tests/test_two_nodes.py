@@ -5,6 +5,7 @@ limits, revocation and upstream cooldowns taken on one node hold on the other.""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -45,6 +46,19 @@ async def nodes(
     await reset_pool(db)
     # cred-0 is picked first by every node (smooth weighted round-robin), unless cooling.
     await db.execute("UPDATE upstream_credentials SET weight = 100 WHERE name = 'cred-0'")
+    async with serving(db, database_url, redis_url, mock_upstream, tmp_path, "round_robin") as two:
+        yield two
+
+
+@contextlib.asynccontextmanager
+async def serving(
+    db: asyncpg.Connection,
+    database_url: str,
+    redis_url: str,
+    mock_upstream: MockUpstream,
+    tmp_path: Path,
+    routing: str,
+) -> AsyncIterator[Nodes]:
     prefix = f"two-{secrets.token_hex(4)}:"
     async with procs.serve_nodes(
         ("a", "b"),
@@ -53,6 +67,7 @@ async def nodes(
         prefix,
         tmp_path,
         ALICODE_UPSTREAM_URL=mock_upstream.url,
+        ALICODE_ROUTING=routing,
     ) as started:
         await asyncio.sleep(0.3)  # both subscribed to the revocation and upstream channels
         yield Nodes([node.url for node in started], prefix)
@@ -205,3 +220,41 @@ async def test_both_nodes_bill_one_account_exactly_with_their_own_leases(
         customer.account_id,
     )
     assert before - after == charged > 0
+
+
+async def test_both_nodes_route_a_conversation_to_the_same_credential(
+    db: asyncpg.Connection,
+    database_url: str,
+    redis_url: str,
+    mock_upstream: MockUpstream,
+    tmp_path: Path,
+) -> None:
+    """No shared state: rendezvous hashing gives each conversation the same credential
+    on every node (the one holding its prompt cache), and spreads conversations."""
+    await reset_pool(db)  # three credentials of equal weight
+    customer = await make_customer(db)
+    homes: dict[int, set[str | None]] = {}
+    async with (
+        serving(db, database_url, redis_url, mock_upstream, tmp_path, "affinity") as two,
+        client(two.a, customer.key) as a,
+        client(two.b, customer.key) as b,
+    ):
+        for turn in range(3):
+            for conversation in range(12):
+                node = (a, b)[(turn + conversation) % 2]
+                system = f"Conversation {conversation} of the two-node test. " * 3
+                before = len(mock_upstream.exchanges)
+                await node.messages.create(
+                    model=MODEL,
+                    max_tokens=20,
+                    system=system,
+                    messages=[
+                        {"role": "user", "content": "start"},
+                        {"role": "assistant", "content": "ok"},
+                        {"role": "user", "content": f"turn {turn}"},
+                    ][: 1 + 2 * min(turn, 1)],
+                )
+                served = [ex.api_key for ex in list(mock_upstream.exchanges)[before:]]
+                homes.setdefault(conversation, set()).update(served)
+    assert all(len(keys) == 1 for keys in homes.values()), homes
+    assert len(set().union(*homes.values())) >= 2  # conversations spread over credentials

@@ -43,6 +43,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add.add_argument("--name", help="a unique name (default: key- and its last 4 characters)")
     add.add_argument("--weight", type=_weight, default=1, help="share of the load (1-1000)")
+    add.add_argument(
+        "--cache-group",
+        metavar="NAME",
+        help="the organization or workspace of the key: credentials of one group share the "
+        "upstream's prompt cache (default: a group of its own; see docs/routing.md)",
+    )
     add.add_argument("--json", action="store_true", help="machine-readable output")
     add.set_defaults(handler=run_add)
 
@@ -67,7 +73,9 @@ def run_add(args: argparse.Namespace, config: Config) -> int:
     secret = sys.stdin.readline().strip() if args.key_stdin else args.key
 
     async def work(conn: asyncpg.Connection, redis: Redis) -> creds.Credential:
-        cred = await creds.add_credential(conn, secret, name=args.name, weight=args.weight)
+        cred = await creds.add_credential(
+            conn, secret, name=args.name, weight=args.weight, cache_group=args.cache_group
+        )
         await operator.announce(redis, config.redis_prefix)
         return cred
 
@@ -75,10 +83,17 @@ def run_add(args: argparse.Namespace, config: Config) -> int:
         cred = with_db(config, work)
     except creds.PoolError as exc:
         return fail(str(exc))
+    group = f", cache group {cred.cache_group}" if cred.cache_group else ""
     emit(
-        {"id": cred.id, "name": cred.name, "key": cred.display, "weight": cred.weight},
+        {
+            "id": cred.id,
+            "name": cred.name,
+            "key": cred.display,
+            "weight": cred.weight,
+            "cache_group": cred.cache_group,
+        },
         args.json,
-        f"added {cred.name} ({cred.display}, weight {cred.weight})",
+        f"added {cred.name} ({cred.display}, weight {cred.weight}{group})",
     )
     return 0
 
@@ -92,6 +107,7 @@ def run_list(args: argparse.Namespace, config: Config) -> int:
                 "name": st.name,
                 "key": st.key,
                 "weight": st.weight,
+                "cache_group": st.cache_group,
                 "status": st.status,
                 "disabled_reason": st.disabled_reason,
                 "created_at": st.created_at.isoformat(),
@@ -101,13 +117,14 @@ def run_list(args: argparse.Namespace, config: Config) -> int:
         ]
 
     rows = with_db(config, work)
-    lines = [f"{'ID':>4}  {'NAME':<20} {'KEY':<16} {'WEIGHT':>6}  HEALTH"]
+    lines = [f"{'ID':>4}  {'NAME':<20} {'KEY':<16} {'WEIGHT':>6}  {'CACHE GROUP':<16} HEALTH"]
     for row in rows:
         health = row["health"]
         if row["disabled_reason"]:
             health += f" ({row['disabled_reason']})"
         lines.append(
-            f"{row['id']:>4}  {row['name']:<20} {row['key']:<16} {row['weight']:>6}  {health}"
+            f"{row['id']:>4}  {row['name']:<20} {row['key']:<16} {row['weight']:>6}  "
+            f"{row['cache_group'] or '-':<16} {health}"
         )
     emit(rows, args.json, "\n".join(lines) if rows else "the upstream pool is empty")
     return 0

@@ -13,11 +13,17 @@ import json
 import math
 import re
 import secrets
-from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
+
+from alicode_gw.dev.mock_cache import (
+    CacheUsage,
+    PromptCache,
+    canonical_json,
+    count_input_tokens,
+)
 
 __all__ = [
     "Answer",
@@ -67,7 +73,6 @@ _NAMED_ERRORS: Mapping[str, tuple[int, str, str]] = MappingProxyType({
 })  # fmt: skip
 DEFAULT_WORDS = 12
 THINKING_WORDS = 8
-_BASE_INPUT_TOKENS = 3
 _JSON_PIECE = 7
 
 
@@ -78,10 +83,6 @@ def new_id(prefix: str, n: int = 24) -> str:
 def _dumps(obj: Any) -> str:
     """Compact JSON, as the real API writes it."""
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
-
-
-def _canon(obj: Any) -> bytes:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 # ---------------------------------------------------------------- errors
@@ -232,119 +233,6 @@ def parse_directives(header: str | None, body: dict[str, Any] | None) -> Directi
     return Directives(**values)
 
 
-# ---------------------------------------------------------------- token counting and caching
-
-
-def _segments(body: dict[str, Any]) -> list[tuple[Any, dict[str, Any] | None]]:
-    """Prompt pieces in cache order (tools, system, messages), each with its cache_control."""
-    out: list[tuple[Any, dict[str, Any] | None]] = []
-
-    def add(item: Any) -> None:
-        if isinstance(item, dict) and "cache_control" in item:
-            cc = item["cache_control"]
-            rest = {k: v for k, v in item.items() if k != "cache_control"}
-            out.append((rest, cc if isinstance(cc, dict) else None))
-        else:
-            out.append((item, None))
-
-    tools = body.get("tools")
-    if isinstance(tools, list):
-        for tool in tools:
-            add(tool)
-    system = body.get("system")
-    if isinstance(system, list):
-        for block in system:
-            add(block)
-    elif system:
-        add(system)
-    for msg in body.get("messages") or ():
-        content = msg.get("content") if isinstance(msg, dict) else msg
-        role = msg.get("role") if isinstance(msg, dict) else None
-        if isinstance(content, list):
-            out.append((role, None))
-            for block in content:
-                add(block)
-        else:
-            add({"role": role, "content": content})
-    return out
-
-
-def _seg_tokens(item: Any) -> int:
-    return max(1, math.ceil(len(_canon(item)) / 4))
-
-
-def count_input_tokens(body: dict[str, Any]) -> int:
-    """Deterministic prompt size: about one token per 4 bytes of canonical JSON."""
-    return _BASE_INPUT_TOKENS + sum(_seg_tokens(item) for item, _ in _segments(body))
-
-
-@dataclass(frozen=True, slots=True)
-class CacheUsage:
-    input_tokens: int
-    cache_creation_input_tokens: int = 0
-    cache_read_input_tokens: int = 0
-    ephemeral_5m_input_tokens: int = 0
-    ephemeral_1h_input_tokens: int = 0
-
-
-class PromptCache:
-    """Bounded record of cached prompt prefixes (one per cache_control breakpoint).
-
-    Breakpoints are the ``cache_control`` marks on tools, system blocks and message
-    blocks, plus the end of the prompt when the request has a top-level
-    ``cache_control`` (automatic caching). The longest previously seen prefix is read
-    from cache; the tokens from there to the last breakpoint are written, each span
-    taking the ``ttl`` of the breakpoint that ends it ("1h", else 5 minutes).
-    """
-
-    def __init__(self, limit: int = 1024) -> None:
-        self._limit = limit
-        self._seen: OrderedDict[bytes, None] = OrderedDict()
-
-    def usage(self, body: dict[str, Any]) -> CacheUsage:
-        total = count_input_tokens(body)
-        hasher = hashlib.sha256(str(body.get("model")).encode())
-        cumulative = 0
-        points: list[tuple[bytes, int, bool]] = []  # (prefix key, tokens so far, is 1h)
-        for item, cc in _segments(body):
-            hasher.update(_canon(item))
-            hasher.update(b"\x1e")
-            cumulative += _seg_tokens(item)
-            if cc is not None:
-                points.append((hasher.copy().digest(), cumulative, cc.get("ttl") == "1h"))
-        auto = body.get("cache_control")  # automatic caching: a breakpoint at the end
-        if isinstance(auto, dict) and cumulative and (not points or points[-1][1] != cumulative):
-            points.append((hasher.digest(), cumulative, auto.get("ttl") == "1h"))
-        if not points:
-            return CacheUsage(input_tokens=total)
-        read = 0
-        first_new = 0
-        for i in range(len(points) - 1, -1, -1):
-            if points[i][0] in self._seen:
-                read, first_new = points[i][1], i + 1
-                break
-        m5 = h1 = 0
-        prev = read
-        for _key, upto, is_1h in points[first_new:]:
-            if is_1h:
-                h1 += upto - prev
-            else:
-                m5 += upto - prev
-            prev = upto
-        for key, _, _ in points:
-            self._seen[key] = None
-            self._seen.move_to_end(key)
-        while len(self._seen) > self._limit:
-            self._seen.popitem(last=False)
-        return CacheUsage(
-            input_tokens=total - points[-1][1],
-            cache_creation_input_tokens=m5 + h1,
-            cache_read_input_tokens=read,
-            ephemeral_5m_input_tokens=m5,
-            ephemeral_1h_input_tokens=h1,
-        )
-
-
 # ---------------------------------------------------------------- answers
 
 
@@ -415,7 +303,7 @@ def _chosen_tool(body: dict[str, Any], directives: Directives) -> dict[str, Any]
 
 def build_answer(body: dict[str, Any], directives: Directives) -> Answer:
     """The deterministic answer to a validated /v1/messages body (one token per word)."""
-    seed = _canon([body.get("system"), body.get("messages")])
+    seed = canonical_json([body.get("system"), body.get("messages")])
     budget: int = body["max_tokens"]
     answer = Answer()
     truncated = False

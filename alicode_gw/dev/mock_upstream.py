@@ -23,6 +23,11 @@ credentials), ``drop_after=N`` (streaming: close the connection after N events),
 ``first_byte_delay_ms=N``, ``chunk_delay_ms=N``, ``words=N`` (answer length),
 ``mode=tool|text`` (call the first tool even without a forcing ``tool_choice``).
 
+The prompt cache is emulated per cache group (``groups``: key → group; by default each
+key is its own organization), as :class:`~alicode_gw.dev.mock_cache.PromptCache`
+describes: ``cache_read_input_tokens`` for a marked prefix the group saw within its TTL,
+``cache_creation_input_tokens`` (and the ``cache_creation`` split) otherwise.
+
 A ``system`` turn inside ``messages`` is accepted under the betas Claude Code sends
 with one (``mid-conversation-system-2026-04-07``, ``per-turn-control-2026-07-01``),
 and refused like the API refuses an unknown role without them. ``GET /v1/models`` serves
@@ -37,8 +42,9 @@ import binascii
 import collections
 import json
 import secrets
+import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from types import MappingProxyType, TracebackType
@@ -61,6 +67,7 @@ from alicode_gw.dev.mock_answers import (
     status_error,
     stream_events,
 )
+from alicode_gw.dev.mock_cache import MAX_BREAKPOINTS, count_breakpoints
 from alicode_gw.dev.mock_models import MODELS, model_json
 from alicode_gw.upstream.sse import format_event
 
@@ -212,6 +219,12 @@ def _validate_messages(body: Any, betas: frozenset[str] = frozenset()) -> dict[s
         raise invalid("max_tokens: Input should be a valid integer")
     if max_tokens < 1:
         raise invalid("max_tokens: Input should be greater than or equal to 1")
+    breakpoints = count_breakpoints(body)
+    if breakpoints > MAX_BREAKPOINTS:
+        raise invalid(
+            f"A maximum of {MAX_BREAKPOINTS} blocks with cache_control may be provided."
+            f" Found {breakpoints}."
+        )
     thinking = body.get("thinking")
     if isinstance(thinking, dict) and thinking.get("type") == "enabled":
         budget = thinking.get("budget_tokens")
@@ -279,12 +292,18 @@ class MockUpstream:
         host: str = "127.0.0.1",
         port: int = 0,
         history: int = 1000,
+        groups: Mapping[str, str] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._keys = frozenset(api_keys)
+        # The prompt cache is per cache group (organization or workspace): ``groups``
+        # maps a key to its group's name; a key not in it is a group of its own.
+        self._groups = dict(groups or {})
+        self._clock = clock
+        self._caches: dict[str, PromptCache] = {}
         self._host = host
         self._port = port
         self._runner: web.ServerRunner | None = None
-        self._cache = PromptCache()
         self._org_id = str(uuid.uuid4())
         # What GET /v1/models serves, newest first: (id, display name, created_at).
         # A test may add or remove entries (a model shipped or retired upstream).
@@ -333,6 +352,14 @@ class MockUpstream:
     def url(self) -> str:
         host = f"[{self._host}]" if ":" in self._host else self._host
         return f"http://{host}:{self._port}"
+
+    def prompt_cache(self, api_key: str) -> PromptCache:
+        """The prompt cache of ``api_key``'s cache group."""
+        group = self._groups.get(api_key, api_key)
+        cache = self._caches.get(group)
+        if cache is None:
+            cache = self._caches[group] = PromptCache(clock=self._clock)
+        return cache
 
     # ------------------------------------------------------------ responses
 
@@ -498,7 +525,7 @@ class MockUpstream:
     ) -> web.StreamResponse:
         body = _validate_messages(body, _betas(request))
         answer = build_answer(body, directives)
-        cache = self._cache.usage(body)
+        cache = self.prompt_cache(ex.api_key or "").usage(body)
         msg_id = new_id("msg_01", 22)
         if body.get("stream") is True:
             events = stream_events(msg_id, body["model"], answer, cache)

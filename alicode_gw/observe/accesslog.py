@@ -15,7 +15,8 @@ characters::
      "input_tokens": 12, "output_tokens": 40, "cache_write_tokens": 0,
      "cache_read_tokens": 0, "cost_usd": "0.000636",
      "duration_ms": 812.4, "ttfb_ms": 301.2, "upstream": "main", "attempts": 1,
-     "response_cache": "MISS", "tokens_saved": 0}
+     "response_cache": "MISS", "tokens_saved": 0,
+     "affinity": true}
 
 ``response_cache`` is the response cache's verdict (``HIT``, ``MISS``, ``BYPASS``; null
 when it was not consulted) and ``tokens_saved`` a hit's original input + output tokens.
@@ -143,6 +144,9 @@ def count_error(ctx: RequestContext, err: GatewayError) -> None:
         metrics.limit_rejections.labels(err.limit).inc()
 
 
+_ROUTED = frozenset({"messages", "chat_completions"})  # what the routing metrics count
+
+
 def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000, 1)
 
@@ -162,6 +166,14 @@ def finish(ctx: RequestContext, status: int) -> None:
             cache_write_tokens=ctx.cache_write_tokens,
             cache_read_tokens=ctx.cache_read_tokens,
             cost_nanos=ctx.cost_nanos,
+        )
+    if ctx.route in _ROUTED:
+        metrics.routed(
+            ctx.upstream_name,
+            ctx.affinity is not None,
+            ctx.cache_read_tokens,
+            ctx.cache_write_tokens,
+            ctx.input_tokens,
         )
     if not access_log.isEnabledFor(logging.INFO):
         return
@@ -191,6 +203,7 @@ def finish(ctx: RequestContext, status: int) -> None:
         "attempts": ctx.attempts,
         "response_cache": ctx.response_cache,
         "tokens_saved": ctx.tokens_saved,
+        "affinity": ctx.affinity is not None,
     }
     text = json.dumps(line, separators=(",", ":"))
     handlers = access_log.handlers

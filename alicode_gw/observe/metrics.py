@@ -109,6 +109,19 @@ class Metrics:
             ["credential", "outcome"],
             registry=r,
         )
+        self.cache_tokens = Counter(
+            "alicode_upstream_cache_tokens",
+            "Input tokens of answered requests by credential and kind: read (from the "
+            "upstream's prompt cache), write (into it) or uncached.",
+            ["credential", "kind"],
+            registry=r,
+        )
+        self.affinity = Counter(
+            "alicode_affinity_requests",
+            "Requests by whether they had an affinity key (cache-affine routing): yes/no.",
+            ["keyed"],
+            registry=r,
+        )
         self.auth_failures = Counter(
             "alicode_auth_failures",
             "Requests refused with 401 (missing, bad or revoked key).",
@@ -231,6 +244,15 @@ class Metrics:
                 self._child(self.tokens, model, kind).inc(count)
         if cost_nanos:
             self._child(self.charged, model).inc(cost_nanos)
+
+    def routed(self, credential: str | None, keyed: bool, read: int, write: int, rest: int) -> None:
+        """A request's routing: whether it had an affinity key, and its credential's
+        prompt-cache tokens (the cache-hit ratio on /metrics derives from these)."""
+        self._child(self.affinity, "yes" if keyed else "no").inc()
+        if credential is not None:
+            for kind, count in (("read", read), ("write", write), ("uncached", rest)):
+                if count:
+                    self._child(self.cache_tokens, credential, kind).inc(count)
 
     def upstream_attempt(self, credential: str, outcome: str) -> None:
         self._child(self.upstream_attempts, credential, outcome).inc()
@@ -358,8 +380,40 @@ class Metrics:
         """The text exposition: every process's per-process series summed, then the
         node series. Reads the shared directory: call it off the event loop."""
         merged = CollectorRegistry(auto_describe=False)
-        merged.register(_Fixed(self._merged()))
+        families = self._merged()
+        merged.register(_Fixed([*families, *_cache_hit_ratio(families)]))
         return generate_latest(merged) + generate_latest(self.node_registry)
+
+
+def _cache_hit_ratio(families: list[Metric]) -> list[Metric]:
+    """``alicode_upstream_cache_hit_ratio``: cache-read tokens / all input tokens, per
+    credential and ``all``, from the (summed) ``alicode_upstream_cache_tokens``."""
+    totals: dict[str, dict[str, float]] = {}
+    for family in families:
+        if family.name != "alicode_upstream_cache_tokens":
+            continue
+        for sample in family.samples:
+            if sample.name.endswith("_total"):
+                for name in (sample.labels["credential"], "all"):
+                    kinds = totals.setdefault(name, {})
+                    kind = sample.labels["kind"]
+                    kinds[kind] = kinds.get(kind, 0.0) + sample.value
+    if not totals:
+        return []
+    ratio = Metric(
+        "alicode_upstream_cache_hit_ratio",
+        "Share of input tokens read from the upstream's prompt cache (read / (read + write "
+        '+ uncached)), per credential and over all (credential="all").',
+        "gauge",
+    )
+    for name, kinds in sorted(totals.items()):
+        total = sum(kinds.values())
+        ratio.add_sample(
+            "alicode_upstream_cache_hit_ratio",
+            {"credential": name},
+            kinds.get("read", 0.0) / total if total else 0.0,
+        )
+    return [ratio]
 
 
 class _Fixed:

@@ -169,7 +169,8 @@ async def open_upstream(
 
     Returns the open 2xx response (the caller relays and releases it) and the
     credential it came from, or a :class:`Refusal` to pass through. Raises the mapped
-    error when every attempt failed.
+    error when every attempt failed. The credential of a 2xx stays counted in flight
+    (``ctx.upstream_held``) until the root handler ends the request.
     """
     state = ctx.state
     config = state.config
@@ -183,11 +184,14 @@ async def open_upstream(
         sock_connect=config.upstream_connect_timeout,
         sock_read=config.upstream_first_byte_timeout,
     )
+    if ctx.upstream_held is not None:  # a second upstream call of one request
+        state.keypool.finished(ctx.upstream_held)
+        ctx.upstream_held = None
     for number in range(config.upstream_max_attempts):
         if number and loop.time() > deadline:
             break
         try:
-            credential = state.keypool.pick(frozenset(tried))
+            credential = state.keypool.pick(frozenset(tried), ctx.affinity)
         except ServiceUnavailableError:
             if number == 0:
                 raise
@@ -195,31 +199,39 @@ async def open_upstream(
         tried.add(credential.id)
         ctx.attempts += 1
         ctx.upstream_name = credential.name
+        state.keypool.started(credential)
+        held = False  # a 2xx's call lasts until the request ends (app.py releases it)
         try:
-            response = await state.http.post(
-                url,
-                data=body,
-                headers=outbound_headers(ctx.request.headers, credential),
-                timeout=timeout,
-            )
-        except (aiohttp.ClientError, TimeoutError):
-            await _report(ctx, credential, Outcome.CONNECT_ERROR, attempts)
-            continue
-        ctx.upstream_request_id = response.headers.get("request-id")
-        if response.status < 300:
-            await _report(ctx, credential, Outcome.OK, attempts)
-            for failed in attempts.alone:  # the request was fine: those credentials were not
-                await state.keypool.confirm(failed)
-            body_read_timeout(response, config.upstream_idle_timeout)
-            return response, credential
-        try:
-            error_body = await response.content.read(ERROR_BODY_LIMIT)
-        except (aiohttp.ClientError, TimeoutError):
-            error_body = b""
+            try:
+                response = await state.http.post(
+                    url,
+                    data=body,
+                    headers=outbound_headers(ctx.request.headers, credential),
+                    timeout=timeout,
+                )
+            except (aiohttp.ClientError, TimeoutError):
+                await _report(ctx, credential, Outcome.CONNECT_ERROR, attempts)
+                continue
+            ctx.upstream_request_id = response.headers.get("request-id")
+            state.keypool.observe_limits(credential, response.headers)
+            if response.status < 300:
+                ctx.upstream_held, held = credential, True
+                await _report(ctx, credential, Outcome.OK, attempts)
+                for failed in attempts.alone:  # the request was fine: those were not
+                    await state.keypool.confirm(failed)
+                body_read_timeout(response, config.upstream_idle_timeout)
+                return response, credential
+            try:
+                error_body = await response.content.read(ERROR_BODY_LIMIT)
+            except (aiohttp.ClientError, TimeoutError):
+                error_body = b""
+            finally:
+                response.release()
+            outcome, cooldown = classify(response.status, response.headers, error_body)
+            await _report(ctx, credential, outcome, attempts, cooldown)
+            if outcome is Outcome.CLIENT_ERROR:  # the report freed a half-open probe
+                return refusal(ctx, response, error_body)
         finally:
-            response.release()
-        outcome, cooldown = classify(response.status, response.headers, error_body)
-        await _report(ctx, credential, outcome, attempts, cooldown)
-        if outcome is Outcome.CLIENT_ERROR:  # the report freed a half-open probe
-            return refusal(ctx, response, error_body)
+            if not held:
+                state.keypool.finished(credential)
     raise attempts.exhausted()

@@ -28,6 +28,7 @@ class Credential:
     name: str
     weight: int
     secret: str = field(repr=False)
+    cache_group: str | None = None  # the organization/workspace; None: its own group
 
     @property
     def display(self) -> str:
@@ -50,8 +51,10 @@ async def add_credential(
     *,
     name: str | None = None,
     weight: int = 1,
+    cache_group: str | None = None,
 ) -> Credential:
-    """Insert a credential. Default name: ``key-`` and the secret's last 4 characters."""
+    """Insert a credential. Default name: ``key-`` and the secret's last 4 characters.
+    ``cache_group``: the organization or workspace whose prompt cache it shares."""
     secret = secret.strip()
     if len(secret) < 8 or any(ch.isspace() for ch in secret):
         raise PoolError("the key must be at least 8 characters without spaces")
@@ -59,17 +62,22 @@ async def add_credential(
         raise PoolError(f"the weight must be 1-{MAX_WEIGHT}")
     if name is not None and not name.strip():
         raise PoolError("the name must not be empty")
+    if cache_group is not None and not 0 < len(cache_group) <= 100:
+        raise PoolError("the cache group must be 1-100 characters")
+    if cache_group is not None and any(ch.isspace() for ch in cache_group):
+        raise PoolError("the cache group must not contain spaces")
     candidates = [name.strip()] if name else [f"key-{secret[-4:]}"]
     if not name:
         candidates += [f"{candidates[0]}-{n}" for n in range(2, 100)]
     for candidate in candidates:
         try:
             row = await conn.fetchrow(
-                "INSERT INTO upstream_credentials (name, secret, weight) VALUES ($1, $2, $3)"
-                " RETURNING id",
+                "INSERT INTO upstream_credentials (name, secret, weight, cache_group)"
+                " VALUES ($1, $2, $3, $4) RETURNING id",
                 candidate,
                 secret,
                 weight,
+                cache_group,
             )
         except asyncpg.UniqueViolationError as exc:  # its detail quotes the secret: drop it
             if exc.constraint_name == "upstream_credentials_secret_key":
@@ -79,7 +87,7 @@ async def add_credential(
                 raise PoolError(f"this key is already in the pool as {existing!r}") from None
             continue
         assert row is not None
-        return Credential(row["id"], candidate, weight, secret)
+        return Credential(row["id"], candidate, weight, secret, cache_group)
     raise PoolError(f"an upstream credential named {candidates[0]!r} already exists")
 
 

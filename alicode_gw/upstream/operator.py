@@ -19,7 +19,7 @@ from alicode_gw.upstream.credentials import mask_secret
 
 log = logging.getLogger(__name__)
 
-_COLUMNS = "id, name, secret, weight, status, disabled_reason, created_at"
+_COLUMNS = "id, name, secret, weight, cache_group, status, disabled_reason, created_at"
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +30,7 @@ class CredentialState:
     name: str
     key: str
     weight: int
+    cache_group: str | None  # None: a group of its own (docs/routing.md)
     status: str
     disabled_reason: str | None
     created_at: dt.datetime
@@ -66,6 +67,7 @@ async def live_states(
                 name=row["name"],
                 key=mask_secret(row["secret"]),
                 weight=row["weight"],
+                cache_group=row["cache_group"],
                 status=row["status"],
                 disabled_reason=row["disabled_reason"],
                 created_at=row["created_at"],

@@ -12,6 +12,12 @@ every node through Redis, under ``{prefix}upstream:``:
 ``events``      pub/sub channel: ``cool``/``ok``/``disable`` from :meth:`KeyPool.report`,
                 ``reload`` from the CLI, so other nodes update their view at once
 
+Which healthy credential a request gets: with an affinity key (a conversation's
+cacheable prefix), the first usable one in the key's rendezvous order over cache groups
+(:mod:`alicode_gw.upstream.affinity`, docs/routing.md), passing over credentials at
+their in-flight cap or near their own upstream rate limit; without one, smooth
+weighted round-robin.
+
 :meth:`KeyPool.pick` is synchronous and does no I/O: it reads the in-process view that
 :meth:`KeyPool.report`, the pub/sub listener and a refresh loop (one pipelined Redis
 read per second, the table every few seconds) keep current. When a cooldown expires
@@ -55,15 +61,14 @@ import contextlib
 import logging
 import secrets
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
 from redis.asyncio import Redis
 
-from alicode_gw.errors import ServiceUnavailableError
 from alicode_gw.store.unavailable import DATABASE_FAILED, REDIS_FAILED
 from alicode_gw.tasks import TaskTracker
+from alicode_gw.upstream.affinity import Candidate, Rendezvous, limited_for
 from alicode_gw.upstream.credentials import Credential
 from alicode_gw.upstream.health import (
     FAIL_SCRIPT,
@@ -73,6 +78,7 @@ from alicode_gw.upstream.health import (
     health_keys,
 )
 from alicode_gw.upstream.outcome import RATE_LIMIT_COOLDOWN_CAP, Outcome
+from alicode_gw.upstream.picking import Entry, pick_affine, pick_weighted
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +90,6 @@ PROBE_TTL = 60.0  # how long a node may hold the half-open probe before another 
 TRIP_TTL = 3600.0  # a tripped credential nobody probed for this long is trusted again
 BLAME_WINDOW = 10.0  # seconds a customer's failure counts towards cooling a credential
 BLAME_QUORUM = 2  # distinct customers whose failures cool a credential
-NO_HEALTHY_MESSAGE = "no healthy upstream credential"
 _BACKOFF = frozenset({Outcome.OVERLOADED, Outcome.SERVER_ERROR, Outcome.CONNECT_ERROR})
 _DISABLE_REASONS = {
     Outcome.AUTH_FAILED: "upstream rejected the credential (401)",
@@ -105,21 +110,6 @@ def _raise_if_cancelled() -> None:
         raise asyncio.CancelledError
 
 
-@dataclass(slots=True)
-class _Entry:
-    cred: Credential
-    disabled: bool = False
-    disabled_reason: str | None = None
-    current: int = 0  # smooth weighted round-robin
-    tripped: bool = False  # failed; healthy again only after a successful probe
-    cool_until: float = 0.0  # monotonic
-    streak: int = 0  # local failure count, used only when Redis is unreachable
-    blamed: dict[str, float] = field(default_factory=dict)  # customer -> monotonic, ditto
-    probe_until: float = 0.0  # this node holds the probe lock until then
-    probe_out: bool = False  # ... and has handed the probe to a request
-    version: int = 0  # bumped by local changes; a refresh that raced one is ignored
-
-
 class KeyPool:
     """The in-process view of the credential pool; see the module docstring."""
 
@@ -136,6 +126,9 @@ class KeyPool:
         probe_ttl: float = PROBE_TTL,
         blame_window: float = BLAME_WINDOW,
         blame_quorum: int = BLAME_QUORUM,
+        affinity: bool = True,
+        inflight_cap: int = 0,
+        ratelimit_floor: int = 5,
     ) -> None:
         self._db = db
         self._redis = redis
@@ -148,9 +141,13 @@ class KeyPool:
         self._probe_ttl = probe_ttl
         self._blame_window = blame_window
         self._blame_quorum = blame_quorum
+        self._affinity = affinity
+        self._inflight_cap = inflight_cap
+        self._ratelimit_floor = ratelimit_floor
+        self._rendezvous = Rendezvous(())
         self._node = secrets.token_hex(6)
-        self._entries: list[_Entry] = []
-        self._by_id: dict[int, _Entry] = {}
+        self._entries: list[Entry] = []
+        self._by_id: dict[int, Entry] = {}
         self._wake = asyncio.Event()
         self._reload_requested = False
         self._tasks: list[asyncio.Task[Any]] = []
@@ -181,32 +178,44 @@ class KeyPool:
 
     # ------------------------------------------------------------ hot path
 
-    def pick(self, exclude: frozenset[int] = frozenset()) -> Credential:
+    def pick(
+        self, exclude: frozenset[int] = frozenset(), affinity: bytes | None = None
+    ) -> Credential:
         """The credential for the next attempt (never one in ``exclude``).
 
-        Half-open credentials whose probe this node holds go first (one request
-        each); otherwise smooth weighted round-robin over the healthy ones.
+        With an ``affinity`` key (and affinity routing on): the first usable credential
+        in the key's rendezvous order (:mod:`alicode_gw.upstream.affinity`), passing
+        over those at their in-flight cap or near their rate limit while a later one is
+        free; a half-open credential whose probe this node holds takes its own
+        conversations' first request back. Otherwise: half-open credentials whose probe
+        this node holds go first (one request each), then smooth weighted round-robin
+        over the healthy ones.
         """
         now = time.monotonic()
-        entries = self._entries
-        best: _Entry | None = None
-        total = 0
-        for entry in entries:
-            if entry.disabled or entry.cred.id in exclude:
-                continue
-            if entry.tripped:
-                if entry.cool_until <= now and entry.probe_until > now and not entry.probe_out:
-                    entry.probe_out = True
-                    return entry.cred
-                continue
-            entry.current += entry.cred.weight
-            total += entry.cred.weight
-            if best is None or entry.current > best.current:
-                best = entry
-        if best is None:
-            raise ServiceUnavailableError(NO_HEALTHY_MESSAGE)
-        best.current -= total
-        return best.cred
+        if affinity is not None and self._affinity:
+            order = self._rendezvous.order(affinity)
+            return pick_affine(order, self._by_id, exclude, now, self._inflight_cap).cred
+        return pick_weighted(self._entries, exclude, now).cred
+
+    def started(self, cred: Credential) -> None:
+        """An attempt with ``cred`` begins (counted against the in-flight cap)."""
+        entry = self._by_id.get(cred.id)
+        if entry is not None:
+            entry.inflight += 1
+
+    def finished(self, cred: Credential) -> None:
+        """The attempt :meth:`started` with ``cred`` is over (answer read or failed)."""
+        entry = self._by_id.get(cred.id)
+        if entry is not None and entry.inflight > 0:
+            entry.inflight -= 1
+
+    def observe_limits(self, cred: Credential, headers: Any) -> None:
+        """Note how close ``cred`` is to its own upstream rate limit (its answer's
+        ``anthropic-ratelimit-*`` headers); affinity passes over it meanwhile."""
+        entry = self._by_id.get(cred.id)
+        if entry is not None:
+            seconds = limited_for(headers, self._ratelimit_floor, time.time())
+            entry.limited_until = time.monotonic() + seconds if seconds else 0.0
 
     async def report(
         self,
@@ -267,6 +276,8 @@ class KeyPool:
                     "name": entry.cred.name,
                     "display": entry.cred.display,
                     "weight": entry.cred.weight,
+                    "cache_group": entry.cred.cache_group,
+                    "in_flight": entry.inflight,
                     "state": state,
                     "half_open": entry.tripped and not entry.disabled and remaining == 0.0,
                     "cooldown_remaining": round(remaining, 3),
@@ -280,7 +291,7 @@ class KeyPool:
     async def _trip(
         self,
         cred: Credential,
-        entry: _Entry | None,
+        entry: Entry | None,
         mode: str,
         seconds: float,
         customer: str | None = None,
@@ -326,7 +337,7 @@ class KeyPool:
             self._apply_cool(entry, ms)
         return True
 
-    def _blamed_enough(self, entry: _Entry, customer: str) -> bool:
+    def _blamed_enough(self, entry: Entry, customer: str) -> bool:
         """The quorum rule of the failure script, on this node's view (no Redis)."""
         now = time.monotonic()
         entry.blamed = {
@@ -335,7 +346,7 @@ class KeyPool:
         entry.blamed[customer] = now
         return len(entry.blamed) >= self._blame_quorum
 
-    async def _recovered(self, cred: Credential, entry: _Entry) -> None:
+    async def _recovered(self, cred: Credential, entry: Entry) -> None:
         cool, trip, probe = health_keys(self._prefix, cred.id)
         try:
             done = await self._ok_script(
@@ -348,7 +359,7 @@ class KeyPool:
             log.info("upstream %s is healthy again", cred.name)
             self._apply_ok(entry)
 
-    async def _disable(self, cred: Credential, entry: _Entry | None, reason: str) -> None:
+    async def _disable(self, cred: Credential, entry: Entry | None, reason: str) -> None:
         log.warning("upstream %s disabled: %s", cred.name, reason)
         if entry is not None:
             entry.disabled, entry.disabled_reason = True, reason
@@ -367,7 +378,7 @@ class KeyPool:
         except REDIS_FAILED as exc:
             log.warning("upstream %s: cannot announce that it is disabled (%s)", cred.name, exc)
 
-    def _apply_cool(self, entry: _Entry, ms: int) -> None:
+    def _apply_cool(self, entry: Entry, ms: int) -> None:
         entry.tripped = True
         entry.cool_until = max(entry.cool_until, time.monotonic() + ms / 1000)
         entry.probe_until, entry.probe_out = 0.0, False
@@ -375,7 +386,7 @@ class KeyPool:
         self._wake.set()  # the refresh loop re-plans its wake-up for the expiry
 
     @staticmethod
-    def _apply_ok(entry: _Entry) -> None:
+    def _apply_ok(entry: Entry) -> None:
         entry.tripped, entry.cool_until, entry.streak = False, 0.0, 0
         entry.probe_until, entry.probe_out = 0.0, False
         entry.version += 1
@@ -390,15 +401,17 @@ class KeyPool:
 
     async def _load(self) -> None:
         rows = await self._db.fetch(
-            "SELECT id, name, secret, weight, status, disabled_reason"
+            "SELECT id, name, secret, weight, cache_group, status, disabled_reason"
             " FROM upstream_credentials ORDER BY id"
         )
-        entries: list[_Entry] = []
+        entries: list[Entry] = []
         for row in rows:
-            cred = Credential(row["id"], row["name"], row["weight"], row["secret"])
+            cred = Credential(
+                row["id"], row["name"], row["weight"], row["secret"], row["cache_group"]
+            )
             entry = self._by_id.get(cred.id)
             if entry is None:
-                entry = _Entry(cred)
+                entry = Entry(cred)
             elif entry.cred != cred:
                 entry.cred = cred
             entry.disabled = row["status"] == "disabled"
@@ -406,6 +419,9 @@ class KeyPool:
             entries.append(entry)
         self._entries = entries
         self._by_id = {entry.cred.id: entry for entry in entries}
+        self._rendezvous = Rendezvous(
+            Candidate(e.cred.id, e.cred.weight, e.cred.cache_group) for e in entries
+        )
 
     async def _sync(self) -> None:
         """One pipelined read of every credential's cooldown; then take the probe

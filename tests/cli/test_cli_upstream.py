@@ -63,7 +63,17 @@ def test_add_list_remove_never_print_the_secret(env: dict[str, str]) -> None:
     assert added.stdout.strip() == f"added main (sk-ant-…{first[-4:]}, weight 3)"
 
     piped = subprocess.run(
-        [sys.executable, "-m", "alicode_gw", "upstream", "add", "--key-stdin", "--json"],
+        [
+            sys.executable,
+            "-m",
+            "alicode_gw",
+            "upstream",
+            "add",
+            "--key-stdin",
+            "--cache-group",
+            "org-west",
+            "--json",
+        ],
         input=second + "\n",
         env={**env, "PATH": "/usr/bin:/bin"},
         capture_output=True,
@@ -76,18 +86,26 @@ def test_add_list_remove_never_print_the_secret(env: dict[str, str]) -> None:
         "name": f"key-{second[-4:]}",
         "key": f"sk-ant-…{second[-4:]}",
         "weight": 1,
+        "cache_group": "org-west",
     }
 
     listed = run_cli("upstream", "list", env=env)
     assert listed.returncode == 0, listed.stderr
     lines = listed.stdout.strip().splitlines()
-    assert lines[0].split() == ["ID", "NAME", "KEY", "WEIGHT", "HEALTH"]
-    assert lines[1].split()[1:] == ["main", f"sk-ant-…{first[-4:]}", "3", "healthy"]
+    assert lines[0].split() == ["ID", "NAME", "KEY", "WEIGHT", "CACHE", "GROUP", "HEALTH"]
+    assert lines[1].split()[1:] == ["main", f"sk-ant-…{first[-4:]}", "3", "-", "healthy"]
+    assert lines[2].split()[1:] == [
+        f"key-{second[-4:]}",
+        f"sk-ant-…{second[-4:]}",
+        "1",
+        "org-west",
+        "healthy",
+    ]
     as_json = run_cli("upstream", "list", "--json", env=env)
     rows = json.loads(as_json.stdout)
-    assert [(r["name"], r["key"], r["status"], r["health"]) for r in rows] == [
-        ("main", f"sk-ant-…{first[-4:]}", "active", "healthy"),
-        (f"key-{second[-4:]}", f"sk-ant-…{second[-4:]}", "active", "healthy"),
+    assert [(r["name"], r["key"], r["cache_group"], r["health"]) for r in rows] == [
+        ("main", f"sk-ant-…{first[-4:]}", None, "healthy"),
+        (f"key-{second[-4:]}", f"sk-ant-…{second[-4:]}", "org-west", "healthy"),
     ]
     assert all("secret" not in row for row in rows)
 
@@ -115,6 +133,9 @@ def test_mistakes_fail_cleanly_without_echoing_the_key(env: dict[str, str]) -> N
     missing = run_cli("upstream", "remove", "nobody", env=env)
     assert missing.returncode == 1
     assert missing.stderr.strip() == "alicode-gw: no upstream credential named or numbered 'nobody'"
+    grouped = run_cli("upstream", "add", "--key", new_secret(), "--cache-group", "a b", env=env)
+    assert grouped.returncode == 1
+    assert grouped.stderr.strip() == "alicode-gw: the cache group must not contain spaces"
     spaced = run_cli("upstream", "add", "--key", "sk ant with spaces", env=env)
     assert spaced.returncode == 1 and "Traceback" not in spaced.stderr
     assert_never_printed(secret, again)

@@ -295,7 +295,7 @@ async def test_thinking_budget_validated(client: anthropic.AsyncAnthropic) -> No
 
 async def test_prompt_cache_usage(client: anthropic.AsyncAnthropic) -> None:
     system: Any = [
-        {"type": "text", "text": "You are a terse assistant. " * 40},
+        {"type": "text", "text": "You are a terse assistant. " * 200},  # past the minimum
         {"type": "text", "text": "Rules: " * 30, "cache_control": {"type": "ephemeral"}},
     ]
     first = await client.messages.create(
@@ -327,7 +327,8 @@ async def test_prompt_cache_usage(client: anthropic.AsyncAnthropic) -> None:
 
 
 async def test_prompt_cache_ttl_split(client: anthropic.AsyncAnthropic) -> None:
-    tools: Any = [{**WEATHER_TOOL, "cache_control": {"type": "ephemeral", "ttl": "1h"}}]
+    long_tool = {**WEATHER_TOOL, "description": "Current weather for a city. " * 200}
+    tools: Any = [{**long_tool, "cache_control": {"type": "ephemeral", "ttl": "1h"}}]
     messages: Any = [
         {
             "role": "user",
@@ -871,3 +872,127 @@ async def test_serve_runs_until_cancelled() -> None:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+
+
+# ---------------------------------------------------------------- prompt cache groups
+
+
+def _cached_turn(system_words: int = 1500) -> dict[str, Any]:
+    return {
+        "model": MODEL,
+        "max_tokens": 20,
+        "system": [
+            {
+                "type": "text",
+                "text": "Follow the house style. " * system_words,
+                "cache_control": {"type": "ephemeral"},
+            }
+        ],
+        "messages": user("hello"),
+    }
+
+
+async def _usage(mock: MockUpstream, key: str, body: dict[str, Any]) -> Any:
+    async with anthropic.AsyncAnthropic(api_key=key, base_url=mock.url, max_retries=0) as sdk:
+        return (await sdk.messages.create(**body)).usage
+
+
+async def test_prompt_cache_is_per_group_and_below_minimum_not_cached() -> None:
+    body = _cached_turn()
+    async with MockUpstream([KEY, KEY2]) as alone:  # each key its own organization
+        first = await _usage(alone, KEY, body)
+        other = await _usage(alone, KEY2, body)
+        again = await _usage(alone, KEY, body)
+    assert first.cache_creation_input_tokens > 1024 and first.cache_read_input_tokens == 0
+    assert other.cache_creation_input_tokens == first.cache_creation_input_tokens
+    assert again.cache_read_input_tokens == first.cache_creation_input_tokens
+    async with MockUpstream([KEY, KEY2], groups={KEY: "org", KEY2: "org"}) as shared:
+        await _usage(shared, KEY, body)
+        via_other = await _usage(shared, KEY2, body)
+        assert via_other.cache_read_input_tokens == first.cache_creation_input_tokens
+        # Under the model's minimum (1024 for Sonnet 4.6): processed without caching.
+        small = await _usage(shared, KEY, _cached_turn(system_words=20))
+    assert small.cache_creation_input_tokens == small.cache_read_input_tokens == 0
+    assert small.cache_creation is not None
+    assert small.cache_creation.ephemeral_5m_input_tokens == 0
+
+
+async def test_prompt_cache_ttl_refreshed_on_hit() -> None:
+    now = [1000.0]
+    body = _cached_turn()
+    long_body = {**body, "system": [{**body["system"][0], "text": "Long lived. " * 3000}]}
+    long_body["system"][0]["cache_control"] = {"type": "ephemeral", "ttl": "1h"}
+    async with MockUpstream([KEY], clock=lambda: now[0]) as mock:
+        written = (await _usage(mock, KEY, body)).cache_creation_input_tokens
+        hour = await _usage(mock, KEY, long_body)
+        assert hour.cache_creation is not None
+        assert hour.cache_creation.ephemeral_1h_input_tokens > 0
+        now[0] += 299  # within 5 minutes: a hit, which refreshes the entry
+        assert (await _usage(mock, KEY, body)).cache_read_input_tokens == written
+        now[0] += 299  # 598 s after the write, 299 s after the hit: still there
+        assert (await _usage(mock, KEY, body)).cache_read_input_tokens == written
+        now[0] += 301  # past 5 minutes since the last use: written again
+        expired = await _usage(mock, KEY, body)
+        assert expired.cache_read_input_tokens == 0
+        assert expired.cache_creation_input_tokens == written
+        # The 1-hour entry outlived it.
+        assert (await _usage(mock, KEY, long_body)).cache_read_input_tokens > 0
+
+
+async def test_prompt_cache_lookback_reads_the_previous_turn() -> None:
+    """A growing conversation marked on its last block reads the previous turn's
+    prefix (found within 20 blocks before the breakpoint) and writes the new turns."""
+    history: list[dict[str, Any]] = []
+    system = [{"type": "text", "text": "Code carefully. " * 1000}]
+    async with MockUpstream([KEY]) as mock:
+        reads = []
+        for turn in range(4):
+            history.append(
+                {
+                    "role": "user",
+                    "content": [
+                        {
+                            "type": "text",
+                            "text": f"step {turn} " * 30,
+                            "cache_control": {"type": "ephemeral"},
+                        }
+                    ],
+                }
+            )
+            body = {"model": MODEL, "max_tokens": 20, "system": system, "messages": history}
+            usage = await _usage(mock, KEY, body)
+            total = (
+                usage.input_tokens
+                + usage.cache_read_input_tokens
+                + usage.cache_creation_input_tokens
+            )
+            reads.append((usage.cache_read_input_tokens, usage.cache_creation_input_tokens, total))
+            history[-1]["content"][0].pop("cache_control")
+            history.append({"role": "assistant", "content": [{"type": "text", "text": "ok"}]})
+    # input_tokens after the last breakpoint: only the request's base tokens
+    base = reads[0][2] - reads[0][1]
+    assert all(total - read - written == base for read, written, total in reads)
+    assert reads[0][0] == 0
+    for (read, _, _), (before_read, before_written, _) in zip(reads[1:], reads, strict=False):
+        assert read == before_read + before_written  # the whole previous prefix
+
+
+async def test_more_than_four_breakpoints_is_the_apis_400(client: anthropic.AsyncAnthropic) -> None:
+    blocks: Any = [
+        {"type": "text", "text": f"part {n}", "cache_control": {"type": "ephemeral"}}
+        for n in range(4)
+    ]
+    ok = await client.messages.create(
+        model=MODEL, max_tokens=10, messages=[{"role": "user", "content": blocks}]
+    )
+    assert ok.usage.input_tokens > 0
+    with pytest.raises(anthropic.BadRequestError) as info:
+        await client.messages.create(
+            model=MODEL,
+            max_tokens=10,
+            system=[{"type": "text", "text": "one more", "cache_control": {"type": "ephemeral"}}],
+            messages=[{"role": "user", "content": blocks}],
+        )
+    assert info.value.body["error"]["message"] == (  # type: ignore[index]
+        "A maximum of 4 blocks with cache_control may be provided. Found 5."
+    )

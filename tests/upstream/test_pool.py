@@ -618,3 +618,84 @@ async def test_add_credential_rules(cluster: Cluster) -> None:
         )
         == "active"
     )
+
+
+# ---------------------------------------------------------------- cache-affine picks
+
+AFFINITY_KEYS = [i.to_bytes(16, "big") for i in range(300)]
+
+
+def affine(pool: KeyPool, exclude: frozenset[int] = frozenset()) -> list[str]:
+    return [pool.pick(exclude, key).name for key in AFFINITY_KEYS]
+
+
+async def test_affinity_same_on_every_node_and_only_a_cooled_ones_keys_move(
+    cluster: Cluster,
+) -> None:
+    a, b, c = await cluster.add("a"), await cluster.add("b"), await cluster.add("c")
+    one, two = await cluster.node(), await cluster.node()
+    before = affine(one)
+    assert affine(two) == before == affine(one)  # no shared state, no drift
+    assert set(before) == {"a", "b", "c"}
+    # A key without affinity (or affinity off) keeps the weighted round-robin.
+    assert picks(one, 30) == {"a": 10, "b": 10, "c": 10}
+    rr = await cluster.node(affinity=False)
+    assert collections.Counter(affine(rr)) == {"a": 100, "b": 100, "c": 100}
+
+    await one.report(b, Outcome.RATE_LIMITED, 1.0)
+    await eventually(lambda: state_of(two, b)["state"] == "cooling")
+    during = affine(one)
+    assert affine(two) == during
+    assert "b" not in during
+    assert all(x == y for x, y in zip(before, during, strict=True) if x != "b")
+    # Retries (exclude) take the next choice the same way.
+    assert affine(one, frozenset({b.id})) == during
+    # Cooldown over: the first request of one of b's own conversations is the probe ...
+    # (the node that won the shared probe lock sends it)
+    b_key = AFFINITY_KEYS[before.index("b")]
+    prober: list[KeyPool] = []
+
+    def probed() -> bool:
+        prober.extend(n for n in (one, two, rr) if n.pick(frozenset(), b_key).name == "b")
+        return bool(prober)
+
+    await eventually(probed, within=3.0)
+    await prober[0].report(b, Outcome.OK)
+    # ... and once it succeeded, b's conversations return.
+    await eventually(lambda: affine(one) == affine(two) == before, within=3.0)
+    del a, c
+
+
+async def test_affinity_passes_over_busy_credentials(cluster: Cluster) -> None:
+    await cluster.add("a"), await cluster.add("b"), await cluster.add("c")
+    pool = await cluster.node(inflight_cap=2)
+    key = AFFINITY_KEYS[0]
+    first = pool.pick(frozenset(), key)
+    pool.started(first)
+    assert pool.pick(frozenset(), key) == first
+    pool.started(first)
+    second = pool.pick(frozenset(), key)  # first is at its cap: the next choice
+    assert second != first
+    assert state_of(pool, first)["in_flight"] == 2
+    pool.finished(first)
+    assert pool.pick(frozenset(), key) == first
+    pool.started(first)
+    # Every credential at its cap: the first choice still (no queueing here).
+    for cred in (second, third := pool.pick(frozenset({first.id, second.id}), key)):
+        pool.started(cred)
+        pool.started(cred)
+    assert third not in (first, second)
+    assert pool.pick(frozenset(), key) == first
+    # Near its own upstream rate limit: passed over until the limit resets.
+    for cred in (first, second, third):
+        pool.finished(cred)
+        pool.finished(cred)
+    low = {
+        "anthropic-ratelimit-requests-limit": "100",
+        "anthropic-ratelimit-requests-remaining": "1",
+        "anthropic-ratelimit-requests-reset": rfc3339(30 + time.time() - NOW),
+    }
+    pool.observe_limits(first, low)
+    assert pool.pick(frozenset(), key) == second
+    pool.observe_limits(first, {**low, "anthropic-ratelimit-requests-remaining": "50"})
+    assert pool.pick(frozenset(), key) == first
