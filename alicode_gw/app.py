@@ -17,6 +17,7 @@ import aiohttp
 import uvloop
 from aiohttp import web
 
+from alicode_gw.batches.poller import build_poller
 from alicode_gw.config import Config, ConfigError
 from alicode_gw.errors import ApiError, GatewayError, OverloadedError, render
 from alicode_gw.identity.auth import Authenticator
@@ -130,6 +131,9 @@ async def open_state(config: Config, backends: Backends) -> State:
     )
     if config.upstream_models_interval > 0:
         tasks.spawn(upstream_models.run(), name="upstream-models-refresh", perpetual=True)
+    batches = build_poller(config, db, http, redis, limiter)
+    if config.batch_poll_interval > 0:
+        tasks.spawn(batches.run(), name="message-batches", perpetual=True)
     return State(
         config=config,
         db=db,
@@ -146,6 +150,7 @@ async def open_state(config: Config, backends: Backends) -> State:
         health=HealthMonitor(),
         node=node,
         upstream_models=upstream_models,
+        batches=batches,
     )
 
 

@@ -4,7 +4,9 @@ It runs the node-independent maintenance loops that every gateway process also r
 the hold sweeper (the holds and leases of dead nodes, and those past their expiry, give
 their reservation back) and the
 billing journal replay (settlements journaled while PostgreSQL was unreachable).
-File purges and batches will join them here.
+It also runs the message batches loop (:mod:`alicode_gw.batches.poller`; at
+``ALICODE_BATCH_POLL_INTERVAL``, or every 5 s when the gateways run none). File purges
+will join them here.
 
 Running it next to the gateways is optional and safe: ``billing.expire_holds`` takes a
 transaction advisory lock and skips rows locked by a concurrent settlement (``FOR
@@ -20,9 +22,13 @@ import asyncio
 import logging
 import signal
 
+import aiohttp
 import uvloop
 
+from alicode_gw.app import upstream_session
+from alicode_gw.batches.poller import build_poller
 from alicode_gw.config import Config
+from alicode_gw.limits.limiter import Limiter
 from alicode_gw.money.billing import Billing
 from alicode_gw.store.backends import Backends, configured_backends, create_pool, create_redis
 from alicode_gw.tasks import TaskTracker
@@ -41,6 +47,8 @@ async def run_until_signalled(config: Config, backends: Backends) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    http: aiohttp.ClientSession | None = None
+    limiter: Limiter | None = None
     try:
         billing = Billing(
             db,
@@ -52,13 +60,26 @@ async def run_until_signalled(config: Config, backends: Backends) -> None:
             tasks=tasks,
         )
         billing.start(tasks)
-        log.info("background worker running: hold sweeper, billing journal replay")
+        limiter = Limiter(redis, config.redis_prefix, ip_rpm=0, ip_concurrency=0, tasks=tasks)
+        http = upstream_session(config)
+        tasks.spawn(
+            build_poller(config, db, http, redis, limiter).run(),
+            name="message-batches",
+            perpetual=True,
+        )
+        log.info(
+            "background worker running: hold sweeper, billing journal replay, message batches"
+        )
         await stop.wait()
         log.info("background worker stopping")
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
         await tasks.drain(config.shutdown_timeout)
+        if http is not None:
+            await http.close()
+        if limiter is not None:
+            limiter.close()
         await redis.aclose()
         await db.close()
 

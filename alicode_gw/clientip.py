@@ -62,3 +62,24 @@ def client_ip(request: web.BaseRequest, trusted: tuple[Network, ...]) -> str:
         if address is not None:
             return str(address)
     return str(peer)
+
+
+def public_base_url(
+    request: web.BaseRequest, trusted: tuple[Network, ...], configured: str | None
+) -> str:
+    """The gateway's base URL as its clients reach it (for URLs it hands out, e.g. a
+    batch's ``results_url``): ``configured`` when set; else the scheme and host the
+    request came in on, taking ``X-Forwarded-Proto`` / ``X-Forwarded-Host`` only from a
+    trusted proxy."""
+    if configured:
+        return configured
+    scheme, host = request.scheme, request.host
+    peer = _address(request.remote or "")
+    if trusted and peer is not None and _trusted(peer, trusted):
+        proto = request.headers.get("x-forwarded-proto", "").split(",")[0].strip().lower()
+        if proto in ("http", "https"):
+            scheme = proto
+        forwarded_host = request.headers.get("x-forwarded-host", "").split(",")[0].strip()
+        if forwarded_host:
+            host = forwarded_host
+    return f"{scheme}://{host}"

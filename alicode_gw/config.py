@@ -278,7 +278,48 @@ class Config:
             "(`Authorization: Bearer …`); a secret.",
         },
     )
-
+    # Message Batches (docs/batches.md)
+    public_base_url: str | None = field(
+        default=None,
+        metadata={
+            "env": "ALICODE_PUBLIC_BASE_URL",
+            "doc": "Base URL clients reach the gateway on (e.g. https://api.example.com), "
+            "used in URLs it hands out (a batch's `results_url`); unset: the scheme and "
+            "host each request came in on (`X-Forwarded-Proto`/`-Host` believed from "
+            "`ALICODE_TRUSTED_PROXIES` only).",
+        },
+    )
+    batch_max_requests: int = field(
+        default=10_000,
+        metadata={
+            "env": "ALICODE_BATCH_MAX_REQUESTS",
+            "doc": "Most requests one message batch may hold.",
+        },
+    )
+    batch_max_body_bytes: int = field(
+        default=256 * 1024 * 1024,
+        metadata={
+            "env": "ALICODE_BATCH_MAX_BODY_BYTES",
+            "doc": "Largest `POST /v1/messages/batches` body accepted (the API's 256 MB).",
+        },
+    )
+    batch_poll_interval: float = field(
+        default=5.0,
+        metadata={
+            "env": "ALICODE_BATCH_POLL_INTERVAL",
+            "doc": "Seconds between the batch loop's rounds and before a batch's first "
+            "poll upstream (each further poll of a batch waits 1.5 times longer, up to "
+            "`ALICODE_BATCH_POLL_MAX_INTERVAL`); 0 runs no batch loop in `serve` (the "
+            "`worker` process then must).",
+        },
+    )
+    batch_poll_max_interval: float = field(
+        default=60.0,
+        metadata={
+            "env": "ALICODE_BATCH_POLL_MAX_INTERVAL",
+            "doc": "Longest wait between two polls of one open batch.",
+        },
+    )
 
 def parse_listen(value: str) -> tuple[str, int]:
     host, sep, port_text = value.rpartition(":")
@@ -411,6 +452,11 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "ALICODE_LIMIT_SHARE_PCT": _parse_percent,
     "ALICODE_METRICS_ALLOW": _parse_networks,
     "ALICODE_METRICS_TOKEN": _parse_token,
+    "ALICODE_PUBLIC_BASE_URL": _parse_url(("http", "https")),
+    "ALICODE_BATCH_MAX_REQUESTS": _parse_int(1),
+    "ALICODE_BATCH_MAX_BODY_BYTES": _parse_int(1024),
+    "ALICODE_BATCH_POLL_INTERVAL": _parse_seconds_or_off,
+    "ALICODE_BATCH_POLL_MAX_INTERVAL": _parse_seconds,
 }
 
 

@@ -1,0 +1,274 @@
+"""Message Batches through the gateway with the official SDK, against the mock
+upstream's batch API: lifecycle, money, isolation, two nodes, restart."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import anthropic
+import asyncpg
+import pytest
+
+from alicode_gw import app
+from alicode_gw.batches import store
+from alicode_gw.dev.mock_upstream import MockUpstream
+from alicode_gw.money import ledger
+from alicode_gw.upstream.relay import usage_from_message
+from tests.batches.conftest import FAST_POLL
+from tests.support.customers import (
+    MODEL,
+    NANOS,
+    balance,
+    make_customer,
+    reset_pool,
+)
+from tests.support.gateway import UPSTREAM_KEYS, start_gateway, stop_gateway
+
+
+def requests_of(n: int, max_tokens: int = 64, prefix: str = "q") -> list[dict]:
+    return [
+        {
+            "custom_id": f"{prefix}-{i}",
+            "params": {
+                "model": MODEL,
+                "max_tokens": max_tokens,
+                "messages": [{"role": "user", "content": f"question number {i}"}],
+            },
+        }
+        for i in range(n)
+    ]
+
+
+async def ended(client: anthropic.AsyncAnthropic, batch_id: str, wait: float = 10.0):
+    deadline = time.monotonic() + wait
+    while True:
+        batch = await client.messages.batches.retrieve(batch_id)
+        if batch.processing_status == "ended" or time.monotonic() > deadline:
+            return batch
+        await asyncio.sleep(0.05)
+
+
+async def test_sdk_lifecycle_and_price(
+    sdk, bgw: app.Gateway, db: asyncpg.Connection, mock_upstream: MockUpstream
+) -> None:
+    customer = await make_customer(db)
+    client = sdk(bgw, customer)
+    before = await balance(bgw, db, customer.email)
+    created = await client.messages.batches.create(requests=requests_of(3))
+    assert created.id.startswith("msgbatch_")
+    assert created.processing_status == "in_progress"
+    assert created.request_counts.processing == 3
+    assert created.results_url is None
+    batch = await ended(client, created.id)
+    assert batch.processing_status == "ended"
+    assert batch.request_counts.succeeded == 3
+    assert batch.results_url == f"{bgw.url}/v1/messages/batches/{created.id}/results"
+    lines = [line async for line in await client.messages.batches.results(created.id)]
+    assert sorted(line.custom_id for line in lines) == ["q-0", "q-1", "q-2"]
+    assert all(line.result.type == "succeeded" for line in lines)
+    assert all(line.result.message.content[0].text for line in lines)
+
+    # Money: one ledger row, the batch price of the usage the results report.
+    prices = bgw.state.catalog.resolve(MODEL).prices
+    usages = [usage_from_message(line.result.message.model_dump()) for line in lines]
+    full = sum(prices.cost_nanos(**u.counts()) for u in usages)
+    total = {k: sum(u.counts()[k] for u in usages) for k in usages[0].counts()}
+    half = prices.cost_nanos(**total, batch=True)
+    assert prices.batch_discount_pct == 50 and abs(2 * half - full) <= 2
+    rows = await db.fetch("SELECT * FROM ledger WHERE request_id = $1", created.id)
+    assert len(rows) == 1
+    row = rows[0]
+    assert row["batch"] and row["cost_nanos"] == half and row["amount_nanos"] == -half
+    assert (row["batch_requests"], row["batch_succeeded"], row["batch_errored"]) == (3, 3, 0)
+    assert before - await balance(bgw, db, customer.email) == half
+    summary = await ledger.account_summary(db, customer.email)
+    assert summary["held_nanos"] == 0
+
+    # Never an upstream id, URL or credential to the customer; never the customer key
+    # upstream.
+    raw = await client.messages.batches.with_raw_response.retrieve(created.id)
+    page = await client.messages.batches.with_raw_response.list(limit=10)
+    seen = raw.http_response.text + json.dumps(dict(raw.headers)) + page.http_response.text
+    upstream_ids = list(mock_upstream.batches.batches)
+    for secret in (*UPSTREAM_KEYS, mock_upstream.url, *upstream_ids):
+        assert secret not in seen
+    for ex in mock_upstream.exchanges:
+        assert customer.key not in json.dumps(ex.headers)
+        assert ex.api_key in UPSTREAM_KEYS
+
+    # list, then delete
+    assert [b.id for b in (await client.messages.batches.list(limit=10)).data] == [created.id]
+    deleted = await client.messages.batches.delete(created.id)
+    assert (deleted.id, deleted.type) == (created.id, "message_batch_deleted")
+    assert upstream_ids[0] not in mock_upstream.batches.batches  # deleted upstream too
+    with pytest.raises(anthropic.NotFoundError):
+        await client.messages.batches.retrieve(created.id)
+
+
+async def test_cancel_and_expiry_bill_nothing(
+    sdk, bgw: app.Gateway, db: asyncpg.Connection, mock_upstream: MockUpstream
+) -> None:
+    customer = await make_customer(db)
+    client = sdk(bgw, customer)
+    before = await balance(bgw, db, customer.email)
+    mock_upstream.batches.process_seconds = 60.0
+    first = await client.messages.batches.create(requests=requests_of(3, prefix="c"))
+    canceling = await client.messages.batches.cancel(first.id)
+    assert canceling.processing_status == "canceling"
+    assert canceling.cancel_initiated_at is not None
+    done = await ended(client, first.id)
+    assert done.processing_status == "ended" and done.request_counts.canceled == 3
+    lines = [line async for line in await client.messages.batches.results(first.id)]
+    assert {line.result.type for line in lines} == {"canceled"}
+    with pytest.raises(anthropic.BadRequestError):
+        await client.messages.batches.cancel(first.id)
+
+    mock_upstream.batches.expire_seconds = 0.3
+    second = await client.messages.batches.create(requests=requests_of(2, prefix="e"))
+    with pytest.raises(anthropic.BadRequestError):  # not ended: cannot be deleted
+        await client.messages.batches.delete(second.id)
+    done = await ended(client, second.id)
+    assert done.request_counts.expired == 2
+    rows = await db.fetch(
+        "SELECT amount_nanos, batch_canceled, batch_expired FROM ledger"
+        " WHERE request_id = ANY($1) ORDER BY batch_canceled DESC",
+        [first.id, second.id],
+    )
+    assert [tuple(r) for r in rows] == [(0, 3, 0), (0, 0, 2)]
+    assert await balance(bgw, db, customer.email) == before
+
+
+async def test_balance_for_one_batch_not_two(sdk, bgw: app.Gateway, db: asyncpg.Connection) -> None:
+    customer = await make_customer(db, usd=0)
+    client = sdk(bgw, customer)
+    reqs = requests_of(3, max_tokens=4000)
+    info = bgw.state.catalog.resolve(MODEL)
+    dearest = max(info.prices.input, info.prices.cache_write_1h, info.prices.cache_write_5m)
+    worst = 0
+    for item in reqs:
+        estimate = bgw.state.tokens.count(item["params"])
+        worst += -(-(estimate * dearest + 4000 * info.prices.output) * 50 // 100_000)
+    await ledger.topup(db, customer.email, worst + worst // 2)
+    first = await client.messages.batches.create(requests=reqs)
+    with pytest.raises(anthropic.APIStatusError) as refused:
+        await client.messages.batches.create(requests=requests_of(3, max_tokens=4000, prefix="x"))
+    assert refused.value.status_code == 402
+    assert refused.value.body["error"]["type"] == "insufficient_credits"
+    held = await ledger.account_summary(db, customer.email)
+    assert held["held_nanos"] == worst
+    batches = await db.fetchval(
+        "SELECT count(*) FROM message_batches WHERE account_id = $1", customer.account_id
+    )
+    assert batches == 1  # nothing of the second one recorded or submitted
+    assert (await ended(client, first.id)).processing_status == "ended"
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        (lambda r: r[1]["params"].pop("max_tokens"), "requests.1.params.max_tokens"),
+        (lambda r: r[2]["params"].update(stream=True), "requests.2.params.stream"),
+        (lambda r: r[2]["params"].update(max_tokens=10**7), "requests.2.params.max_tokens"),
+        (lambda r: r[1]["params"].update(model="no-such-model"), "requests.1.params.model"),
+        (lambda r: r[2].update(custom_id="q-0"), "requests.2.custom_id"),
+        (lambda r: r[0].update(custom_id="bad id!"), "requests.0.custom_id"),
+    ],
+)
+async def test_invalid_request_names_it(
+    sdk, bgw: app.Gateway, db: asyncpg.Connection, mock_upstream: MockUpstream, change, field
+) -> None:
+    customer = await make_customer(db)
+    client = sdk(bgw, customer)
+    reqs = requests_of(3)
+    change(reqs)
+    with pytest.raises(anthropic.BadRequestError) as refused:
+        await client.messages.batches.create(requests=reqs)
+    assert refused.value.body["error"]["message"].startswith(field)
+    assert not [ex for ex in mock_upstream.exchanges if ex.path.startswith("/v1/messages/b")]
+
+
+async def test_other_accounts_batch_is_404(sdk, bgw: app.Gateway, db: asyncpg.Connection) -> None:
+    owner, other = await make_customer(db), await make_customer(db)
+    created = await sdk(bgw, owner).messages.batches.create(requests=requests_of(1))
+    stranger = sdk(bgw, other).messages.batches
+    for call in (stranger.retrieve, stranger.cancel, stranger.delete):
+        with pytest.raises(anthropic.NotFoundError):
+            await call(created.id)
+    with pytest.raises(anthropic.NotFoundError):
+        await stranger.results(created.id)
+    assert (await stranger.list()).data == []
+    await ended(sdk(bgw, owner), created.id)
+
+
+async def test_two_nodes_settle_once(
+    sdk, db: asyncpg.Connection, make_config, mock_upstream: MockUpstream
+) -> None:
+    await reset_pool(db)
+    mock_upstream.batches.process_seconds = 0.2
+    no_loop = {"batch_poll_interval": 0.0, "redis_prefix": "batch-two:"}
+    one = await start_gateway(make_config(**no_loop))
+    two = await start_gateway(make_config(**no_loop))
+    try:
+        customer = await make_customer(db)
+        before = await balance(one, db, customer.email)
+        created = await sdk(one, customer).messages.batches.create(requests=requests_of(3))
+        await asyncio.sleep(0.3)
+        batch = await store.get_any(one.state.db, created.id)
+        outcomes = await asyncio.gather(
+            *(gw.state.batches.poll(batch) for gw in (one, two, one, two))
+        )
+        assert sorted(outcomes) == ["already_settled"] * 3 + ["settled"]
+        rows = await db.fetch("SELECT amount_nanos FROM ledger WHERE request_id = $1", created.id)
+        assert len(rows) == 1
+        assert before - await balance(one, db, customer.email) == -rows[0]["amount_nanos"] > 0
+    finally:
+        await stop_gateway(one)
+        await stop_gateway(two)
+    assert not await ledger.audit(db)
+
+
+async def test_restart_picks_up_and_settles_once(
+    sdk, db: asyncpg.Connection, make_config, mock_upstream: MockUpstream
+) -> None:
+    await reset_pool(db)
+    mock_upstream.batches.process_seconds = 0.5
+    first = await start_gateway(make_config(batch_poll_interval=0.0, redis_prefix="batch-r1:"))
+    customer = await make_customer(db)
+    try:
+        created = await sdk(first, customer).messages.batches.create(
+            requests=requests_of(2)
+        )
+    finally:
+        await stop_gateway(first)
+    second = await start_gateway(make_config(redis_prefix="batch-r2:", **FAST_POLL))
+    try:
+        done = await ended(sdk(second, customer), created.id)
+        assert done.request_counts.succeeded == 2
+        assert second.state.batches.settled >= 1
+    finally:
+        await stop_gateway(second)
+    rows = await db.fetch("SELECT 1 FROM ledger WHERE request_id = $1", created.id)
+    assert len(rows) == 1
+    assert not await ledger.audit(db)
+
+
+async def test_disabled_owner_credential_is_a_clear_error(
+    sdk, bgw: app.Gateway, db: asyncpg.Connection
+) -> None:
+    customer = await make_customer(db)
+    client = sdk(bgw, customer)
+    created = await client.messages.batches.create(requests=requests_of(1))
+    done = await ended(client, created.id)
+    assert done.processing_status == "ended"
+    await db.execute(
+        "UPDATE upstream_credentials SET status = 'disabled', disabled_at = now()"
+        " WHERE id = (SELECT credential_id FROM message_batches WHERE id = $1)",
+        created.id,
+    )
+    with pytest.raises(anthropic.APIStatusError) as failed:
+        [line async for line in await client.messages.batches.results(created.id)]
+    assert failed.value.status_code == 502
+    assert "no longer available" in failed.value.body["error"]["message"]
+    assert NANOS
