@@ -131,8 +131,8 @@ async def open_state(config: Config, backends: Backends) -> State:
     )
     if config.upstream_models_interval > 0:
         tasks.spawn(upstream_models.run(), name="upstream-models-refresh", perpetual=True)
-    batches = build_poller(config, db, http, redis, limiter)
     if config.batch_poll_interval > 0:
+        batches = build_poller(config, db, http, redis, limiter)
         tasks.spawn(batches.run(), name="message-batches", perpetual=True)
     return State(
         config=config,
@@ -150,7 +150,6 @@ async def open_state(config: Config, backends: Backends) -> State:
         health=HealthMonitor(),
         node=node,
         upstream_models=upstream_models,
-        batches=batches,
     )
 
 

@@ -67,9 +67,7 @@ async def run_until_signalled(config: Config, backends: Backends) -> None:
             name="message-batches",
             perpetual=True,
         )
-        log.info(
-            "background worker running: hold sweeper, billing journal replay, message batches"
-        )
+        log.info("background worker running: hold sweeper, billing journal replay, message batches")
         await stop.wait()
         log.info("background worker stopping")
     finally:

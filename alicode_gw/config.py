@@ -321,6 +321,7 @@ class Config:
         },
     )
 
+
 def parse_listen(value: str) -> tuple[str, int]:
     host, sep, port_text = value.rpartition(":")
     if not sep or not host or not port_text.isdigit():

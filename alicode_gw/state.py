@@ -18,7 +18,6 @@ from alicode_gw.errors import Flavor
 from alicode_gw.tasks import TaskTracker
 
 if TYPE_CHECKING:
-    from alicode_gw.batches.poller import BatchPoller
     from alicode_gw.identity.auth import ApiKey, Authenticator
     from alicode_gw.limits.limiter import Limiter
     from alicode_gw.money.billing import Billing
@@ -50,7 +49,6 @@ class State:
     health: HealthMonitor
     node: Node  # this process as the owner of its holds and leases
     upstream_models: UpstreamModels
-    batches: BatchPoller  # the message batches loop (run unless its interval is 0)
     started_at: float = field(default_factory=time.time)
     in_flight: int = 0
     shed_until: float = 0.0  # monotonic time until which health reports the shedding

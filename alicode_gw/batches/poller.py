@@ -98,7 +98,6 @@ class BatchPoller:
         self.max_interval = max(max_interval, interval)
         self._on_tokens = on_tokens
         self._on_revoked = on_revoked
-        self.settled = 0  # settlements this process made
 
     async def run(self) -> None:
         """Poll due batches until cancelled."""
@@ -166,7 +165,6 @@ class BatchPoller:
             ended_at=_timestamp(state.get("ended_at")),
         )
         if settled.outcome == "settled":
-            self.settled += 1
             tokens = sum(usage_tokens(u) for u in usage.values())
             if self._on_tokens is not None and tokens:
                 await self._on_tokens(batch.key_id, tokens)

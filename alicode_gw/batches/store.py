@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
@@ -84,13 +84,7 @@ async def open_batch(
             "batch_id": batch_id,
             "key_id": key_id,
             "client_ip": client_ip,
-            "items": json.dumps(
-                [
-                    {"custom_id": i.custom_id, "model": i.model, "input": i.input,
-                     "max_tokens": i.max_tokens}
-                    for i in items
-                ]
-            ),  # fmt: skip
+            "items": json.dumps([asdict(item) for item in items]),
             "expires_at": expires_at,
             "hold_ttl_seconds": hold_ttl_seconds,
         },

@@ -50,9 +50,12 @@ async def _hold(ctx: RequestContext, batch_id: str, items: list[store.HoldItem])
     state, key = ctx.state, ctx.authenticated
     opened = await _open(ctx, batch_id, items)
     credit = state.billing.credit
-    if opened.outcome == "insufficient" and credit is not None:
-        if await credit.shrink(key.account_id, opened.hold_nanos):  # this node's lease
-            opened = await _open(ctx, batch_id, items)
+    if (
+        opened.outcome == "insufficient"
+        and credit is not None
+        and await credit.shrink(key.account_id, opened.hold_nanos)  # this node's lease
+    ):
+        opened = await _open(ctx, batch_id, items)
     if opened.outcome == "insufficient":
         raise InsufficientCreditsError(
             "Your credit balance is too low for this batch (it may cost up to "

@@ -64,7 +64,9 @@ def validate_batch(payload: dict[str, Any], max_requests: int) -> list[BatchRequ
             raise InvalidRequestError(f"{where}: Input should be an object", param=where)
         custom_id = item.get("custom_id")
         if custom_id is None:
-            raise InvalidRequestError(f"{where}.custom_id: Field required", param=f"{where}.custom_id")
+            raise InvalidRequestError(
+                f"{where}.custom_id: Field required", param=f"{where}.custom_id"
+            )
         if not isinstance(custom_id, str) or not CUSTOM_ID.fullmatch(custom_id):
             raise InvalidRequestError(
                 f"{where}.custom_id: should be 1-64 characters of letters, digits, '_' and '-'",

@@ -397,7 +397,8 @@ class MockUpstream:
 
     async def _batches(self, request: web.BaseRequest, ex: Exchange) -> web.StreamResponse:
         """``/v1/messages/batches[/{id}[/cancel|/results]]`` (see mock_batches)."""
-        parts = ex.path[len(BATCHES_PATH) :].strip("/").split("/") if ex.path != BATCHES_PATH else []
+        rest = ex.path[len(BATCHES_PATH) :].strip("/")
+        parts = rest.split("/") if rest else []
         allowed = {0: ("GET", "POST"), 1: ("GET", "DELETE")}.get(len(parts))
         if len(parts) == 2:
             allowed = {"cancel": ("POST",), "results": ("GET",)}.get(parts[1])

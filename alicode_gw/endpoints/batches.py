@@ -66,9 +66,7 @@ async def handle_list(ctx: RequestContext) -> web.StreamResponse:
     except ValueError:
         raise InvalidRequestError("limit: Input should be a valid integer", param="limit") from None
     if not 1 <= limit <= MAX_PAGE:
-        raise InvalidRequestError(
-            f"limit: Input should be between 1 and {MAX_PAGE}", param="limit"
-        )
+        raise InvalidRequestError(f"limit: Input should be between 1 and {MAX_PAGE}", param="limit")
     before_id, after_id = query.get("before_id"), query.get("after_id")
     if before_id and after_id:
         raise InvalidRequestError("Cannot specify both before_id and after_id")

@@ -7,7 +7,6 @@ import secrets
 from collections.abc import AsyncIterator, Callable
 
 import anthropic
-
 import asyncpg
 import pytest
 

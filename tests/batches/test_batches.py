@@ -13,6 +13,7 @@ import pytest
 
 from alicode_gw import app
 from alicode_gw.batches import store
+from alicode_gw.batches.poller import BatchPoller, build_poller
 from alicode_gw.dev.mock_upstream import MockUpstream
 from alicode_gw.money import ledger
 from alicode_gw.upstream.relay import usage_from_message
@@ -25,6 +26,12 @@ from tests.support.customers import (
     reset_pool,
 )
 from tests.support.gateway import UPSTREAM_KEYS, start_gateway, stop_gateway
+
+
+def poller_of(gateway: app.Gateway) -> BatchPoller:
+    """A batch loop on the gateway's state (as ``serve`` runs it), to call by hand."""
+    state = gateway.state
+    return build_poller(state.config, state.db, state.http, state.redis, state.limiter)
 
 
 def requests_of(n: int, max_tokens: int = 64, prefix: str = "q") -> list[dict]:
@@ -216,9 +223,7 @@ async def test_two_nodes_settle_once(
         created = await sdk(one, customer).messages.batches.create(requests=requests_of(3))
         await asyncio.sleep(0.3)
         batch = await store.get_any(one.state.db, created.id)
-        outcomes = await asyncio.gather(
-            *(gw.state.batches.poll(batch) for gw in (one, two, one, two))
-        )
+        outcomes = await asyncio.gather(*(poller_of(gw).poll(batch) for gw in (one, two, one, two)))
         assert sorted(outcomes) == ["already_settled"] * 3 + ["settled"]
         rows = await db.fetch("SELECT amount_nanos FROM ledger WHERE request_id = $1", created.id)
         assert len(rows) == 1
@@ -237,16 +242,13 @@ async def test_restart_picks_up_and_settles_once(
     first = await start_gateway(make_config(batch_poll_interval=0.0, redis_prefix="batch-r1:"))
     customer = await make_customer(db)
     try:
-        created = await sdk(first, customer).messages.batches.create(
-            requests=requests_of(2)
-        )
+        created = await sdk(first, customer).messages.batches.create(requests=requests_of(2))
     finally:
         await stop_gateway(first)
     second = await start_gateway(make_config(redis_prefix="batch-r2:", **FAST_POLL))
     try:
         done = await ended(sdk(second, customer), created.id)
         assert done.request_counts.succeeded == 2
-        assert second.state.batches.settled >= 1
     finally:
         await stop_gateway(second)
     rows = await db.fetch("SELECT 1 FROM ledger WHERE request_id = $1", created.id)

@@ -238,6 +238,7 @@ async def test_a_database_of_the_layout_before_the_split_migrates_to_a_new_ones_
         "007_named_parameters.sql",
         "008_billing_nodes.sql",
         "009_model_families.sql",
+        "011_batches.sql",
     ]
     assert await schema(scratch_database_url) == await schema(database_url)
     conn = await asyncpg.connect(scratch_database_url)
