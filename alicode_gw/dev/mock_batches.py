@@ -6,8 +6,9 @@
 expire), results as JSONL (``application/binary``) once ended. Request counts move from
 ``processing`` only when the batch ends, as the API documents. Each request is answered
 as ``POST /v1/messages`` would answer it (same deterministic answers and usage; a
-``[[mock: status=N]]`` directive in a request's prompt makes it ``errored``). Batches
-are visible to the credential that created them only."""
+``[[mock: status=N]]`` directive in a request's prompt makes it ``errored``; in the
+first request's prompt it also fails the submission, on the ``only_key`` credentials if
+named). Batches are visible to the credential that created them only."""
 
 from __future__ import annotations
 
@@ -84,16 +85,16 @@ class MockBatches:
             if unfinished is not None:
                 result: dict[str, Any] = {"type": unfinished}
             else:
-                result = self._answer(item["params"])
+                result = self._answer(item["params"], batch.owner)
             batch.results.append({"custom_id": item["custom_id"], "result": result})
         batch.status = "ended"
         batch.ended_at = datetime.now(UTC)
 
-    def _answer(self, params: dict[str, Any]) -> dict[str, Any]:
+    def _answer(self, params: dict[str, Any], owner: str) -> dict[str, Any]:
         try:
             body = self._validate(params)
             directives = parse_directives(None, body)
-            if directives.status is not None:
+            if directives.status is not None and directives.faults_apply(owner):
                 raise status_error(directives.status)
         except RequestError as err:
             return {"type": "errored", "error": error_body(err.etype, err.message, None)}

@@ -416,7 +416,9 @@ class MockUpstream:
                 return await self._send_json(
                     request, ex, 200, store.listing(owner, request.query, self.url)
                 )
-            batch = store.create(self._json_body(ex), owner)
+            body = self._json_body(ex)
+            self._batch_fault(request, ex, body)
+            batch = store.create(body, owner)
             return await self._send_json(request, ex, 200, store.to_json(batch, self.url))
         batch = store.find(parts[0], owner)
         action = parts[1] if len(parts) == 2 else ex.method
@@ -434,6 +436,19 @@ class MockUpstream:
             ex.response_bytes += body
             return resp
         return await self._send_json(request, ex, 200, store.to_json(batch, self.url))
+
+    @staticmethod
+    def _batch_fault(request: web.BaseRequest, ex: Exchange, body: Any) -> None:
+        """A fault asked for in the header or the first request's prompt fails the
+        submission itself (``only_key``: on those credentials only)."""
+        requests = body.get("requests") if isinstance(body, dict) else None
+        first = requests[0] if isinstance(requests, list) and requests else None
+        params = first.get("params") if isinstance(first, dict) else None
+        directives = parse_directives(
+            request.headers.get("x-mock-fault"), params if isinstance(params, dict) else None
+        )
+        if directives.faults_apply(ex.api_key) and directives.status is not None:
+            raise status_error(directives.status, directives.retry_after)
 
     @staticmethod
     def _json_body(ex: Exchange) -> Any:

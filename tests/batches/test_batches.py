@@ -7,6 +7,7 @@ import asyncio
 import json
 import time
 
+import aiohttp
 import anthropic
 import asyncpg
 import pytest
@@ -274,3 +275,72 @@ async def test_disabled_owner_credential_is_a_clear_error(
     assert failed.value.status_code == 502
     assert "no longer available" in failed.value.body["error"]["message"]
     assert NANOS
+
+
+async def test_submission_tries_another_credential_on_429(
+    sdk, bgw: app.Gateway, db: asyncpg.Connection, mock_upstream: MockUpstream
+) -> None:
+    customer = await make_customer(db)
+    client = sdk(bgw, customer)
+    reqs = requests_of(3)
+    faulty = ",".join(UPSTREAM_KEYS[:2])
+    reqs[0]["params"]["messages"][0]["content"] += f" [[mock: status=429 only_key={faulty}]]"
+    created = await client.messages.batches.create(requests=reqs)
+    posts = [
+        ex
+        for ex in mock_upstream.exchanges
+        if ex.path == "/v1/messages/batches" and ex.method == "POST"
+    ]
+    assert [ex.status for ex in posts[:-1]] == [429] * (len(posts) - 1)
+    assert posts[-1].status == 200 and posts[-1].api_key == UPSTREAM_KEYS[2]
+    owner = await db.fetchval(
+        "SELECT c.secret FROM message_batches b JOIN upstream_credentials c"
+        " ON c.id = b.credential_id WHERE b.id = $1",
+        created.id,
+    )
+    assert owner == UPSTREAM_KEYS[2]
+    done = await ended(client, created.id)
+    assert done.request_counts.succeeded == 3
+
+
+async def test_an_upstream_refusal_is_passed_through_and_nothing_held(
+    sdk, bgw: app.Gateway, db: asyncpg.Connection
+) -> None:
+    customer = await make_customer(db)
+    client = sdk(bgw, customer)
+    before = await balance(bgw, db, customer.email)
+    reqs = requests_of(2)
+    reqs[0]["params"]["messages"][0]["content"] += " [[mock: status=400]]"
+    with pytest.raises(anthropic.BadRequestError) as refused:
+        await client.messages.batches.create(requests=reqs)
+    assert refused.value.body["request_id"] == refused.value.response.headers["request-id"]
+    assert (await client.messages.batches.list()).data == []
+    summary = await ledger.account_summary(db, customer.email)
+    assert summary["held_nanos"] == 0
+    assert await balance(bgw, db, customer.email) == before
+
+
+async def test_a_batch_is_one_request_of_the_rpm_and_its_tokens_count_when_settled(
+    sdk, bgw: app.Gateway, db: asyncpg.Connection
+) -> None:
+    customer = await make_customer(db, rpm=1, budget_tokens=1_000_000)
+    client = sdk(bgw, customer)
+    created = await client.messages.batches.create(requests=requests_of(3))
+    with pytest.raises(anthropic.RateLimitError):
+        await client.messages.batches.create(requests=requests_of(1))
+    await ended(client, created.id)
+    row = await db.fetchrow("SELECT * FROM ledger WHERE request_id = $1", created.id)
+    tokens = (
+        sum(
+            row[k]
+            for k in ("input_tokens", "output_tokens", "cache_creation_5m", "cache_creation_1h")
+        )
+        + row["cache_read"]
+    )
+    async with aiohttp.ClientSession() as http:
+        async with http.get(
+            bgw.url + "/v1/key-status", headers={"x-api-key": customer.key}
+        ) as resp:
+            status = await resp.json()
+    assert tokens > 0
+    assert status["budget"]["used_tokens"] == tokens, status
