@@ -13,10 +13,9 @@ import pytest
 from alicode_gw import app
 from alicode_gw.dev.mock_upstream import MockUpstream
 from alicode_gw.money import ledger
+from tests.support.batches import FAST_POLL
 from tests.support.customers import Customer, client_for, reset_pool
 from tests.support.gateway import start_gateway, stop_gateway
-
-FAST_POLL = {"batch_poll_interval": 0.05, "batch_poll_max_interval": 0.2}
 
 
 @pytest.fixture

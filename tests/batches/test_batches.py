@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
+import secrets
 
 import aiohttp
 import anthropic
@@ -18,10 +18,9 @@ from alicode_gw.batches.poller import BatchPoller, build_poller
 from alicode_gw.dev.mock_upstream import MockUpstream
 from alicode_gw.money import ledger
 from alicode_gw.upstream.relay import usage_from_message
-from tests.batches.conftest import FAST_POLL
+from tests.support.batches import FAST_POLL, ended, requests_of
 from tests.support.customers import (
     MODEL,
-    NANOS,
     balance,
     make_customer,
     reset_pool,
@@ -33,29 +32,6 @@ def poller_of(gateway: app.Gateway) -> BatchPoller:
     """A batch loop on the gateway's state (as ``serve`` runs it), to call by hand."""
     state = gateway.state
     return build_poller(state.config, state.db, state.http, state.redis, state.limiter)
-
-
-def requests_of(n: int, max_tokens: int = 64, prefix: str = "q") -> list[dict]:
-    return [
-        {
-            "custom_id": f"{prefix}-{i}",
-            "params": {
-                "model": MODEL,
-                "max_tokens": max_tokens,
-                "messages": [{"role": "user", "content": f"question number {i}"}],
-            },
-        }
-        for i in range(n)
-    ]
-
-
-async def ended(client: anthropic.AsyncAnthropic, batch_id: str, wait: float = 10.0):
-    deadline = time.monotonic() + wait
-    while True:
-        batch = await client.messages.batches.retrieve(batch_id)
-        if batch.processing_status == "ended" or time.monotonic() > deadline:
-            return batch
-        await asyncio.sleep(0.05)
 
 
 async def test_sdk_lifecycle_and_price(
@@ -215,7 +191,7 @@ async def test_two_nodes_settle_once(
 ) -> None:
     await reset_pool(db)
     mock_upstream.batches.process_seconds = 0.2
-    no_loop = {"batch_poll_interval": 0.0, "redis_prefix": "batch-two:"}
+    no_loop = {"batch_poll_interval": 0.0, "redis_prefix": f"batch-two-{secrets.token_hex(4)}:"}
     one = await start_gateway(make_config(**no_loop))
     two = await start_gateway(make_config(**no_loop))
     try:
@@ -240,13 +216,17 @@ async def test_restart_picks_up_and_settles_once(
 ) -> None:
     await reset_pool(db)
     mock_upstream.batches.process_seconds = 0.5
-    first = await start_gateway(make_config(batch_poll_interval=0.0, redis_prefix="batch-r1:"))
+    first = await start_gateway(
+        make_config(batch_poll_interval=0.0, redis_prefix=f"batch-r1-{secrets.token_hex(4)}:")
+    )
     customer = await make_customer(db)
     try:
         created = await sdk(first, customer).messages.batches.create(requests=requests_of(2))
     finally:
         await stop_gateway(first)
-    second = await start_gateway(make_config(redis_prefix="batch-r2:", **FAST_POLL))
+    second = await start_gateway(
+        make_config(redis_prefix=f"batch-r2-{secrets.token_hex(4)}:", **FAST_POLL)
+    )
     try:
         done = await ended(sdk(second, customer), created.id)
         assert done.request_counts.succeeded == 2
@@ -274,7 +254,6 @@ async def test_disabled_owner_credential_is_a_clear_error(
         [line async for line in await client.messages.batches.results(created.id)]
     assert failed.value.status_code == 502
     assert "no longer available" in failed.value.body["error"]["message"]
-    assert NANOS
 
 
 async def test_submission_tries_another_credential_on_429(
