@@ -35,8 +35,10 @@ def at(where: str) -> Iterator[None]:
     try:
         yield
     except GatewayError as err:
-        param = f"{where}.{err.param}" if err.param else where
-        message = err.message if err.message.startswith(f"{where}.") else f"{where}.{err.message}"
+        if err.param:  # "max_tokens: …" → "requests.3.params.max_tokens: …"
+            param, message = f"{where}.{err.param}", f"{where}.{err.message}"
+        else:
+            param, message = where, f"{where}: {err.message}"
         renamed = type(err)(message, headers=err.headers, param=param)
         raise renamed from err
 

@@ -11,7 +11,7 @@ from aiohttp import web
 from alicode_gw.batches import objects, owner, results, store, submit
 from alicode_gw.batches.objects import Batch
 from alicode_gw.clientip import public_base_url
-from alicode_gw.errors import InvalidRequestError, NotFoundError
+from alicode_gw.errors import InvalidRequestError, NotFoundError, UpstreamError
 from alicode_gw.requestbody import read_json
 from alicode_gw.state import RequestContext
 from alicode_gw.upstream.client import refusal
@@ -119,7 +119,9 @@ async def handle_delete(ctx: RequestContext) -> web.StreamResponse:
         )
     if batch.upstream_id is not None:
         response = await owner.call(_upstream(ctx), batch, "DELETE", "", ctx.request.headers)
-        response.release()  # a batch already gone upstream is just as deleted
+        response.release()  # a batch already gone upstream (404) is just as deleted
+        if response.status >= 500:
+            raise UpstreamError("The upstream failed to delete the batch; retry shortly.")
     await store.mark_deleted(ctx.state.db, batch.id)
     return _json(ctx, objects.deleted_json(batch.id))
 
