@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
+from datetime import UTC, datetime, timedelta
 
 import aiohttp
 import anthropic
@@ -323,3 +324,45 @@ async def test_a_batch_is_one_request_of_the_rpm_and_its_tokens_count_when_settl
             status = await resp.json()
     assert tokens > 0
     assert status["budget"]["used_tokens"] == tokens, status
+
+
+async def test_a_model_the_key_may_not_use_is_a_403_naming_the_request(
+    sdk, bgw: app.Gateway, db: asyncpg.Connection
+) -> None:
+    customer = await make_customer(db, models=["claude-haiku-4-5"])
+    with pytest.raises(anthropic.PermissionDeniedError) as refused:
+        await sdk(bgw, customer).messages.batches.create(requests=requests_of(2))
+    assert refused.value.body["error"]["message"].startswith("requests.0.params: ")
+
+
+async def test_a_batch_never_recorded_as_submitted_ends_errored_and_unbilled(
+    sdk, bgw: app.Gateway, db: asyncpg.Connection
+) -> None:
+    """A process that died between the hold and the upstream's answer leaves the batch
+    `submitting`: after the grace period the loop ends it, every request errored, and
+    gives its hold back."""
+    customer = await make_customer(db)
+    before = await balance(bgw, db, customer.email)
+    opened = await store.open_batch(
+        bgw.state.db,
+        batch_id="msgbatch_orphan" + secrets.token_hex(4),
+        key_id=customer.key_id,
+        client_ip="::1",
+        items=[store.HoldItem(f"o-{i}", MODEL, 10, 100) for i in range(2)],
+        expires_at=datetime.now(UTC) + timedelta(hours=24),
+        hold_ttl_seconds=3600,
+    )
+    assert opened.outcome == "held" and opened.hold_nanos > 0
+    batch_id = await db.fetchval(
+        "UPDATE message_batches SET created_at = now() - interval '1 hour'"
+        " WHERE account_id = $1 RETURNING id",
+        customer.account_id,
+    )
+    client = sdk(bgw, customer)
+    done = await ended(client, batch_id)
+    assert (done.processing_status, done.request_counts.errored) == ("ended", 2)
+    lines = [line async for line in await client.messages.batches.results(batch_id)]
+    assert sorted(line.custom_id for line in lines) == ["o-0", "o-1"]
+    assert {line.result.type for line in lines} == {"errored"}
+    assert await balance(bgw, db, customer.email) == before
+    assert (await ledger.account_summary(db, customer.email))["held_nanos"] == 0
