@@ -11,11 +11,13 @@ from dataclasses import dataclass
 
 import aiohttp
 import asyncpg
+from aiohttp import web
 
 from alicode_gw.batches import store
 from alicode_gw.batches.objects import Batch
 from alicode_gw.errors import UpstreamError
-from alicode_gw.upstream.client import outbound_headers
+from alicode_gw.state import RequestContext
+from alicode_gw.upstream.client import outbound_headers, refusal
 from alicode_gw.upstream.credentials import Credential
 
 UPSTREAM_BATCHES = "/v1/messages/batches"
@@ -62,3 +64,15 @@ async def call(
         return await upstream.http.request(method, url, headers=headers, timeout=timeout)
     except (aiohttp.ClientError, TimeoutError) as exc:
         raise UpstreamError("The upstream could not be reached; retry shortly.") from exc
+
+
+def passed_error(
+    ctx: RequestContext, response: aiohttp.ClientResponse, body: bytes
+) -> web.Response:
+    """An upstream error answer to a call on a batch, passed on as messages pass theirs
+    (the gateway's request id in it); an upstream 5xx is the gateway's 502."""
+    failed = refusal(ctx, response, body)
+    status = failed.status if failed.status < 500 else 502
+    return web.Response(
+        status=status, body=failed.body, headers={**failed.headers, **ctx.headers()}
+    )

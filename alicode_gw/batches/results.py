@@ -11,7 +11,6 @@ from alicode_gw.batches import owner
 from alicode_gw.batches.objects import Batch, not_submitted_lines
 from alicode_gw.errors import UpstreamError
 from alicode_gw.state import RequestContext
-from alicode_gw.upstream.client import refusal
 
 RELAY_CHUNK = 64 * 1024
 JSONL = "application/binary"  # what the API answers (the SDK asks for it)
@@ -25,12 +24,7 @@ async def relay(ctx: RequestContext, upstream: owner.Upstream, batch: Batch) -> 
     try:
         ctx.upstream_request_id = response.headers.get("request-id")
         if response.status != 200:
-            body = await response.content.read(64 * 1024)
-            failed = refusal(ctx, response, body)
-            status = failed.status if failed.status < 500 else 502
-            return web.Response(
-                status=status, body=failed.body, headers={**failed.headers, **ctx.headers()}
-            )
+            return owner.passed_error(ctx, response, await response.content.read(64 * 1024))
         content_type = response.headers.get("content-type", JSONL)
         resp = web.StreamResponse(headers=ctx.headers(**{"content-type": content_type}))
         await resp.prepare(ctx.request)

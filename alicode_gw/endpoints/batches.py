@@ -14,7 +14,6 @@ from alicode_gw.clientip import public_base_url
 from alicode_gw.errors import InvalidRequestError, NotFoundError, UpstreamError
 from alicode_gw.requestbody import read_json
 from alicode_gw.state import RequestContext
-from alicode_gw.upstream.client import refusal
 
 MAX_PAGE = 1000
 
@@ -100,11 +99,7 @@ async def handle_cancel(ctx: RequestContext) -> web.StreamResponse:
         finally:
             response.release()
         if response.status >= 300:
-            failed = refusal(ctx, response, body)
-            status = failed.status if failed.status < 500 else 502
-            return web.Response(
-                status=status, body=failed.body, headers={**failed.headers, **ctx.headers()}
-            )
+            return owner.passed_error(ctx, response, body)
         await store.mark_canceling(ctx.state.db, batch.id)
         batch = await _batch(ctx)
     return _json(ctx, objects.batch_json(batch, _base(ctx)))

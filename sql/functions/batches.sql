@@ -25,6 +25,7 @@ DECLARE
     v_amount  bigint := 0;
     v_prices  jsonb := '{}'::jsonb;
     v_map     jsonb := '{}'::jsonb;
+    v_outcome text;
 BEGIN
     IF EXISTS (SELECT 1 FROM billing_holds h WHERE h.request_id = p_batch_id) THEN
         RETURN QUERY SELECT 'duplicate'::text, 0::bigint;
@@ -71,31 +72,18 @@ BEGIN
         RETURN QUERY SELECT 'unknown_model'::text, 0::bigint;
         RETURN;
     END IF;
-    IF v_cap IS NOT NULL THEN  -- as billing.hold: under the account row lock
-        PERFORM 1 FROM accounts a WHERE a.id = v_account FOR UPDATE;
-        IF (SELECT k.spent_nanos FROM api_keys k WHERE k.id = p_key_id)
-           + (SELECT coalesce(sum(b.amount_nanos), 0) FROM billing_holds b
-               WHERE b.account_id = v_account AND b.status = 'held'
-                 AND b.key_id = p_key_id) >= v_cap THEN
-            RETURN QUERY SELECT 'over_cap'::text, v_amount;
-            RETURN;
-        END IF;
-    END IF;
-    UPDATE accounts a SET held_nanos = a.held_nanos + v_amount
-     WHERE a.id = v_account AND a.balance_nanos - a.held_nanos >= v_amount;
-    IF NOT FOUND THEN
-        RETURN QUERY SELECT 'insufficient'::text, v_amount;
+    -- The hold row names the first request's model and prices; the batch's own price
+    -- snapshot (all its models) is in message_batches.prices.
+    v_outcome := billing.reserve(
+        p_request_id => p_batch_id, p_key_id => p_key_id, p_account_id => v_account,
+        p_cap_nanos => v_cap, p_requested_model => v_first.id, p_model => v_first,
+        p_client_ip => p_client_ip, p_batch => true,
+        p_discount_pct => v_first.batch_discount_pct, p_amount_nanos => v_amount,
+        p_ttl_seconds => p_hold_ttl_seconds, p_node => NULL);
+    IF v_outcome <> 'held' THEN
+        RETURN QUERY SELECT v_outcome, v_amount;
         RETURN;
     END IF;
-    INSERT INTO billing_holds (request_id, account_id, key_id, requested_model, model,
-                               client_ip, batch, amount_nanos, input_price, output_price,
-                               cache_write_5m_price, cache_write_1h_price, cache_read_price,
-                               discount_pct, expires_at, node)
-    VALUES (p_batch_id, v_account, p_key_id, v_first.id, v_first.id, p_client_ip, true,
-            v_amount, v_first.input_price, v_first.output_price,
-            v_first.cache_write_5m_price, v_first.cache_write_1h_price,
-            v_first.cache_read_price, v_first.batch_discount_pct,
-            now() + make_interval(secs => p_hold_ttl_seconds), NULL);
     INSERT INTO message_batches (id, account_id, key_id, request_count, prices,
                                  request_models, expires_at)
     VALUES (p_batch_id, v_account, p_key_id, jsonb_array_length(p_items), v_prices, v_map,
@@ -122,8 +110,6 @@ DECLARE
     v_row       jsonb;
     v_price     jsonb;
     v_cost      bigint := 0;
-    v_reserved  bigint;
-    v_available bigint;
     v_charge    bigint;
     v_in        bigint := 0;
     v_out       bigint := 0;
@@ -171,16 +157,7 @@ BEGIN
     END LOOP;
     SELECT string_agg(DISTINCT m.value #>> '{}', ',' ORDER BY m.value #>> '{}') INTO v_models
       FROM jsonb_each(b.request_models) m;
-    v_reserved := CASE WHEN h.status = 'held' THEN h.amount_nanos ELSE 0 END;
-    SELECT a.balance_nanos - a.held_nanos + v_reserved INTO v_available
-      FROM accounts a WHERE a.id = b.account_id FOR UPDATE;
-    v_charge := least(v_cost, greatest(v_available, 0));
-    UPDATE accounts a
-       SET balance_nanos = a.balance_nanos - v_charge,
-           held_nanos = a.held_nanos - v_reserved
-     WHERE a.id = b.account_id;
-    UPDATE billing_holds x SET status = 'settled', closed_at = now()
-     WHERE x.request_id = p_batch_id;
+    v_charge := billing.charge_hold(p_hold => h, p_cost_nanos => v_cost);
     INSERT INTO ledger (account_id, kind, amount_nanos, request_id, key_id, client_ip,
                         requested_model, model, input_tokens, output_tokens,
                         cache_creation_5m, cache_creation_1h, cache_read, batch,

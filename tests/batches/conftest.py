@@ -3,7 +3,6 @@ mock upstream's batches ending after half a second."""
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import AsyncIterator, Callable
 
 import anthropic
@@ -14,25 +13,22 @@ from alicode_gw import app
 from alicode_gw.dev.mock_upstream import MockUpstream
 from alicode_gw.money import ledger
 from tests.support.batches import FAST_POLL
-from tests.support.customers import Customer, client_for, reset_pool
-from tests.support.gateway import start_gateway, stop_gateway
+from tests.support.customers import Customer, client_for, own_gateway
+from tests.support.gateway import stop_gateway
 
 
 @pytest.fixture
 async def bgw(
     db: asyncpg.Connection, make_config, mock_upstream: MockUpstream
 ) -> AsyncIterator[app.Gateway]:
-    await reset_pool(db)
+    """A gateway whose batch loop polls fast; the books are audited after the test."""
     mock_upstream.batches.process_seconds = 0.3
-    gateway = await start_gateway(
-        make_config(redis_prefix=f"batch-{secrets.token_hex(4)}:", **FAST_POLL)
-    )
+    gateway = await own_gateway(db, make_config, "batch", **FAST_POLL)
     try:
         yield gateway
     finally:
         await stop_gateway(gateway)
-    problems = await ledger.audit(db)
-    assert not problems, [p.as_dict() for p in problems]
+    assert not await ledger.audit(db)
 
 
 @pytest.fixture
