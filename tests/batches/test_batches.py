@@ -366,3 +366,21 @@ async def test_a_batch_never_recorded_as_submitted_ends_errored_and_unbilled(
     assert {line.result.type for line in lines} == {"errored"}
     assert await balance(bgw, db, customer.email) == before
     assert (await ledger.account_summary(db, customer.email))["held_nanos"] == 0
+
+
+async def test_list_pages_newest_first(sdk, bgw: app.Gateway, db: asyncpg.Connection) -> None:
+    customer = await make_customer(db)
+    client = sdk(bgw, customer)
+    made = [(await client.messages.batches.create(requests=requests_of(1))).id for _ in range(3)]
+    newest_first = made[::-1]
+    first = await client.messages.batches.list(limit=2)
+    assert [b.id for b in first.data] == newest_first[:2] and first.has_more
+    assert [b.id async for b in await client.messages.batches.list(limit=2)] == newest_first
+    older = await client.messages.batches.list(limit=5, after_id=newest_first[0])
+    assert [b.id for b in older.data] == newest_first[1:] and not older.has_more
+    newer = await client.messages.batches.list(limit=1, before_id=newest_first[2])
+    assert [b.id for b in newer.data] == [newest_first[1]] and newer.has_more
+    with pytest.raises(anthropic.NotFoundError):
+        await client.messages.batches.list(after_id="msgbatch_nosuchbatch")
+    for batch_id in made:
+        await ended(client, batch_id)
