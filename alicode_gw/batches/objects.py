@@ -12,7 +12,10 @@ from datetime import datetime
 from typing import Any
 
 BATCH_ID_PREFIX = "msgbatch_"
-NOT_SUBMITTED_MESSAGE = "The batch could not be submitted upstream; this request was not run."
+NOT_SUBMITTED_MESSAGE = (
+    "This request has no result: its batch was never accepted upstream, or is gone there. "
+    "It was not billed."
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +97,8 @@ def deleted_json(batch_id: str) -> dict[str, str]:
 
 
 def not_submitted_lines(batch: Batch) -> Iterator[bytes]:
-    """The results of a batch whose submission failed for good: every request errored."""
+    """The results of a released batch (its submission failed for good, or the upstream
+    lost it): every request errored."""
     error = {
         "type": "error",
         "error": {"type": "api_error", "message": NOT_SUBMITTED_MESSAGE},

@@ -42,6 +42,7 @@ CLAIM_LIMIT = 20  # batches one round claims
 # accepted (its process died mid-submission): it ends, every request errored, unbilled.
 SUBMIT_GRACE = timedelta(minutes=15)
 READ_CHUNK = 64 * 1024
+GONE: dict[str, Any] = {}  # the upstream answered 404: it has no such batch
 
 TokensCallback = Callable[[int, int], Awaitable[None]]  # (key id, tokens)
 RevokedCallback = Callable[[str], Awaitable[None]]  # (public id of a key at its cap)
@@ -140,6 +141,10 @@ class BatchPoller:
             await store.schedule(db, batch.id, in_seconds=max(left, self.interval))
             return "waiting"
         state = await self._upstream_state(batch)
+        if state is GONE:
+            log.warning("batch %s is gone upstream: ended unbilled", batch.id)
+            await store.release(db, batch.id)
+            return "released"
         if state is None:
             await self._later(batch)
             return "unreachable"
@@ -173,6 +178,8 @@ class BatchPoller:
         return settled.outcome
 
     async def _upstream_state(self, batch: Batch) -> dict[str, Any] | None:
+        """The upstream's batch object; :data:`GONE` when the upstream has no such batch
+        (its results can never be read); None when it could not be read now."""
         try:
             response = await owner.call(self.upstream, batch, "GET")
         except UpstreamError as err:
@@ -184,6 +191,8 @@ class BatchPoller:
             return None
         finally:
             response.release()
+        if response.status == 404:
+            return GONE
         if response.status != 200:
             log.warning("batch %s: upstream answered %d to a poll", batch.id, response.status)
             return None

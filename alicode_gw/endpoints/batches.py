@@ -105,13 +105,16 @@ async def handle_cancel(ctx: RequestContext) -> web.StreamResponse:
     return _json(ctx, objects.batch_json(batch, _base(ctx)))
 
 
-async def handle_delete(ctx: RequestContext) -> web.StreamResponse:
+async def _ended(ctx: RequestContext, refusal: str) -> Batch:
+    """The batch, once ended; before, a 400: ``Batch <id> <refusal>``."""
     batch = await _batch(ctx)
     if batch.status != "ended":
-        raise InvalidRequestError(
-            f"Batch {batch.id} cannot be deleted while it is {objects.processing_status(batch)};"
-            " cancel it and delete it once it has ended."
-        )
+        raise InvalidRequestError(f"Batch {batch.id} {refusal}")
+    return batch
+
+
+async def handle_delete(ctx: RequestContext) -> web.StreamResponse:
+    batch = await _ended(ctx, "has not ended yet; cancel it and delete it once it has ended.")
     if batch.upstream_id is not None:
         response = await owner.call(_upstream(ctx), batch, "DELETE", "", ctx.request.headers)
         response.release()  # a batch already gone upstream (404) is just as deleted
@@ -122,10 +125,7 @@ async def handle_delete(ctx: RequestContext) -> web.StreamResponse:
 
 
 async def handle_results(ctx: RequestContext) -> web.StreamResponse:
-    batch = await _batch(ctx)
-    if batch.status != "ended":
-        raise InvalidRequestError(
-            f"Batch {batch.id} has not ended yet; its results are available once its "
-            "processing_status is ended."
-        )
+    batch = await _ended(
+        ctx, "has not ended yet; its results are available once its processing_status is ended."
+    )
     return await results.relay(ctx, _upstream(ctx), batch)

@@ -384,3 +384,20 @@ async def test_list_pages_newest_first(sdk, bgw: app.Gateway, db: asyncpg.Connec
         await client.messages.batches.list(after_id="msgbatch_nosuchbatch")
     for batch_id in made:
         await ended(client, batch_id)
+
+
+async def test_a_batch_gone_upstream_ends_errored_and_unbilled(
+    sdk, bgw: app.Gateway, db: asyncpg.Connection, mock_upstream: MockUpstream
+) -> None:
+    customer = await make_customer(db)
+    client = sdk(bgw, customer)
+    before = await balance(bgw, db, customer.email)
+    mock_upstream.batches.process_seconds = 60.0
+    created = await client.messages.batches.create(requests=requests_of(2))
+    mock_upstream.batches.batches.clear()  # the upstream lost it
+    done = await ended(client, created.id)
+    assert (done.processing_status, done.request_counts.errored) == ("ended", 2)
+    lines = [line async for line in await client.messages.batches.results(created.id)]
+    assert {line.result.type for line in lines} == {"errored"}
+    assert await balance(bgw, db, customer.email) == before
+    assert (await ledger.account_summary(db, customer.email))["held_nanos"] == 0
