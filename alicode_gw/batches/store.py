@@ -132,6 +132,7 @@ async def get(db: Db, account_id: int, batch_id: str) -> Batch | None:
 
 
 async def get_any(db: Db, batch_id: str) -> Batch | None:
+    """The batch, whatever its account or state (operator tools, tests)."""
     row = await db.fetchrow(f"SELECT {_COLUMNS} FROM message_batches WHERE id = $1", batch_id)
     return None if row is None else _batch(row)
 
