@@ -18,6 +18,7 @@ import uvloop
 from aiohttp import web
 from redis.asyncio import Redis
 
+from alicode_gw.batches.poller import build_poller
 from alicode_gw.config import Config, ConfigError
 from alicode_gw.dashboard.state import Dashboard
 from alicode_gw.errors import ApiError, GatewayError, OverloadedError, render
@@ -146,6 +147,9 @@ async def open_state(config: Config, backends: Backends) -> State:
     )
     if config.upstream_models_interval > 0:
         tasks.spawn(upstream_models.run(), name="upstream-models-refresh", perpetual=True)
+    if config.batch_poll_interval > 0:
+        batches = build_poller(config, db, http, redis, limiter)
+        tasks.spawn(batches.run(), name="message-batches", perpetual=True)
     return State(
         config=config,
         db=db,

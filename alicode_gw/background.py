@@ -2,9 +2,11 @@
 
 It runs the node-independent maintenance loops that every gateway process also runs:
 the hold sweeper (the holds and leases of dead nodes, and those past their expiry, give
-their reservation back) and the
-billing journal replay (settlements journaled while PostgreSQL was unreachable).
-and the purge of deleted files (:mod:`alicode_gw.files.purge`). Batches will join them here.
+their reservation back), the
+billing journal replay (settlements journaled while PostgreSQL was unreachable)
+and the purge of deleted files (:mod:`alicode_gw.files.purge`).
+It also runs the message batches loop (:mod:`alicode_gw.batches.poller`; at
+``ALICODE_BATCH_POLL_INTERVAL``, or every 5 s when the gateways run none).
 
 Running it next to the gateways is optional and safe: ``billing.expire_holds`` takes a
 transaction advisory lock and skips rows locked by a concurrent settlement (``FOR
@@ -20,10 +22,14 @@ import asyncio
 import logging
 import signal
 
+import aiohttp
 import uvloop
 
+from alicode_gw.app import upstream_session
+from alicode_gw.batches.poller import build_poller
 from alicode_gw.config import Config
 from alicode_gw.files.purge import FilePurger
+from alicode_gw.limits.limiter import Limiter
 from alicode_gw.money.billing import Billing
 from alicode_gw.store.backends import Backends, configured_backends, create_pool, create_redis
 from alicode_gw.tasks import TaskTracker
@@ -42,6 +48,8 @@ async def run_until_signalled(config: Config, backends: Backends) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    http: aiohttp.ClientSession | None = None
+    limiter: Limiter | None = None
     try:
         billing = Billing(
             db,
@@ -57,13 +65,27 @@ async def run_until_signalled(config: Config, backends: Backends) -> None:
             db, grace=config.files_purge_grace, interval=config.files_purge_interval
         )
         tasks.spawn(purger.run(), name="file-purge", perpetual=True)
-        log.info("background worker running: hold sweeper, billing journal replay, file purge")
+        limiter = Limiter(redis, config.redis_prefix, ip_rpm=0, ip_concurrency=0, tasks=tasks)
+        http = upstream_session(config)
+        tasks.spawn(
+            build_poller(config, db, http, redis, limiter).run(),
+            name="message-batches",
+            perpetual=True,
+        )
+        log.info(
+            "background worker running: hold sweeper, billing journal replay, file purge, "
+            "message batches"
+        )
         await stop.wait()
         log.info("background worker stopping")
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
         await tasks.drain(config.shutdown_timeout)
+        if http is not None:
+            await http.close()
+        if limiter is not None:
+            limiter.close()
         await redis.aclose()
         await db.close()
 

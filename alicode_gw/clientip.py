@@ -64,13 +64,32 @@ def client_ip(request: web.BaseRequest, trusted: tuple[Network, ...]) -> str:
     return str(peer)
 
 
+def _forwarded(request: web.BaseRequest, trusted: tuple[Network, ...], header: str) -> str:
+    """The first value of a forwarding header, from a trusted proxy only ("" otherwise)."""
+    peer = _address(request.remote or "")
+    if peer is None or not trusted or not _trusted(peer, trusted):
+        return ""
+    return request.headers.get(header, "").split(",")[0].strip()
+
+
 def came_over_tls(request: web.BaseRequest, trusted: tuple[Network, ...]) -> bool:
     """Whether the client's connection was TLS: this server's own, or as a trusted proxy
     tells with ``X-Forwarded-Proto: https`` (from anyone else the header is ignored)."""
     if request.secure:
         return True
-    peer = _address(request.remote or "")
-    if peer is None or not trusted or not _trusted(peer, trusted):
-        return False
-    proto = request.headers.get("x-forwarded-proto", "")
-    return proto.split(",")[0].strip().lower() == "https"
+    return _forwarded(request, trusted, "x-forwarded-proto").lower() == "https"
+
+
+def public_base_url(
+    request: web.BaseRequest, trusted: tuple[Network, ...], configured: str | None
+) -> str:
+    """The gateway's base URL as its clients reach it (for URLs it hands out, e.g. a
+    batch's ``results_url``): ``configured`` when set; else the scheme and host the
+    request came in on, taking ``X-Forwarded-Proto`` / ``X-Forwarded-Host`` only from a
+    trusted proxy."""
+    if configured:
+        return configured
+    proto = _forwarded(request, trusted, "x-forwarded-proto").lower()
+    scheme = proto if proto in ("http", "https") else request.scheme
+    host = _forwarded(request, trusted, "x-forwarded-host") or request.host
+    return f"{scheme}://{host}"

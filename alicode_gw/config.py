@@ -408,14 +408,6 @@ class Config:
             "prints.",
         },
     )
-    dashboard_url: str | None = field(
-        default=None,
-        metadata={
-            "env": "ALICODE_DASHBOARD_URL",
-            "doc": "Public base URL of the gateway, for the password links the CLI prints "
-            "(default: http:// and `ALICODE_LISTEN`).",
-        },
-    )
     dashboard_session_lifetime: float = field(
         default=12 * 3600.0,
         metadata={
@@ -436,6 +428,50 @@ class Config:
         metadata={
             "env": "ALICODE_DASHBOARD_LOGIN_WINDOW",
             "doc": "Seconds over which `ALICODE_DASHBOARD_LOGIN_ATTEMPTS` counts.",
+        },
+    )
+
+    # Message Batches (docs/batches.md)
+    public_base_url: str | None = field(
+        default=None,
+        metadata={
+            "env": "ALICODE_PUBLIC_BASE_URL",
+            "doc": "Base URL clients reach the gateway on (e.g. https://api.example.com), "
+            "used in URLs it hands out (a batch's `results_url`, the password links "
+            "`alicode-gw account password-link` prints); unset: the scheme and "
+            "host each request came in on (`X-Forwarded-Proto`/`-Host` believed from "
+            "`ALICODE_TRUSTED_PROXIES` only).",
+        },
+    )
+    batch_max_requests: int = field(
+        default=10_000,
+        metadata={
+            "env": "ALICODE_BATCH_MAX_REQUESTS",
+            "doc": "Most requests one message batch may hold.",
+        },
+    )
+    batch_max_body_bytes: int = field(
+        default=256 * 1024 * 1024,
+        metadata={
+            "env": "ALICODE_BATCH_MAX_BODY_BYTES",
+            "doc": "Largest `POST /v1/messages/batches` body accepted (the API's 256 MB).",
+        },
+    )
+    batch_poll_interval: float = field(
+        default=5.0,
+        metadata={
+            "env": "ALICODE_BATCH_POLL_INTERVAL",
+            "doc": "Seconds between the batch loop's rounds and before a batch's first "
+            "poll upstream (each further poll of a batch waits 1.5 times longer, up to "
+            "`ALICODE_BATCH_POLL_MAX_INTERVAL`); 0 runs no batch loop in `serve` (the "
+            "`worker` process then must).",
+        },
+    )
+    batch_poll_max_interval: float = field(
+        default=60.0,
+        metadata={
+            "env": "ALICODE_BATCH_POLL_MAX_INTERVAL",
+            "doc": "Longest wait between two polls of one open batch.",
         },
     )
 
@@ -616,10 +652,14 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "ALICODE_RESPONSE_CACHE_MAX_BYTES": _parse_int(0),
     "ALICODE_RESPONSE_CACHE_HIT_PCT": _parse_percent,
     "ALICODE_DASHBOARD_REGISTRATION": _parse_choice("open", "closed"),
-    "ALICODE_DASHBOARD_URL": _parse_url(("http", "https")),
     "ALICODE_DASHBOARD_SESSION_LIFETIME": _parse_seconds,
     "ALICODE_DASHBOARD_LOGIN_ATTEMPTS": _parse_int(1),
     "ALICODE_DASHBOARD_LOGIN_WINDOW": _parse_seconds,
+    "ALICODE_PUBLIC_BASE_URL": _parse_url(("http", "https")),
+    "ALICODE_BATCH_MAX_REQUESTS": _parse_int(1),
+    "ALICODE_BATCH_MAX_BODY_BYTES": _parse_int(1024),
+    "ALICODE_BATCH_POLL_INTERVAL": _parse_seconds_or_off,
+    "ALICODE_BATCH_POLL_MAX_INTERVAL": _parse_seconds,
 }
 
 

@@ -24,6 +24,7 @@ from alicode_gw.dashboard import (
     usage_pages,
 )
 from alicode_gw.endpoints import (
+    batches,
     count_tokens,
     files,
     health,
@@ -208,6 +209,30 @@ def build_router() -> Router:
                 "count_tokens",
                 "/v1/messages/count_tokens",
                 {"POST": count_tokens.handle_count_tokens},
+                auth=True,
+            ),
+            Route(
+                "batches",
+                "/v1/messages/batches",
+                {"POST": batches.handle_create, "GET": batches.handle_list},
+                auth=True,
+            ),
+            Route(
+                "batch",
+                "/v1/messages/batches/{batch_id}",
+                {"GET": batches.handle_get, "DELETE": batches.handle_delete},
+                auth=True,
+            ),
+            Route(
+                "batch_cancel",
+                "/v1/messages/batches/{batch_id}/cancel",
+                {"POST": batches.handle_cancel},
+                auth=True,
+            ),
+            Route(
+                "batch_results",
+                "/v1/messages/batches/{batch_id}/results",
+                {"GET": batches.handle_results},
                 auth=True,
             ),
             Route(

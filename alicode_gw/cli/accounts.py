@@ -110,7 +110,7 @@ def run_operator(args: argparse.Namespace, config: Config) -> int:
 
 
 def dashboard_base(config: Config) -> str:
-    return config.dashboard_url or f"http://{config.listen_host}:{config.listen_port}"
+    return config.public_base_url or f"http://{config.listen_host}:{config.listen_port}"
 
 
 def run_password_link(args: argparse.Namespace, config: Config) -> int:

@@ -31,7 +31,8 @@ describes: ``cache_read_input_tokens`` for a marked prefix the group saw within 
 A ``system`` turn inside ``messages`` is accepted under the betas Claude Code sends
 with one (``mid-conversation-system-2026-04-07``, ``per-turn-control-2026-07-01``),
 and refused like the API refuses an unknown role without them. ``GET /v1/models`` serves
-:attr:`MockUpstream.models` in the API's current shape.
+:attr:`MockUpstream.models` in the API's current shape; ``/v1/messages/batches`` is the
+batch API of :mod:`alicode_gw.dev.mock_batches` (:attr:`MockUpstream.batches`).
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ from alicode_gw.dev.mock_answers import (
     status_error,
     stream_events,
 )
+from alicode_gw.dev.mock_batches import BATCHES_PATH, RESULTS_CONTENT_TYPE, MockBatches
 from alicode_gw.dev.mock_cache import MAX_BREAKPOINTS, count_breakpoints
 from alicode_gw.dev.mock_models import MODELS, model_json
 from alicode_gw.upstream.sse import format_event
@@ -309,6 +311,8 @@ class MockUpstream:
         # A test may add or remove entries (a model shipped or retired upstream).
         self.models: list[tuple[str, str, str]] = list(MODELS)
         self.exchanges: collections.deque[Exchange] = collections.deque(maxlen=history)
+        # The batch API (alicode_gw.dev.mock_batches); a test sets its clocks.
+        self.batches = MockBatches(_validate_messages, self.prompt_cache)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -442,6 +446,8 @@ class MockUpstream:
 
     async def _route(self, request: web.BaseRequest, ex: Exchange) -> web.StreamResponse:
         path, method = ex.path, ex.method
+        if path == BATCHES_PATH or path.startswith(BATCHES_PATH + "/"):
+            return await self._batches(request, ex)
         model_id: str | None = None
         if path.startswith("/v1/models/") and path.count("/") == 3:
             allowed: tuple[str, ...] = ("GET",)
@@ -481,6 +487,61 @@ class MockUpstream:
                 request, ex, 200, {"input_tokens": count_input_tokens(body)}
             )
         return await self._messages(request, ex, body, directives)
+
+    async def _batches(self, request: web.BaseRequest, ex: Exchange) -> web.StreamResponse:
+        """``/v1/messages/batches[/{id}[/cancel|/results]]`` (see mock_batches)."""
+        rest = ex.path[len(BATCHES_PATH) :].strip("/")
+        parts = rest.split("/") if rest else []
+        allowed = {0: ("GET", "POST"), 1: ("GET", "DELETE")}.get(len(parts))
+        if len(parts) == 2:
+            allowed = {"cancel": ("POST",), "results": ("GET",)}.get(parts[1])
+        if not allowed or len(parts) > 2:
+            raise RequestError(404, "not_found_error", "Not found")
+        if ex.method not in allowed:
+            raise RequestError(405, "invalid_request_error", f"Method {ex.method} not allowed")
+        if ex.api_key is None or ex.api_key not in self._keys:
+            raise RequestError(401, "authentication_error", "invalid x-api-key")
+        if not request.headers.get("anthropic-version"):
+            raise invalid("anthropic-version: header is required")
+        store, owner = self.batches, ex.api_key
+        if not parts:
+            if ex.method == "GET":
+                return await self._send_json(
+                    request, ex, 200, store.listing(owner, request.query, self.url)
+                )
+            body = self._json_body(ex)
+            self._batch_fault(request, ex, body)
+            batch = store.create(body, owner)
+            return await self._send_json(request, ex, 200, store.to_json(batch, self.url))
+        batch = store.find(parts[0], owner)
+        action = parts[1] if len(parts) == 2 else ex.method
+        if action == "DELETE":
+            return await self._send_json(request, ex, 200, store.delete(batch))
+        if action == "cancel":
+            store.cancel(batch)
+        elif action == "results":
+            body = store.results(batch)
+            headers = {**self._headers(ex), "content-type": RESULTS_CONTENT_TYPE}
+            resp = web.Response(status=200, body=body, headers=headers)
+            ex.status = 200
+            await resp.prepare(request)
+            await resp.write_eof()
+            ex.response_bytes += body
+            return resp
+        return await self._send_json(request, ex, 200, store.to_json(batch, self.url))
+
+    @staticmethod
+    def _batch_fault(request: web.BaseRequest, ex: Exchange, body: Any) -> None:
+        """A fault asked for in the header or the first request's prompt fails the
+        submission itself (``only_key``: on those credentials only)."""
+        requests = body.get("requests") if isinstance(body, dict) else None
+        first = requests[0] if isinstance(requests, list) and requests else None
+        params = first.get("params") if isinstance(first, dict) else None
+        directives = parse_directives(
+            request.headers.get("x-mock-fault"), params if isinstance(params, dict) else None
+        )
+        if directives.faults_apply(ex.api_key) and directives.status is not None:
+            raise status_error(directives.status, directives.retry_after)
 
     @staticmethod
     def _json_body(ex: Exchange) -> Any:

@@ -427,6 +427,13 @@ class Limiter:
             if not self._shares.keep_slot(slot.set_key, slot.limit, kept, attempt.now, force=True):
                 self._shares.lapse(slot.set_key, slot.member)
 
+    async def add_tokens(self, key_id: int, tokens: int) -> None:
+        """Count ``tokens`` a key used outside a request's admission (a settled message
+        batch) against its rolling budget. Never raises (as :meth:`finish`)."""
+        _, _, hours, index, total = self._key_keys(key_id)
+        admission = Admission(token="", slots=(), budget_keys=(hours, index, total))
+        await self.finish(admission, tokens)
+
     async def finish(self, admission: Admission, tokens_used: int) -> None:
         """Release the slots and add ``tokens_used`` to the key's rolling budget (one
         script call, or none). Never raises: if Redis is unreachable the leases expire

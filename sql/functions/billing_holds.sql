@@ -7,9 +7,7 @@
 -- rate, i.e. a 1-hour cache write, plus max_tokens of output) from the account's
 -- available balance. The UPDATE ... WHERE available >= amount takes the account row
 -- lock, so concurrent holds are serialised and can never together exceed the balance.
--- A key with a spend cap is held against it too, under the same account row lock: the
--- hold is refused while the key's spend plus its open holds has reached the cap, so its
--- concurrent requests together exceed the cap by at most one request's worst case.
+-- A key with a spend cap is held against it too (billing.reserve).
 -- The hold belongs to node p_node (billing_nodes): when that node stops beating, the
 -- sweeper gives it back (billing.expire_dead_nodes); p_ttl_seconds is the backstop.
 -- outcome: held | duplicate (same request id already held) | insufficient |
@@ -58,35 +56,56 @@ BEGIN
         p_tokens_cache_creation_5m => 0,
         p_tokens_cache_creation_1h => 0,
         p_tokens_cache_read => 0);
-    IF v_cap IS NOT NULL THEN
+    RETURN QUERY SELECT billing.reserve(
+        p_request_id => p_request_id, p_key_id => p_key_id, p_account_id => v_account,
+        p_cap_nanos => v_cap, p_requested_model => p_model, p_model => v_model,
+        p_client_ip => p_client_ip, p_batch => p_batch, p_discount_pct => v_disc,
+        p_amount_nanos => v_amount, p_ttl_seconds => p_ttl_seconds, p_node => p_node),
+        v_model.id, v_amount;
+END $$;
+
+-- reserve (the end of billing.hold and billing.batch_open): hold p_amount_nanos of the
+-- account's available balance for request p_request_id of key p_key_id, priced as
+-- p_model with p_discount_pct off, and record the hold. A key with a spend cap
+-- (p_cap_nanos) is held against it too, under the same account row lock: the hold is
+-- refused while the key's spend plus its open holds has reached the cap, so its
+-- concurrent requests together exceed the cap by at most one request's worst case.
+-- outcome: held | insufficient | over_cap
+CREATE OR REPLACE FUNCTION billing.reserve(
+    p_request_id text, p_key_id bigint, p_account_id bigint, p_cap_nanos bigint,
+    p_requested_model text, p_model models, p_client_ip text, p_batch boolean,
+    p_discount_pct integer, p_amount_nanos bigint, p_ttl_seconds double precision,
+    p_node text
+) RETURNS text
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF p_cap_nanos IS NOT NULL THEN
         -- The account row lock (every hold, settlement and release of the key's account
         -- takes it; billing.apply_batch already holds it) serialises the key's holds and
         -- spend, so the spend and open holds read next cannot change until this commits.
-        PERFORM 1 FROM accounts a WHERE a.id = v_account FOR UPDATE;
+        PERFORM 1 FROM accounts a WHERE a.id = p_account_id FOR UPDATE;
         IF (SELECT k.spent_nanos FROM api_keys k WHERE k.id = p_key_id)
            + (SELECT coalesce(sum(b.amount_nanos), 0) FROM billing_holds b
-               WHERE b.account_id = v_account AND b.status = 'held'
-                 AND b.key_id = p_key_id) >= v_cap THEN
-            RETURN QUERY SELECT 'over_cap'::text, v_model.id, v_amount;
-            RETURN;
+               WHERE b.account_id = p_account_id AND b.status = 'held'
+                 AND b.key_id = p_key_id) >= p_cap_nanos THEN
+            RETURN 'over_cap';
         END IF;
     END IF;
-    UPDATE accounts a SET held_nanos = a.held_nanos + v_amount
-     WHERE a.id = v_account AND a.balance_nanos - a.held_nanos >= v_amount;
+    UPDATE accounts a SET held_nanos = a.held_nanos + p_amount_nanos
+     WHERE a.id = p_account_id AND a.balance_nanos - a.held_nanos >= p_amount_nanos;
     IF NOT FOUND THEN
-        RETURN QUERY SELECT 'insufficient'::text, v_model.id, v_amount;
-        RETURN;
+        RETURN 'insufficient';
     END IF;
     INSERT INTO billing_holds (request_id, account_id, key_id, requested_model, model,
                                client_ip, batch, amount_nanos, input_price, output_price,
                                cache_write_5m_price, cache_write_1h_price, cache_read_price,
                                discount_pct, expires_at, node)
-    VALUES (p_request_id, v_account, p_key_id, p_model, v_model.id, p_client_ip, p_batch,
-            v_amount, v_model.input_price, v_model.output_price,
-            v_model.cache_write_5m_price, v_model.cache_write_1h_price,
-            v_model.cache_read_price, v_disc,
+    VALUES (p_request_id, p_account_id, p_key_id, p_requested_model, p_model.id, p_client_ip,
+            p_batch, p_amount_nanos, p_model.input_price, p_model.output_price,
+            p_model.cache_write_5m_price, p_model.cache_write_1h_price,
+            p_model.cache_read_price, p_discount_pct,
             now() + make_interval(secs => p_ttl_seconds), p_node);
-    RETURN QUERY SELECT 'held'::text, v_model.id, v_amount;
+    RETURN 'held';
 END $$;
 
 -- settle: bill the real usage exactly once. Converts the hold into one ledger row,
@@ -109,11 +128,9 @@ CREATE OR REPLACE FUNCTION billing.settle(
 ) RETURNS TABLE (outcome text, charged_nanos bigint, revoked_public_id text)
 LANGUAGE plpgsql AS $$
 DECLARE
-    h           billing_holds;
-    v_cost      bigint;
-    v_reserved  bigint;
-    v_available bigint;
-    v_charge    bigint;
+    h        billing_holds;
+    v_cost   bigint;
+    v_charge bigint;
 BEGIN
     SELECT * INTO h FROM billing_holds b WHERE b.request_id = p_request_id FOR UPDATE;
     IF NOT FOUND THEN
@@ -141,16 +158,7 @@ BEGIN
         p_tokens_cache_creation_5m => greatest(p_tokens_cache_creation_5m, 0),
         p_tokens_cache_creation_1h => greatest(p_tokens_cache_creation_1h, 0),
         p_tokens_cache_read => greatest(p_tokens_cache_read, 0));
-    v_reserved := CASE WHEN h.status = 'held' THEN h.amount_nanos ELSE 0 END;
-    SELECT a.balance_nanos - a.held_nanos + v_reserved INTO v_available
-      FROM accounts a WHERE a.id = h.account_id FOR UPDATE;
-    v_charge := least(v_cost, greatest(v_available, 0));
-    UPDATE accounts a
-       SET balance_nanos = a.balance_nanos - v_charge,
-           held_nanos = a.held_nanos - v_reserved
-     WHERE a.id = h.account_id;
-    UPDATE billing_holds b SET status = 'settled', closed_at = now()
-     WHERE b.request_id = p_request_id;
+    v_charge := billing.charge_hold(p_hold => h, p_cost_nanos => v_cost);
     INSERT INTO ledger (account_id, kind, amount_nanos, request_id, key_id, client_ip,
                         requested_model, model, input_tokens, output_tokens,
                         cache_creation_5m, cache_creation_1h, cache_read, batch,
@@ -163,6 +171,29 @@ BEGIN
             CASE WHEN p_estimated THEN 'estimated' ELSE 'complete' END, p_hit_pct IS NOT NULL);
     RETURN QUERY SELECT 'settled'::text, v_charge,
         billing.key_spend(p_key_id => h.key_id, p_charge_nanos => v_charge);
+END $$;
+
+-- charge_hold (billing.settle and billing.batch_settle): close the locked hold h as
+-- settled, charging p_cost_nanos to its account (its reservation given back), never more
+-- than the account has outside its other holds. Returns the charge.
+CREATE OR REPLACE FUNCTION billing.charge_hold(p_hold billing_holds, p_cost_nanos bigint)
+RETURNS bigint
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_reserved  bigint := CASE WHEN p_hold.status = 'held' THEN p_hold.amount_nanos ELSE 0 END;
+    v_available bigint;
+    v_charge    bigint;
+BEGIN
+    SELECT a.balance_nanos - a.held_nanos + v_reserved INTO v_available
+      FROM accounts a WHERE a.id = p_hold.account_id FOR UPDATE;
+    v_charge := least(p_cost_nanos, greatest(v_available, 0));
+    UPDATE accounts a
+       SET balance_nanos = a.balance_nanos - v_charge,
+           held_nanos = a.held_nanos - v_reserved
+     WHERE a.id = p_hold.account_id;
+    UPDATE billing_holds b SET status = 'settled', closed_at = now()
+     WHERE b.request_id = p_hold.request_id;
+    RETURN v_charge;
 END $$;
 
 -- release: the request produced nothing billable (upstream failed before any token).
