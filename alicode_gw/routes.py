@@ -154,6 +154,11 @@ def dashboard_routes() -> list[Route]:
         ),
         ("dash_key_revoke", "/dashboard/keys/{key_id}/revoke", {"POST": page(keys_page.revoke)}),
         ("dash_key_cap", "/dashboard/keys/{key_id}/cap", {"POST": page(keys_page.set_cap)}),
+        (
+            "dash_key_response_cache",
+            "/dashboard/keys/{key_id}/response-cache",
+            {"POST": page(keys_page.set_response_cache)},
+        ),
         ("dash_usage", "/dashboard/usage", {"GET": page(usage_pages.usage)}),
         ("dash_usage_csv", "/dashboard/usage.csv", {"GET": page(usage_pages.usage_csv)}),
         ("dash_billing", "/dashboard/billing", {"GET": page(usage_pages.billing)}),

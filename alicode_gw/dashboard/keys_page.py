@@ -1,7 +1,9 @@
 """/dashboard/keys: the account's keys; create one (the CLI's limits and validation:
 :mod:`~alicode_gw.identity.keylimits` then ``accounts.create_key``), its secret shown
 once with a copy button; revoke one (on every node, as ``alicode-gw key revoke``:
-:func:`~alicode_gw.identity.revocation.revoke_key`); set or clear a key's spend cap."""
+:func:`~alicode_gw.identity.revocation.revoke_key`); set or clear a key's spend cap;
+keep a key out of the response cache or let it back in (as ``alicode-gw key update
+--response-cache``; docs/response-cache.md)."""
 
 from __future__ import annotations
 
@@ -32,7 +34,14 @@ async def _render(page: Page, status: int = 200, **values: Any) -> web.StreamRes
     values.setdefault("error", None)
     values.setdefault("created", None)
     values.setdefault("form", {})
-    return page.render("keys.html", status=status, keys=records, fields=LIMIT_FIELDS, **values)
+    return page.render(
+        "keys.html",
+        status=status,
+        keys=records,
+        fields=LIMIT_FIELDS,
+        response_cache_on=page.ctx.state.config.response_cache,
+        **values,
+    )
 
 
 async def keys_page(page: Page) -> web.StreamResponse:
@@ -93,5 +102,14 @@ async def set_cap(page: Page) -> web.StreamResponse:
         raise NotFoundError("No such key.")
     # every node re-reads the key (its cap decides how its requests are held)
     state = page.ctx.state
+    await announce_revoked(state.redis, state.config.redis_prefix, [record.public_id])
+    return page.redirect("/dashboard/keys")
+
+
+async def set_response_cache(page: Page) -> web.StreamResponse:
+    record = await _own_key(page)
+    enabled = page.field("response_cache") == "on"
+    await accounts.set_response_cache(page.db, record.id, enabled)
+    state = page.ctx.state  # every node re-reads the key at once
     await announce_revoked(state.redis, state.config.redis_prefix, [record.public_id])
     return page.redirect("/dashboard/keys")
