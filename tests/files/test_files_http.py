@@ -19,6 +19,7 @@ import pytest
 
 from alicode_gw import app
 from alicode_gw.dev.mock_upstream import MockUpstream
+from alicode_gw.files import store
 from alicode_gw.files.objects import decode_page
 from alicode_gw.files.store import delete_account_files
 from tests.support.customers import (
@@ -497,6 +498,42 @@ async def test_wrong_block_kind_is_400_before_anything_is_held(
             )
     assert "not an image" in err.value.body["error"]["message"]
     assert len(mock_upstream.exchanges) == sent
+
+
+async def test_inlining_past_the_body_limit_is_413_before_any_file_is_read(
+    db: asyncpg.Connection, make_config, customer: Customer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stored sizes decide: files that cannot fit are never loaded into memory."""
+    limit = 256 * 1024
+    gw = await own_gateway(db, make_config, "files-inline-cap", max_body_bytes=limit)
+    reads = []
+    real_read_all = store.read_all
+
+    async def counting_read_all(pool: asyncpg.Pool, file_id: str) -> bytes:
+        reads.append(file_id)
+        return await real_read_all(pool, file_id)
+
+    monkeypatch.setattr(store, "read_all", counting_read_all)
+    try:
+        async with client_for(gw, customer) as client:
+            ids = [
+                (await client.beta.files.upload(file=(f"{n}.txt", n * 150_000, "text/plain"))).id
+                for n in (b"a", b"b")
+            ]
+            blocks = [{"type": "document", "source": {"type": "file", "file_id": i}} for i in ids]
+            with pytest.raises(anthropic.APIStatusError) as err:
+                await client.beta.messages.create(
+                    model=MODEL,
+                    max_tokens=20,
+                    messages=[
+                        {"role": "user", "content": [*blocks, {"type": "text", "text": "?"}]}
+                    ],
+                )
+        assert err.value.status_code == 413
+        assert err.value.body["error"]["type"] == "request_too_large"
+        assert reads == []
+    finally:
+        await stop_gateway(gw)
 
 
 # ------------------------------------------------------------------ deletion and purge
