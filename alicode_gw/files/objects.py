@@ -242,6 +242,18 @@ def clean_filename(raw: str | None, mime: str) -> str:
     return name[:MAX_FILENAME_CHARS]
 
 
+def download_headers(record: FileRecord) -> dict[str, str]:
+    """The headers of a file's bytes: its stored type, as an attachment, which a browser
+    neither sniffs into another type nor runs (``nosniff``, a sandboxing CSP)."""
+    return {
+        "Content-Type": record.mime_type,
+        "Content-Disposition": content_disposition(record.filename),
+        "Content-Length": str(record.size_bytes),
+        "X-Content-Type-Options": "nosniff",
+        "Content-Security-Policy": "default-src 'none'; sandbox",
+    }
+
+
 def content_disposition(filename: str) -> str:
     """``attachment`` with an ASCII fallback name and the exact name in RFC 5987 form."""
     fallback = "".join(ch if 0x20 <= ord(ch) < 0x7F and ch not in '"\\' else "_" for ch in filename)

@@ -158,6 +158,8 @@ async def test_sdk_round_trip_is_byte_exact(
         assert await downloaded.read() == data
         assert downloaded.headers["content-type"] == mime
         assert name in downloaded.headers["content-disposition"]
+        assert downloaded.headers["x-content-type-options"] == "nosniff"
+        assert "sandbox" in downloaded.headers["content-security-policy"]
         assert downloaded.headers["request-id"].startswith("req_")
         listed = [f.id async for f in client.beta.files.list()]
         assert listed == [uploaded.id]
@@ -266,6 +268,20 @@ async def test_executable_is_415_naming_its_type(gw: app.Gateway, customer: Cust
             await client.beta.files.upload(file=("bad.txt", b"\xff\xfe\x00binary", "text/plain"))
         assert err.value.status_code == 415
         assert [f async for f in client.beta.files.list()] == []
+
+
+async def test_html_is_never_served_as_html(gw: app.Gateway, customer: Customer) -> None:
+    page = b"<html><script>alert(document.cookie)</script></html>"
+    async with client_for(gw, customer) as client:
+        with pytest.raises(anthropic.APIStatusError) as err:
+            await client.beta.files.upload(file=("x.html", page, "text/html"))
+        assert err.value.status_code == 415
+        stored = await client.beta.files.upload(file=("x.html", page, "text/plain"))
+    status, headers, body = await raw(gw, customer, "GET", f"/v1/files/{stored.id}/content")
+    assert (status, body) == (200, page)
+    assert headers["Content-Type"].startswith("text/plain")
+    assert headers["X-Content-Type-Options"] == "nosniff"
+    assert headers["Content-Disposition"].startswith("attachment;")
 
 
 async def test_an_unsupported_form_field_is_refused_not_ignored(
