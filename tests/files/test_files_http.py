@@ -346,6 +346,53 @@ async def test_size_cap_while_reading_and_quotas(
         await stop_gateway(gw)
 
 
+async def test_a_client_gone_mid_upload_leaves_no_rows(
+    gw: app.Gateway, customer: Customer, db: asyncpg.Connection
+) -> None:
+    """1.5 MiB of a 3 MiB upload (a chunk row written), then the connection closes: the
+    staged file and its rows are dropped at once, and the file was never listed."""
+    host, port = gw.url.removeprefix("http://").split(":")
+    head = (
+        b'--b\r\nContent-Disposition: form-data; name="file"; filename="big.txt"\r\n'
+        b"Content-Type: text/plain\r\n\r\n"
+    )
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(
+        f"POST /v1/files HTTP/1.1\r\nHost: {host}\r\nx-api-key: {customer.key}\r\n"
+        "anthropic-version: 2023-06-01\r\n"
+        "Content-Type: multipart/form-data; boundary=b\r\n"
+        f"Content-Length: {len(head) + 3 * 1024 * 1024 + 8}\r\n\r\n".encode()
+        + head
+    )
+    for _ in range(24):
+        writer.write(b"x" * 65536)
+        await writer.drain()
+    seen = 0
+    for _ in range(100):  # until the first chunk row is stored
+        seen = await db.fetchval(
+            "SELECT count(*) FROM file_chunks c JOIN files f ON f.id = c.file_id"
+            " WHERE f.account_id = $1",
+            customer.account_id,
+        )
+        if seen:
+            break
+        await asyncio.sleep(0.05)
+    assert seen == 1
+    writer.close()
+    await writer.wait_closed()
+    left = None
+    for _ in range(100):
+        left = await db.fetchval(
+            "SELECT count(*) FROM files WHERE account_id = $1", customer.account_id
+        )
+        if left == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert left == 0
+    async with client_for(gw, customer) as client:
+        assert [f async for f in client.beta.files.list()] == []
+
+
 async def _post(
     gw: app.Gateway, customer: Customer, path: str, body: object, content_type: str
 ) -> tuple[int, dict, bytes]:
