@@ -285,7 +285,7 @@ async def test_html_is_never_served_as_html(gw: app.Gateway, customer: Customer)
 
 
 async def test_an_unsupported_form_field_is_refused_not_ignored(
-    gw: app.Gateway, customer: Customer
+    gw: app.Gateway, customer: Customer, db: asyncpg.Connection
 ) -> None:
     async with client_for(gw, customer) as client:
         with pytest.raises(anthropic.BadRequestError) as err:
@@ -294,6 +294,27 @@ async def test_an_unsupported_form_field_is_refused_not_ignored(
             )
         assert "expires_in_seconds" in err.value.body["error"]["message"]
         assert [f async for f in client.beta.files.list()] == []
+    # curl -F file=@a.txt -F expires_in_seconds=3600, and two file parts: the file comes
+    # first, is refused all the same, and stays invisible.
+    file_part = (
+        b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.txt"\r\n'
+        b"Content-Type: text/plain\r\n\r\nexpiring\r\n"
+    )
+    for after in (
+        b'--b\r\nContent-Disposition: form-data; name="expires_in_seconds"\r\n\r\n3600\r\n',
+        file_part.replace(b"expiring", b"another"),
+    ):
+        form = file_part + after + b"--b--\r\n"
+        status, _, body = await _post(
+            gw, customer, "/v1/files", form, "multipart/form-data; boundary=b"
+        )
+        assert status == 400, body
+        async with client_for(gw, customer) as client:
+            assert [f async for f in client.beta.files.list()] == []
+    assert (
+        await db.fetchval("SELECT count(*) FROM files WHERE account_id = $1", customer.account_id)
+        == 0
+    )
 
 
 async def test_size_cap_while_reading_and_quotas(
@@ -356,7 +377,7 @@ async def test_a_client_gone_mid_upload_leaves_no_rows(
         b'--b\r\nContent-Disposition: form-data; name="file"; filename="big.txt"\r\n'
         b"Content-Type: text/plain\r\n\r\n"
     )
-    reader, writer = await asyncio.open_connection(host, int(port))
+    _, writer = await asyncio.open_connection(host, int(port))
     writer.write(
         f"POST /v1/files HTTP/1.1\r\nHost: {host}\r\nx-api-key: {customer.key}\r\n"
         "anthropic-version: 2023-06-01\r\n"
