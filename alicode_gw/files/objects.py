@@ -54,6 +54,10 @@ _MAGIC: tuple[tuple[bytes, int, str], ...] = (
     (b"\xca\xfe\xba\xbe", 0, "application/x-mach-binary"),
     (b"\xcf\xfa\xed\xfe", 0, "application/x-mach-binary"),
 )
+# Formats whose prefix alone is too short to tell them from text.
+_NEEDS_NUL = frozenset(
+    ("application/vnd.microsoft.portable-executable", "application/zip", "application/gzip")
+)
 SNIFF_BYTES = 16  # enough for every prefix above
 TEXT_TYPES = ("text/",)
 
@@ -203,10 +207,14 @@ def page_json(records: Sequence[FileRecord], has_more: bool, query: ListQuery) -
 
 
 def sniff(head: bytes) -> str | None:
-    """The type the first bytes of a file show, if they show one."""
+    """The type the first bytes of a file show, if they show one. A binary format's
+    short prefix counts only with a NUL byte in the head (text never has one), so a
+    text that starts with ``MZ`` stays text."""
     for prefix, offset, mime in _MAGIC:
         if head[offset : offset + len(prefix)] == prefix:
             if mime == "image/webp" and not head.startswith(b"RIFF"):
+                continue
+            if mime in _NEEDS_NUL and b"\x00" not in head:
                 continue
             return mime
     return None
