@@ -19,8 +19,8 @@ from alicode_gw.errors import InvalidRequestError, NotFoundError
 from alicode_gw.files import store, upload
 from alicode_gw.files.objects import (
     FileRecord,
-    content_disposition,
     deleted_json,
+    download_headers,
     file_json,
     page_json,
     parse_list_query,
@@ -95,15 +95,7 @@ async def handle_content(ctx: RequestContext) -> web.StreamResponse:
     record = await _own_file(ctx)
     admission = await state.limiter.admit(ctx.ip, ctx.authenticated)
     try:
-        response = web.StreamResponse(
-            headers=ctx.headers(
-                **{
-                    "Content-Type": record.mime_type,
-                    "Content-Disposition": content_disposition(record.filename),
-                    "Content-Length": str(record.size_bytes),
-                }
-            )
-        )
+        response = web.StreamResponse(headers=ctx.headers(**download_headers(record)))
         await response.prepare(ctx.request)
         if ctx.request.method != "HEAD":
             async for chunk in store.chunks(state.db, record.id):

@@ -149,13 +149,27 @@ def _replace_in(blocks: list[Any], files: Mapping[str, Loaded]) -> list[Any]:
     return blocks if out is None else out
 
 
+def inlined_size(mime_type: str, size_bytes: int) -> int:
+    """The least a file of ``size_bytes`` adds to a body once inlined (base64 is exact;
+    a text's JSON escapes only add to it)."""
+    return size_bytes if is_text(mime_type) else 4 * ((size_bytes + 2) // 3)
+
+
+def too_large(limit: int) -> RequestTooLargeError:
+    return RequestTooLargeError(
+        f"With its files inlined the request is larger than the "
+        f"{limit // (1024 * 1024)} MB limit; reference fewer or smaller files."
+    )
+
+
 async def inline_files(
-    state: State, account_id: int, payload: dict[str, Any]
+    state: State, account_id: int, payload: dict[str, Any], room: int
 ) -> tuple[dict[str, Any], int]:
     """``payload`` with every file source of ``account_id``'s files replaced by the
     file's bytes, and how many blocks were; ``payload`` itself when none names a file.
     404 for a file that is not the account's live file, 400 for a block of the wrong
-    kind for its file."""
+    kind for its file, 413 (before any file is read) when the files' stored sizes
+    already pass ``room`` bytes."""
     refs = find_refs(payload)
     if not refs:
         return payload, 0
@@ -166,6 +180,11 @@ async def inline_files(
         if record is None:
             raise NotFoundError(f"{ref.path}: file '{ref.file_id[:80]}' not found.")
         check_kind(ref, record.mime_type)
+    adds = sum(
+        inlined_size(records[r.file_id].mime_type, records[r.file_id].size_bytes) for r in refs
+    )
+    if adds > room:
+        raise too_large(state.config.max_body_bytes)
     loaded = {
         file_id: Loaded(records[file_id].mime_type, await store.read_all(state.db, file_id))
         for file_id in wanted
@@ -178,15 +197,14 @@ async def inline_request(
 ) -> tuple[bytes, dict[str, Any]]:
     """The request's body and payload with its files inlined (unchanged when it names
     none); the count goes to ``ctx.files_inlined`` (the response header)."""
-    inlined, count = await inline_files(ctx.state, ctx.authenticated.account_id, payload)
+    limit = ctx.state.config.max_body_bytes
+    inlined, count = await inline_files(
+        ctx.state, ctx.authenticated.account_id, payload, limit - len(body)
+    )
     if not count:
         return body, payload
     new_body = json.dumps(inlined, separators=(",", ":"), ensure_ascii=False).encode()
-    limit = ctx.state.config.max_body_bytes
     if len(new_body) > limit:
-        raise RequestTooLargeError(
-            f"With its files inlined the request is larger than the "
-            f"{limit // (1024 * 1024)} MB limit; reference fewer or smaller files."
-        )
+        raise too_large(limit)
     ctx.files_inlined = count
     return new_body, inlined

@@ -127,25 +127,58 @@ async def receive(state: State, account_id: int, request: web.BaseRequest) -> Fi
         ) from exc
 
 
+@dataclass(frozen=True, slots=True)
+class Staged:
+    """A ``file`` part whose bytes are stored as rows of an ``uploading`` file."""
+
+    file_id: str
+    sha256: bytes
+    size: int
+
+
 async def _read_form(
     state: State, account_id: int, request: web.BaseRequest, limits: Limits
 ) -> FileRecord:
+    """The form's one ``file`` part, stored; the file becomes visible only once the
+    whole form has been read and found right (a part after it can still refuse it)."""
     reader = await request.multipart()
-    stored: FileRecord | None = None
-    while True:
-        part = await reader.next()
-        if part is None:
-            break
-        if not isinstance(part, BodyPartReader):
-            raise InvalidRequestError("A nested multipart part is not accepted.")
-        if part.name != FIELD:
-            raise _unsupported_field(str(part.name)[:40])
-        if stored is not None:
-            raise InvalidRequestError("Send one 'file' part per upload.", param=FIELD)
-        stored = await _store_part(state, account_id, part, limits)
-    if stored is None:
-        raise InvalidRequestError("file: Field required", param=FIELD)
-    return stored
+    staged: Staged | None = None
+    try:
+        while True:
+            part = await reader.next()
+            if part is None:
+                break
+            if not isinstance(part, BodyPartReader):
+                raise InvalidRequestError("A nested multipart part is not accepted.")
+            if part.name != FIELD:
+                raise _unsupported_field(str(part.name)[:40])
+            if staged is not None:
+                raise InvalidRequestError("Send one 'file' part per upload.", param=FIELD)
+            staged = await _stage_part(state, account_id, part, limits)
+        if staged is None:
+            raise InvalidRequestError("file: Field required", param=FIELD)
+        finished = await store.finish_upload(
+            state.db,
+            staged.file_id,
+            staged.sha256,
+            staged.size,
+            limits.max_count,
+            limits.quota_bytes,
+        )
+    except BaseException:
+        if staged is not None:
+            await _abort(state, staged.file_id)
+        raise
+    if finished.outcome not in (store.Finish.CREATED, store.Finish.DUPLICATE):
+        await _abort(state, staged.file_id)
+    if finished.outcome is store.Finish.COUNT_QUOTA:
+        raise quota_full(state.config)
+    if finished.outcome is store.Finish.BYTES_QUOTA:
+        raise quota_bytes_passed(limits.quota_bytes)
+    record = await store.get(state.db, account_id, finished.file_id)
+    if finished.outcome is store.Finish.MISSING or record is None:
+        raise InvalidRequestError("The upload was interrupted; send it again.")
+    return record
 
 
 def _unsupported_field(name: str) -> InvalidRequestError:
@@ -162,9 +195,10 @@ def _unsupported_field(name: str) -> InvalidRequestError:
     )
 
 
-async def _store_part(
+async def _stage_part(
     state: State, account_id: int, part: BodyPartReader, limits: Limits
-) -> FileRecord:
+) -> Staged:
+    """The part's bytes stored as an ``uploading`` file (dropped again if this fails)."""
     transfer = (part.headers.get("Content-Transfer-Encoding") or "binary").strip().lower()
     if transfer not in ("binary", "8bit", "7bit"):
         raise InvalidRequestError("Send the file part in binary (no Content-Transfer-Encoding).")
@@ -185,26 +219,12 @@ async def _store_part(
     await store.begin_upload(
         state.db, file_id, account_id, clean_filename(part.filename, mime), mime
     )
-    finished = None
     try:
         sha256, size = await _stream_rows(state, file_id, part, head, mime, limits)
-        finished = await store.finish_upload(
-            state.db, file_id, sha256, size, limits.max_count, limits.quota_bytes
-        )
-    finally:
-        if finished is None or finished.outcome not in (
-            store.Finish.CREATED,
-            store.Finish.DUPLICATE,
-        ):
-            await _abort(state, file_id)
-    if finished.outcome is store.Finish.COUNT_QUOTA:
-        raise quota_full(state.config)
-    if finished.outcome is store.Finish.BYTES_QUOTA:
-        raise quota_bytes_passed(limits.quota_bytes)
-    record = await store.get(state.db, account_id, finished.file_id)
-    if finished.outcome is store.Finish.MISSING or record is None:
-        raise InvalidRequestError("The upload was interrupted; send it again.")
-    return record
+    except BaseException:
+        await _abort(state, file_id)
+        raise
+    return Staged(file_id, sha256, size)
 
 
 async def _stream_rows(

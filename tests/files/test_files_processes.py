@@ -167,7 +167,7 @@ async def test_a_second_node_serves_a_file_the_first_stored(
 ) -> None:
     a, b = nodes
     customer = await make_customer(db)
-    data = b"%PDF-1.4\n" + bytes(range(256)) * 4000  # ~1 MB: two chunk rows
+    data = b"%PDF-1.4\n" + bytes(range(256)) * 4200  # just over 1 MiB: two chunk rows
     async with client(a, customer.key) as on_a, client(b, customer.key) as on_b:
         uploaded = await on_a.beta.files.upload(file=("report.pdf", data, "application/pdf"))
         assert (await on_b.beta.files.retrieve_metadata(uploaded.id)).size_bytes == len(data)

@@ -65,6 +65,8 @@ def test_file_ids() -> None:
         (b"MZ\x90\x00\x03\x00", "application/vnd.microsoft.portable-executable"),
         (b"PK\x03\x04\x14\x00", "application/zip"),
         (b"hello world", None),
+        (b"MZ is a state of mind\n", None),  # text that starts like an .exe
+        (b"PK\x03\x04 and more text", None),
         (b"RIFF\x24\x00\x00\x00WAVEfmt ", None),
     ],
 )
