@@ -42,6 +42,7 @@ from alicode_gw.state import RequestContext, State
 from alicode_gw.store.backends import Backends, configured_backends, create_pool, create_redis
 from alicode_gw.tasks import TaskTracker
 from alicode_gw.tokens import TokenCounter
+from alicode_gw.upstream.client import DEFAULT_ANTHROPIC_VERSION
 from alicode_gw.upstream.models import UpstreamModels
 from alicode_gw.upstream.pool import KeyPool
 
@@ -187,6 +188,7 @@ def response_cache(
         max_bytes=config.response_cache_max_bytes,
         metrics=metrics,
         tasks=tasks,
+        default_version=DEFAULT_ANTHROPIC_VERSION,
     )
 
 

@@ -75,7 +75,10 @@ class ResponseCache:
         max_bytes: int,
         metrics: Metrics,
         tasks: TaskTracker,
+        default_version: str,
     ) -> None:
+        """``default_version``: the anthropic-version the upstream receives when the
+        client sends none (the key is of the request as the upstream receives it)."""
         self._redis = redis
         self._prefix = f"{prefix}respcache:"
         self._secret = secret
@@ -83,6 +86,7 @@ class ResponseCache:
         self.max_bytes = max_bytes
         self._metrics = metrics
         self._tasks = tasks
+        self._default_version = default_version
 
     def redis_key(self, key: CacheKey) -> str:
         return self._prefix + key.lookup_id
@@ -99,7 +103,7 @@ class ResponseCache:
             self._secret,
             key.account_id,
             body,
-            headers.get("anthropic-version"),
+            headers.get("anthropic-version", self._default_version),  # as sent upstream
             headers.get("anthropic-beta"),
             stream,
         )

@@ -33,6 +33,8 @@ from alicode_gw.upstream.outcome import Outcome, classify
 
 # Request headers the client may set that the upstream needs to see.
 FORWARDED_REQUEST_HEADERS = ("anthropic-version", "anthropic-beta", "content-type")
+# The anthropic-version the upstream receives when the client sent none.
+DEFAULT_ANTHROPIC_VERSION = "2023-06-01"
 # Upstream response headers a client may see (besides the body itself).
 PASSED_RESPONSE_HEADERS = ("content-type", "retry-after", "x-should-retry")
 USER_AGENT = f"alicode_gw/{__version__}"
@@ -51,7 +53,7 @@ def outbound_headers(client_headers: Mapping[str, str], credential: Credential) 
         if value is not None:
             headers[name] = value
     headers.setdefault("content-type", "application/json")
-    headers.setdefault("anthropic-version", "2023-06-01")
+    headers.setdefault("anthropic-version", DEFAULT_ANTHROPIC_VERSION)
     headers["accept-encoding"] = "identity"
     return headers
 

@@ -180,6 +180,26 @@ async def test_stream_hit_is_byte_equal_sse_and_a_json_request_is_another_entry(
     assert len(upstream_exchanges(mock_upstream)) == 3
 
 
+async def test_no_anthropic_version_is_the_version_the_upstream_receives(
+    cache_gw: app.Gateway, customer: Customer, mock_upstream: MockUpstream
+) -> None:
+    """The cache key is the request as the upstream receives it: without the header,
+    the upstream gets the gateway's default anthropic-version, so it is that entry."""
+    body = prompt("default version")
+    async with aiohttp.ClientSession() as http:
+        for version in ("2023-06-01", None):
+            headers = {"x-api-key": customer.key}
+            if version is not None:
+                headers["anthropic-version"] = version
+            async with http.post(cache_gw.url + "/v1/messages", json=body, headers=headers) as r:
+                assert r.status == 200
+                outcome = r.headers["X-Cache"]
+                await r.read()
+            await cache_gw.state.tasks.settle(5.0)
+    assert outcome == "HIT"
+    assert len(upstream_exchanges(mock_upstream)) == 1
+
+
 async def test_no_cache_header_bypasses_lookup_and_store(
     cache_gw: app.Gateway, customer: Customer, mock_upstream: MockUpstream
 ) -> None:
@@ -231,16 +251,17 @@ async def test_another_account_never_hits_an_entry(
 async def test_an_expired_entry_is_a_miss(
     cache_gateway: CacheGateway, db: asyncpg.Connection, mock_upstream: MockUpstream
 ) -> None:
-    gw = await cache_gateway(response_cache_ttl=1)
+    # 3 s: the hit must come before the entry expires, also on a loaded machine.
+    gw = await cache_gateway(response_cache_ttl=3)
     customer = await make_customer(db)
     request = prompt("short lived")
     async with client_for(gw, customer) as client:
         await create(client, request)
         await gw.state.tasks.settle(5.0)
         hit, _ = await create(client, request)
-        await asyncio.sleep(1.3)
+        assert hit.headers["x-cache"] == "HIT" and 1 <= int(hit.headers["x-cache-ttl"]) <= 3
+        await asyncio.sleep(int(hit.headers["x-cache-ttl"]) + 0.3)  # rounded up: gone now
         expired, _ = await create(client, request)
-    assert hit.headers["x-cache"] == "HIT" and hit.headers["x-cache-ttl"] == "1"
     assert expired.headers["x-cache"] == "MISS"
     assert len(upstream_exchanges(mock_upstream)) == 2
 
