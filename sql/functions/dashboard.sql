@@ -20,14 +20,16 @@ RETURNS timestamptz LANGUAGE sql AS $$
     RETURNING expires_at
 $$;
 
--- session_account: the account of a live session (no row: none, expired or ended).
+-- session_account: the account of a live session (no row: none, expired or ended, or
+-- the account suspended or deleted).
 CREATE OR REPLACE FUNCTION dashboard.session_account(p_token_hash bytea)
 RETURNS TABLE (account_id bigint, email text, status text, is_operator boolean,
                balance_nanos bigint, held_nanos bigint)
 LANGUAGE sql STABLE AS $$
     SELECT a.id, a.email, a.status, a.is_operator, a.balance_nanos, a.held_nanos
       FROM dashboard_sessions s JOIN accounts a ON a.id = s.account_id
-     WHERE s.token_hash = p_token_hash AND s.expires_at > now() AND a.status <> 'deleted'
+     WHERE s.token_hash = p_token_hash AND s.expires_at > now()
+       AND a.status NOT IN ('deleted', 'suspended')
 $$;
 
 -- session_end: end one session (logout).
@@ -235,19 +237,25 @@ LANGUAGE sql STABLE AS $$
      ORDER BY a.id DESC LIMIT p_limit
 $$;
 
--- set_suspended: suspend an active account or unsuspend a suspended one; returns its
--- active keys' public ids (to announce, so every node re-reads them), no row when the
--- account was not in the state to change.
+-- set_suspended: suspend an active (or stopped) account, ending its dashboard sessions,
+-- or unsuspend a suspended one (back to stopped if it had been stopped, else active);
+-- returns its active keys' public ids (to announce, so every node re-reads them), no row
+-- when the account was not in the state to change.
 CREATE OR REPLACE FUNCTION dashboard.set_suspended(p_account_id bigint, p_suspended boolean)
 RETURNS TABLE (public_id text) LANGUAGE plpgsql AS $$
 BEGIN
     UPDATE accounts a
-       SET status = CASE WHEN p_suspended THEN 'suspended' ELSE 'active' END,
+       SET status = CASE WHEN p_suspended THEN 'suspended'
+                         WHEN a.stopped_at IS NOT NULL THEN 'stopped' ELSE 'active' END,
            suspended_at = CASE WHEN p_suspended THEN now() END
      WHERE a.id = p_account_id
-       AND a.status = CASE WHEN p_suspended THEN 'active' ELSE 'suspended' END;
+       AND (CASE WHEN p_suspended THEN a.status IN ('active', 'stopped')
+                 ELSE a.status = 'suspended' END);
     IF NOT FOUND THEN
         RETURN;
+    END IF;
+    IF p_suspended THEN
+        DELETE FROM dashboard_sessions s WHERE s.account_id = p_account_id;
     END IF;
     RETURN QUERY SELECT k.public_id FROM api_keys k
                   WHERE k.account_id = p_account_id AND k.status = 'active';

@@ -105,6 +105,38 @@ async def test_suspend_and_unsuspend(dash_gw: app.Gateway, db: asyncpg.Connectio
         await admin.close()
 
 
+async def test_suspension_ends_sessions_and_refuses_login(
+    dash_gw: app.Gateway, db: asyncpg.Connection
+) -> None:
+    admin, _ = await _operator(dash_gw)
+    customer = PageClient(dash_gw.url)
+    try:
+        email = unique_email()
+        assert (await customer.register(email, PASSWORD)).status == 200
+        account_id = await db.fetchval("SELECT id FROM accounts WHERE email = $1", email)
+        await customer.post("/dashboard/account/stop", {"confirm": "stop"})  # stopped too
+        await admin.get(f"/admin/accounts/{account_id}")
+        await admin.post(f"/admin/accounts/{account_id}/suspend", {})
+        assert await db.fetchval("SELECT status FROM accounts WHERE id = $1", account_id) == (
+            "suspended"
+        )
+        page = await customer.get("/dashboard/keys")  # the session ended: the login page
+        assert 'action="/dashboard/login"' in page.text and 'id="keys"' not in page.text
+        answer = await customer.login(email, PASSWORD)
+        assert answer.status == 403 and "suspended" in answer.text
+        wrong = await customer.login(email, "not the password")
+        assert wrong.status == 401 and "suspended" not in wrong.text
+        await admin.get(f"/admin/accounts/{account_id}")
+        await admin.post(f"/admin/accounts/{account_id}/unsuspend", {})
+        assert await db.fetchval("SELECT status FROM accounts WHERE id = $1", account_id) == (
+            "stopped"
+        )
+        assert (await customer.login(email, PASSWORD)).status == 200
+    finally:
+        await customer.close()
+        await admin.close()
+
+
 async def test_upstream_page_never_shows_a_secret(dash_gw: app.Gateway) -> None:
     admin, _ = await _operator(dash_gw)
     try:
