@@ -80,6 +80,12 @@ async def test_pages_carry_the_security_headers(client: PageClient) -> None:
         assert answer.headers["Content-Type"].startswith("text/html"), path
     assert (await client.get("/dashboard/nope")).status == 404
     assert (await client.get("/admin")).status == 404  # not an operator: no such page
+    anonymous = PageClient(client.base)  # nor to someone not signed in
+    try:
+        assert (await anonymous.get("/admin")).status == 404
+        assert (await anonymous.post("/admin/accounts/1/suspend", {})).status == 404
+    finally:
+        await anonymous.close()
     # an API route keeps its JSON errors
     async with client.session.get(client.base + "/v1/nope") as response:
         assert response.headers["Content-Type"].startswith("application/json")
