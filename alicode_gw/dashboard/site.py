@@ -1,8 +1,8 @@
 """The dashboard as the router sees it: :func:`page`, which wraps each page handler with
 what every page needs: the session (login required unless said otherwise; ``operator``
-pages answer 404 to anyone else, signed in or not), the form of a POST read and its CSRF token checked,
-and HTML out. Errors raised by a page are rendered as HTML by ``errors.render`` (the
-routes' flavor is ``Flavor.HTML``)."""
+pages answer 404 to anyone else, signed in or not), the form of a POST read and its
+CSRF token checked, and HTML out. Errors raised by a page are rendered as HTML by
+``errors.render`` (the routes' flavor is ``Flavor.HTML``)."""
 
 from __future__ import annotations
 
