@@ -27,6 +27,7 @@ DECLARE
     v_cap     bigint;
     v_disc    integer;
     v_amount  bigint;
+    v_status  text;
 BEGIN
     SELECT * INTO v_prev FROM billing_holds h WHERE h.request_id = p_request_id;
     IF FOUND THEN
@@ -72,7 +73,8 @@ BEGIN
         END IF;
     END IF;
     UPDATE accounts a SET held_nanos = a.held_nanos + v_amount
-     WHERE a.id = v_account AND a.balance_nanos - a.held_nanos >= v_amount;
+     WHERE a.id = v_account AND a.balance_nanos - a.held_nanos >= v_amount
+    RETURNING a.status INTO v_status;
     IF NOT FOUND THEN
         RETURN QUERY SELECT 'insufficient'::text, v_model.id, v_amount;
         RETURN;
@@ -81,7 +83,10 @@ BEGIN
                                client_ip, batch, amount_nanos, input_price, output_price,
                                cache_write_5m_price, cache_write_1h_price, cache_read_price,
                                discount_pct, expires_at, node)
-    VALUES (p_request_id, v_account, p_key_id, p_model, v_model.id, p_client_ip, p_batch,
+    VALUES (p_request_id, v_account, p_key_id, p_model, v_model.id,
+            -- a deleted account's IPs are erased (dashboard.delete_account): a node that
+            -- has not heard of the deletion yet stores none either
+            CASE WHEN v_status = 'deleted' THEN NULL ELSE p_client_ip END, p_batch,
             v_amount, v_model.input_price, v_model.output_price,
             v_model.cache_write_5m_price, v_model.cache_write_1h_price,
             v_model.cache_read_price, v_disc,

@@ -258,3 +258,57 @@ async def test_delete_account_erases_and_keeps_the_books(
         assert not await ledger.audit(db)
     finally:
         await client.close()
+
+
+async def test_a_leased_request_settled_after_deletion_keeps_no_ip(
+    db: asyncpg.Connection,
+) -> None:
+    """A request in flight on a credit lease settles after the account was deleted: its
+    charge is booked (the books balance) without the client IP."""
+    customer = await make_customer(db, usd=1)
+    await db.fetch(
+        "SELECT * FROM dashboard.delete_account(p_account_id => $1)", customer.account_id
+    )
+    prices = dict.fromkeys(
+        ("input", "output", "cache_write_5m", "cache_write_1h", "cache_read"), 1_000_000
+    )
+    tokens = dict.fromkeys(("input", "output", "cache_creation_5m", "cache_creation_1h"), 10)
+    args = {
+        "lease_id": -1,
+        "request_id": f"req_{customer.account_id}_after_delete",
+        "key_id": customer.key_id,
+        "requested_model": "claude-haiku-4-5",
+        "model": "claude-haiku-4-5",
+        "client_ip": "203.0.113.9",
+        "reserved_nanos": 0,
+        **{f"price_{name}_micro": value for name, value in prices.items()},
+        **{f"tokens_{name}": value for name, value in tokens.items()},
+        "tokens_cache_read": 10,
+        "estimated": False,
+    }
+    named = ", ".join(f"p_{name} => ${n}" for n, name in enumerate(args, start=1))
+    row = await db.fetchrow(f"SELECT * FROM billing.settle_leased({named})", *args.values())
+    assert row["outcome"] == "settled" and row["charged_nanos"] > 0
+    ips = await db.fetch(
+        "SELECT client_ip FROM ledger WHERE account_id = $1 AND kind = 'charge'",
+        customer.account_id,
+    )
+    assert [r["client_ip"] for r in ips] == [None]
+    # and a hold taken by a node that has not heard of the deletion yet stores none either
+    held = await db.fetchval(
+        "SELECT outcome FROM billing.hold(p_request_id => $1, p_key_id => $2,"
+        " p_model => 'claude-haiku-4-5', p_estimated_input_tokens => 10, p_max_tokens => 10,"
+        " p_client_ip => '203.0.113.9', p_batch => false, p_ttl_seconds => 60)",
+        f"req_{customer.account_id}_hold_after_delete",
+        customer.key_id,
+    )
+    assert held == "held"
+    assert (
+        await db.fetchval(
+            "SELECT count(*) FROM billing_holds WHERE account_id = $1 AND client_ip IS NOT NULL",
+            customer.account_id,
+        )
+        == 0
+    )
+    await db.fetchval("SELECT billing.release($1)", f"req_{customer.account_id}_hold_after_delete")
+    assert not await ledger.audit(db)
