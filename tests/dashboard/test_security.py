@@ -205,6 +205,7 @@ async def test_another_accounts_key_cannot_be_revoked(
     finally:
         await owner.close()
         await intruder.close()
+        await intruder.close()
 
 
 async def test_key_limits_validated_as_the_cli_does(client: PageClient) -> None:
@@ -265,3 +266,19 @@ async def test_out_of_range_values_are_client_errors(client: PageClient) -> None
         answer = await client.get(f"/dashboard/usage?{query}")
         assert answer.status == 400, query
     assert (await client.get("/dashboard/billing?before=99999999999999999999999")).status == 200
+
+
+async def test_wrong_current_passwords_are_throttled(
+    client: PageClient, db: asyncpg.Connection
+) -> None:
+    """A session alone cannot guess the password that guards deletion and changes."""
+    email = await _signed_in(client)
+    await client.get("/dashboard/account")
+    statuses = []
+    for _ in range(12):
+        answer = await client.post("/dashboard/account/delete", {"password": "wrong" * 3})
+        statuses.append(answer.status)
+    assert statuses[:10] == [400] * 10 and set(statuses[10:]) == {429}, statuses
+    answer = await client.post("/dashboard/account/delete", {"password": PASSWORD})
+    assert answer.status == 429
+    assert await db.fetchval("SELECT status FROM accounts WHERE email = $1", email) == "active"
