@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import html
+import io
 import ipaddress
 import statistics
 import time
@@ -282,3 +284,35 @@ async def test_wrong_current_passwords_are_throttled(
     answer = await client.post("/dashboard/account/delete", {"password": PASSWORD})
     assert answer.status == 429
     assert await db.fetchval("SELECT status FROM accounts WHERE email = $1", email) == "active"
+
+
+async def test_usage_csv_neutralises_formulas_and_is_the_accounts_own(
+    client: PageClient, dash_gw: app.Gateway, db: asyncpg.Connection
+) -> None:
+    email = await _signed_in(client)
+    answer = await client.post("/dashboard/keys", {"name": "=HYPERLINK(1)"})
+    secret = answer.text.split('id="new-secret">')[1].split("<")[0]
+    await db.execute(
+        "SELECT billing.topup(id, 5000000000, 'test') FROM accounts WHERE email = $1", email
+    )
+    sdk = anthropic.AsyncAnthropic(api_key=secret, base_url=dash_gw.url, max_retries=0)
+    try:
+        await sdk.messages.create(
+            model=MODEL, max_tokens=16, messages=[{"role": "user", "content": "hi"}]
+        )
+    finally:
+        await sdk.close()
+    assert not await dash_gw.state.tasks.settle(5.0)
+    download = await client.get("/dashboard/usage.csv?by=key")
+    assert download.status == 200
+    rows = list(csv.reader(io.StringIO(download.text)))
+    assert [row[0][:13] for row in rows[1:]] == ["'=HYPERLINK(1"], rows
+    assert rows[1][1] == "1"
+    other = PageClient(client.base)  # another account's CSV does not have it
+    try:
+        await _signed_in(other)
+        theirs = await other.get("/dashboard/usage.csv?by=key")
+        assert theirs.status == 200 and "HYPERLINK" not in theirs.text
+        assert len(list(csv.reader(io.StringIO(theirs.text)))) == 1  # the header only
+    finally:
+        await other.close()
