@@ -76,6 +76,17 @@ async def test_operator_topup_matches_the_cli(dash_gw: app.Gateway, db: asyncpg.
         assert rows[0]["amount_nanos"] == 2_500_000_000
         bad = await admin.post(f"/admin/accounts/{customer.account_id}/topup", {"usd": "-1"})
         assert bad.status == 400
+        gone = await make_customer(db, usd=0)  # a deleted account takes no money
+        await db.fetch(
+            "SELECT * FROM dashboard.delete_account(p_account_id => $1)", gone.account_id
+        )
+        await admin.get(f"/admin/accounts/{gone.account_id}")
+        bad = await admin.post(f"/admin/accounts/{gone.account_id}/topup", {"usd": "1"})
+        assert bad.status == 400 and "deleted" in bad.text
+        assert (
+            await db.fetchval("SELECT count(*) FROM ledger WHERE account_id = $1", gone.account_id)
+            == 0
+        )
         assert not await ledger.audit(db)
     finally:
         await admin.close()
@@ -115,7 +126,7 @@ async def test_suspension_ends_sessions_and_refuses_login(
         assert (await customer.register(email, PASSWORD)).status == 200
         account_id = await db.fetchval("SELECT id FROM accounts WHERE email = $1", email)
         await customer.post("/dashboard/account/stop", {"confirm": "stop"})  # stopped too
-        await admin.get(f"/admin/accounts/{account_id}")
+        assert 'id="suspend"' in (await admin.get(f"/admin/accounts/{account_id}")).text
         await admin.post(f"/admin/accounts/{account_id}/suspend", {})
         assert await db.fetchval("SELECT status FROM accounts WHERE id = $1", account_id) == (
             "suspended"
