@@ -316,3 +316,19 @@ async def test_usage_csv_neutralises_formulas_and_is_the_accounts_own(
         assert len(list(csv.reader(io.StringIO(theirs.text)))) == 1  # the header only
     finally:
         await other.close()
+
+
+async def test_an_expired_session_is_refused_by_the_server(
+    client: PageClient, db: asyncpg.Connection
+) -> None:
+    """The cookie may outlive its session (a browser ignoring Max-Age): the database's
+    expiry decides."""
+    email = await _signed_in(client)
+    assert 'id="keys"' in (await client.get("/dashboard/keys")).text
+    await db.execute(
+        "UPDATE dashboard_sessions SET expires_at = now() - interval '1 second'"
+        " WHERE account_id = (SELECT id FROM accounts WHERE email = $1)",
+        email,
+    )
+    page = await client.get("/dashboard/keys")
+    assert 'id="keys"' not in page.text and 'action="/dashboard/login"' in page.text
