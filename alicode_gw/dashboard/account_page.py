@@ -35,9 +35,16 @@ async def account_page(page: Page) -> web.StreamResponse:
 
 
 async def _password_ok(page: Page, password: str) -> bool:
-    found = await store.rows(page.db, "login_row", email=page.me.email)
+    """Whether ``password`` is the account's; wrong ones are throttled as logins are
+    (a session alone must not be enough to guess the password that guards deletion)."""
+    throttle, ip, email = page.dashboard.throttle, page.ctx.ip, page.me.email
+    await throttle.check("login", ip, email)
+    found = await store.rows(page.db, "login_row", email=email)
     stored = found[0]["password_hash"] if found else None
-    return await page.dashboard.passwords.verify(password, stored)
+    if await page.dashboard.passwords.verify(password, stored):
+        return True
+    await throttle.count("login", ip, email)
+    return False
 
 
 async def change_password(page: Page) -> web.StreamResponse:

@@ -56,6 +56,8 @@ async def account_page(
 
 async def topup(page: Page) -> web.StreamResponse:
     summary = await _account(page)
+    if summary["status"] == "deleted":  # nobody could ever spend it
+        return await account_page(page, error="Top-up: the account is deleted.", status=400)
     try:
         amount = parse_usd(page.field("usd"))
         note = page.field("note").strip() or None

@@ -16,6 +16,7 @@ from alicode_gw.errors import NotFoundError
 from alicode_gw.identity import accounts
 
 LOGIN_FAILED = "Wrong email or password."
+SUSPENDED = "This account is suspended by the operator; contact them to sign in again."
 
 
 async def open_session(page: Page, account_id: int, location: str) -> web.StreamResponse:
@@ -53,6 +54,8 @@ async def login(page: Page) -> web.StreamResponse:
     if not await page.dashboard.passwords.verify(password, stored):
         await throttle.count("login", ip, email)
         return page.render("login.html", status=401, email=email, error=LOGIN_FAILED, notice=None)
+    if found[0]["status"] == "suspended":  # said only to whoever knows the password
+        return page.render("login.html", status=403, email=email, error=SUSPENDED, notice=None)
     return await open_session(page, found[0]["account_id"], "/dashboard")
 
 

@@ -1,8 +1,8 @@
 """The dashboard as the router sees it: :func:`page`, which wraps each page handler with
 what every page needs: the session (login required unless said otherwise; ``operator``
-pages answer 404 to anyone else), the form of a POST read and its CSRF token checked,
-and HTML out. Errors raised by a page are rendered as HTML by ``errors.render`` (the
-routes' flavor is ``Flavor.HTML``)."""
+pages answer 404 to anyone else, signed in or not), the form of a POST read and its
+CSRF token checked, and HTML out. Errors raised by a page are rendered as HTML by
+``errors.render`` (the routes' flavor is ``Flavor.HTML``)."""
 
 from __future__ import annotations
 
@@ -122,12 +122,12 @@ def page(
         viewer = None
         if token:
             viewer = await store.viewer(ctx.state.db, token, sessions.token_hash(token))
-        if viewer is None and (login or operator):
+        if operator and (viewer is None or not viewer.is_operator):
+            raise NotFoundError(f"No such page: {request.path}")  # signed in or not
+        if viewer is None and login:
             if request.method in ("GET", "HEAD"):
                 return web.Response(status=303, headers={"Location": "/dashboard/login"})
             raise PermissionDeniedError("Sign in first.")
-        if operator and (viewer is None or not viewer.is_operator):
-            raise NotFoundError(f"No such page: {request.path}")
         secure = came_over_tls(request, ctx.state.config.trusted_proxies)
         pre = request.cookies.get(csrf.PRE_SESSION_COOKIE)
         new_pre = None

@@ -25,6 +25,7 @@ DECLARE
     v_cap     bigint;
     v_disc    integer;
     v_amount  bigint;
+    v_status  text;
 BEGIN
     SELECT * INTO v_prev FROM billing_holds h WHERE h.request_id = p_request_id;
     IF FOUND THEN
@@ -78,6 +79,8 @@ CREATE OR REPLACE FUNCTION billing.reserve(
     p_node text
 ) RETURNS text
 LANGUAGE plpgsql AS $$
+DECLARE
+    v_status text;
 BEGIN
     IF p_cap_nanos IS NOT NULL THEN
         -- The account row lock (every hold, settlement and release of the key's account
@@ -92,7 +95,8 @@ BEGIN
         END IF;
     END IF;
     UPDATE accounts a SET held_nanos = a.held_nanos + p_amount_nanos
-     WHERE a.id = p_account_id AND a.balance_nanos - a.held_nanos >= p_amount_nanos;
+     WHERE a.id = p_account_id AND a.balance_nanos - a.held_nanos >= p_amount_nanos
+    RETURNING a.status INTO v_status;
     IF NOT FOUND THEN
         RETURN 'insufficient';
     END IF;
@@ -100,7 +104,10 @@ BEGIN
                                client_ip, batch, amount_nanos, input_price, output_price,
                                cache_write_5m_price, cache_write_1h_price, cache_read_price,
                                discount_pct, expires_at, node)
-    VALUES (p_request_id, p_account_id, p_key_id, p_requested_model, p_model.id, p_client_ip,
+    VALUES (p_request_id, p_account_id, p_key_id, p_requested_model, p_model.id,
+            -- a deleted account's IPs are erased (dashboard.delete_account): a node that
+            -- has not heard of the deletion yet stores none either
+            CASE WHEN v_status = 'deleted' THEN NULL ELSE p_client_ip END,
             p_batch, p_amount_nanos, p_model.input_price, p_model.output_price,
             p_model.cache_write_5m_price, p_model.cache_write_1h_price,
             p_model.cache_read_price, p_discount_pct,

@@ -183,6 +183,7 @@ DECLARE
     v_available bigint;
     v_charge    bigint;
     v_lease     bigint;
+    v_status    text;
 BEGIN
     SELECT k.account_id INTO v_account FROM api_keys k WHERE k.id = p_key_id;
     IF NOT FOUND THEN
@@ -192,7 +193,7 @@ BEGIN
     SELECT l.amount_nanos INTO v_lease FROM billing_leases l
      WHERE l.id = p_lease_id AND l.status = 'open' AND l.account_id = v_account
        FOR UPDATE;
-    SELECT a.balance_nanos - a.held_nanos INTO v_available
+    SELECT a.balance_nanos - a.held_nanos, a.status INTO v_available, v_status
       FROM accounts a WHERE a.id = v_account FOR UPDATE;
     -- After the account lock: a second settlement of this request waits for the first
     -- and then sees its ledger row.
@@ -230,7 +231,10 @@ BEGIN
                         requested_model, model, input_tokens, output_tokens,
                         cache_creation_5m, cache_creation_1h, cache_read, batch,
                         cost_nanos, shortfall_nanos, status, cache_hit)
-    VALUES (v_account, 'charge', -v_charge, p_request_id, p_key_id, p_client_ip,
+    VALUES (v_account, 'charge', -v_charge, p_request_id, p_key_id,
+            -- a deleted account's IPs are erased (dashboard.delete_account), also from
+            -- the requests that were in flight when it was deleted
+            CASE WHEN v_status = 'deleted' THEN NULL ELSE p_client_ip END,
             p_requested_model, p_model, greatest(p_tokens_input, 0),
             greatest(p_tokens_output, 0), greatest(p_tokens_cache_creation_5m, 0),
             greatest(p_tokens_cache_creation_1h, 0), greatest(p_tokens_cache_read, 0), false,

@@ -20,14 +20,16 @@ RETURNS timestamptz LANGUAGE sql AS $$
     RETURNING expires_at
 $$;
 
--- session_account: the account of a live session (no row: none, expired or ended).
+-- session_account: the account of a live session (no row: none, expired or ended, or
+-- the account suspended or deleted).
 CREATE OR REPLACE FUNCTION dashboard.session_account(p_token_hash bytea)
 RETURNS TABLE (account_id bigint, email text, status text, is_operator boolean,
                balance_nanos bigint, held_nanos bigint)
 LANGUAGE sql STABLE AS $$
     SELECT a.id, a.email, a.status, a.is_operator, a.balance_nanos, a.held_nanos
       FROM dashboard_sessions s JOIN accounts a ON a.id = s.account_id
-     WHERE s.token_hash = p_token_hash AND s.expires_at > now() AND a.status <> 'deleted'
+     WHERE s.token_hash = p_token_hash AND s.expires_at > now()
+       AND a.status NOT IN ('deleted', 'suspended')
 $$;
 
 -- session_end: end one session (logout).
@@ -135,9 +137,15 @@ BEGIN
     IF v_from < v_until THEN
         INSERT INTO dashboard.usage_daily
         SELECT p_account_id, (l.created_at AT TIME ZONE 'UTC')::date, l.key_id, l.model,
-               l.client_ip, count(*), sum(coalesce(l.input_tokens, 0)),
-               sum(coalesce(l.output_tokens, 0)), sum(coalesce(l.cache_read, 0)),
-               sum(coalesce(l.cache_creation_5m, 0) + coalesce(l.cache_creation_1h, 0)),
+               l.client_ip, count(*),
+               -- a response cache hit (cache_hit) carries the original's token counts
+               -- for its price but used none: a request with no tokens, as the limits
+               -- count it (likewise in usage_rows)
+               coalesce(sum(l.input_tokens) FILTER (WHERE l.cache_hit IS NOT TRUE), 0),
+               coalesce(sum(l.output_tokens) FILTER (WHERE l.cache_hit IS NOT TRUE), 0),
+               coalesce(sum(l.cache_read) FILTER (WHERE l.cache_hit IS NOT TRUE), 0),
+               coalesce(sum(coalesce(l.cache_creation_5m, 0) + coalesce(l.cache_creation_1h, 0))
+                        FILTER (WHERE l.cache_hit IS NOT TRUE), 0),
                sum(coalesce(l.cost_nanos, 0)), sum(-l.amount_nanos)
           FROM ledger l
          WHERE l.account_id = p_account_id AND l.kind = 'charge'
@@ -165,11 +173,12 @@ LANGUAGE sql STABLE AS $$
      WHERE u.account_id = p_account_id AND u.day BETWEEN p_first AND p_last
     UNION ALL
     SELECT (l.created_at AT TIME ZONE 'UTC')::date, l.key_id, l.model, l.client_ip, 1,
-           coalesce(l.input_tokens, 0), coalesce(l.output_tokens, 0),
-           coalesce(l.cache_read, 0),
-           coalesce(l.cache_creation_5m, 0) + coalesce(l.cache_creation_1h, 0),
+           h.used * coalesce(l.input_tokens, 0), h.used * coalesce(l.output_tokens, 0),
+           h.used * coalesce(l.cache_read, 0),
+           h.used * (coalesce(l.cache_creation_5m, 0) + coalesce(l.cache_creation_1h, 0)),
            coalesce(l.cost_nanos, 0), -l.amount_nanos
       FROM ledger l
+     CROSS JOIN LATERAL (SELECT CASE WHEN l.cache_hit THEN 0 ELSE 1 END AS used) h
      WHERE l.account_id = p_account_id AND l.kind = 'charge'
        AND l.created_at >= greatest(p_first, coalesce(
                (SELECT r.rolled_until FROM dashboard.rollup_state r
@@ -235,19 +244,25 @@ LANGUAGE sql STABLE AS $$
      ORDER BY a.id DESC LIMIT p_limit
 $$;
 
--- set_suspended: suspend an active account or unsuspend a suspended one; returns its
--- active keys' public ids (to announce, so every node re-reads them), no row when the
--- account was not in the state to change.
+-- set_suspended: suspend an active (or stopped) account, ending its dashboard sessions,
+-- or unsuspend a suspended one (back to stopped if it had been stopped, else active);
+-- returns its active keys' public ids (to announce, so every node re-reads them), no row
+-- when the account was not in the state to change.
 CREATE OR REPLACE FUNCTION dashboard.set_suspended(p_account_id bigint, p_suspended boolean)
 RETURNS TABLE (public_id text) LANGUAGE plpgsql AS $$
 BEGIN
     UPDATE accounts a
-       SET status = CASE WHEN p_suspended THEN 'suspended' ELSE 'active' END,
+       SET status = CASE WHEN p_suspended THEN 'suspended'
+                         WHEN a.stopped_at IS NOT NULL THEN 'stopped' ELSE 'active' END,
            suspended_at = CASE WHEN p_suspended THEN now() END
      WHERE a.id = p_account_id
-       AND a.status = CASE WHEN p_suspended THEN 'active' ELSE 'suspended' END;
+       AND (CASE WHEN p_suspended THEN a.status IN ('active', 'stopped')
+                 ELSE a.status = 'suspended' END);
     IF NOT FOUND THEN
         RETURN;
+    END IF;
+    IF p_suspended THEN
+        DELETE FROM dashboard_sessions s WHERE s.account_id = p_account_id;
     END IF;
     RETURN QUERY SELECT k.public_id FROM api_keys k
                   WHERE k.account_id = p_account_id AND k.status = 'active';

@@ -76,6 +76,17 @@ async def test_operator_topup_matches_the_cli(dash_gw: app.Gateway, db: asyncpg.
         assert rows[0]["amount_nanos"] == 2_500_000_000
         bad = await admin.post(f"/admin/accounts/{customer.account_id}/topup", {"usd": "-1"})
         assert bad.status == 400
+        gone = await make_customer(db, usd=0)  # a deleted account takes no money
+        await db.fetch(
+            "SELECT * FROM dashboard.delete_account(p_account_id => $1)", gone.account_id
+        )
+        await admin.get(f"/admin/accounts/{gone.account_id}")
+        bad = await admin.post(f"/admin/accounts/{gone.account_id}/topup", {"usd": "1"})
+        assert bad.status == 400 and "deleted" in bad.text
+        assert (
+            await db.fetchval("SELECT count(*) FROM ledger WHERE account_id = $1", gone.account_id)
+            == 0
+        )
         assert not await ledger.audit(db)
     finally:
         await admin.close()
@@ -102,6 +113,38 @@ async def test_suspend_and_unsuspend(dash_gw: app.Gateway, db: asyncpg.Connectio
         await sdk.messages.create(**ask)
     finally:
         await sdk.close()
+        await admin.close()
+
+
+async def test_suspension_ends_sessions_and_refuses_login(
+    dash_gw: app.Gateway, db: asyncpg.Connection
+) -> None:
+    admin, _ = await _operator(dash_gw)
+    customer = PageClient(dash_gw.url)
+    try:
+        email = unique_email()
+        assert (await customer.register(email, PASSWORD)).status == 200
+        account_id = await db.fetchval("SELECT id FROM accounts WHERE email = $1", email)
+        await customer.post("/dashboard/account/stop", {"confirm": "stop"})  # stopped too
+        assert 'id="suspend"' in (await admin.get(f"/admin/accounts/{account_id}")).text
+        await admin.post(f"/admin/accounts/{account_id}/suspend", {})
+        assert await db.fetchval("SELECT status FROM accounts WHERE id = $1", account_id) == (
+            "suspended"
+        )
+        page = await customer.get("/dashboard/keys")  # the session ended: the login page
+        assert 'action="/dashboard/login"' in page.text and 'id="keys"' not in page.text
+        answer = await customer.login(email, PASSWORD)
+        assert answer.status == 403 and "suspended" in answer.text
+        wrong = await customer.login(email, "not the password")
+        assert wrong.status == 401 and "suspended" not in wrong.text
+        await admin.get(f"/admin/accounts/{account_id}")
+        await admin.post(f"/admin/accounts/{account_id}/unsuspend", {})
+        assert await db.fetchval("SELECT status FROM accounts WHERE id = $1", account_id) == (
+            "stopped"
+        )
+        assert (await customer.login(email, PASSWORD)).status == 200
+    finally:
+        await customer.close()
         await admin.close()
 
 
@@ -228,3 +271,57 @@ async def test_delete_account_erases_and_keeps_the_books(
         assert not await ledger.audit(db)
     finally:
         await client.close()
+
+
+async def test_a_leased_request_settled_after_deletion_keeps_no_ip(
+    db: asyncpg.Connection,
+) -> None:
+    """A request in flight on a credit lease settles after the account was deleted: its
+    charge is booked (the books balance) without the client IP."""
+    customer = await make_customer(db, usd=1)
+    await db.fetch(
+        "SELECT * FROM dashboard.delete_account(p_account_id => $1)", customer.account_id
+    )
+    prices = dict.fromkeys(
+        ("input", "output", "cache_write_5m", "cache_write_1h", "cache_read"), 1_000_000
+    )
+    tokens = dict.fromkeys(("input", "output", "cache_creation_5m", "cache_creation_1h"), 10)
+    args = {
+        "lease_id": -1,
+        "request_id": f"req_{customer.account_id}_after_delete",
+        "key_id": customer.key_id,
+        "requested_model": "claude-haiku-4-5",
+        "model": "claude-haiku-4-5",
+        "client_ip": "203.0.113.9",
+        "reserved_nanos": 0,
+        **{f"price_{name}_micro": value for name, value in prices.items()},
+        **{f"tokens_{name}": value for name, value in tokens.items()},
+        "tokens_cache_read": 10,
+        "estimated": False,
+    }
+    named = ", ".join(f"p_{name} => ${n}" for n, name in enumerate(args, start=1))
+    row = await db.fetchrow(f"SELECT * FROM billing.settle_leased({named})", *args.values())
+    assert row["outcome"] == "settled" and row["charged_nanos"] > 0
+    ips = await db.fetch(
+        "SELECT client_ip FROM ledger WHERE account_id = $1 AND kind = 'charge'",
+        customer.account_id,
+    )
+    assert [r["client_ip"] for r in ips] == [None]
+    # and a hold taken by a node that has not heard of the deletion yet stores none either
+    held = await db.fetchval(
+        "SELECT outcome FROM billing.hold(p_request_id => $1, p_key_id => $2,"
+        " p_model => 'claude-haiku-4-5', p_estimated_input_tokens => 10, p_max_tokens => 10,"
+        " p_client_ip => '203.0.113.9', p_batch => false, p_ttl_seconds => 60)",
+        f"req_{customer.account_id}_hold_after_delete",
+        customer.key_id,
+    )
+    assert held == "held"
+    assert (
+        await db.fetchval(
+            "SELECT count(*) FROM billing_holds WHERE account_id = $1 AND client_ip IS NOT NULL",
+            customer.account_id,
+        )
+        == 0
+    )
+    await db.fetchval("SELECT billing.release($1)", f"req_{customer.account_id}_hold_after_delete")
+    assert not await ledger.audit(db)

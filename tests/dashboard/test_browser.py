@@ -48,7 +48,7 @@ async def test_customer_journey_in_chromium(
     dash_gw: app.Gateway, db: asyncpg.Connection, tmp_path: Path
 ) -> None:
     executable = chromium_or_skip()
-    from playwright.async_api import async_playwright
+    from playwright.async_api import async_playwright, expect
 
     shots = Shots(Path(os.environ.get("ALICODE_SCREENSHOTS") or tmp_path / "screenshots"))
     base = dash_gw.url
@@ -91,9 +91,7 @@ async def test_customer_journey_in_chromium(
             secret = (await page.inner_text("#new-secret")).strip()
             assert secret.startswith("sk-ali-")
             await page.click("#copy-key")
-            await page.wait_for_function(
-                "document.getElementById('copy-key').textContent === 'Copied'"
-            )
+            await expect(page.locator("#copy-key")).to_have_text("Copied")
             copied = await page.evaluate("navigator.clipboard.readText()")
             assert copied == secret
             await shots.take(page, "key-created")
@@ -130,9 +128,9 @@ async def test_customer_journey_in_chromium(
             # a spend cap
             await page.goto(f"{base}/dashboard/keys")
             await page.fill("form.cap input[name=spend_cap_usd]", "1.50")
+            # (the answer is the same URL: wait for the new page's content, not the URL)
             await page.click("form.cap button")
-            await page.wait_for_url(f"{base}/dashboard/keys")
-            assert "cap $1.50" in await page.inner_text("#keys")
+            await expect(page.locator("#keys")).to_contain_text("cap $1.50")
             cap = await db.fetchval(
                 "SELECT spend_cap_nanos FROM api_keys WHERE name = 'browser key'"
                 " AND account_id = (SELECT id FROM accounts WHERE email = $1)",
@@ -143,8 +141,7 @@ async def test_customer_journey_in_chromium(
 
             # revoke: the SDK gets 401
             await page.click("form.revoke button")
-            await page.wait_for_url(f"{base}/dashboard/keys")
-            assert "revoked" in await page.inner_text("#keys")
+            await expect(page.locator("#keys td.status")).to_contain_text("revoked")
             await shots.take(page, "revoked")
             with pytest.raises(anthropic.AuthenticationError):
                 await sdk.messages.create(
@@ -158,7 +155,7 @@ async def test_customer_journey_in_chromium(
             await page.goto(f"{base}/dashboard/account")
             await page.check("#emergency-stop input[name=confirm]")
             await page.click("#emergency-stop button")
-            await page.wait_for_selector("#stopped")
+            await expect(page.locator("#stopped")).to_be_visible()
             await shots.take(page, "emergency-stop")
             sdk = anthropic.AsyncAnthropic(api_key=second, base_url=base, max_retries=0)
             clients.append(sdk)
@@ -175,8 +172,7 @@ async def test_customer_journey_in_chromium(
             await page.fill("input[name=email]", email)
             await page.fill("input[name=password]", PASSWORD)
             await page.click("button:has-text('Log in')")
-            await page.wait_for_selector("#error")
-            assert "Wrong email or password" in await page.inner_text("#error")
+            await expect(page.locator("#error")).to_contain_text("Wrong email or password")
             await shots.take(page, "login-after-delete")
         finally:
             for client in clients:

@@ -75,6 +75,21 @@ async def test_a_key_is_kept_out_of_the_response_cache_and_let_back_in(
         assert await verdict() == "HIT"
         await sdk.close()
         assert not await cache_dash.state.tasks.settle(5.0)
+        # The usage pages count a hit as a request that used no tokens.
+        account_id = await ledger.account_id_by_email(db, email)
+        rows = await db.fetch(
+            "SELECT input_tokens, cache_hit FROM ledger WHERE account_id = $1 AND kind = 'charge'",
+            account_id,
+        )
+        assert sorted(r["cache_hit"] for r in rows) == [False, False, False, True, True]
+        assert all(r["input_tokens"] > 0 for r in rows)
+        usage = await db.fetchrow(
+            "SELECT requests, input_tokens FROM dashboard.usage_by($1, current_date - 1, "
+            "current_date + 1, ARRAY['key'])",
+            account_id,
+        )
+        assert usage["requests"] == 5
+        assert usage["input_tokens"] == sum(r["input_tokens"] for r in rows if not r["cache_hit"])
     finally:
         await pages.close()
         await other.close()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import html
+import io
 import ipaddress
 import statistics
 import time
@@ -80,6 +82,12 @@ async def test_pages_carry_the_security_headers(client: PageClient) -> None:
         assert answer.headers["Content-Type"].startswith("text/html"), path
     assert (await client.get("/dashboard/nope")).status == 404
     assert (await client.get("/admin")).status == 404  # not an operator: no such page
+    anonymous = PageClient(client.base)  # nor to someone not signed in
+    try:
+        assert (await anonymous.get("/admin")).status == 404
+        assert (await anonymous.post("/admin/accounts/1/suspend", {})).status == 404
+    finally:
+        await anonymous.close()
     # an API route keeps its JSON errors
     async with client.session.get(client.base + "/v1/nope") as response:
         assert response.headers["Content-Type"].startswith("application/json")
@@ -199,6 +207,7 @@ async def test_another_accounts_key_cannot_be_revoked(
     finally:
         await owner.close()
         await intruder.close()
+        await intruder.close()
 
 
 async def test_key_limits_validated_as_the_cli_does(client: PageClient) -> None:
@@ -259,3 +268,67 @@ async def test_out_of_range_values_are_client_errors(client: PageClient) -> None
         answer = await client.get(f"/dashboard/usage?{query}")
         assert answer.status == 400, query
     assert (await client.get("/dashboard/billing?before=99999999999999999999999")).status == 200
+
+
+async def test_wrong_current_passwords_are_throttled(
+    client: PageClient, db: asyncpg.Connection
+) -> None:
+    """A session alone cannot guess the password that guards deletion and changes."""
+    email = await _signed_in(client)
+    await client.get("/dashboard/account")
+    statuses = []
+    for _ in range(12):
+        answer = await client.post("/dashboard/account/delete", {"password": "wrong" * 3})
+        statuses.append(answer.status)
+    assert statuses[:10] == [400] * 10 and set(statuses[10:]) == {429}, statuses
+    answer = await client.post("/dashboard/account/delete", {"password": PASSWORD})
+    assert answer.status == 429
+    assert await db.fetchval("SELECT status FROM accounts WHERE email = $1", email) == "active"
+
+
+async def test_usage_csv_neutralises_formulas_and_is_the_accounts_own(
+    client: PageClient, dash_gw: app.Gateway, db: asyncpg.Connection
+) -> None:
+    email = await _signed_in(client)
+    answer = await client.post("/dashboard/keys", {"name": "=HYPERLINK(1)"})
+    secret = answer.text.split('id="new-secret">')[1].split("<")[0]
+    await db.execute(
+        "SELECT billing.topup(id, 5000000000, 'test') FROM accounts WHERE email = $1", email
+    )
+    sdk = anthropic.AsyncAnthropic(api_key=secret, base_url=dash_gw.url, max_retries=0)
+    try:
+        await sdk.messages.create(
+            model=MODEL, max_tokens=16, messages=[{"role": "user", "content": "hi"}]
+        )
+    finally:
+        await sdk.close()
+    assert not await dash_gw.state.tasks.settle(5.0)
+    download = await client.get("/dashboard/usage.csv?by=key")
+    assert download.status == 200
+    rows = list(csv.reader(io.StringIO(download.text)))
+    assert [row[0][:13] for row in rows[1:]] == ["'=HYPERLINK(1"], rows
+    assert rows[1][1] == "1"
+    other = PageClient(client.base)  # another account's CSV does not have it
+    try:
+        await _signed_in(other)
+        theirs = await other.get("/dashboard/usage.csv?by=key")
+        assert theirs.status == 200 and "HYPERLINK" not in theirs.text
+        assert len(list(csv.reader(io.StringIO(theirs.text)))) == 1  # the header only
+    finally:
+        await other.close()
+
+
+async def test_an_expired_session_is_refused_by_the_server(
+    client: PageClient, db: asyncpg.Connection
+) -> None:
+    """The cookie may outlive its session (a browser ignoring Max-Age): the database's
+    expiry decides."""
+    email = await _signed_in(client)
+    assert 'id="keys"' in (await client.get("/dashboard/keys")).text
+    await db.execute(
+        "UPDATE dashboard_sessions SET expires_at = now() - interval '1 second'"
+        " WHERE account_id = (SELECT id FROM accounts WHERE email = $1)",
+        email,
+    )
+    page = await client.get("/dashboard/keys")
+    assert 'id="keys"' not in page.text and 'action="/dashboard/login"' in page.text

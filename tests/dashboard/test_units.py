@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 
 import asyncpg
@@ -122,3 +123,40 @@ async def test_usage_from_rollup_and_ledger_equals_the_ledger(db: asyncpg.Connec
     # ... and a period is cut at its days
     only_today = await store.usage(db, customer.account_id, today, today, ("day",))
     assert [r.label for r in only_today["day"]] == [today.isoformat()]
+
+
+async def test_two_nodes_rolling_up_at_once_count_each_row_once(
+    db: asyncpg.Connection, database_url: str
+) -> None:
+    customer = await make_customer(db, usd=100)
+    await db.execute(
+        """
+        WITH rows AS (
+            INSERT INTO ledger (created_at, account_id, kind, amount_nanos, request_id,
+                                key_id, client_ip, model, cost_nanos, status)
+            SELECT now() - make_interval(days => 1 + n % 5), $1::bigint, 'charge', -1,
+                   'race_' || $1::bigint || '_' || n, $2, '192.0.2.1', 'claude-sonnet-4-6',
+                   1, 'complete'
+              FROM generate_series(1, 2000) n
+            RETURNING amount_nanos)
+        UPDATE accounts SET balance_nanos = balance_nanos + (SELECT sum(amount_nanos) FROM rows)
+         WHERE id = $1
+        """,
+        customer.account_id,
+        customer.key_id,
+    )
+    pool = await asyncpg.create_pool(database_url, min_size=4, max_size=4)
+    try:
+        await asyncio.gather(
+            *(
+                pool.fetchval("SELECT dashboard.roll_up(p_account_id => $1)", customer.account_id)
+                for _ in range(4)
+            )
+        )
+    finally:
+        await pool.close()
+    rolled = await db.fetchval(
+        "SELECT sum(requests) FROM dashboard.usage_daily WHERE account_id = $1",
+        customer.account_id,
+    )
+    assert rolled == 2000
