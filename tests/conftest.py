@@ -171,8 +171,26 @@ async def customer(db: asyncpg.Connection) -> Customer:
 
 @pytest.fixture
 async def gw(db: asyncpg.Connection, make_config) -> AsyncIterator[app.Gateway]:
+    async for gateway in _audited_gateway(db, make_config):
+        yield gateway
+
+
+@pytest.fixture
+async def gw_round_robin(db: asyncpg.Connection, make_config) -> AsyncIterator[app.Gateway]:
+    """``gw`` with smooth weighted round-robin routing, for the tests that make one
+    credential the first tried by its weight: under cache-affine routing (the default)
+    the request's affinity key decides, and it changes with the account's id."""
+    async for gateway in _audited_gateway(db, make_config, routing="round_robin"):
+        yield gateway
+
+
+async def _audited_gateway(
+    db: asyncpg.Connection, make_config, **changes: object
+) -> AsyncIterator[app.Gateway]:
     await reset_pool(db)
-    gateway = await start_gateway(make_config(redis_prefix=f"msg-{secrets.token_hex(4)}:"))
+    gateway = await start_gateway(
+        make_config(redis_prefix=f"msg-{secrets.token_hex(4)}:", **changes)
+    )
     try:
         yield gateway
     finally:

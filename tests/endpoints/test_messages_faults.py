@@ -64,21 +64,24 @@ async def no_open_holds(db: asyncpg.Connection, customer: Customer) -> bool:
 
 
 async def test_rate_limited_key_is_cooled_and_request_retried(
-    gw: app.Gateway, customer: Customer, db: asyncpg.Connection, mock_upstream: MockUpstream
+    gw_round_robin: app.Gateway,
+    customer: Customer,
+    db: asyncpg.Connection,
+    mock_upstream: MockUpstream,
 ) -> None:
-    await weighted_pool(gw, db, {A: 100, B: 10, C: 1})
-    async with client_for(gw, customer) as client:
+    await weighted_pool(gw_round_robin, db, {A: 100, B: 10, C: 1})
+    async with client_for(gw_round_robin, customer) as client:
         message = await client.messages.create(
             **ask(f"[[mock: status=429 retry_after=30 only_key={A}]]")
         )
     assert message.content[0].type == "text"
     tried = [ex.api_key for ex in upstream_exchanges(mock_upstream)[-2:]]
     assert tried == [A, B]
-    assert states(gw)[A] == "cooling" and states(gw)[B] == "healthy"
-    cooling = next(c for c in gw.state.keypool.snapshot() if c["state"] == "cooling")
+    assert states(gw_round_robin)[A] == "cooling" and states(gw_round_robin)[B] == "healthy"
+    cooling = next(c for c in gw_round_robin.state.keypool.snapshot() if c["state"] == "cooling")
     assert 25 < cooling["cooldown_remaining"] <= 30
     # While A cools, requests go elsewhere without touching it.
-    async with client_for(gw, customer) as client:
+    async with client_for(gw_round_robin, customer) as client:
         for _ in range(3):
             await client.messages.create(**ask("again"))
     assert A not in [ex.api_key for ex in upstream_exchanges(mock_upstream)[-3:]]
@@ -129,12 +132,12 @@ async def test_server_errors_everywhere_are_502(
 
 
 async def test_rejected_credential_is_disabled_until_enabled(
-    gw: app.Gateway, customer: Customer, db: asyncpg.Connection
+    gw_round_robin: app.Gateway, customer: Customer, db: asyncpg.Connection
 ) -> None:
-    await weighted_pool(gw, db, {A: 100, B: 10, C: 1})
-    async with client_for(gw, customer) as client:
+    await weighted_pool(gw_round_robin, db, {A: 100, B: 10, C: 1})
+    async with client_for(gw_round_robin, customer) as client:
         await client.messages.create(**ask(f"[[mock: status=401 only_key={A}]]"))
-    assert states(gw)[A] == "disabled"
+    assert states(gw_round_robin)[A] == "disabled"
     row = await db.fetchrow(
         "SELECT status, disabled_reason FROM upstream_credentials WHERE secret = $1", A
     )

@@ -142,20 +142,20 @@ async def test_stream_in_flight_gauge(gw: app.Gateway, customer: Customer) -> No
 
 
 async def test_upstream_outcomes_and_limit_rejections(
-    gw: app.Gateway, db: asyncpg.Connection, mock_upstream: MockUpstream
+    gw_round_robin: app.Gateway, db: asyncpg.Connection, mock_upstream: MockUpstream
 ) -> None:
     limited = await make_customer(db, rpm=2)
     # cred-0 is tried first (smooth weighted round-robin picks the heaviest).
     await db.execute("UPDATE upstream_credentials SET weight = 100 WHERE name = 'cred-0'")
-    await gw.state.keypool.refresh(reload=True)
-    before = await scrape(gw.url)
-    async with client_for(gw, limited) as client:
+    await gw_round_robin.state.keypool.refresh(reload=True)
+    before = await scrape(gw_round_robin.url)
+    async with client_for(gw_round_robin, limited) as client:
         # The first credential tried answers 500; the retry on another one succeeds.
         await client.messages.create(**ask(f"[[mock: status=500 only_key={UPSTREAM_KEYS[0]}]]"))
         await client.messages.create(**ask())
         with pytest.raises(anthropic.RateLimitError):
             await client.messages.create(**ask())
-    after = await scrape(gw.url)
+    after = await scrape(gw_round_robin.url)
     assert (
         value(after, "alicode_limit_rejections_total", limit="key_rpm")
         - value(before, "alicode_limit_rejections_total", limit="key_rpm")

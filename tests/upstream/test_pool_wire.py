@@ -112,12 +112,12 @@ async def test_echoed_credit_balance_words_disable_no_credential(
 
 
 async def test_the_upstreams_own_billing_error_still_disables(
-    gw: app.Gateway, db: asyncpg.Connection
+    gw_round_robin: app.Gateway, db: asyncpg.Connection
 ) -> None:
     await db.execute("UPDATE upstream_credentials SET weight = 100 WHERE name = 'cred-0'")
-    await gw.state.keypool.refresh(reload=True)  # cred-0 is tried first
+    await gw_round_robin.state.keypool.refresh(reload=True)  # cred-0 is tried first
     customer = await make_customer(db)
-    async with client_for(gw, customer) as client:
+    async with client_for(gw_round_robin, customer) as client:
         message = await client.messages.create(
             **ask(f"[[mock: error=credit_balance only_key={FIRST}]]")
         )
@@ -125,4 +125,8 @@ async def test_the_upstreams_own_billing_error_still_disables(
     rows = await credential_rows(db)
     assert rows["cred-0"][0] == "disabled" and "billing" in (rows["cred-0"][1] or "")
     assert rows["cred-1"][0] == rows["cred-2"][0] == "active"
-    assert states(gw) == {"cred-0": "disabled", "cred-1": "healthy", "cred-2": "healthy"}
+    assert states(gw_round_robin) == {
+        "cred-0": "disabled",
+        "cred-1": "healthy",
+        "cred-2": "healthy",
+    }
