@@ -120,10 +120,6 @@ def config(
         # The tests that read the upstream's model list refresh it themselves: no fetch
         # of its own takes a credential between another test's requests.
         upstream_models_interval=0,
-        # Many tests rely on which credential is tried first (smooth weighted round-robin
-        # picks the heaviest); the routing tests (tests/upstream/test_routing.py) ask for
-        # cache-affine routing, the production default, themselves.
-        routing="round_robin",
     )
 
 

@@ -60,7 +60,6 @@ async def grouped_gateway(
         await db.execute(
             "UPDATE upstream_credentials SET cache_group = $2 WHERE secret = $1", key, GROUPS[key]
         )
-    changes.setdefault("routing", "affinity")
     config = make_config(
         redis_prefix=f"route-{secrets.token_hex(4)}:", upstream_url=mock.url, **changes
     )
