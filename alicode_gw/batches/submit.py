@@ -37,27 +37,37 @@ def new_batch_id() -> str:
 
 
 async def prepare_params(
-    state: State, account_id: int, request: BatchRequest, info: ModelInfo
-) -> dict[str, Any]:
+    state: State, account_id: int, request: BatchRequest, info: ModelInfo, room: int
+) -> tuple[dict[str, Any], int]:
     """The one place a batch request's ``params`` are made ready for the upstream: as
     sent, except (as on ``/v1/messages``) each ``file_id`` source replaced by the file's
-    bytes (docs/files.md) and an alias by its target model."""
-    params, _inlined = await inline_files(state, account_id, request.params)
+    bytes (docs/files.md; at most ``room`` bytes more) and an alias by its target model.
+    Also how many bytes the files added."""
+    params, inlined = await inline_files(state, account_id, request.params, room)
+    grown = len(_encoded(params)) - len(_encoded(request.params)) if inlined else 0
     if info.is_alias:
         params = {**params, "model": info.target}
-    return params
+    return params, grown
+
+
+def _encoded(params: dict[str, Any]) -> bytes:
+    return json.dumps(params, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 async def _prepared(
     ctx: RequestContext, requests: list[BatchRequest], infos: list[ModelInfo]
 ) -> list[dict[str, Any]]:
-    """Every request's upstream ``params``; a file error names its request."""
+    """Every request's upstream ``params``; a file error names its request. The files of
+    one batch add at most ``ALICODE_BATCH_MAX_BODY_BYTES`` to it."""
+    room = ctx.state.config.batch_max_body_bytes
     prepared = []
     for n, (request, info) in enumerate(zip(requests, infos, strict=True)):
         with at(f"requests.{n}.params"):
-            prepared.append(
-                await prepare_params(ctx.state, ctx.authenticated.account_id, request, info)
+            params, grown = await prepare_params(
+                ctx.state, ctx.authenticated.account_id, request, info, room
             )
+        room -= grown
+        prepared.append(params)
     return prepared
 
 
