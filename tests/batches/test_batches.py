@@ -110,10 +110,12 @@ async def test_cancel_and_expiry_bill_nothing(
     with pytest.raises(anthropic.BadRequestError):
         await client.messages.batches.cancel(first.id)
 
-    mock_upstream.batches.expire_seconds = 0.3
     second = await client.messages.batches.create(requests=requests_of(2, prefix="e"))
     with pytest.raises(anthropic.BadRequestError):  # not ended: cannot be deleted
         await client.messages.batches.delete(second.id)
+    # Shortened only now (the mock applies it on its next look at the batch): before,
+    # a slow run could see the batch expire before the delete above.
+    mock_upstream.batches.expire_seconds = 0.3
     done = await ended(client, second.id)
     assert done.request_counts.expired == 2
     rows = await db.fetch(
