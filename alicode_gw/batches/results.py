@@ -24,7 +24,7 @@ async def relay(ctx: RequestContext, upstream: owner.Upstream, batch: Batch) -> 
     try:
         ctx.upstream_request_id = response.headers.get("request-id")
         if response.status != 200:
-            return owner.passed_error(ctx, response, await response.content.read(64 * 1024))
+            return owner.passed_error(ctx, batch, response, await response.content.read(64 * 1024))
         content_type = response.headers.get("content-type", JSONL)
         resp = web.StreamResponse(headers=ctx.headers(**{"content-type": content_type}))
         await resp.prepare(ctx.request)

@@ -24,6 +24,7 @@ from tests.support.customers import (
     MODEL,
     balance,
     make_customer,
+    own_gateway,
     reset_pool,
 )
 from tests.support.gateway import UPSTREAM_KEYS, start_gateway, stop_gateway
@@ -461,3 +462,26 @@ async def test_a_file_id_in_a_batch_request_goes_upstream_as_its_bytes(
     assert marker.encode() not in submitted.headers.get("authorization", "").encode()
     batch = await ended(client, created.id)
     assert batch.request_counts.succeeded == 1
+
+
+async def test_upstream_error_on_a_batch_never_names_the_upstream_id(
+    sdk, db: asyncpg.Connection, make_config, mock_upstream: MockUpstream
+) -> None:
+    """The upstream ended the batch but no loop has seen it yet: its refusal of the
+    cancel is passed on, with the gateway's id in place of the upstream's."""
+    mock_upstream.batches.process_seconds = 0.1
+    gateway = await own_gateway(db, make_config, "batch-noloop", batch_poll_interval=0)
+    try:
+        client = sdk(gateway, await make_customer(db))
+        created = await client.messages.batches.create(requests=requests_of(1))
+        upstream_id = (await store.get_any(db, created.id)).upstream_id
+        await asyncio.sleep(0.3)
+        with pytest.raises(anthropic.BadRequestError) as refused:
+            await client.messages.batches.cancel(created.id)
+        text = refused.value.response.text
+        assert upstream_id not in text and created.id in text
+        assert await poller_of(gateway).poll_due() == 1  # settled: the books stay whole
+        assert (await client.messages.batches.retrieve(created.id)).processing_status == "ended"
+    finally:
+        await stop_gateway(gateway)
+    assert not await ledger.audit(db)
