@@ -485,3 +485,28 @@ async def test_upstream_error_on_a_batch_never_names_the_upstream_id(
     finally:
         await stop_gateway(gateway)
     assert not await ledger.audit(db)
+
+
+async def test_a_poll_keeps_the_counts_of_a_batch_in_progress(
+    sdk, bgw: app.Gateway, db: asyncpg.Connection, mock_upstream: MockUpstream, monkeypatch
+) -> None:
+    """The upstream reports progress before the batch ends: the customer sees it."""
+    client = sdk(bgw, await make_customer(db))
+    mock_upstream.batches.process_seconds = 60.0
+    created = await client.messages.batches.create(requests=requests_of(3))
+    answer = mock_upstream.batches.to_json
+
+    def progressing(batch, base_url):
+        state = answer(batch, base_url)
+        if state["processing_status"] == "in_progress":
+            state["request_counts"].update(processing=1, succeeded=1, errored=1)
+        return state
+
+    monkeypatch.setattr(mock_upstream.batches, "to_json", progressing)
+    batch = await store.get_any(db, created.id)
+    assert await poller_of(bgw).poll(batch) == "waiting"
+    seen = (await client.messages.batches.retrieve(created.id)).request_counts
+    assert (seen.processing, seen.succeeded, seen.errored) == (1, 1, 1)
+    mock_upstream.batches.process_seconds = 0.0
+    done = await ended(client, created.id)
+    assert done.request_counts.succeeded == 3 and done.request_counts.processing == 0
