@@ -510,3 +510,34 @@ async def test_a_poll_keeps_the_counts_of_a_batch_in_progress(
     mock_upstream.batches.process_seconds = 0.0
     done = await ended(client, created.id)
     assert done.request_counts.succeeded == 3 and done.request_counts.processing == 0
+
+
+async def test_a_client_leaving_mid_results_is_not_a_failure(
+    sdk,
+    bgw: app.Gateway,
+    db: asyncpg.Connection,
+    mock_upstream: MockUpstream,
+    monkeypatch,
+    access_lines,
+) -> None:
+    """Results far larger than the socket buffers, a client that reads a little and
+    leaves: the relay stops there (an access line that is not a 500)."""
+    customer = await make_customer(db)
+    client = sdk(bgw, customer)
+    created = await client.messages.batches.create(requests=requests_of(1))
+    await ended(client, created.id)
+    line = json.dumps({"custom_id": "q-0", "result": {"type": "canceled"}}).encode() + b"\n"
+    monkeypatch.setattr(mock_upstream.batches, "results", lambda batch: line * 400_000)
+    path = f"/v1/messages/batches/{created.id}/results"
+    headers = {"x-api-key": customer.key, "anthropic-version": "2023-06-01"}
+    async with aiohttp.ClientSession() as session:
+        async with session.get(bgw.url + path, headers=headers) as response:
+            assert response.status == 200
+            await response.content.read(64 * 1024)
+            response.close()  # the client goes away mid-body
+    for _ in range(100):
+        seen = [a["status"] for a in access_lines.lines if a.get("path") == path]
+        if seen:
+            break
+        await asyncio.sleep(0.05)
+    assert seen and seen[0] != 500
