@@ -173,8 +173,8 @@ class BatchPoller:
         return settled.outcome
 
     async def _upstream_state(self, batch: Batch) -> dict[str, Any] | None:
-        """The upstream's batch object; :data:`GONE` when the upstream has no such batch
-        (its results can never be read); None when it could not be read now."""
+        """The upstream's batch object; :data:`GONE` when the upstream says it has no
+        such batch (its results can never be read); None when it could not be read now."""
         try:
             response = await owner.call(self.upstream, batch, "GET")
         except UpstreamError as err:
@@ -186,7 +186,7 @@ class BatchPoller:
             return None
         finally:
             response.release()
-        if response.status == 404:
+        if response.status == 404 and api_not_found(body):
             return GONE
         if response.status != 200:
             log.warning("batch %s: upstream answered %d to a poll", batch.id, response.status)
@@ -228,6 +228,17 @@ class BatchPoller:
         finally:
             response.release()
         return totals
+
+
+def api_not_found(body: bytes) -> bool:
+    """Is this 404 the API's own ``not_found_error`` (the batch is gone), rather than a
+    proxy's or a wrong URL's page (a failed poll)?"""
+    try:
+        answer = json.loads(body)
+    except ValueError:
+        return False
+    error = answer.get("error") if isinstance(answer, dict) else None
+    return isinstance(error, dict) and error.get("type") == "not_found_error"
 
 
 def _count(counts: Any, name: str) -> int:

@@ -4,6 +4,7 @@ upstream's batch API: lifecycle, money, isolation, two nodes, restart."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import secrets
 from datetime import UTC, datetime, timedelta
@@ -12,6 +13,7 @@ import aiohttp
 import anthropic
 import asyncpg
 import pytest
+from aiohttp import web
 
 from alicode_gw import app
 from alicode_gw.batches import store
@@ -541,3 +543,33 @@ async def test_a_client_leaving_mid_results_is_not_a_failure(
             break
         await asyncio.sleep(0.05)
     assert seen and seen[0] != 500
+
+
+async def test_a_404_that_is_not_the_apis_is_not_a_batch_gone(
+    sdk, bgw: app.Gateway, db: asyncpg.Connection, mock_upstream: MockUpstream
+) -> None:
+    """Only the API's own not_found_error ends a batch unbilled: a proxy's or a wrong
+    URL's 404 page is a failed poll, tried again later."""
+
+    async def not_here(request: web.Request) -> web.Response:
+        return web.Response(status=404, text="<html>Not Found</html>", content_type="text/html")
+
+    elsewhere = web.Application()
+    elsewhere.router.add_route("*", "/{tail:.*}", not_here)
+    runner = web.AppRunner(elsewhere)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    try:
+        client = sdk(bgw, await make_customer(db))
+        mock_upstream.batches.process_seconds = 60.0
+        created = await client.messages.batches.create(requests=requests_of(1))
+        poller = poller_of(bgw)
+        poller.upstream = dataclasses.replace(poller.upstream, url=f"http://127.0.0.1:{port}")
+        assert await poller.poll(await store.get_any(db, created.id)) == "unreachable"
+        assert (await store.get_any(db, created.id)).settlement == "open"
+    finally:
+        await runner.cleanup()
+    mock_upstream.batches.process_seconds = 0.0
+    assert (await ended(client, created.id)).request_counts.succeeded == 1
