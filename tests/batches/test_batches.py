@@ -560,7 +560,7 @@ async def test_a_404_that_is_not_the_apis_is_not_a_batch_gone(
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    port = site._server.sockets[0].getsockname()[1]
+    port = runner.addresses[0][1]
     try:
         client = sdk(bgw, await make_customer(db))
         mock_upstream.batches.process_seconds = 60.0
