@@ -67,10 +67,13 @@ async def call(
 
 
 def passed_error(
-    ctx: RequestContext, response: aiohttp.ClientResponse, body: bytes
+    ctx: RequestContext, batch: Batch, response: aiohttp.ClientResponse, body: bytes
 ) -> web.Response:
     """An upstream error answer to a call on a batch, passed on as messages pass theirs
-    (the gateway's request id in it); an upstream 5xx is the gateway's 502."""
+    (the gateway's request id in it, the gateway's batch id for the upstream's in its
+    message); an upstream 5xx is the gateway's 502."""
+    if batch.upstream_id:
+        body = body.replace(batch.upstream_id.encode(), batch.id.encode())
     failed = refusal(ctx, response, body)
     status = failed.status if failed.status < 500 else 502
     return web.Response(

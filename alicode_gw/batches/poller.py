@@ -123,9 +123,13 @@ class BatchPoller:
                 await self._later(batch)
         return len(batches)
 
-    async def _later(self, batch: Batch, *, canceling: bool = False) -> None:
+    async def _later(
+        self, batch: Batch, *, canceling: bool = False, counts: store.Counts | None = None
+    ) -> None:
         seconds = next_interval(batch.polls, self.interval, self.max_interval)
-        await store.schedule(self.upstream.db, batch.id, in_seconds=seconds, canceling=canceling)
+        await store.schedule(
+            self.upstream.db, batch.id, in_seconds=seconds, canceling=canceling, counts=counts
+        )
 
     async def poll(self, batch: Batch) -> str:
         """Look at one batch upstream; settle it if it ended. Returns what happened:
@@ -149,25 +153,16 @@ class BatchPoller:
             await self._later(batch)
             return "unreachable"
         status = state.get("processing_status")
+        counts = _counts(state.get("request_counts"))
         if status != "ended":
-            await self._later(batch, canceling=status == "canceling")
+            await self._later(batch, canceling=status == "canceling", counts=counts)
             return "waiting"
         usage = await self._results_usage(batch)
         if usage is None:
             await self._later(batch)
             return "unreachable"
-        counts = state.get("request_counts") or {}
         settled = await store.settle(
-            db,
-            batch.id,
-            usage=usage,
-            counts=store.Counts(
-                succeeded=_count(counts, "succeeded"),
-                errored=_count(counts, "errored"),
-                canceled=_count(counts, "canceled"),
-                expired=_count(counts, "expired"),
-            ),
-            ended_at=_timestamp(state.get("ended_at")),
+            db, batch.id, usage=usage, counts=counts, ended_at=_timestamp(state.get("ended_at"))
         )
         if settled.outcome == "settled":
             tokens = sum(usage_tokens(u) for u in usage.values())
@@ -178,8 +173,8 @@ class BatchPoller:
         return settled.outcome
 
     async def _upstream_state(self, batch: Batch) -> dict[str, Any] | None:
-        """The upstream's batch object; :data:`GONE` when the upstream has no such batch
-        (its results can never be read); None when it could not be read now."""
+        """The upstream's batch object; :data:`GONE` when the upstream says it has no
+        such batch (its results can never be read); None when it could not be read now."""
         try:
             response = await owner.call(self.upstream, batch, "GET")
         except UpstreamError as err:
@@ -191,7 +186,7 @@ class BatchPoller:
             return None
         finally:
             response.release()
-        if response.status == 404:
+        if response.status == 404 and api_not_found(body):
             return GONE
         if response.status != 200:
             log.warning("batch %s: upstream answered %d to a poll", batch.id, response.status)
@@ -235,9 +230,30 @@ class BatchPoller:
         return totals
 
 
+def api_not_found(body: bytes) -> bool:
+    """Is this 404 the API's own ``not_found_error`` (the batch is gone), rather than a
+    proxy's or a wrong URL's page (a failed poll)?"""
+    try:
+        answer = json.loads(body)
+    except ValueError:
+        return False
+    error = answer.get("error") if isinstance(answer, dict) else None
+    return isinstance(error, dict) and error.get("type") == "not_found_error"
+
+
 def _count(counts: Any, name: str) -> int:
     value = counts.get(name) if isinstance(counts, dict) else None
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _counts(counts: Any) -> store.Counts:
+    """The upstream's ``request_counts`` (a missing or odd count is 0)."""
+    return store.Counts(
+        succeeded=_count(counts, "succeeded"),
+        errored=_count(counts, "errored"),
+        canceled=_count(counts, "canceled"),
+        expired=_count(counts, "expired"),
+    )
 
 
 def _timestamp(text: Any) -> datetime | None:

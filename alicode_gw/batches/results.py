@@ -21,18 +21,26 @@ async def relay(ctx: RequestContext, upstream: owner.Upstream, batch: Batch) -> 
         body = b"".join(not_submitted_lines(batch))
         return web.Response(body=body, headers=ctx.headers(**{"content-type": JSONL}))
     response = await owner.call(upstream, batch, "GET", "/results", ctx.request.headers)
+    finished = False
     try:
         ctx.upstream_request_id = response.headers.get("request-id")
         if response.status != 200:
-            return owner.passed_error(ctx, response, await response.content.read(64 * 1024))
+            return owner.passed_error(ctx, batch, response, await response.content.read(64 * 1024))
         content_type = response.headers.get("content-type", JSONL)
         resp = web.StreamResponse(headers=ctx.headers(**{"content-type": content_type}))
         await resp.prepare(ctx.request)
         async for chunk in response.content.iter_chunked(RELAY_CHUNK):
-            await resp.write(chunk)
+            try:
+                await resp.write(chunk)
+            except ConnectionResetError:  # the client left (aiohttp's is a subclass): stop
+                return resp
+        finished = True
         await resp.write_eof()
         return resp
     except (aiohttp.ClientError, TimeoutError) as exc:
         raise UpstreamError("The upstream connection failed while sending the results.") from exc
     finally:
-        response.release()
+        if finished:
+            response.release()
+        else:  # a connection in the middle of a body is not reused
+            response.close()

@@ -207,17 +207,35 @@ async def claim_due(db: Db, *, limit: int, lease_seconds: float) -> list[Batch]:
     return [_batch(r) for r in await db.fetch(sql, *args)]
 
 
-async def schedule(db: Db, batch_id: str, *, in_seconds: float, canceling: bool = False) -> None:
-    """The next poll of an open batch; ``canceling``: the upstream says it is."""
+async def schedule(
+    db: Db,
+    batch_id: str,
+    *,
+    in_seconds: float,
+    canceling: bool = False,
+    counts: Counts | None = None,
+) -> None:
+    """The next poll of an open batch; ``canceling``: the upstream says it is;
+    ``counts``: the upstream's progress so far."""
+    done = counts or Counts()
     await db.execute(
         "UPDATE message_batches SET next_poll_at = now() + make_interval(secs => $2),"
         " status = CASE WHEN $3 AND status = 'in_progress' THEN 'canceling' ELSE status END,"
         " cancel_initiated_at = CASE WHEN $3 THEN coalesce(cancel_initiated_at, now())"
-        " ELSE cancel_initiated_at END"
+        " ELSE cancel_initiated_at END,"
+        " succeeded = CASE WHEN $4 THEN $5 ELSE succeeded END,"
+        " errored = CASE WHEN $4 THEN $6 ELSE errored END,"
+        " canceled = CASE WHEN $4 THEN $7 ELSE canceled END,"
+        " expired = CASE WHEN $4 THEN $8 ELSE expired END"
         " WHERE id = $1 AND settlement = 'open'",
         batch_id,
         in_seconds,
         canceling,
+        counts is not None,
+        done.succeeded,
+        done.errored,
+        done.canceled,
+        done.expired,
     )
 
 

@@ -99,7 +99,7 @@ async def handle_cancel(ctx: RequestContext) -> web.StreamResponse:
         finally:
             response.release()
         if response.status >= 300:
-            return owner.passed_error(ctx, response, body)
+            return owner.passed_error(ctx, batch, response, body)
         await store.mark_canceling(ctx.state.db, batch.id)
         batch = await _batch(ctx)
     return _json(ctx, objects.batch_json(batch, _base(ctx)))

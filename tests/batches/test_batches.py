@@ -4,6 +4,7 @@ upstream's batch API: lifecycle, money, isolation, two nodes, restart."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import secrets
 from datetime import UTC, datetime, timedelta
@@ -12,6 +13,7 @@ import aiohttp
 import anthropic
 import asyncpg
 import pytest
+from aiohttp import web
 
 from alicode_gw import app
 from alicode_gw.batches import store
@@ -24,6 +26,7 @@ from tests.support.customers import (
     MODEL,
     balance,
     make_customer,
+    own_gateway,
     reset_pool,
 )
 from tests.support.gateway import UPSTREAM_KEYS, start_gateway, stop_gateway
@@ -110,10 +113,12 @@ async def test_cancel_and_expiry_bill_nothing(
     with pytest.raises(anthropic.BadRequestError):
         await client.messages.batches.cancel(first.id)
 
-    mock_upstream.batches.expire_seconds = 0.3
     second = await client.messages.batches.create(requests=requests_of(2, prefix="e"))
     with pytest.raises(anthropic.BadRequestError):  # not ended: cannot be deleted
         await client.messages.batches.delete(second.id)
+    # Shortened only now (the mock applies it on its next look at the batch): before,
+    # a slow run could see the batch expire before the delete above.
+    mock_upstream.batches.expire_seconds = 0.3
     done = await ended(client, second.id)
     assert done.request_counts.expired == 2
     rows = await db.fetch(
@@ -459,3 +464,112 @@ async def test_a_file_id_in_a_batch_request_goes_upstream_as_its_bytes(
     assert marker.encode() not in submitted.headers.get("authorization", "").encode()
     batch = await ended(client, created.id)
     assert batch.request_counts.succeeded == 1
+
+
+async def test_upstream_error_on_a_batch_never_names_the_upstream_id(
+    sdk, db: asyncpg.Connection, make_config, mock_upstream: MockUpstream
+) -> None:
+    """The upstream ended the batch but no loop has seen it yet: its refusal of the
+    cancel is passed on, with the gateway's id in place of the upstream's."""
+    mock_upstream.batches.process_seconds = 0.1
+    gateway = await own_gateway(db, make_config, "batch-noloop", batch_poll_interval=0)
+    try:
+        client = sdk(gateway, await make_customer(db))
+        created = await client.messages.batches.create(requests=requests_of(1))
+        upstream_id = (await store.get_any(db, created.id)).upstream_id
+        await asyncio.sleep(0.3)
+        with pytest.raises(anthropic.BadRequestError) as refused:
+            await client.messages.batches.cancel(created.id)
+        text = refused.value.response.text
+        assert upstream_id not in text and created.id in text
+        assert await poller_of(gateway).poll_due() == 1  # settled: the books stay whole
+        assert (await client.messages.batches.retrieve(created.id)).processing_status == "ended"
+    finally:
+        await stop_gateway(gateway)
+    assert not await ledger.audit(db)
+
+
+async def test_a_poll_keeps_the_counts_of_a_batch_in_progress(
+    sdk, bgw: app.Gateway, db: asyncpg.Connection, mock_upstream: MockUpstream, monkeypatch
+) -> None:
+    """The upstream reports progress before the batch ends: the customer sees it."""
+    client = sdk(bgw, await make_customer(db))
+    mock_upstream.batches.process_seconds = 60.0
+    created = await client.messages.batches.create(requests=requests_of(3))
+    answer = mock_upstream.batches.to_json
+
+    def progressing(batch, base_url):
+        state = answer(batch, base_url)
+        if state["processing_status"] == "in_progress":
+            state["request_counts"].update(processing=1, succeeded=1, errored=1)
+        return state
+
+    monkeypatch.setattr(mock_upstream.batches, "to_json", progressing)
+    batch = await store.get_any(db, created.id)
+    assert await poller_of(bgw).poll(batch) == "waiting"
+    seen = (await client.messages.batches.retrieve(created.id)).request_counts
+    assert (seen.processing, seen.succeeded, seen.errored) == (1, 1, 1)
+    mock_upstream.batches.process_seconds = 0.0
+    done = await ended(client, created.id)
+    assert done.request_counts.succeeded == 3 and done.request_counts.processing == 0
+
+
+async def test_a_client_leaving_mid_results_is_not_a_failure(
+    sdk,
+    bgw: app.Gateway,
+    db: asyncpg.Connection,
+    mock_upstream: MockUpstream,
+    monkeypatch,
+    access_lines,
+) -> None:
+    """Results far larger than the socket buffers, a client that reads a little and
+    leaves: the relay stops there (an access line that is not a 500)."""
+    customer = await make_customer(db)
+    client = sdk(bgw, customer)
+    created = await client.messages.batches.create(requests=requests_of(1))
+    await ended(client, created.id)
+    line = json.dumps({"custom_id": "q-0", "result": {"type": "canceled"}}).encode() + b"\n"
+    monkeypatch.setattr(mock_upstream.batches, "results", lambda batch: line * 400_000)
+    path = f"/v1/messages/batches/{created.id}/results"
+    headers = {"x-api-key": customer.key, "anthropic-version": "2023-06-01"}
+    async with aiohttp.ClientSession() as session:
+        async with session.get(bgw.url + path, headers=headers) as response:
+            assert response.status == 200
+            await response.content.read(64 * 1024)
+            response.close()  # the client goes away mid-body
+    for _ in range(100):
+        seen = [a["status"] for a in access_lines.lines if a.get("path") == path]
+        if seen:
+            break
+        await asyncio.sleep(0.05)
+    assert seen and seen[0] != 500
+
+
+async def test_a_404_that_is_not_the_apis_is_not_a_batch_gone(
+    sdk, bgw: app.Gateway, db: asyncpg.Connection, mock_upstream: MockUpstream
+) -> None:
+    """Only the API's own not_found_error ends a batch unbilled: a proxy's or a wrong
+    URL's 404 page is a failed poll, tried again later."""
+
+    async def not_here(request: web.Request) -> web.Response:
+        return web.Response(status=404, text="<html>Not Found</html>", content_type="text/html")
+
+    elsewhere = web.Application()
+    elsewhere.router.add_route("*", "/{tail:.*}", not_here)
+    runner = web.AppRunner(elsewhere)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        client = sdk(bgw, await make_customer(db))
+        mock_upstream.batches.process_seconds = 60.0
+        created = await client.messages.batches.create(requests=requests_of(1))
+        poller = poller_of(bgw)
+        poller.upstream = dataclasses.replace(poller.upstream, url=f"http://127.0.0.1:{port}")
+        assert await poller.poll(await store.get_any(db, created.id)) == "unreachable"
+        assert (await store.get_any(db, created.id)).settlement == "open"
+    finally:
+        await runner.cleanup()
+    mock_upstream.batches.process_seconds = 0.0
+    assert (await ended(client, created.id)).request_counts.succeeded == 1
