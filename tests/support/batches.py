@@ -28,10 +28,13 @@ def requests_of(n: int, max_tokens: int = 64, prefix: str = "q") -> list[dict]:
     ]
 
 
-async def ended(client: anthropic.AsyncAnthropic, batch_id: str, wait: float = 10.0):
+async def ended(client: anthropic.AsyncAnthropic, batch_id: str, wait: float = 30.0):
+    """The batch once it has ended (and so been settled); fails after ``wait`` seconds
+    (generous: the suite may share a loaded machine)."""
     deadline = time.monotonic() + wait
     while True:
         batch = await client.messages.batches.retrieve(batch_id)
-        if batch.processing_status == "ended" or time.monotonic() > deadline:
+        if batch.processing_status == "ended":
             return batch
+        assert time.monotonic() < deadline, f"{batch_id} not ended after {wait} s: {batch}"
         await asyncio.sleep(0.05)
