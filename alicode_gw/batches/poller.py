@@ -142,7 +142,7 @@ class BatchPoller:
                 await store.release(db, batch.id)
                 return "released"
             left = (SUBMIT_GRACE - age).total_seconds()
-            await store.schedule(db, batch.id, in_seconds=max(left, self.interval))
+            await store.recheck_submitting(db, batch.id, in_seconds=max(left, self.interval))
             return "waiting"
         state = await self._upstream_state(batch)
         if state is GONE:

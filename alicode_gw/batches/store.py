@@ -201,6 +201,17 @@ async def mark_deleted(db: Db, batch_id: str) -> None:
     )
 
 
+async def recheck_submitting(db: Db, batch_id: str, *, in_seconds: float) -> None:
+    """The next look at a batch still being submitted; none when it has been recorded
+    as submitted meanwhile (its next poll is then the one ``mark_submitted`` set)."""
+    await db.execute(
+        "UPDATE message_batches SET next_poll_at = now() + make_interval(secs => $2)"
+        " WHERE id = $1 AND status = 'submitting'",
+        batch_id,
+        in_seconds,
+    )
+
+
 async def claim_due(db: Db, *, limit: int, lease_seconds: float) -> list[Batch]:
     """Open batches due for a poll, pushed back by ``lease_seconds`` for this process."""
     sql, args = _named("billing.batch_claim", {"limit": limit, "lease_seconds": lease_seconds})

@@ -573,3 +573,25 @@ async def test_a_404_that_is_not_the_apis_is_not_a_batch_gone(
         await runner.cleanup()
     mock_upstream.batches.process_seconds = 0.0
     assert (await ended(client, created.id)).request_counts.succeeded == 1
+
+
+async def test_a_poll_that_saw_the_batch_submitting_does_not_delay_it_once_submitted(
+    sdk, bgw: app.Gateway, db: asyncpg.Connection
+) -> None:
+    """The loop may claim a batch while its creation is still waiting for the upstream:
+    that poll sees it ``submitting`` and looks again after the grace period, but the
+    creation recording it as submitted meanwhile keeps its own next poll (it was once
+    pushed back by the grace period, a quarter of an hour, and the batch looked stuck)."""
+    customer = await make_customer(db)
+    client = sdk(bgw, customer)
+    created = await client.messages.batches.create(requests=requests_of(1))
+    recorded = await store.get(bgw.state.db, customer.account_id, created.id)
+    assert recorded is not None and recorded.status != "submitting"
+    stale = dataclasses.replace(recorded, status="submitting")  # the claim's snapshot
+    assert await poller_of(bgw).poll(stale) == "waiting"
+    due_in = await db.fetchval(
+        "SELECT extract(epoch FROM next_poll_at - now()) FROM message_batches WHERE id = $1",
+        created.id,
+    )
+    assert due_in < 60, due_in
+    assert (await ended(client, created.id)).request_counts.succeeded == 1
