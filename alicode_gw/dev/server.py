@@ -78,6 +78,9 @@ messages=[{{'role': 'user', 'content': 'hi'}}]).content[0].text)"
 
   Claude Code: ANTHROPIC_BASE_URL={base_url} ANTHROPIC_API_KEY={key} claude
 
+  dashboard    {base_url}/dashboard/register (a new account of your own; the demo
+               account has no password: `{cli} account password-link --email {DEMO_EMAIL}`)
+
   operator CLI on this gateway's databases (while it runs):
   {cli} account show --email {DEMO_EMAIL}
 
