@@ -231,8 +231,7 @@ async def test_delete_account_erases_and_keeps_the_books(
     email = unique_email()
     try:
         await client.register(email, PASSWORD)
-        answer = await client.post("/dashboard/keys", {"name": "k"})
-        secret = answer.text.split('id="new-secret">')[1].split("<")[0]
+        answer, secret = await client.create_key("k")
         await ledger.topup(db, email, 1_000_000_000)
         account_id = await ledger.account_id_by_email(db, email)
         sdk = anthropic.AsyncAnthropic(api_key=secret, base_url=dash_gw.url, max_retries=0)

@@ -46,8 +46,7 @@ async def test_a_key_is_kept_out_of_the_response_cache_and_let_back_in(
     try:
         await pages.register(email, PASSWORD)
         await ledger.topup(db, email, 1_000_000_000)
-        created = await pages.post("/dashboard/keys", {"name": "k"})
-        secret = created.text.split('id="new-secret">')[1].split("<")[0]
+        created, secret = await pages.create_key("k")
         key_id = re.search(r'data-key-id="(\d+)"', created.text).group(1)
         sdk = anthropic.AsyncAnthropic(api_key=secret, base_url=cache_dash.url, max_retries=0)
         ask = {"model": MODEL, "max_tokens": 8, "messages": [{"role": "user", "content": email}]}

@@ -14,6 +14,7 @@ import asyncpg
 
 from alicode_gw import app
 from alicode_gw.dashboard.passwords import Passwords
+from alicode_gw.money import ledger
 from tests.support.dashboard import PageClient
 from tests.support.gateway import start_gateway, stop_gateway
 from tests.support.keys import LOW_COST, unique_email
@@ -230,11 +231,8 @@ async def test_a_revoked_key_gets_401_at_once(
     client: PageClient, dash_gw: app.Gateway, db: asyncpg.Connection
 ) -> None:
     email = await _signed_in(client)
-    answer = await client.post("/dashboard/keys", {"name": "k"})
-    secret = answer.text.split('id="new-secret">')[1].split("<")[0]
-    await db.execute(
-        "SELECT billing.topup(id, 5000000000, 'test') FROM accounts WHERE email = $1", email
-    )
+    _, secret = await client.create_key("k")
+    await ledger.topup(db, email, 5_000_000_000)
     sdk = anthropic.AsyncAnthropic(api_key=secret, base_url=dash_gw.url, max_retries=0)
     try:
         await sdk.messages.create(
@@ -290,11 +288,8 @@ async def test_usage_csv_neutralises_formulas_and_is_the_accounts_own(
     client: PageClient, dash_gw: app.Gateway, db: asyncpg.Connection
 ) -> None:
     email = await _signed_in(client)
-    answer = await client.post("/dashboard/keys", {"name": "=HYPERLINK(1)"})
-    secret = answer.text.split('id="new-secret">')[1].split("<")[0]
-    await db.execute(
-        "SELECT billing.topup(id, 5000000000, 'test') FROM accounts WHERE email = $1", email
-    )
+    _, secret = await client.create_key("=HYPERLINK(1)")
+    await ledger.topup(db, email, 5_000_000_000)
     sdk = anthropic.AsyncAnthropic(api_key=secret, base_url=dash_gw.url, max_retries=0)
     try:
         await sdk.messages.create(

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import aiohttp
 
 _CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
+_SECRET = re.compile(r'id="new-secret">([^<]+)<')
 
 
 @dataclass
@@ -60,3 +61,10 @@ class PageClient:
     async def login(self, email: str, password: str) -> Answer:
         await self.get("/dashboard/login")
         return await self.post("/dashboard/login", {"email": email, "password": password})
+
+    async def create_key(self, name: str) -> tuple[Answer, str]:
+        """Create a key on /dashboard/keys: the page and the secret it shows once."""
+        answer = await self.post("/dashboard/keys", {"name": name})
+        found = _SECRET.search(answer.text)
+        assert found is not None, (answer.status, answer.text[-2000:])
+        return answer, found.group(1)
