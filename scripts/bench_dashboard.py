@@ -14,19 +14,15 @@ PostgreSQL server and dropped at the end.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import re
 import secrets
 import statistics
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
-import asyncpg
 import uvloop
 
 from alicode_gw import app, config
@@ -36,6 +32,7 @@ from alicode_gw.identity import accounts
 from alicode_gw.money import ledger
 from alicode_gw.store import migrate
 from alicode_gw.store.backends import Backends
+from scripts.benchmark import scratch_database
 
 PASSWORD = "bench dashboard password"
 PAGES = (
@@ -66,25 +63,6 @@ SELECT now() - (n::double precision / $3) * make_interval(days => $4), $1, 'char
 def percentile(values: list[float], pct: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(len(ordered) * pct))]
-
-
-@contextlib.contextmanager
-def scratch_database(server_url: str) -> Iterator[str]:
-    """A database of the benchmark's own on the server of ``server_url``, dropped after."""
-    name = f"alicode_bench_dashboard_{secrets.token_hex(4)}"
-
-    async def admin(sql: str) -> None:
-        conn = await asyncpg.connect(server_url)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    uvloop.run(admin(f'CREATE DATABASE "{name}"'))
-    try:
-        yield urlunsplit(urlsplit(server_url)._replace(path="/" + name))
-    finally:
-        uvloop.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 async def run(backends: Backends, rows: int, days: int, loads: int) -> dict[str, object]:

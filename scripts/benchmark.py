@@ -227,6 +227,16 @@ def fresh_database(server_url: str) -> str:
     return urlunsplit(urlsplit(server_url)._replace(path="/" + name))
 
 
+@contextlib.contextmanager
+def scratch_database(server_url: str) -> Iterator[str]:
+    """A database of the benchmark's own on ``server_url``'s server, dropped after."""
+    url = fresh_database(server_url)
+    try:
+        yield url
+    finally:
+        drop_database(server_url, url)
+
+
 def drop_database(server_url: str, url: str) -> None:
     name = urlsplit(url).path.strip("/")
 
