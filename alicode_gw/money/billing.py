@@ -108,13 +108,19 @@ class Hold:
         (the same rule and prices); 0 when the snapshot is unknown. ``hit_pct``: a
         response cache hit, billed at that percent of ``usage``'s cost (the SQL's
         discount of 100 - ``hit_pct``)."""
-        if self.prices is None:
-            return 0
-        counts = {name: max(0, value) for name, value in usage.counts().items()}
         prices = self.prices
+        if prices is None:
+            return 0
         if hit_pct is not None:
             prices = dataclasses.replace(prices, batch_discount_pct=100 - hit_pct)
-        return prices.cost_nanos(**counts, batch=True)
+        return prices.cost_nanos(
+            input_tokens=max(0, usage.input_tokens),
+            output_tokens=max(0, usage.output_tokens),
+            cache_creation_5m=max(0, usage.cache_creation_5m),
+            cache_creation_1h=max(0, usage.cache_creation_1h),
+            cache_read=max(0, usage.cache_read),
+            batch=True,
+        )
 
 
 def hold_amount(prices: Prices, estimated_input_tokens: int, max_tokens: int) -> int:
@@ -319,9 +325,10 @@ class Billing:
         lease_id = self.credit.take(account_id, amount)
         if lease_id is None:
             return None
-        prices = dataclasses.replace(priced.prices, batch_discount_pct=0)
         settlement = LeasedRequest(key_id, requested_model, client_ip)
-        held = Hold(request_id, priced.priced_as, amount, prices, lease_id, settlement)
+        held = Hold(
+            request_id, priced.priced_as, amount, priced.request_prices, lease_id, settlement
+        )
         self._open[request_id] = (held, time.monotonic() + self.hold_ttl)
         return held
 

@@ -21,7 +21,7 @@ import dataclasses
 import logging
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -106,10 +106,14 @@ class ModelInfo:
     prices: Prices
     is_alias: bool
     priced_as: str = ""
+    # ``prices`` without the batch discount: what a request that is not a batch pays.
+    request_prices: Prices = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.priced_as:
             object.__setattr__(self, "priced_as", self.target)
+        undiscounted = dataclasses.replace(self.prices, batch_discount_pct=0)
+        object.__setattr__(self, "request_prices", undiscounted)
 
     @property
     def is_family(self) -> bool:

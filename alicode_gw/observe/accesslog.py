@@ -47,6 +47,7 @@ CLIENT_CLOSED = 499
 FLUSH_INTERVAL = 0.25  # seconds an access line may wait in the buffer
 ATOMIC_WRITE = 4096  # PIPE_BUF on Linux: the largest write a pipe keeps whole
 PATH_LOGGED_CHARS = 200  # of the request path (never its query) in the access line
+_ENCODE = json.JSONEncoder(separators=(",", ":")).encode  # stateless; json.dumps makes one per call
 
 
 class LineBuffer(logging.Handler):
@@ -205,7 +206,7 @@ def finish(ctx: RequestContext, status: int) -> None:
         "tokens_saved": ctx.tokens_saved,
         "affinity": ctx.affinity is not None,
     }
-    text = json.dumps(line, separators=(",", ":"))
+    text = _ENCODE(line)
     handlers = access_log.handlers
     if len(handlers) == 1 and isinstance(handlers[0], LineBuffer):  # as configure() sets
         handlers[0].add(text)

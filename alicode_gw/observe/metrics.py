@@ -6,7 +6,10 @@ Every series is named ``alicode_…`` and lives in registries this object owns (
 
 * **Per-process series** — requests, durations, time to first byte, tokens, money,
   upstream attempts, auth failures, limit rejections, streams in flight — are observed
-  on the request path (a handful of counter/histogram updates per request).
+  on the request path. The ones every request updates are plain numbers
+  (:class:`RequestSeries`: a dict update per observation) made into metric families
+  only when the registry is collected; the rarer ones are ``prometheus_client``
+  counters.
 * **Node series** — upstream credentials by state, the billing journal backlog, build
   info — are read live when ``/metrics`` is scraped.
 
@@ -27,8 +30,10 @@ and limit names.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import collections
 import contextlib
+import itertools
 import json
 import logging
 import math
@@ -36,12 +41,17 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.metrics_core import Metric
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.utils import floatToGoString
 
 from alicode_gw import __version__
 
@@ -65,63 +75,124 @@ _GOOD_OUTCOMES = frozenset({"ok", "client_error"})
 CREDENTIAL_STATES = ("healthy", "cooling", "disabled")
 
 
+_Labels = tuple[str, ...]
+
+
+class RequestSeries:
+    """The series every request updates, as plain numbers: a dict update per
+    observation (no lock: only the event loop's thread writes them) instead of a
+    labelled ``prometheus_client`` child's locked update (~1 µs of CPU per request
+    against ~6). A collector of the process's registry: the numbers become metric
+    families when it is collected (a scrape, a publish: ``collect`` copies each dict
+    at once, which the GIL makes atomic, so a publish in a worker thread reads a
+    consistent copy)."""
+
+    def __init__(self, buckets: tuple[float, ...] = DURATION_BUCKETS) -> None:
+        self.buckets = buckets
+        self.requests: dict[tuple[str, str, int], int] = {}
+        # route -> [count per bucket (not cumulative; the last is +Inf), sum]
+        self.duration: dict[str, list[float]] = {}
+        self.ttfb: dict[str, list[float]] = {}
+        self.tokens: dict[tuple[str, str], int] = {}
+        self.charged: dict[str, int] = {}
+        self.upstream_attempts: dict[tuple[str, str], int] = {}
+        self.cache_tokens: dict[tuple[str, str], int] = {}
+        self.affinity: dict[str, int] = {}
+        self.holds: dict[str, int] = {}
+
+    def observe(self, histogram: dict[str, list[float]], route: str, seconds: float) -> None:
+        counts = histogram.get(route)
+        if counts is None:
+            counts = histogram[route] = [0] * (len(self.buckets) + 2)
+        counts[bisect.bisect_left(self.buckets, seconds)] += 1
+        counts[-1] += seconds
+
+    def collect(self) -> Iterator[Metric]:
+        yield _counter(
+            "alicode_requests",
+            "Requests answered, by route, model and HTTP status.",
+            ["route", "model", "status"],
+            {
+                (route, model, str(status)): n
+                for (route, model, status), n in self.requests.copy().items()
+            },
+        )
+        yield self._histogram(
+            "alicode_request_duration_seconds",
+            "Time from request arrival to the end of the handler (the whole stream).",
+            self.duration,
+        )
+        yield self._histogram(
+            "alicode_time_to_first_byte_seconds",
+            "Time from request arrival to the first upstream byte relayed to the client.",
+            self.ttfb,
+        )
+        yield _counter(
+            "alicode_tokens",
+            "Billed tokens by model and kind (input, output, cache_write, cache_read).",
+            ["model", "kind"],
+            self.tokens.copy(),
+        )
+        yield _counter(
+            "alicode_charged_nanos",
+            "Money charged to customers, in nano-USD (1 USD = 1e9).",
+            ["model"],
+            {(model,): n for model, n in self.charged.copy().items()},
+        )
+        yield _counter(
+            "alicode_upstream_attempts",
+            "Upstream attempts by credential name and outcome.",
+            ["credential", "outcome"],
+            self.upstream_attempts.copy(),
+        )
+        yield _counter(
+            "alicode_upstream_cache_tokens",
+            "Input tokens of answered requests by credential and kind: read (from the "
+            "upstream's prompt cache), write (into it) or uncached.",
+            ["credential", "kind"],
+            self.cache_tokens.copy(),
+        )
+        yield _counter(
+            "alicode_affinity_requests",
+            "Requests by whether they had an affinity key (cache-affine routing): yes/no.",
+            ["keyed"],
+            {(keyed,): n for keyed, n in self.affinity.copy().items()},
+        )
+        yield _counter(
+            "alicode_holds",
+            "Billing holds by where they were taken: lease (this node's credit lease, no "
+            "I/O) or database (a billing round trip).",
+            ["path"],
+            {(path,): n for path, n in self.holds.copy().items()},
+        )
+
+    def _histogram(self, name: str, doc: str, routes: dict[str, list[float]]) -> Metric:
+        family = HistogramMetricFamily(name, doc, labels=["route"])
+        bounds = [*map(floatToGoString, self.buckets), "+Inf"]
+        for route, counts in sorted(routes.copy().items()):
+            counts = list(counts)
+            cumulative = list(itertools.accumulate(counts[:-1]))
+            family.add_metric([route], list(zip(bounds, cumulative, strict=True)), counts[-1])
+        return family
+
+
+def _counter(
+    name: str, doc: str, labels: list[str], values: dict[_Labels, int] | dict[Any, int]
+) -> Metric:
+    family = CounterMetricFamily(name, doc, labels=labels)
+    for label_values, value in sorted(values.items()):
+        family.add_metric(list(label_values), value)
+    return family
+
+
 class Metrics:
     """The per-process metric objects and their exposition."""
 
     def __init__(self, share_dir: Path | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         r = self.registry
-        self.requests = Counter(
-            "alicode_requests",
-            "Requests answered, by route, model and HTTP status.",
-            ["route", "model", "status"],
-            registry=r,
-        )
-        self.duration = Histogram(
-            "alicode_request_duration_seconds",
-            "Time from request arrival to the end of the handler (the whole stream).",
-            ["route"],
-            buckets=DURATION_BUCKETS,
-            registry=r,
-        )
-        self.ttfb = Histogram(
-            "alicode_time_to_first_byte_seconds",
-            "Time from request arrival to the first upstream byte relayed to the client.",
-            ["route"],
-            buckets=DURATION_BUCKETS,
-            registry=r,
-        )
-        self.tokens = Counter(
-            "alicode_tokens",
-            "Billed tokens by model and kind (input, output, cache_write, cache_read).",
-            ["model", "kind"],
-            registry=r,
-        )
-        self.charged = Counter(
-            "alicode_charged_nanos",
-            "Money charged to customers, in nano-USD (1 USD = 1e9).",
-            ["model"],
-            registry=r,
-        )
-        self.upstream_attempts = Counter(
-            "alicode_upstream_attempts",
-            "Upstream attempts by credential name and outcome.",
-            ["credential", "outcome"],
-            registry=r,
-        )
-        self.cache_tokens = Counter(
-            "alicode_upstream_cache_tokens",
-            "Input tokens of answered requests by credential and kind: read (from the "
-            "upstream's prompt cache), write (into it) or uncached.",
-            ["credential", "kind"],
-            registry=r,
-        )
-        self.affinity = Counter(
-            "alicode_affinity_requests",
-            "Requests by whether they had an affinity key (cache-affine routing): yes/no.",
-            ["keyed"],
-            registry=r,
-        )
+        self.series = RequestSeries()
+        r.register(self.series)
         self.auth_failures = Counter(
             "alicode_auth_failures",
             "Requests refused with 401 (missing, bad or revoked key).",
@@ -194,32 +265,25 @@ class Metrics:
         self._own_file = f"{os.getpid()}-{secrets.token_hex(4)}.json"
         self._recent: collections.deque[list[int]] = collections.deque(maxlen=RECENT_WINDOW)
         self._publishing = threading.Lock()
-        # Labelled children of the request-path series, looked up once per label set
-        # (bounded: routes, catalog models, statuses, credential names, kinds).
-        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
-
-    def _child(self, metric: Counter | Histogram, *labels: str) -> Any:
-        key = (id(metric), labels)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = metric.labels(*labels)
-        return child
 
     # ------------------------------------------------------------ request path
 
     def request_done(
         self, route: str, model: str, status: int, duration: float, ttfb: float | None
     ) -> None:
-        self._child(self.requests, route, model, str(status)).inc()
-        self._child(self.duration, route).observe(duration)
+        series = self.series
+        key = (route, model, status)
+        series.requests[key] = series.requests.get(key, 0) + 1
+        series.observe(series.duration, route, duration)
         if ttfb is not None:
-            self._child(self.ttfb, route).observe(ttfb)
+            series.observe(series.ttfb, route, ttfb)
 
     def hold(self, path: str) -> None:
-        self._child(self.holds, path).inc()
+        holds = self.series.holds
+        holds[path] = holds.get(path, 0) + 1
 
     def response_cache(self, outcome: str) -> None:
-        self._child(self.respcache, outcome.lower()).inc()
+        self.respcache.labels(outcome.lower()).inc()
 
     def response_cache_stored(self, size: int) -> None:
         self.respcache_stored.inc(size)
@@ -234,6 +298,7 @@ class Metrics:
         cache_read_tokens: int,
         cost_nanos: int | None,
     ) -> None:
+        tokens = self.series.tokens
         for kind, count in (
             ("input", input_tokens),
             ("output", output_tokens),
@@ -241,21 +306,29 @@ class Metrics:
             ("cache_read", cache_read_tokens),
         ):
             if count:
-                self._child(self.tokens, model, kind).inc(count)
+                key = (model, kind)
+                tokens[key] = tokens.get(key, 0) + count
         if cost_nanos:
-            self._child(self.charged, model).inc(cost_nanos)
+            charged = self.series.charged
+            charged[model] = charged.get(model, 0) + cost_nanos
 
     def routed(self, credential: str | None, keyed: bool, read: int, write: int, rest: int) -> None:
         """A request's routing: whether it had an affinity key, and its credential's
         prompt-cache tokens (the cache-hit ratio on /metrics derives from these)."""
-        self._child(self.affinity, "yes" if keyed else "no").inc()
+        affinity = self.series.affinity
+        label = "yes" if keyed else "no"
+        affinity[label] = affinity.get(label, 0) + 1
         if credential is not None:
+            cache_tokens = self.series.cache_tokens
             for kind, count in (("read", read), ("write", write), ("uncached", rest)):
                 if count:
-                    self._child(self.cache_tokens, credential, kind).inc(count)
+                    key = (credential, kind)
+                    cache_tokens[key] = cache_tokens.get(key, 0) + count
 
     def upstream_attempt(self, credential: str, outcome: str) -> None:
-        self._child(self.upstream_attempts, credential, outcome).inc()
+        attempts = self.series.upstream_attempts
+        key = (credential, outcome)
+        attempts[key] = attempts.get(key, 0) + 1
         now = int(time.monotonic())
         recent = self._recent
         if not recent or recent[-1][0] != now:

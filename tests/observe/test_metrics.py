@@ -259,20 +259,21 @@ def _dead_pid() -> int:
 
 def test_exited_process_keeps_counters_not_gauges(tmp_path: Path) -> None:
     live, gone = Metrics(tmp_path), Metrics(tmp_path)
-    gone.requests.labels("messages", MODEL, "200").inc(5)
+    for _ in range(5):
+        gone.request_done("messages", MODEL, 200, 0.01, None)
     gone.streams.inc(3)
-    gone.duration.labels("messages").observe(0.2)
     gone.publish()
     # Rewrite the file as if its process had exited.
     (path,) = tmp_path.glob("*.json")
     data = json.loads(path.read_text())
     data["pid"] = _dead_pid()
     path.write_text(json.dumps(data))
-    live.requests.labels("messages", MODEL, "200").inc(2)
+    for _ in range(2):
+        live.request_done("messages", MODEL, 200, 0.01, None)
     live.streams.inc()
     series = parse(live.exposition().decode())
     assert value(series, "alicode_requests_total", route="messages", model=MODEL, status="200") == 7
-    assert value(series, "alicode_request_duration_seconds_count", route="messages") == 1
+    assert value(series, "alicode_request_duration_seconds_count", route="messages") == 7
     assert value(series, "alicode_streams_in_flight") == 1
     assert not any(name.endswith("_created") for name, _ in series)
     # A new run of `serve` starts from zero.
@@ -309,7 +310,7 @@ async def test_publish_loop_writes_periodically(tmp_path: Path) -> None:
     metrics = Metrics(tmp_path / "m")
     task = asyncio.create_task(metrics.publish_loop(interval=0.05))
     try:
-        metrics.requests.labels("health", "none", "200").inc()
+        metrics.request_done("health", "none", 200, 0.01, None)
         await asyncio.sleep(0.2)
     finally:
         task.cancel()
@@ -418,3 +419,38 @@ def test_metrics_settings() -> None:
         assert info.value.variable == variable
         if variable == "ALICODE_METRICS_TOKEN":
             assert bad not in str(info.value)  # a secret is never echoed
+
+
+def test_request_series_histogram_buckets_and_sums() -> None:
+    """The request path's plain numbers expose as Prometheus histograms and counters:
+    a value equal to a bound falls in that bound's bucket, one past every bound only
+    in +Inf; buckets are cumulative; the sum is the values'."""
+    metrics = Metrics(None)
+    for seconds in (0.005, 0.0051, 700.0):
+        metrics.request_done("messages", MODEL, 200, seconds, 0.01)
+    metrics.request_done("messages", MODEL, 429, 0.001, None)
+    series = parse(metrics.exposition().decode())
+    bucket = "alicode_request_duration_seconds_bucket"
+    assert value(series, bucket, route="messages", le="0.005") == 2
+    assert value(series, bucket, route="messages", le="0.01") == 3
+    assert value(series, bucket, route="messages", le="600.0") == 3
+    assert value(series, bucket, route="messages", le="+Inf") == 4
+    assert value(series, "alicode_request_duration_seconds_count", route="messages") == 4
+    assert math.isclose(
+        value(series, "alicode_request_duration_seconds_sum", route="messages"), 700.0111
+    )
+    assert value(series, "alicode_time_to_first_byte_seconds_count", route="messages") == 3
+    assert value(series, "alicode_requests_total", route="messages", model=MODEL, status="429") == 1
+    metrics.usage(MODEL, input_tokens=3, output_tokens=0, cache_write_tokens=0,
+                  cache_read_tokens=2, cost_nanos=7)  # fmt: skip
+    metrics.routed("main", True, 2, 0, 3)
+    metrics.upstream_attempt("main", "ok")
+    metrics.hold("lease")
+    series = parse(metrics.exposition().decode())
+    assert value(series, "alicode_tokens_total", model=MODEL, kind="input") == 3
+    assert value(series, "alicode_tokens_total", model=MODEL, kind="cache_read") == 2
+    assert value(series, "alicode_charged_nanos_total", model=MODEL) == 7
+    assert value(series, "alicode_upstream_cache_tokens_total", credential="main", kind="read") == 2
+    assert value(series, "alicode_affinity_requests_total", keyed="yes") == 1
+    assert value(series, "alicode_upstream_attempts_total", credential="main", outcome="ok") == 1
+    assert value(series, "alicode_holds_total", path="lease") == 1
