@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 RESERVE_SECONDS = 2.0  # a reserved minute-log entry must be used within this
 KEEP_SECONDS = 2.0  # a freed concurrency slot is kept this long for the next request
-GRANT_MAX = 32  # extra minute-log entries one admission may reserve
+GRANT_MAX = 256  # extra minute-log entries one admission may reserve (see docs/limits.md)
 
 
 @dataclass(slots=True, eq=False)
