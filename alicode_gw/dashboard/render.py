@@ -1,18 +1,20 @@
 """HTML out: the jinja2 environment (autoescape on: every value a user typed is shown
 as text) and the response every page gets, with the security headers of
-:data:`~alicode_gw.errors.HTML_HEADERS`. The environment is built once, by
-:class:`~alicode_gw.dashboard.state.Dashboard` (on ``State``)."""
+:data:`~alicode_gw.errors.HTML_HEADERS`. The environment is built once, at the first
+page, by :class:`~alicode_gw.dashboard.state.Dashboard` (on ``State``)."""
 
 from __future__ import annotations
 
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jinja2
 from aiohttp import web
 
 from alicode_gw.errors import HTML_HEADERS
 from alicode_gw.money.usd import format_usd
+
+if TYPE_CHECKING:
+    import jinja2
 
 STATIC_TYPES = {".css": "text/css", ".js": "text/javascript", ".svg": "image/svg+xml"}
 
@@ -26,6 +28,11 @@ def thousands(number: int | None) -> str:
 
 
 def environment() -> jinja2.Environment:
+    """The templates' environment. jinja2 is imported here, not with the module: the
+    dashboard builds this at its first page (a gateway process that serves only the API
+    does not carry jinja2's ~2 MB)."""
+    import jinja2
+
     env = jinja2.Environment(
         loader=jinja2.PackageLoader("alicode_gw.dashboard", "templates"),
         autoescape=True,

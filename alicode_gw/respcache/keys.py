@@ -25,12 +25,11 @@ import os
 import struct
 from dataclasses import dataclass
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-
 from alicode_gw.money.contract import Usage
+
+# ``cryptography`` is imported where it is used, not here: it adds ~8 MB to every
+# gateway process, and the cache is off by default (a process with the cache off never
+# loads it; one with it on pays the import once, at its first lookup).
 
 MATERIAL_VERSION = b"alicode-respcache-v1"
 NONCE_BYTES = 12
@@ -95,6 +94,9 @@ def derive(secret: bytes, parts: list[bytes]) -> CacheKey:
         digest.update(part)
     material_digest = digest.digest()
     lookup = hmac.new(secret, b"lookup\x00" + material_digest, hashlib.sha256).hexdigest()
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
     entry_key = HKDF(algorithm=hashes.SHA256(), length=32, salt=secret, info=b"entry").derive(
         material_digest
     )
@@ -139,6 +141,8 @@ def decode_entry(plain: bytes) -> Entry:
 
 def seal(key: CacheKey, entry: Entry, nonce: bytes | None = None) -> bytes:
     """The stored value: nonce ‖ AES-256-GCM(entry) (the lookup id authenticated)."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
     nonce = os.urandom(NONCE_BYTES) if nonce is None else nonce
     sealed = AESGCM(key.entry_key).encrypt(nonce, encode_entry(entry), key.lookup_id.encode())
     return nonce + sealed
@@ -150,6 +154,9 @@ class UnreadableEntry(ValueError):
 
 
 def open_sealed(key: CacheKey, value: bytes) -> Entry:
+    from cryptography.exceptions import InvalidTag
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
     if len(value) <= NONCE_BYTES:
         raise UnreadableEntry("entry too short")
     try:
