@@ -160,7 +160,11 @@ async def serve(
     ctx: RequestContext, body: bytes, payload: dict[str, Any], surface: Surface
 ) -> web.StreamResponse:
     """The pipeline after the body is read: ``body`` is what goes upstream (bar an
-    alias rewrite), ``payload`` its decoded form."""
+    alias rewrite), ``payload`` its decoded form. The caller keeps no reference to
+    either (``serve(ctx, *await read_json(...), ...)``): the pipeline lets go of the
+    decoded form before the upstream call and of the body once it is upstream, so a
+    long stream does not hold its prompt, nor the several times larger decoded prompt,
+    for its whole length."""
     state = ctx.state
     note_model(ctx, payload)
     request = validate(payload)
@@ -178,13 +182,18 @@ async def serve(
         if info.is_alias:
             headers["x-alicode-model"] = info.target
         body = upstream_body(body, payload, info)
+        del payload  # see the docstring
         cached = await _cache_lookup(ctx, body, request.stream, surface)
         if cached is not None:
             headers.update(cached.headers())
             if cached.entry is not None:
                 return await _replay_hit(ctx, cached.entry, headers, hold, outcome)
-        return await _forward(
-            ctx, body, request.stream, headers, surface, info, hold, outcome, cached
+        opened = await open_upstream(ctx, UPSTREAM_PATH, body)
+        del body  # upstream now (see the docstring)
+        if isinstance(opened, Refusal):
+            return surface.refusal(opened, ctx)
+        return await _relay(
+            ctx, opened[0], request.stream, headers, surface, info, hold, outcome, cached
         )
     finally:
         _conclude(ctx, admission, outcome)
@@ -305,9 +314,9 @@ def _cache_store(
         cache.store_later(cached.key, Entry(stream, 200, headers, result.usage, body))
 
 
-async def _forward(
+async def _relay(
     ctx: RequestContext,
-    body: bytes,
+    upstream: aiohttp.ClientResponse,
     stream: bool,
     headers: dict[str, str],
     surface: Surface,
@@ -316,11 +325,7 @@ async def _forward(
     outcome: _Outcome,
     cached: Lookup | None = None,
 ) -> web.StreamResponse:
-    """Upstream call and relay; what was generated is left in ``outcome``."""
-    opened = await open_upstream(ctx, UPSTREAM_PATH, body)
-    if isinstance(opened, Refusal):
-        return surface.refusal(opened, ctx)
-    upstream, _credential = opened
+    """The upstream's answer relayed; what was generated is left in ``outcome``."""
     if stream:
         fmt = surface.stream_format(info.target)
         cache = ctx.state.respcache

@@ -477,6 +477,7 @@ def main() -> int:
             measured = asyncio.run(latencies(targets, payload, args.latency_samples))
             lat.update({f"{name}-{kind}": values for name, values in measured.items()})
 
+        before_streams = rss_mb(gw_pid)
         ok, peak = asyncio.run(slow_streams(gw_url, key, args.streams, gw_pid))
 
     print()
@@ -503,6 +504,7 @@ def main() -> int:
           f"{pct(lat['bare-json'][0], 0.5) - pct(lat['direct-json'][0], 0.5):.2f} "
           f"| {pct(lat['bare-sse'][0], 0.5) - pct(lat['direct-sse'][0], 0.5):.2f} |")  # fmt: skip
     print(f"| {args.streams} concurrent slow streams: completed | - | {ok}/{args.streams} |")
+    print(f"| gateway RSS before them (MB) | - | {before_streams:.0f} |")
     print(f"| gateway peak RSS with them (MB) | - | {peak:.0f} |")
     saturation.report(sat_runs, args.connections, args.saturation_seconds, args.saturation_rounds)
     print(f"\n(latency: {args.latency_samples} sequential requests per target, the targets "

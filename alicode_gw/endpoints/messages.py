@@ -11,5 +11,6 @@ from alicode_gw.state import RequestContext
 
 
 async def handle_messages(ctx: RequestContext) -> web.StreamResponse:
-    body, payload = await read_json(ctx.request, ctx.state.config.max_body_bytes)
-    return await pipeline.serve(ctx, body, payload, pipeline.ANTHROPIC)
+    limit = ctx.state.config.max_body_bytes
+    # No local of this frame keeps the body: the pipeline lets go of it (pipeline.serve).
+    return await pipeline.serve(ctx, *await read_json(ctx.request, limit), pipeline.ANTHROPIC)

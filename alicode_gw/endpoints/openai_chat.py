@@ -78,9 +78,18 @@ class OpenAISurface:
 
 
 async def handle_chat_completions(ctx: RequestContext) -> web.StreamResponse:
-    _, payload = await read_json(ctx.request, ctx.state.config.max_body_bytes)
+    limit = ctx.state.config.max_body_bytes
+    # No local of this frame keeps the request: the pipeline lets go of it (pipeline.serve).
+    return await pipeline.serve(ctx, *_anthropic_request(ctx, await read_json(ctx.request, limit)))
+
+
+def _anthropic_request(
+    ctx: RequestContext, read: tuple[bytes, dict[str, Any]]
+) -> tuple[bytes, dict[str, Any], OpenAISurface]:
+    """The Messages request the chat completion ``read`` (its body and decoded form)
+    becomes, and the surface that answers it in OpenAI's shape."""
+    payload = read[1]
     pipeline.note_model(ctx, payload)  # logged even when the translation refuses it
     translated = to_anthropic(payload)
     body = json.dumps(translated, separators=(",", ":")).encode()
-    surface = OpenAISurface(stream_include_usage(payload))
-    return await pipeline.serve(ctx, body, translated, surface)
+    return body, translated, OpenAISurface(stream_include_usage(payload))

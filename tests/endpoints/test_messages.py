@@ -21,6 +21,7 @@ from tests.support.customers import (
     ledger_rows,
     upstream_exchanges,
 )
+from tests.support.frames import locals_holding
 from tests.support.gateway import UPSTREAM_KEYS
 
 WEATHER_TOOL = {
@@ -79,6 +80,23 @@ async def test_stream_text_and_final_message(
     rows = await ledger_rows(db, request_id)
     assert len(rows) == 1 and rows[0]["output_tokens"] == final.usage.output_tokens
     assert rows[0]["status"] == "complete"
+
+
+async def test_a_stream_does_not_hold_its_prompt(gw: app.Gateway, customer: Customer) -> None:
+    """Once the request is upstream, no frame of its handling keeps the body or its
+    decoded form while the answer streams (a long stream of a large prompt would
+    otherwise hold both for its whole length)."""
+    marker = "prompt-marker-" + "p" * 2000
+    prompt = f"{marker} [[mock: chunk_delay_ms=50 words=20]]"
+    async with client_for(gw, customer) as client:
+        async with client.messages.stream(
+            model=MODEL, max_tokens=64, messages=[{"role": "user", "content": prompt}]
+        ) as stream:
+            async for _ in stream.text_stream:  # the relay is under way
+                break
+            held = locals_holding(marker, through="relay_stream")
+            await stream.get_final_message()
+    assert held == []
 
 
 async def test_stream_bytes_are_identical_and_headers_filtered(

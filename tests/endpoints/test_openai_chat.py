@@ -17,6 +17,7 @@ from tests.support.customers import (
     make_customer,
     upstream_exchanges,
 )
+from tests.support.frames import locals_holding
 
 TOOLS = [
     {
@@ -210,3 +211,19 @@ async def test_bearer_auth_on_anthropic_route_too(gw: app.Gateway, customer: Cus
     async with aiohttp.ClientSession() as http:
         async with http.post(gw.url + "/v1/messages", json=payload, headers=headers) as resp:
             assert resp.status == 200
+
+
+async def test_a_stream_does_not_hold_its_prompt(gw: app.Gateway, customer: Customer) -> None:
+    """As on /v1/messages: once upstream, neither the OpenAI request, its translation
+    nor the body is held by the request's frames while the answer streams."""
+    marker = "prompt-marker-" + "q" * 2000
+    prompt = f"{marker} [[mock: chunk_delay_ms=50 words=20]]"
+    async with oai(gw, customer) as client:
+        stream = await client.chat.completions.create(
+            model=MODEL, max_tokens=64, messages=[{"role": "user", "content": prompt}], stream=True
+        )
+        held = None
+        async for chunk in stream:
+            if held is None and chunk.choices and chunk.choices[0].delta.content:
+                held = locals_holding(marker, through="relay_stream")
+    assert held == []
