@@ -55,7 +55,7 @@ RequestHandler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 SHED_RETRY_AFTER = 1  # seconds, the retry-after of a request refused past max_in_flight
 SHED_REPORTED = 10.0  # seconds /v1/health reports "degraded" after the last one
 ACCEPTED_GRACE = 0.1  # seconds; see Gateway.stop
-GC_YOUNG_THRESHOLD = 7_000  # allocations between young-generation collections; see tune_collector
+GC_YOUNG_THRESHOLD = 7_000  # net container allocations between young-generation collections
 
 
 def upstream_session(config: Config) -> aiohttp.ClientSession:
@@ -350,10 +350,11 @@ class Gateway:
 
 def tune_collector() -> None:
     """For a serving process: the youngest generation of the cyclic garbage collector is
-    collected after ``GC_YOUNG_THRESHOLD`` allocations instead of 700. A request
-    allocates hundreds of container objects that reference counting frees; at 700 the
-    collector walked them several times per request (~2 % of the gateway's
-    instructions per JSON request, measured with callgrind). See docs/architecture.md."""
+    collected once container allocations outnumber deallocations by
+    ``GC_YOUNG_THRESHOLD`` instead of 700. A request allocates hundreds of container
+    objects that reference counting frees; at 700 the collector walked them several
+    times per request (~2 % of the gateway's instructions per JSON request, measured
+    with callgrind). Cyclic garbage lives a little longer. See docs/architecture.md."""
     _, middle, oldest = gc.get_threshold()
     gc.set_threshold(GC_YOUNG_THRESHOLD, middle, oldest)
 

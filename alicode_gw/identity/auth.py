@@ -1,7 +1,7 @@
 """Authentication of ``sk-ali-`` keys: a cached bcrypt check, revocation on every node.
 
 Hot path (a key this process has verified in the last ``cache_ttl`` seconds): parse the
-key, one keyed SHA-256 of the secret, a constant-time compare with the digest cached
+key, one keyed BLAKE2b digest of the secret, a constant-time compare with the digest cached
 when bcrypt accepted it. No bcrypt, no database, no Redis.
 
 A cached key whose entry is older than ``cache_ttl``, presented with the cached secret,

@@ -55,7 +55,7 @@ from alicode_gw.identity.auth import ApiKey
 from alicode_gw.limits.lua import ADMIT_LUA, FINISH_LUA, REFRESH_LUA, STATUS_LUA
 from alicode_gw.limits.refusals import rejection
 from alicode_gw.limits.resp import ScriptCall, ScriptPipe
-from alicode_gw.limits.shares import GRANT_MAX, RESERVE_SECONDS, Shares
+from alicode_gw.limits.shares import RESERVE_SECONDS, Shares
 from alicode_gw.store.batching import Closed, Coalescer
 from alicode_gw.store.unavailable import REDIS_FAILED, unavailable
 from alicode_gw.tasks import TaskTracker, nothing
@@ -314,10 +314,8 @@ class Limiter:
         reservations = self._reservations_key(key.id)
         reservation = f"{attempt.token}:{reserve}" if reserve else ""
         shares, limits, sent, now = self._shares, attempt.limits, attempt.sent, attempt.now
-        asks = [
-            limits[i][0] if sent[i] and limits[i][2] and shares.ask(limits[i][0], now) else ""
-            for i in (0, 2)
-        ]
+        grants = [shares.ask(limits[i][0], now) if sent[i] and limits[i][2] else 0 for i in (0, 2)]
+        asks = [limits[i][0] if grant else "" for i, grant in zip((0, 2), grants, strict=True)]
         used = {log_key: member for log_key, member, _ in attempt.entries}  # counted now
         future = self._calls.submit(
             ScriptCall(
@@ -332,8 +330,8 @@ class Limiter:
                     self.budget_window_ms,
                     self.bucket_ms,
                     shares.pct,
-                    GRANT_MAX if asks[0] else 0,
-                    GRANT_MAX if asks[1] else 0,
+                    grants[0],
+                    grants[1],
                     RESERVE_MS,
                     used.get(limits[0][0], ""),
                     used.get(limits[2][0], ""),

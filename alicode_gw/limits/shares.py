@@ -5,8 +5,11 @@ Redis, counted there like any admitted request; the node only decides locally *w
 of its requests uses it. Two kinds:
 
 - **Requests per minute**: when the same limited set (a key's or an IP's minute log)
-  sees requests in quick succession, the node's next admission asks Redis for up to
-  ``GRANT_MAX`` extra entries, never more than ``pct`` % of what the limit has left.
+  sees requests in quick succession, the node's next admission asks Redis for extra
+  entries, never more than ``pct`` % of what the limit has left. How many follows the
+  set's pace: ``GRANT_MIN`` at first, twice the last number when the share ran dry
+  before its entries lapsed (up to ``GRANT_MAX``), half of it when entries lapsed
+  unused.
   They are scored ``RESERVE_SECONDS`` in the future, so an entry used at any moment of
   its validity stays counted at least 60 s after that use (the limit can only be
   stricter, by at most that long). Entries unused at their deadline go back to Redis.
@@ -28,7 +31,8 @@ from dataclasses import dataclass, field
 
 RESERVE_SECONDS = 2.0  # a reserved minute-log entry must be used within this
 KEEP_SECONDS = 2.0  # a freed concurrency slot is kept this long for the next request
-GRANT_MAX = 256  # extra minute-log entries one admission may reserve (see docs/limits.md)
+GRANT_MIN = 32  # extra minute-log entries one admission reserves at first
+GRANT_MAX = 256  # and at most, for a set whose share keeps running dry (docs/limits.md)
 
 
 @dataclass(slots=True, eq=False)
@@ -41,6 +45,8 @@ class _Reserve:
     reset_ms: int = 0
     seen: float = 0.0  # when a request of this set was last admitted here
     asking: bool = False  # an admission asking Redis for more is under way
+    grant: int = GRANT_MIN  # entries the next reservation asks for
+    delivered: bool = False  # the last reservation brought entries not yet judged
 
 
 @dataclass(slots=True, eq=False)
@@ -58,7 +64,14 @@ def _past_deadline(log_key: str, reserve: _Reserve, now: float) -> list[tuple[st
         return []
     due = [(log_key, m) for m, d in reserve.entries if d <= now]
     reserve.entries = deque((m, d) for m, d in reserve.entries if d > now)
+    _lapsed_unused(reserve)
     return due
+
+
+def _lapsed_unused(reserve: _Reserve) -> None:
+    """Entries lapsed unused: the set uses fewer than its reservations bring."""
+    reserve.grant = max(GRANT_MIN, reserve.grant // 2)
+    reserve.delivered = False
 
 
 class Shares:
@@ -88,11 +101,18 @@ class Shares:
             return None
         reserve.seen = now
         entries = reserve.entries
+        lapsed = False
         while entries:
             member, deadline = entries.popleft()
             if now < deadline:
                 return member, deadline
             self._lapsed.append((log_key, member))
+            lapsed = True
+        if lapsed:
+            _lapsed_unused(reserve)
+        elif reserve.delivered and not reserve.asking:  # all used in time: ask for more
+            reserve.grant = min(GRANT_MAX, reserve.grant * 2)
+            reserve.delivered = False
         return None
 
     def lapse(self, set_key: str, member: str) -> None:
@@ -103,18 +123,20 @@ class Shares:
         """Give back an entry taken by an admission that failed on another limit."""
         self._reserves.setdefault(log_key, _Reserve()).entries.appendleft((member, deadline))
 
-    def ask(self, log_key: str, now: float) -> bool:
-        """Whether the next Redis admission of ``log_key`` should reserve entries for
-        this node: yes when the set had a request here within ``RESERVE_SECONDS`` (the
-        requests come in a run) and no reservation for it is under way. A yes is
-        followed by :meth:`asked` once the admission's reply (or failure) is in."""
+    def ask(self, log_key: str, now: float) -> int:
+        """How many entries the next Redis admission of ``log_key`` should reserve for
+        this node (0: none): some when the set had a request here within
+        ``RESERVE_SECONDS`` (the requests come in a run) and no reservation for it is
+        under way; how many follows the set's pace (see the module docstring). A
+        non-zero answer is followed by :meth:`asked` once the admission's reply (or
+        failure) is in."""
         if not self.pct:
-            return False
+            return 0
         reserve = self._reserves.get(log_key)
         if reserve is None or reserve.asking or now - reserve.seen >= RESERVE_SECONDS:
-            return False
+            return 0
         reserve.asking = True
-        return True
+        return reserve.grant
 
     def asked(self, log_key: str) -> None:
         reserve = self._reserves.get(log_key)
@@ -134,6 +156,7 @@ class Shares:
         after them, and when its oldest entry leaves (ms, Redis time)."""
         reserve = self._reserves.setdefault(log_key, _Reserve())
         reserve.entries.extend((m, deadline) for m in members)
+        reserve.delivered = reserve.delivered or bool(members)
         (reserve.left, reserve.reset_ms), reserve.seen = reply, now
 
     def view(self, log_key: str) -> tuple[int, int]:

@@ -204,13 +204,6 @@ class Metrics:
             ["limit"],
             registry=r,
         )
-        self.holds = Counter(
-            "alicode_holds",
-            "Billing holds by where they were taken: lease (this node's credit lease, no "
-            "I/O) or database (a billing round trip).",
-            ["path"],
-            registry=r,
-        )
         self.shed = Counter(
             "alicode_shed_requests",
             "Requests answered 529 at once: the process had max_in_flight requests in flight.",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from alicode_gw.limits.shares import KEEP_SECONDS, RESERVE_SECONDS, Shares
+from alicode_gw.limits.shares import GRANT_MAX, GRANT_MIN, KEEP_SECONDS, RESERVE_SECONDS, Shares
 
 LOG, SLOTS = "rl:key:1:rpm", "rl:key:1:conc"
 
@@ -126,3 +126,36 @@ def test_a_share_of_zero_holds_nothing() -> None:
     assert not shares.ask(LOG, 0.1)
     assert not shares.keep_slot(SLOTS, 1000, ("s", 0.0), 0.0)
     assert shares.everything() == []
+
+
+def _reserve(shares: Shares, now: float, prefix: str) -> int:
+    """One reservation as the limiter makes it: ask, then the reply with what was
+    asked for (the limit has plenty left); returns how many entries were asked for."""
+    wanted = shares.ask(LOG, now)
+    shares.asked(LOG)
+    members = [f"{prefix}:{n}" for n in range(wanted)]
+    shares.reserved(LOG, members, now + RESERVE_SECONDS, (10**6, 0), now=now)
+    return wanted
+
+
+def test_reservations_grow_with_a_fast_set_and_shrink_with_a_slow_one() -> None:
+    shares = Shares(25)
+    shares.reserved(LOG, [], RESERVE_SECONDS, (10**6, 0), now=0.0)  # a first request
+    now, asked = 0.01, []
+    for round_ in range(5):  # fast: every reservation is used up well within its 2 s
+        asked.append(_reserve(shares, now, f"r{round_}"))
+        while shares.take_entry(LOG, now) is not None:
+            now += 0.001
+        now += 0.001
+    assert asked == [GRANT_MIN, 2 * GRANT_MIN, 4 * GRANT_MIN, GRANT_MAX, GRANT_MAX]
+    # Slow: one request per second uses 2 of each reservation, the rest lapses.
+    asked = []
+    for round_ in range(4):
+        asked.append(_reserve(shares, now, f"s{round_}"))
+        for _ in range(2):
+            assert shares.take_entry(LOG, now) is not None
+            now += 1.0
+        assert shares.take_entry(LOG, now) is None  # lapsed: the tick returns them
+        shares.expired(now)
+    assert asked == [GRANT_MAX, GRANT_MAX // 2, GRANT_MAX // 4, GRANT_MIN]
+    assert _reserve(shares, now, "t") == GRANT_MIN  # never below the minimum
