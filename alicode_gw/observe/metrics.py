@@ -41,7 +41,7 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -75,9 +75,6 @@ _GOOD_OUTCOMES = frozenset({"ok", "client_error"})
 CREDENTIAL_STATES = ("healthy", "cooling", "disabled")
 
 
-_Labels = tuple[str, ...]
-
-
 class RequestSeries:
     """The series every request updates, as plain numbers: a dict update per
     observation (no lock: only the event loop's thread writes them) instead of a
@@ -99,6 +96,7 @@ class RequestSeries:
         self.cache_tokens: dict[tuple[str, str], int] = {}
         self.affinity: dict[str, int] = {}
         self.holds: dict[str, int] = {}
+        self.response_cache: dict[str, int] = {}  # by outcome: HIT, MISS, BYPASS
 
     def observe(self, histogram: dict[str, list[float]], route: str, seconds: float) -> None:
         counts = histogram.get(route)
@@ -112,10 +110,7 @@ class RequestSeries:
             "alicode_requests",
             "Requests answered, by route, model and HTTP status.",
             ["route", "model", "status"],
-            {
-                (route, model, str(status)): n
-                for (route, model, status), n in self.requests.copy().items()
-            },
+            self.requests.copy(),
         )
         yield self._histogram(
             "alicode_request_duration_seconds",
@@ -137,7 +132,7 @@ class RequestSeries:
             "alicode_charged_nanos",
             "Money charged to customers, in nano-USD (1 USD = 1e9).",
             ["model"],
-            {(model,): n for model, n in self.charged.copy().items()},
+            self.charged.copy(),
         )
         yield _counter(
             "alicode_upstream_attempts",
@@ -156,14 +151,20 @@ class RequestSeries:
             "alicode_affinity_requests",
             "Requests by whether they had an affinity key (cache-affine routing): yes/no.",
             ["keyed"],
-            {(keyed,): n for keyed, n in self.affinity.copy().items()},
+            self.affinity.copy(),
         )
         yield _counter(
             "alicode_holds",
             "Billing holds by where they were taken: lease (this node's credit lease, no "
             "I/O) or database (a billing round trip).",
             ["path"],
-            {(path,): n for path, n in self.holds.copy().items()},
+            self.holds.copy(),
+        )
+        yield _counter(
+            "alicode_response_cache",
+            "Response cache lookups by outcome (hit, miss, bypass).",
+            ["outcome"],
+            {outcome.lower(): n for outcome, n in self.response_cache.copy().items()},
         )
 
     def _histogram(self, name: str, doc: str, routes: dict[str, list[float]]) -> Metric:
@@ -176,12 +177,11 @@ class RequestSeries:
         return family
 
 
-def _counter(
-    name: str, doc: str, labels: list[str], values: dict[_Labels, int] | dict[Any, int]
-) -> Metric:
+def _counter(name: str, doc: str, labels: list[str], values: Mapping[Any, int]) -> Metric:
+    """A counter family of ``values``, keyed by a label value or a tuple of them."""
     family = CounterMetricFamily(name, doc, labels=labels)
-    for label_values, value in sorted(values.items()):
-        family.add_metric(list(label_values), value)
+    for key, value in sorted(values.items()):
+        family.add_metric([str(v) for v in key] if isinstance(key, tuple) else [key], value)
     return family
 
 
@@ -207,12 +207,6 @@ class Metrics:
         self.shed = Counter(
             "alicode_shed_requests",
             "Requests answered 529 at once: the process had max_in_flight requests in flight.",
-            registry=r,
-        )
-        self.respcache = Counter(
-            "alicode_response_cache",
-            "Response cache lookups by outcome (hit, miss, bypass).",
-            ["outcome"],
             registry=r,
         )
         self.respcache_stored = Counter(
@@ -276,7 +270,8 @@ class Metrics:
         holds[path] = holds.get(path, 0) + 1
 
     def response_cache(self, outcome: str) -> None:
-        self.respcache.labels(outcome.lower()).inc()
+        outcomes = self.series.response_cache
+        outcomes[outcome] = outcomes.get(outcome, 0) + 1
 
     def response_cache_stored(self, size: int) -> None:
         self.respcache_stored.inc(size)

@@ -446,6 +446,7 @@ def test_request_series_histogram_buckets_and_sums() -> None:
     metrics.routed("main", True, 2, 0, 3)
     metrics.upstream_attempt("main", "ok")
     metrics.hold("lease")
+    metrics.response_cache("HIT")
     series = parse(metrics.exposition().decode())
     assert value(series, "alicode_tokens_total", model=MODEL, kind="input") == 3
     assert value(series, "alicode_tokens_total", model=MODEL, kind="cache_read") == 2
@@ -454,3 +455,4 @@ def test_request_series_histogram_buckets_and_sums() -> None:
     assert value(series, "alicode_affinity_requests_total", keyed="yes") == 1
     assert value(series, "alicode_upstream_attempts_total", credential="main", outcome="ok") == 1
     assert value(series, "alicode_holds_total", path="lease") == 1
+    assert value(series, "alicode_response_cache_total", outcome="hit") == 1
