@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 import tiktoken
 import tiktoken.registry
@@ -98,6 +100,34 @@ def test_counts_match_an_untouched_encoder() -> None:
     assert [len(tokens) for tokens in batch] == [
         len(reference.encode_ordinary(text)) for text in samples
     ]
+
+
+def test_counting_many_texts_starts_no_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A request of many messages is counted in the calling thread (the event loop's,
+    below ``THREAD_THRESHOLD_CHARS``): tiktoken's batch encoding would start and join a
+    pool of threads on every request."""
+    started: list[threading.Thread] = []
+    start = threading.Thread.start
+
+    def counting_start(thread: threading.Thread) -> None:
+        started.append(thread)
+        start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", counting_start)
+    turns = [f"turn {n}: hello world, and more words." for n in range(12)]
+    payload = {
+        "system": "be brief",
+        "messages": [
+            {"role": ("user", "assistant")[n % 2], "content": t} for n, t in enumerate(turns)
+        ],
+    }
+    expected = (
+        PER_REQUEST_TOKENS
+        + len(turns) * PER_MESSAGE_TOKENS
+        + sum(map(COUNTER.count_text, [payload["system"], *turns]))
+    )
+    assert COUNTER.count(payload) == expected
+    assert started == []
 
 
 def test_long_text_in_pieces_counts_as_if_whole() -> None:
