@@ -128,6 +128,45 @@ def body(stream: bool, words: int = 12, extra: str = "") -> bytes:
     ).encode()
 
 
+def agent_body() -> bytes:
+    """A request shaped like a coding agent's (Claude Code, Cline): a system prompt, 8
+    tool definitions with JSON schemas, a 19-turn conversation and a new turn (a 2.4 KB
+    tool result that differs from one request to the next under wrk), ~31 KB in all, a
+    JSON answer."""
+    vocabulary = [
+        "the", "file", "function", "return", "value", "error", "test", "import", "class",
+        "self", "async", "await", "config", "request", "response", "key", "limit",
+        "stream", "token", "model", "cache", "index", "path", "line", "change", "run",
+    ]  # fmt: skip
+
+    def text(words: int, seed: int) -> str:
+        return " ".join(vocabulary[(seed * 7 + n * 13 + n // 5) % len(vocabulary)]
+                        for n in range(words))  # fmt: skip
+
+    schema = {
+        "type": "object",
+        "properties": {f"arg{n}": {"type": "string", "description": text(12, n)} for n in range(6)},
+        "required": ["arg0"],
+    }
+    tools = [
+        {"name": f"tool_{n}", "description": text(60, n), "input_schema": schema} for n in range(8)
+    ]
+    turns = [{"role": ("user", "assistant")[n % 2], "content": text(110, n)} for n in range(19)]
+    # The new turn: a tool's result that only this request has (saturation.SERIAL).
+    fresh = f"result {saturation.SERIAL}: " + text(400, 5)
+    turns.append({"role": "user", "content": fresh + " [[mock: words=12]]"})
+    return json.dumps(
+        {
+            "model": MODEL,
+            "max_tokens": 4096,
+            "stream": False,
+            "system": text(900, 99),
+            "tools": tools,
+            "messages": turns,
+        }
+    ).encode()
+
+
 async def one(
     http: aiohttp.ClientSession, url: str, key: str, payload: bytes
 ) -> tuple[float, float]:
@@ -373,7 +412,12 @@ def main() -> int:
         action="store_true",
         help="limit shares off (ALICODE_LIMIT_SHARE_PCT=0): every admission waits for Redis",
     )
-    parser.add_argument("--kinds", default="json,sse", help="saturation: json, sse or json,sse")
+    parser.add_argument(
+        "--kinds",
+        default="json,sse,agent",
+        help="saturation: any of json (small), sse (50 events), agent (a ~28 KB agent-like "
+        "request, see agent_body), comma-separated",
+    )
     parser.add_argument(
         "--variant",
         action="append",
@@ -435,7 +479,7 @@ def main() -> int:
         sat_targets += variants
         for target in sat_targets:
             asyncio.run(load(target.url, key, body(False), 1, 1))
-        payloads = {"json": body(False), "sse": body(True, STREAM_WORDS)}
+        payloads = {"json": body(False), "sse": body(True, STREAM_WORDS), "agent": agent_body()}
         scripts = {
             kind: saturation.write_lua(work / f"{kind}.lua", payloads[kind], key)
             for kind in args.kinds.split(",")

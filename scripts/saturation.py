@@ -84,11 +84,29 @@ def ensure_wrk() -> str:
     return found
 
 
+# A body holding this marker is sent with a number in its place that differs from one
+# request to the next (and from one wrk run to the next): what a conversation's new turn
+# is to the gateway.
+SERIAL = "{serial}"
+PER_REQUEST_LUA = """
+local head, tail = [==[{head}]==], [==[{tail}]==]
+local serial = os.time() * 100000
+request = function()
+  serial = serial + 1
+  return wrk.format(nil, nil, nil, head .. serial .. tail)
+end
+"""
+
+
 def write_lua(path: Path, payload: bytes, key: str) -> Path:
     text = payload.decode()
     if "]==]" in text or '"' in key or "\\" in key:
         raise ValueError("payload or key cannot be quoted for the wrk script")
-    path.write_text(LUA.format(body=text, key=key))
+    script = LUA.format(body=text.replace(SERIAL, "0"), key=key)
+    if SERIAL in text:
+        head, tail = text.split(SERIAL, 1)
+        script += PER_REQUEST_LUA.format(head=head, tail=tail)
+    path.write_text(script)
     return path
 
 
