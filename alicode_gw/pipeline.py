@@ -174,7 +174,7 @@ async def serve(
     check_max_tokens(request.max_tokens, info)
     if state.config.routing == "affinity":  # which credential holds its prompt cache
         ctx.affinity = affinity_key(key.account_id, info.target, payload)
-    estimate = await state.tokens.count_async(payload)
+    estimate = await state.tokens.count_async(payload, key.account_id)
     admission, hold = await _admit_and_hold(ctx, key, info, request, estimate, ip)
     outcome = _Outcome()
     try:

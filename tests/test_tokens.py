@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 
 import pytest
@@ -178,3 +179,91 @@ def test_a_system_turn_inside_messages_is_counted() -> None:
         ]
     }
     assert COUNTER.count(with_system) == COUNTER.count(plain) + PER_MESSAGE_TOKENS + 2
+
+
+def _conversation(turns: int, new_turn: str = "") -> dict[str, object]:
+    """An agent's request: a long system prompt, a tool, ``turns`` long messages and a
+    last one (``new_turn``) that only this request has."""
+    long = "The repository has a service, its tests and its docs; read before you write. "
+    messages = [
+        {"role": ("user", "assistant")[n % 2], "content": f"turn {n}: " + long * 10}
+        for n in range(turns)
+    ]
+    messages.append({"role": "user", "content": new_turn or "go on"})
+    tool = {"name": "read_file", "description": long * 8, "input_schema": {"type": "object"}}
+    return {"system": long * 20, "tools": [tool], "messages": messages}
+
+
+class _Encodes:
+    """Counts the characters a counter hands to its encoder (tiktoken's encoding object,
+    shared by every counter of the process: the expected counts come first)."""
+
+    def __init__(self, counter: TokenCounter, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.chars = 0
+        encode = counter._encoding.encode_ordinary
+
+        def counting(text: str) -> list[int]:
+            self.chars += len(text)
+            return encode(text)
+
+        monkeypatch.setattr(counter._encoding, "encode_ordinary", counting)
+
+
+def test_an_agents_next_turn_encodes_only_what_is_new(monkeypatch: pytest.MonkeyPatch) -> None:
+    first = _conversation(6)
+    after = _conversation(8, new_turn="and now the tests")  # two more messages
+    expected = COUNTER.count(first), COUNTER.count(after)
+    counter = TokenCounter()
+    encodes = _Encodes(counter, monkeypatch)
+    assert counter.count(first, scope=1) == expected[0]
+    first_chars = encodes.chars
+    assert first_chars > 5000
+    assert counter.count(after, scope=1) == expected[1]
+    new_chars = encodes.chars - first_chars
+    assert 0 < new_chars < first_chars / 3  # the two new long turns and the short ones
+
+
+def test_remembered_counts_answer_only_their_own_account(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    payload = _conversation(4)
+    expected = COUNTER.count(payload)
+    counter = TokenCounter()
+    encodes = _Encodes(counter, monkeypatch)
+    assert counter.count(payload, scope=1) == expected
+    once = encodes.chars
+    assert counter.count(payload, scope=2) == expected  # another account: encoded again
+    assert encodes.chars == 2 * once
+    assert counter.count(payload) == expected  # no account: nothing remembered is used
+    assert encodes.chars == 3 * once
+    assert counter.count(payload, scope=1) == expected  # its own account: remembered
+    short = encodes.chars - 3 * once
+    assert 0 < short < once / 10  # only the texts too short to remember
+
+
+def test_no_text_is_kept_and_the_memory_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    counter = TokenCounter(remembered=4)
+    encodes = _Encodes(counter, monkeypatch)
+    texts = [f"{n} " + "words of a long message " * 40 for n in range(10)]
+    refs = [sys.getrefcount(text) for text in texts]
+    for n in range(len(texts)):
+        counter.count({"messages": [{"role": "user", "content": texts[n]}]}, scope=7)
+    assert [sys.getrefcount(text) for text in texts] == refs  # no reference kept
+    assert len(counter._recent) + len(counter._older) <= 2 * 4
+    before = encodes.chars
+    counter.count({"messages": [{"role": "user", "content": texts[-1]}]}, scope=7)
+    assert encodes.chars == before  # the newest is remembered
+    counter.count({"messages": [{"role": "user", "content": texts[0]}]}, scope=7)
+    assert encodes.chars == before + len(texts[0])  # the oldest was dropped
+
+
+async def test_remembered_counts_in_a_worker_thread_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    big = "lorem ipsum dolor sit amet " * (THREAD_THRESHOLD_CHARS // 20)
+    payload = {"messages": [{"role": "user", "content": big}]}
+    expected = COUNTER.count(payload)
+    counter = TokenCounter()
+    encodes = _Encodes(counter, monkeypatch)
+    assert await counter.count_async(payload, scope=3) == expected
+    assert encodes.chars == len(big)
+    assert await counter.count_async(payload, scope=3) == expected
+    assert encodes.chars == len(big)

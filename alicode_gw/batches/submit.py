@@ -113,7 +113,9 @@ async def create(ctx: RequestContext, payload: dict[str, Any]) -> Batch | web.Re
     infos = check_models(ctx, requests)
     params = await _prepared(ctx, requests, infos)  # the estimate counts inlined files
     items = [
-        store.HoldItem(r.custom_id, r.model, await state.tokens.count_async(p), r.max_tokens)
+        store.HoldItem(
+            r.custom_id, r.model, await state.tokens.count_async(p, key.account_id), r.max_tokens
+        )
         for r, p in zip(requests, params, strict=True)
     ]
     admission = await state.limiter.admit(ctx.ip, key, 0)  # one request of the key's RPM

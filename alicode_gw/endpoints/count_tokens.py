@@ -49,7 +49,7 @@ async def handle_count_tokens(ctx: RequestContext) -> web.StreamResponse:
                 # limited): the estimate is always available. Its other verdicts stand.
                 if exc.status < 500 and exc.status != 429:
                     raise
-        count = await state.tokens.count_async(payload)
+        count = await state.tokens.count_async(payload, ctx.authenticated.account_id)
         return web.Response(
             body=json.dumps({"input_tokens": count}).encode(),
             content_type="application/json",
