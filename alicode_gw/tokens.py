@@ -42,7 +42,7 @@ PIECE_CHARS = 4096
 EXACT_CHARS = 512 * 1024
 # A text of at least this many characters has its count remembered (TokenCounter).
 REMEMBERED_CHARS = 512
-# Counts remembered per generation; at most twice as many are kept (~1.6 MB).
+# Counts remembered per generation; at most twice as many are kept (~1.8 MB).
 REMEMBERED_TEXTS = 8192
 
 
