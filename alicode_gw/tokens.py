@@ -12,7 +12,7 @@ The cost is bounded whatever the body: texts are encoded in pieces of at most
 counts as if encoded whole), because BPE on one long unbroken run is superlinear; and
 past :data:`EXACT_CHARS` characters in all, an evenly spread sample of the pieces of
 that size is encoded and the count scaled to the whole by characters. The count of a
-long text is remembered per account, by a hash, for the agent's next turn
+long text is remembered per account, by a keyed digest, for the agent's next turn
 (:class:`TokenCounter`).
 """
 
@@ -21,7 +21,9 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import secrets
 from collections.abc import Iterable, Iterator
+from hashlib import blake2b
 from typing import Any
 
 import tiktoken
@@ -42,7 +44,7 @@ PIECE_CHARS = 4096
 EXACT_CHARS = 512 * 1024
 # A text of at least this many characters has its count remembered (TokenCounter).
 REMEMBERED_CHARS = 512
-# Counts remembered per generation; at most twice as many are kept (~1.8 MB).
+# Counts remembered per generation; at most twice as many are kept (~2 MB).
 REMEMBERED_TEXTS = 8192
 
 
@@ -52,16 +54,17 @@ class TokenCounter:
     A coding agent sends its whole conversation again on every turn: the system prompt,
     the tool definitions and every earlier message, and encoding them was most of the
     gateway's CPU for such a request. So the count of every text of at least
-    :data:`REMEMBERED_CHARS` characters is remembered, keyed by ``hash((scope, text))``
-    (Python's string hash is keyed per process): the text itself is never kept. The
-    scope is the account: one account's texts never answer for another's, so no
-    account can time whether another sent a text. Two generations of at most
-    ``remembered`` counts: a count found in the older one moves to the newer, and when
-    the newer is full the older is dropped. A request counted by sampling (more than
-    :data:`EXACT_CHARS` characters) is not remembered.
+    :data:`REMEMBERED_CHARS` characters is remembered under a BLAKE2b digest of the
+    text keyed with a secret of this process and salted with the scope, the account:
+    the text itself is never kept, and one account's texts never answer for another's
+    (no account can time whether another sent a text, nor make two texts collide
+    without the secret). Two generations of at most ``remembered`` counts: a count found
+    in the older one moves to the newer, and when the newer is full the older is
+    dropped. A request counted by sampling (more than :data:`EXACT_CHARS` characters)
+    is not remembered.
 
     The remembered counts are read and written by the calling thread only (the event
-    loop); a worker thread only encodes.
+    loop); a worker thread only digests and encodes.
     """
 
     def __init__(self, remembered: int = REMEMBERED_TEXTS) -> None:
@@ -73,8 +76,9 @@ class TokenCounter:
         if isinstance(getattr(self._encoding, "_mergeable_ranks", None), dict):
             self._encoding._mergeable_ranks = {}
         self._remembered = remembered
-        self._recent: dict[int, int] = {}
-        self._older: dict[int, int] = {}
+        self._secret = secrets.token_bytes(32)  # this process's, for the keys
+        self._recent: dict[bytes, int] = {}
+        self._older: dict[bytes, int] = {}
 
     def count_text(self, text: str) -> int:
         return self._sampled([text])
@@ -85,34 +89,54 @@ class TokenCounter:
         texts, fixed = _collect(payload)
         if _chars(texts) > EXACT_CHARS:
             return fixed + self._sampled(texts)
-        known, unknown, keys = self._recall(texts, scope)
+        known, unknown, keys = self._recall(texts, self._keys(texts, scope))
         return fixed + known + self._learn(keys, self._encode_each(unknown))
 
     async def count_async(self, payload: dict[str, Any], scope: int | None = None) -> int:
-        """Like :meth:`count`; what is left to encode goes to a worker thread when it
-        is large."""
+        """Like :meth:`count`; the texts are digested and what is left to encode is
+        encoded in a worker thread when they are large (the remembered counts are
+        looked up and stored here, on the event loop)."""
         texts, fixed = _collect(payload)
-        if _chars(texts) > EXACT_CHARS:
+        chars = _chars(texts)
+        if chars > EXACT_CHARS:
             return fixed + await asyncio.to_thread(self._sampled, texts)
-        known, unknown, keys = self._recall(texts, scope)
+        if chars < THREAD_THRESHOLD_CHARS:
+            keys = self._keys(texts, scope)
+        else:
+            keys = await asyncio.to_thread(self._keys, texts, scope)
+        known, unknown, unknown_keys = self._recall(texts, keys)
         if _chars(unknown) < THREAD_THRESHOLD_CHARS:
             counts = self._encode_each(unknown)
         else:
             counts = await asyncio.to_thread(self._encode_each, unknown)
-        return fixed + known + self._learn(keys, counts)
+        return fixed + known + self._learn(unknown_keys, counts)
+
+    def _keys(self, texts: list[str], scope: int | None) -> list[bytes | None]:
+        """Each text's key among the remembered counts: a keyed BLAKE2b digest of the
+        text, salted with ``scope`` (None: too short to remember, or no scope)."""
+        if scope is None:
+            return [None] * len(texts)
+        salt = scope.to_bytes(16, "little", signed=True)
+        secret = self._secret
+        return [
+            blake2b(
+                text.encode("utf-8", "surrogatepass"), digest_size=16, key=secret, salt=salt
+            ).digest()
+            if len(text) >= REMEMBERED_CHARS
+            else None
+            for text in texts
+        ]
 
     def _recall(
-        self, texts: list[str], scope: int | None
-    ) -> tuple[int, list[str], list[int | None]]:
-        """The tokens of the texts whose count is remembered for ``scope``; the other
-        texts, and the keys to remember their counts by (None: not remembered)."""
+        self, texts: list[str], keys: list[bytes | None]
+    ) -> tuple[int, list[str], list[bytes | None]]:
+        """The tokens of the texts whose count is remembered; the other texts and their
+        keys."""
         known = 0
         unknown: list[str] = []
-        keys: list[int | None] = []
-        for text in texts:
-            key = None
-            if scope is not None and len(text) >= REMEMBERED_CHARS:
-                key = hash((scope, text))
+        unknown_keys: list[bytes | None] = []
+        for text, key in zip(texts, keys, strict=True):
+            if key is not None:
                 tokens = self._recent.get(key)
                 if tokens is None:
                     tokens = self._older.get(key)
@@ -122,16 +146,16 @@ class TokenCounter:
                     known += tokens
                     continue
             unknown.append(text)
-            keys.append(key)
-        return known, unknown, keys
+            unknown_keys.append(key)
+        return known, unknown, unknown_keys
 
-    def _learn(self, keys: list[int | None], counts: list[int]) -> int:
+    def _learn(self, keys: list[bytes | None], counts: list[int]) -> int:
         for key, tokens in zip(keys, counts, strict=True):
             if key is not None:
                 self._keep(key, tokens)
         return sum(counts)
 
-    def _keep(self, key: int, tokens: int) -> None:
+    def _keep(self, key: bytes, tokens: int) -> None:
         recent = self._recent
         recent[key] = tokens
         if len(recent) >= self._remembered:

@@ -415,7 +415,7 @@ def main() -> int:
     parser.add_argument(
         "--kinds",
         default="json,sse,agent",
-        help="saturation: any of json (small), sse (50 events), agent (a ~28 KB agent-like "
+        help="saturation: any of json (small), sse (50 events), agent (a ~31 KB agent-like "
         "request, see agent_body), comma-separated",
     )
     parser.add_argument(

@@ -90,17 +90,17 @@ def ensure_wrk() -> str:
 SERIAL = "{serial}"
 PER_REQUEST_LUA = """
 local head, tail = [==[{head}]==], [==[{tail}]==]
-local serial = os.time() * 100000
+local serial = os.time() * 100000  -- printed with %d: LuaJIT's tostring keeps 14 digits
 request = function()
   serial = serial + 1
-  return wrk.format(nil, nil, nil, head .. serial .. tail)
+  return wrk.format(nil, nil, nil, head .. string.format("%d", serial) .. tail)
 end
 """
 
 
 def write_lua(path: Path, payload: bytes, key: str) -> Path:
     text = payload.decode()
-    if "]==]" in text or '"' in key or "\\" in key:
+    if "]==" in text or '"' in key or "\\" in key:
         raise ValueError("payload or key cannot be quoted for the wrk script")
     script = LUA.format(body=text.replace(SERIAL, "0"), key=key)
     if SERIAL in text:

@@ -200,10 +200,12 @@ class _Encodes:
 
     def __init__(self, counter: TokenCounter, monkeypatch: pytest.MonkeyPatch) -> None:
         self.chars = 0
+        self.threads: set[int] = set()
         encode = counter._encoding.encode_ordinary
 
         def counting(text: str) -> list[int]:
             self.chars += len(text)
+            self.threads.add(threading.get_ident())
             return encode(text)
 
         monkeypatch.setattr(counter._encoding, "encode_ordinary", counting)
@@ -249,6 +251,9 @@ def test_no_text_is_kept_and_the_memory_is_bounded(monkeypatch: pytest.MonkeyPat
     for n in range(len(texts)):
         counter.count({"messages": [{"role": "user", "content": texts[n]}]}, scope=7)
     assert [sys.getrefcount(text) for text in texts] == refs  # no reference kept
+    remembered = {**counter._older, **counter._recent}
+    assert all(isinstance(k, bytes) and len(k) == 16 for k in remembered)  # digests only
+    assert all(type(v) is int for v in remembered.values())
     assert len(counter._recent) + len(counter._older) <= 2 * 4
     before = encodes.chars
     counter.count({"messages": [{"role": "user", "content": texts[-1]}]}, scope=7)
@@ -265,5 +270,25 @@ async def test_remembered_counts_in_a_worker_thread_too(monkeypatch: pytest.Monk
     encodes = _Encodes(counter, monkeypatch)
     assert await counter.count_async(payload, scope=3) == expected
     assert encodes.chars == len(big)
+    assert threading.get_ident() not in encodes.threads  # encoded off the event loop
     assert await counter.count_async(payload, scope=3) == expected
     assert encodes.chars == len(big)
+
+
+def test_account_zero_is_remembered_and_a_sampled_request_is_not(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    payload = _conversation(3)
+    huge = {"messages": [{"role": "user", "content": "many words here " * (EXACT_CHARS // 10)}]}
+    expected = COUNTER.count(payload), COUNTER.count(huge)
+    counter = TokenCounter()
+    encodes = _Encodes(counter, monkeypatch)
+    assert counter.count(payload, scope=0) == expected[0]
+    once = encodes.chars
+    assert counter.count(payload, scope=0) == expected[0]
+    assert encodes.chars - once < once / 10  # remembered for account 0
+    before = encodes.chars
+    assert counter.count(huge, scope=0) == expected[1]
+    first = encodes.chars - before
+    assert counter.count(huge, scope=0) == expected[1]
+    assert encodes.chars - before == 2 * first > 0  # sampled both times: not remembered
