@@ -164,7 +164,7 @@ async def open_state(config: Config, backends: Backends) -> State:
         billing=billing,
         auth=auth,
         limiter=limiter,
-        tokens=TokenCounter(),
+        tokens=TokenCounter(config.token_counts_remembered),
         metrics=metrics,
         health=HealthMonitor(),
         node=node,

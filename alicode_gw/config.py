@@ -236,6 +236,15 @@ class Config:
             "falling back to the estimate when it cannot answer; `estimate`: tiktoken only.",
         },
     )
+    token_counts_remembered: int = field(
+        default=4096,
+        metadata={
+            "env": "ALICODE_TOKEN_COUNTS_REMEMBERED",
+            "doc": "Token counts of long texts the estimate remembers per generation (two "
+            "generations; ~130 bytes each), per account by a keyed digest, so that an "
+            "agent's next turn encodes only its new texts; 0 = off.",
+        },
+    )
     disconnect_drain_timeout: float = field(
         default=120.0,
         metadata={
@@ -630,6 +639,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "ALICODE_UPSTREAM_RETRY_BUDGET": _parse_seconds,
     "ALICODE_DISCONNECT_DRAIN_TIMEOUT": _parse_seconds,
     "ALICODE_COUNT_TOKENS": _parse_choice("upstream", "estimate"),
+    "ALICODE_TOKEN_COUNTS_REMEMBERED": _parse_int(0),
     "ALICODE_ROUTING": _parse_choice("affinity", "round_robin"),
     "ALICODE_UPSTREAM_INFLIGHT_CAP": _parse_int(0),
     "ALICODE_UPSTREAM_RATELIMIT_FLOOR": _parse_percent,

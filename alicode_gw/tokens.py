@@ -44,8 +44,9 @@ PIECE_CHARS = 4096
 EXACT_CHARS = 512 * 1024
 # A text of at least this many characters has its count remembered (TokenCounter).
 REMEMBERED_CHARS = 512
-# Counts remembered per generation; at most twice as many are kept (~2 MB).
-REMEMBERED_TEXTS = 8192
+# Counts remembered per generation by default (ALICODE_TOKEN_COUNTS_REMEMBERED); at
+# most twice as many are kept, ~130 bytes each.
+REMEMBERED_TEXTS = 4096
 
 
 class TokenCounter:
@@ -114,7 +115,7 @@ class TokenCounter:
     def _keys(self, texts: list[str], scope: int | None) -> list[bytes | None]:
         """Each text's key among the remembered counts: a keyed BLAKE2b digest of the
         text, salted with ``scope`` (None: too short to remember, or no scope)."""
-        if scope is None:
+        if scope is None or not self._remembered:
             return [None] * len(texts)
         salt = scope.to_bytes(16, "little", signed=True)
         secret = self._secret

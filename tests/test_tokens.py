@@ -292,3 +292,15 @@ def test_account_zero_is_remembered_and_a_sampled_request_is_not(
     first = encodes.chars - before
     assert counter.count(huge, scope=0) == expected[1]
     assert encodes.chars - before == 2 * first > 0  # sampled both times: not remembered
+
+
+def test_remembering_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    payload = _conversation(3)
+    expected = COUNTER.count(payload)
+    counter = TokenCounter(remembered=0)
+    encodes = _Encodes(counter, monkeypatch)
+    assert counter.count(payload, scope=1) == expected
+    once = encodes.chars
+    assert counter.count(payload, scope=1) == expected
+    assert encodes.chars == 2 * once
+    assert not counter._recent and not counter._older
