@@ -12,6 +12,7 @@ import pytest
 
 from alicode_gw import app
 from alicode_gw.dev.mock_upstream import MockUpstream
+from alicode_gw.identity import accounts
 from alicode_gw.money.usd import format_usd
 from tests.support.customers import (
     MODEL,
@@ -19,6 +20,7 @@ from tests.support.customers import (
     balance,
     client_for,
     ledger_rows,
+    make_customer,
     upstream_exchanges,
 )
 from tests.support.frames import locals_holding
@@ -351,3 +353,43 @@ async def test_mid_conversation_system_turn_is_served_and_billed(
     assert json.loads(sent.body)["messages"] == messages
     (row,) = await ledger_rows(db, raw.request_id)
     assert row["model"] == "claude-opus-4-*" and row["cost_nanos"] > 0
+
+
+async def test_an_accounts_remembered_token_counts_serve_its_keys_only(
+    gw: app.Gateway,
+    customer: Customer,
+    db: asyncpg.Connection,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The estimate that sizes the hold remembers long texts' counts for the account:
+    a second key of the account resends the conversation without it being encoded
+    again; another account's identical conversation is encoded in full."""
+    encoded: list[int] = []
+    encoding = gw.state.tokens._encoding
+    encode = encoding.encode_ordinary
+
+    def counting(text: str) -> list[int]:
+        encoded.append(len(text))
+        return encode(text)
+
+    monkeypatch.setattr(encoding, "encode_ordinary", counting)
+    system = "You are a careful coding agent; read the files before changing them. " * 12
+    turn = "The tests fail in the parser module; find out why and fix it, please. " * 12
+    _, second_key = await accounts.create_key(db, customer.account_id, "second")
+    other = await make_customer(db)
+
+    async def send(key: str) -> int:
+        before = sum(encoded)
+        async with anthropic.AsyncAnthropic(api_key=key, base_url=gw.url, max_retries=0) as client:
+            await client.messages.create(
+                model=MODEL,
+                max_tokens=16,
+                system=system,
+                messages=[{"role": "user", "content": turn}],
+            )
+        return sum(encoded) - before
+
+    first = await send(customer.key)
+    assert first >= len(system) + len(turn)
+    assert await send(second_key) < len(turn) / 10  # the same account: remembered
+    assert await send(other.key) == first  # another account: encoded again
