@@ -1,12 +1,13 @@
 """The saturation phase of scripts/bench: ``wrk`` with many keep-alive connections.
 
 Each target (the bare relay, the gateway, and optionally a baseline gateway run from
-another checkout) is loaded in turn for a few seconds, JSON then stream, for several
-rounds: the targets take turns round by round, so a slow moment of the machine falls on
-all of them alike. Reported per target: wrk's latency percentiles (p50/p90/p99/max),
-requests per second, non-2xx answers, and the CPU per request of the target's process and
-of PostgreSQL and Redis (all their processes), from /proc. The figures of a target are
-the medians of its rounds. Loopback only, bounded in time.
+another checkout) is loaded in turn for a few seconds, per kind of request (JSON, stream,
+an agent's turn), for several rounds: the targets take turns round by round, so a slow
+moment of the machine falls on all of them alike. Reported per target: wrk's latency
+percentiles (p50/p90/p99/max), requests per second, non-2xx answers, and the CPU per
+request of the target's process and of PostgreSQL and Redis (all their processes), from
+/proc. The figures of a target are the medians of its rounds. Loopback only, bounded in
+time.
 """
 
 from __future__ import annotations
