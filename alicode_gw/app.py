@@ -60,7 +60,9 @@ GC_YOUNG_THRESHOLD = 7_000  # net container allocations between young-generation
 
 def upstream_session(config: Config) -> aiohttp.ClientSession:
     """The one pooled HTTP client for upstream calls (keep-alive, no decompression:
-    bytes are relayed exactly as received)."""
+    bytes are relayed exactly as received). It keeps no cookies: a cookie an upstream
+    sets (a CDN's, say) would otherwise go back on every later call, whichever
+    customer's request and whichever credential it is, and tie them together."""
     connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=60)
     timeout = aiohttp.ClientTimeout(
         total=None,
@@ -68,7 +70,11 @@ def upstream_session(config: Config) -> aiohttp.ClientSession:
         sock_read=config.upstream_idle_timeout,
     )
     return aiohttp.ClientSession(
-        connector=connector, timeout=timeout, auto_decompress=False, raise_for_status=False
+        connector=connector,
+        timeout=timeout,
+        auto_decompress=False,
+        raise_for_status=False,
+        cookie_jar=aiohttp.DummyCookieJar(),
     )
 
 

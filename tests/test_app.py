@@ -10,6 +10,7 @@ import anthropic
 import openai
 import pytest
 from aiohttp import web
+from yarl import URL
 
 from alicode_gw import app
 from alicode_gw.requestbody import read_json
@@ -138,6 +139,20 @@ def _test_router() -> Router:
             Route("item", "/v1/test/items/{item_id}", {"GET": _echo_param}),
         ]
     )
+
+
+async def test_the_upstream_client_keeps_no_cookies(make_config) -> None:
+    """A cookie set by the upstream's host (as a CDN in front of an API sets one) is not
+    kept, so it never goes back on another customer's call."""
+    session = app.upstream_session(make_config())
+    try:
+        session.cookie_jar.update_cookies(
+            {"__cf_bm": "tracking"}, URL("https://api.anthropic.com/v1/messages")
+        )
+        assert len(session.cookie_jar) == 0
+        assert not session.cookie_jar.filter_cookies(URL("https://api.anthropic.com/v1/messages"))
+    finally:
+        await session.close()
 
 
 async def _echo_param(ctx: RequestContext) -> web.StreamResponse:
