@@ -182,6 +182,7 @@ class UpstreamModels:
             "x-api-key": credential.secret,
             "anthropic-version": API_VERSION,
             "user-agent": f"alicode_gw/{__version__}",
+            "accept-encoding": "identity",  # the session does not decompress
         }
         try:
             async with self._http.get(
@@ -189,6 +190,7 @@ class UpstreamModels:
                 params=query,
                 headers=headers,
                 timeout=aiohttp.ClientTimeout(total=self._timeout),
+                allow_redirects=False,
             ) as response:
                 if response.status >= 300:
                     body = await response.content.read(ERROR_BODY_LIMIT)
@@ -200,6 +202,8 @@ class UpstreamModels:
             bad_body = isinstance(exc, ValueError)  # says nothing about the credential
             outcome = Outcome.CLIENT_ERROR if bad_body else Outcome.CONNECT_ERROR
             await self._keypool.report(credential, outcome, customer=CUSTOMER)
-            raise FetchError(f"GET /v1/models failed: {exc!r}") from exc
+            # Not repr(exc): aiohttp's response errors show the request's headers there,
+            # the credential among them.
+            raise FetchError(f"GET /v1/models failed: {type(exc).__name__}: {exc}") from exc
         await self._keypool.report(credential, Outcome.OK, customer=CUSTOMER)
         return payload

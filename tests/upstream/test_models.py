@@ -4,6 +4,7 @@ without a price is hidden and reported (log line, gauge, ``price list --missing`
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -14,9 +15,9 @@ import pytest
 
 from alicode_gw import app
 from alicode_gw.dev.mock_upstream import MockUpstream
-from alicode_gw.upstream.models import parse_page
+from alicode_gw.upstream.models import FetchError, UpstreamModels, parse_page
 from tests.support.customers import Customer, client_for, own_gateway
-from tests.support.gateway import stop_gateway
+from tests.support.gateway import UPSTREAM_KEYS, stop_gateway
 from tests.support.money import run_cli
 
 NEW_FAMILY_MODEL = ("claude-sonnet-5", "Claude Sonnet 5", "2026-11-20T00:00:00Z")
@@ -43,6 +44,8 @@ async def test_a_model_added_upstream_appears_priced_or_is_reported(
         await models_gw.state.upstream_models.refresh()
     fetches = [ex for ex in mock_upstream.exchanges if ex.path == "/v1/models"]
     assert fetches and all(ex.status == 200 for ex in fetches)
+    # The session does not decompress: the list is asked for as it is.
+    assert {ex.headers.get("accept-encoding") for ex in fetches} == {"identity"}
     assert fetches[-1].api_key in {"sk-ant-test-primary-0001", "sk-ant-test-second-0002",
                                    "sk-ant-test-third-0003"}  # fmt: skip
     async with client_for(models_gw, customer) as client:
@@ -87,6 +90,41 @@ async def test_the_list_is_the_catalog_until_the_upstream_was_read(
     async with client_for(models_gw, customer) as client:
         after = [m.id async for m in client.models.list(limit=100)]
     assert "claude-opus-4-5" not in after  # retired upstream: no longer listed
+
+
+async def test_a_malformed_answer_is_reported_without_the_credential(
+    models_gw: app.Gateway,
+) -> None:
+    """aiohttp's error for a malformed answer shows the request's headers in its repr;
+    the fetch error (the warning the refresh loop logs) names the failure only."""
+
+    async def malformed(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: abc\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(malformed, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    state = models_gw.state
+    fetcher = UpstreamModels(
+        db=state.db,
+        http=state.http,
+        keypool=state.keypool,
+        catalog=state.catalog,
+        metrics=state.metrics,
+        upstream_url=f"http://127.0.0.1:{port}",
+        interval=3600,
+    )
+    try:
+        with pytest.raises(FetchError) as info:
+            await fetcher.refresh()
+    finally:
+        server.close()
+        await server.wait_closed()
+    message = str(info.value)
+    assert "ClientResponseError" in message and "Content-Length" in message
+    assert not [secret for secret in UPSTREAM_KEYS if secret in message]
 
 
 def test_pages_follow_the_cursor() -> None:
