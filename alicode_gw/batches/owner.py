@@ -61,7 +61,9 @@ async def call(
     )
     url = f"{upstream.url}{UPSTREAM_BATCHES}/{batch.upstream_id}{suffix}"
     try:
-        return await upstream.http.request(method, url, headers=headers, timeout=timeout)
+        return await upstream.http.request(
+            method, url, headers=headers, timeout=timeout, allow_redirects=False
+        )
     except (aiohttp.ClientError, TimeoutError) as exc:
         raise UpstreamError("The upstream could not be reached; retry shortly.") from exc
 

@@ -210,6 +210,7 @@ async def open_upstream(
                     data=body,
                     headers=outbound_headers(ctx.request.headers, credential),
                     timeout=timeout,
+                    allow_redirects=False,  # a 3xx is a failed attempt (never followed)
                 )
             except (aiohttp.ClientError, TimeoutError):
                 await _report(ctx, credential, Outcome.CONNECT_ERROR, attempts)
