@@ -70,6 +70,12 @@ _NAMED_ERRORS: Mapping[str, tuple[int, str, str]] = MappingProxyType({
         "Your credit balance is too low to access the Anthropic API. "
         "Please go to Plans & Billing to upgrade or purchase credits.",
     ),
+    "usage_limit": (
+        400,
+        "invalid_request_error",
+        "You have reached your specified API usage limits. "
+        "You will regain access on 2027-01-01 at 00:00 UTC.",
+    ),
 })  # fmt: skip
 DEFAULT_WORDS = 12
 THINKING_WORDS = 8

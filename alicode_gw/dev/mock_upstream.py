@@ -17,6 +17,7 @@ survives a gateway that forwards bodies unchanged). Keys:
 
 ``status=N`` (400, 401, 403, 404, 413, 429, 500, 529: an Anthropic error response),
 ``error=credit_balance`` (the API's own 400 for an organisation out of credit),
+``error=usage_limit`` (its 400 for one at the spend limit it set),
 ``retry_after=S`` (with status=429), ``only_key=K1,K2`` (faults hit only these
 credentials), ``drop_after=N`` (streaming: close the connection after N events),
 ``error_after=N`` (streaming: an ``error`` event after N events, then end),

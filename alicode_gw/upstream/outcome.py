@@ -17,6 +17,7 @@ import email.utils
 import enum
 import json
 import math
+import re
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -29,6 +30,14 @@ CREDIT_BALANCE_MESSAGE = (
     "Please go to Plans & Billing to upgrade or purchase credits."
 )
 _BILLING_MESSAGES = frozenset({CREDIT_BALANCE_MESSAGE})
+# ...and one whose organisation (or workspace) reached the spend limit it set, with
+# the date access returns (the first of next month):
+# "You have reached your specified API usage limits. You will regain access on
+# 2026-04-01 at 00:00 UTC."
+USAGE_LIMIT_MESSAGE = re.compile(
+    r"You have reached your specified API usage limits\. "
+    r"You will regain access on \d{4}-\d{2}-\d{2} at \d{2}:\d{2} UTC\."
+)
 
 
 class Outcome(enum.Enum):
@@ -82,7 +91,10 @@ def classify(
         if error_type == "billing_error" or (
             status == 400
             and error_type == "invalid_request_error"
-            and message.strip() in _BILLING_MESSAGES
+            and (
+                message.strip() in _BILLING_MESSAGES
+                or USAGE_LIMIT_MESSAGE.fullmatch(message.strip()) is not None
+            )
         ):
             return Outcome.BILLING_FAILED, None
         return Outcome.CLIENT_ERROR, None

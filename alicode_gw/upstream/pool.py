@@ -93,7 +93,7 @@ BLAME_QUORUM = 2  # distinct customers whose failures cool a credential
 _BACKOFF = frozenset({Outcome.OVERLOADED, Outcome.SERVER_ERROR, Outcome.CONNECT_ERROR})
 _DISABLE_REASONS = {
     Outcome.AUTH_FAILED: "upstream rejected the credential (401)",
-    Outcome.BILLING_FAILED: "upstream billing error (credit balance too low)",
+    Outcome.BILLING_FAILED: "upstream billing error (out of credit, or at its usage limit)",
 }
 
 

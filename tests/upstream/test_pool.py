@@ -48,6 +48,10 @@ CREDIT_BALANCE = (
     "Your credit balance is too low to access the Anthropic API. "
     "Please go to Plans & Billing to upgrade or purchase credits."
 )
+USAGE_LIMIT = (
+    "You have reached your specified API usage limits. "
+    "You will regain access on 2026-04-01 at 00:00 UTC."
+)
 ECHOED_CREDIT_BALANCE = (
     "messages.0.content.0: Input tag 'Your credit balance is too low' found using 'type'"
     " does not match any of the expected tags: 'text', 'image'"
@@ -95,11 +99,16 @@ def error(kind: str, message: str) -> bytes:
             (Outcome.BILLING_FAILED, None),
         ),
         (400, {}, error("billing_error", "x"), (Outcome.BILLING_FAILED, None)),
+        (400, {}, error("invalid_request_error", USAGE_LIMIT), (Outcome.BILLING_FAILED, None)),
         # the upstream quoting a client's words: a client error, whatever the words
         (400, {}, error("invalid_request_error", ECHOED_CREDIT_BALANCE), None),
         (400, {}, error("invalid_request_error", CREDIT_BALANCE + " (echoed)"), None),
         (400, {}, error("not_found_error", CREDIT_BALANCE), None),
         (413, {}, error("invalid_request_error", CREDIT_BALANCE), None),
+        (400, {}, error("invalid_request_error", f"messages.0: '{USAGE_LIMIT}'"), None),
+        (400, {}, error("invalid_request_error", USAGE_LIMIT + " Also this."), None),
+        (400, {}, error("invalid_request_error", USAGE_LIMIT.replace("2026", "soon")), None),
+        (429, {}, error("invalid_request_error", USAGE_LIMIT), (Outcome.RATE_LIMITED, None)),
         (400, {}, error("invalid_request_error", "max_tokens: Field required"), None),
         (404, {}, error("not_found_error", "model: claude-x"), None),
         (413, {}, error("request_too_large", "too large"), None),

@@ -111,16 +111,17 @@ async def test_echoed_credit_balance_words_disable_no_credential(
     assert set(states(gw).values()) == {"healthy"}
 
 
+@pytest.mark.parametrize("name", ["credit_balance", "usage_limit"])
 async def test_the_upstreams_own_billing_error_still_disables(
-    gw_round_robin: app.Gateway, db: asyncpg.Connection
+    gw_round_robin: app.Gateway, db: asyncpg.Connection, name: str
 ) -> None:
+    """Out of credit, or at the spend limit its organisation set: the credential is taken
+    out of the pool and the request is served by the next one."""
     await db.execute("UPDATE upstream_credentials SET weight = 100 WHERE name = 'cred-0'")
     await gw_round_robin.state.keypool.refresh(reload=True)  # cred-0 is tried first
     customer = await make_customer(db)
     async with client_for(gw_round_robin, customer) as client:
-        message = await client.messages.create(
-            **ask(f"[[mock: error=credit_balance only_key={FIRST}]]")
-        )
+        message = await client.messages.create(**ask(f"[[mock: error={name} only_key={FIRST}]]"))
     assert message.content[0].type == "text"  # served by the next credential
     rows = await credential_rows(db)
     assert rows["cred-0"][0] == "disabled" and "billing" in (rows["cred-0"][1] or "")
