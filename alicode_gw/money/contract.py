@@ -25,7 +25,6 @@ tokens (:class:`~alicode_gw.money.catalog.Prices`), token counts in :class:`Usag
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from enum import StrEnum
@@ -33,6 +32,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 
 import asyncpg
 
+from alicode_gw import jsontext
 from alicode_gw.money.catalog import Prices, price_columns, prices_from_row
 
 R = TypeVar("R")
@@ -333,7 +333,7 @@ class ApplyBatch(Call[list[BatchResult | None]]):
     def arguments(self) -> dict[str, Any]:
         elements = [{**batch_element(op), "i": i} for i, op in enumerate(self.ops)]
         return {
-            "ops": json.dumps(elements, separators=(",", ":")),
+            "ops": jsontext.dumps(elements),
             "ttl_seconds": self.ttl_seconds,
             "node": self.node,
         }

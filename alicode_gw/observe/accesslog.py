@@ -2,7 +2,8 @@
 
 :func:`finish` is called once per request by the root handler in :mod:`alicode_gw.app`.
 The line goes to the logger ``alicode_gw.access`` (``alicode-gw`` writes it to stderr
-as bare JSON, one object per line, for journald or any log shipper). It holds
+as bare JSON, one object per line, encoded by :mod:`alicode_gw.jsontext`, for journald
+or any log shipper). It holds
 identifiers and numbers only — never a prompt, a response, a customer key (only its
 public id), or an upstream credential (only its operator-chosen name). ``path`` is the
 request's path without its query (also for a request no route matched), ``model`` the
@@ -25,11 +26,11 @@ when it was not consulted) and ``tokens_saved`` a hit's original input + output 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from typing import IO, TYPE_CHECKING
 
+from alicode_gw import jsontext
 from alicode_gw.clientip import client_ip
 from alicode_gw.errors import AuthenticationError, GatewayError, RateLimitError
 from alicode_gw.money.usd import format_usd
@@ -47,7 +48,6 @@ CLIENT_CLOSED = 499
 FLUSH_INTERVAL = 0.25  # seconds an access line may wait in the buffer
 ATOMIC_WRITE = 4096  # PIPE_BUF on Linux: the largest write a pipe keeps whole
 PATH_LOGGED_CHARS = 200  # of the request path (never its query) in the access line
-_ENCODE = json.JSONEncoder(separators=(",", ":")).encode  # stateless; json.dumps makes one per call
 
 
 class LineBuffer(logging.Handler):
@@ -206,7 +206,7 @@ def finish(ctx: RequestContext, status: int) -> None:
         "tokens_saved": ctx.tokens_saved,
         "affinity": ctx.affinity is not None,
     }
-    text = _ENCODE(line)
+    text = jsontext.dumps(line)
     handlers = access_log.handlers
     if len(handlers) == 1 and isinstance(handlers[0], LineBuffer):  # as configure() sets
         handlers[0].add(text)

@@ -373,3 +373,21 @@ async def test_refusals_name_their_path_and_the_model_as_sent(
     for refused, model in ((unknown, "claude-foo-1"), (bad_field, "claude-haiku-4-5-20251001")):
         line = lines[refused.value.request_id]
         assert (line["path"], line["model"], line["status"]) == ("/v1/messages", model, 400)
+
+
+async def test_a_model_name_orjson_refuses_still_gets_its_line(
+    gw: app.Gateway, customer: Customer, captured: Capture
+) -> None:
+    """A model sent with a lone surrogate (a JSON escape the client may send) and one
+    with a non-ASCII letter: both refused, both logged as one valid JSON line each."""
+    ids = []
+    async with aiohttp.ClientSession() as http:
+        for model in ("claude-\\ud800x", "claude-\\u00e9"):
+            rest = '"max_tokens":8,"messages":[{"role":"user","content":"hi"}]'
+            body = f'{{"model":"{model}",{rest}}}'
+            headers = {"x-api-key": customer.key, "anthropic-version": "2023-06-01"}
+            async with http.post(gw.url + "/v1/messages", data=body, headers=headers) as resp:
+                assert resp.status == 400
+                ids.append(resp.headers["request-id"])
+    lines = {line["request_id"]: line for line in access_lines(captured)}
+    assert [lines[i]["model"] for i in ids] == ["claude-\ud800x", "claude-é"]
