@@ -73,15 +73,20 @@ class Run:
 
 def ensure_wrk() -> str:
     """The path of ``wrk``, installed with apt (the Debian package) when missing."""
-    found = shutil.which("wrk")
+    return ensure_debian("wrk", "wrk")
+
+
+def ensure_debian(binary: str, package: str) -> str:
+    """The path of ``binary``, installed with apt (Debian's ``package``) when missing."""
+    found = shutil.which(binary)
     if found:
         return found
     sudo = [] if os.geteuid() == 0 else ["sudo", "-n"]
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    subprocess.run([*sudo, "apt-get", "install", "-y", "-q", "wrk"], check=True, env=env)
-    found = shutil.which("wrk")
+    subprocess.run([*sudo, "apt-get", "install", "-y", "-q", package], check=True, env=env)
+    found = shutil.which(binary)
     if not found:
-        raise RuntimeError("wrk is not installed and apt-get could not install it")
+        raise RuntimeError(f"{binary} is not installed and apt-get could not install {package}")
     return found
 
 
