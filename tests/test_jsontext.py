@@ -1,5 +1,5 @@
 """The JSON text of the gateway's own records (jsontext.dumps): what the standard
-library would write, compact, with non-ASCII characters as UTF-8 - also for what
+library would write, compact and ASCII only - also for non-ASCII text and for what
 orjson refuses (a lone surrogate, an integer beyond 64 bits)."""
 
 from __future__ import annotations
@@ -26,10 +26,12 @@ RECORDS = st.recursive(
 
 
 @given(RECORDS)
-def test_the_text_decodes_to_the_value_on_one_line(value: object) -> None:
+def test_the_text_is_the_standard_librarys(value: object) -> None:
+    """Whatever the record, the text is the standard library's compact one: ASCII,
+    one line, read back as the record."""
     text = jsontext.dumps(value)
     assert json.loads(text) == value
-    assert "\n" not in text and "\r" not in text  # one access line stays one line
+    assert text.isascii() and "\n" not in text and "\r" not in text
 
 
 PRINTABLE = st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E))
@@ -54,5 +56,9 @@ def test_what_orjson_refuses_is_still_written() -> None:
     )
 
 
-def test_non_ascii_is_utf8() -> None:
-    assert jsontext.dumps({"model": "claude-é"}) == '{"model":"claude-é"}'
+def test_non_ascii_and_controls_are_escaped() -> None:
+    """A client's DEL, C1 control, bidi override or accented letter never reaches a log
+    line raw."""
+    text = jsontext.dumps({"path": "/v1/a\x7fb\x85c\u202e", "model": "claude-é"})
+    assert text == '{"path":"/v1/a\\u007fb\\u0085c\\u202e","model":"claude-\\u00e9"}'
+    assert text.isascii()
