@@ -17,6 +17,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 import uvloop
+from aiohttp import web
 
 from alicode_gw import app
 from alicode_gw.config import Config
@@ -250,3 +251,24 @@ def captured() -> Iterator[Capture]:
         for logger, level in levels:
             logger.removeHandler(handler)
             logger.setLevel(level)
+
+
+@pytest.fixture
+async def redirector(mock_upstream: MockUpstream) -> AsyncIterator[tuple[str, list[str]]]:
+    """An "upstream" that sends every request on to the mock with a 307 (the redirect
+    that repeats a POST with its body); its URL and the paths it was asked for."""
+    asked: list[str] = []
+
+    async def handle(request: web.BaseRequest) -> web.StreamResponse:
+        asked.append(request.path)
+        raise web.HTTPTemporaryRedirect(mock_upstream.url + request.path_qs)
+
+    runner = web.ServerRunner(web.Server(handle))
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        yield f"http://127.0.0.1:{port}", asked
+    finally:
+        await runner.cleanup()

@@ -73,11 +73,11 @@ def passed_error(
 ) -> web.Response:
     """An upstream error answer to a call on a batch, passed on as messages pass theirs
     (the gateway's request id in it, the gateway's batch id for the upstream's in its
-    message); an upstream 5xx is the gateway's 502."""
+    message); an upstream 5xx, or a redirect (never followed), is the gateway's 502."""
     if batch.upstream_id:
         body = body.replace(batch.upstream_id.encode(), batch.id.encode())
     failed = refusal(ctx, response, body)
-    status = failed.status if failed.status < 500 else 502
+    status = failed.status if 400 <= failed.status < 500 else 502
     return web.Response(
         status=status, body=failed.body, headers={**failed.headers, **ctx.headers()}
     )

@@ -595,3 +595,36 @@ async def test_a_poll_that_saw_the_batch_submitting_does_not_delay_it_once_submi
     )
     assert due_in < 60, due_in
     assert (await ended(client, created.id)).request_counts.succeeded == 1
+
+
+async def test_a_redirect_on_a_batch_call_is_a_502_and_not_followed(
+    sdk,
+    db: asyncpg.Connection,
+    make_config,
+    mock_upstream: MockUpstream,
+    redirector: tuple[str, list[str]],
+) -> None:
+    """A cancel whose upstream answers a redirect: the gateway's 502, and the owner
+    credential never goes to the host it names."""
+    mock_upstream.batches.process_seconds = 0.1
+    gateway = await own_gateway(db, make_config, "batch-owner", batch_poll_interval=0)
+    url, asked = redirector
+    # The same pool (no reset: the batch's owner credential stays), another upstream URL.
+    redirected = await start_gateway(
+        make_config(redis_prefix=f"batch-redirect-{secrets.token_hex(4)}:", upstream_url=url)
+    )
+    try:
+        customer = await make_customer(db)
+        created = await sdk(gateway, customer).messages.batches.create(requests=requests_of(1))
+        with pytest.raises(anthropic.APIStatusError) as failed:
+            await sdk(redirected, customer).messages.batches.cancel(created.id)
+        cancels = [ex for ex in mock_upstream.exchanges if ex.path.endswith("/cancel")]
+        await asyncio.sleep(0.3)
+        assert await poller_of(gateway).poll_due() == 1  # settled: the books stay whole
+    finally:
+        await stop_gateway(redirected)
+        await stop_gateway(gateway)
+    assert failed.value.status_code == 502
+    assert [path for path in asked if path.endswith("/cancel")]
+    assert cancels == []
+    assert not await ledger.audit(db)

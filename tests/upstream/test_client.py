@@ -5,37 +5,14 @@ customer's prompt goes to the host it names."""
 from __future__ import annotations
 
 import secrets
-from collections.abc import AsyncIterator
 
 import anthropic
 import asyncpg
 import pytest
-from aiohttp import web
 
 from alicode_gw.dev.mock_upstream import MockUpstream
 from tests.support.customers import MODEL, client_for, make_customer, own_gateway
 from tests.support.gateway import stop_gateway
-
-
-@pytest.fixture
-async def redirector(mock_upstream: MockUpstream) -> AsyncIterator[tuple[str, list[str]]]:
-    """An "upstream" that sends every request on to the mock with a 307 (the redirect
-    that repeats a POST with its body); its URL and the paths it was asked for."""
-    asked: list[str] = []
-
-    async def handle(request: web.BaseRequest) -> web.StreamResponse:
-        asked.append(request.path)
-        raise web.HTTPTemporaryRedirect(mock_upstream.url + request.path_qs)
-
-    runner = web.ServerRunner(web.Server(handle))
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    try:
-        yield f"http://127.0.0.1:{port}", asked
-    finally:
-        await runner.cleanup()
 
 
 async def test_a_redirect_is_not_followed(
