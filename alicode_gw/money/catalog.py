@@ -126,8 +126,10 @@ def is_family_id(model: str) -> bool:
 
 def resolve_in(by_id: Mapping[str, ModelInfo], name: str) -> ModelInfo | None:
     """``name`` resolved against the rows ``by_id`` (see the module docstring): a row
-    of its own, or the row it is priced as under the name ``name``."""
-    if FAMILY_SUFFIX in name:
+    of its own, or the row it is priced as under the name ``name``. Model ids are
+    printable ASCII: any other name is no model (nor is it a name a billing batch could
+    carry: PostgreSQL's jsonb refuses a NUL or a lone surrogate)."""
+    if FAMILY_SUFFIX in name or not (name.isascii() and name.isprintable()):
         return None
     info = by_id.get(name)
     if info is not None:

@@ -89,6 +89,10 @@ async def test_seeded_price_table(model_catalog: ModelCatalog) -> None:
         assert info is not None and info.is_alias and info.target == target
         assert info.prices == model_catalog.resolve(target).prices  # type: ignore[union-attr]
     assert model_catalog.resolve("claude-mythos-9") is None
+    # A family's prefix followed by what no model id holds is no model.
+    for name in ("claude-sonnet-4-\x00", "claude-sonnet-4-\ud800", "claude-sonnet-4-é"):
+        assert model_catalog.resolve(name) is None
+    assert model_catalog.resolve("claude-sonnet-4-20990101") is not None
     names = [m.id for m in model_catalog.all()]
     assert set(OFFICIAL) | set(ALIASES) <= set(names)
 
