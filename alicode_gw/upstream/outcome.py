@@ -36,7 +36,7 @@ _BILLING_MESSAGES = frozenset({CREDIT_BALANCE_MESSAGE})
 # 2026-04-01 at 00:00 UTC."
 USAGE_LIMIT_MESSAGE = re.compile(
     r"You have reached your specified API usage limits\. "
-    r"You will regain access on \d{4}-\d{2}-\d{2} at \d{2}:\d{2} UTC\."
+    r"You will regain access on [0-9]{4}-[0-9]{2}-[0-9]{2} at [0-9]{2}:[0-9]{2} UTC\."
 )
 
 
