@@ -7,8 +7,10 @@ only (system calls are not in it) and says nothing about cache misses.
 
 Each target runs alone under callgrind with instrumentation off, against the mock
 upstream, PostgreSQL and Redis that scripts/bench uses (``benchmark.bench_servers``):
-``wrk`` warms it up, then instructions are counted while ``wrk`` sends requests at
-``--connections`` for ``--seconds``, and divided by the requests it completed. Targets:
+``wrk`` warms it up; instructions are counted for ``--seconds`` with no request (the
+gateway's background loops: lease and share ticks, the access log's flush, the pool's
+refresh), then for ``--seconds`` while ``wrk`` sends requests at ``--connections``; the
+second count less the first, divided by the requests ``wrk`` completed. Targets:
 the gateway of this checkout, ``--checkout NAME=DIR`` (another checkout, the same
 database schema) and the bare relay (``scripts/bare_relay.py``), for ``--rounds``
 rounds in turn.
@@ -26,6 +28,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from scripts import benchmark, saturation
@@ -76,18 +79,29 @@ def measure(
         wrk = saturation.ensure_wrk()
         saturation.wrk(wrk, url, script, args.connections, WARMUP_SECONDS)
         control = shutil.which("callgrind_control") or "callgrind_control"
-        subprocess.run([control, "-i", "on", str(pid)], check=True, capture_output=True)
-        result = saturation.wrk(wrk, url, script, args.connections, args.seconds)
-        subprocess.run([control, "-i", "off", str(pid)], check=True, capture_output=True)
-        requests, failed = result[4], result[6] + result[7]
-        subprocess.run([control, "-d", str(pid)], check=True, capture_output=True)
+
+        def counted(work: Callable[[], object]) -> int:
+            """The instructions ``work`` took (callgrind on during it, then a dump)."""
+            before = instructions(out)
+            subprocess.run([control, "-i", "on", str(pid)], check=True, capture_output=True)
+            work()
+            subprocess.run([control, "-i", "off", str(pid)], check=True, capture_output=True)
+            subprocess.run([control, "-d", str(pid)], check=True, capture_output=True)
+            return instructions(out) - before
+
+        idle = counted(lambda: time.sleep(args.seconds))
+        results: list[tuple] = []
+        loaded = counted(
+            lambda: results.append(saturation.wrk(wrk, url, script, args.connections, args.seconds))
+        )
+        requests, failed = results[0][4], results[0][6] + results[0][7]
     finally:
         proc.terminate()
         proc.wait(60)
         servers.procs.remove(proc)
     if failed or not requests:
         raise RuntimeError(f"{name}: {failed} failed answers of {requests}")
-    return requests, instructions(out) / requests
+    return requests, (loaded - idle) / requests
 
 
 def main() -> int:
