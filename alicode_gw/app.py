@@ -43,7 +43,7 @@ from alicode_gw.state import RequestContext, State
 from alicode_gw.store.backends import Backends, configured_backends, create_pool, create_redis
 from alicode_gw.tasks import TaskTracker
 from alicode_gw.tokens import TokenCounter
-from alicode_gw.upstream.client import DEFAULT_ANTHROPIC_VERSION
+from alicode_gw.upstream.headers import DEFAULT_ANTHROPIC_VERSION
 from alicode_gw.upstream.models import UpstreamModels
 from alicode_gw.upstream.pool import KeyPool
 

@@ -36,7 +36,8 @@ from alicode_gw.respcache.replay import replay
 from alicode_gw.respcache.store import Lookup
 from alicode_gw.state import RequestContext
 from alicode_gw.upstream.affinity import affinity_key
-from alicode_gw.upstream.client import Refusal, open_upstream, passed_headers
+from alicode_gw.upstream.client import Refusal, open_upstream
+from alicode_gw.upstream.headers import passed_headers
 from alicode_gw.upstream.relay import (
     RelayResult,
     StreamFormat,

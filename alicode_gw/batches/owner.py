@@ -1,7 +1,7 @@
 """Calls on a batch's owning credential: only the pooled credential that submitted a
 batch can read, cancel or delete it upstream, so these calls do not go through the
 pool's pick (there is no other credential to try). The customer's key never goes
-upstream (:func:`alicode_gw.upstream.client.outbound_headers` builds the headers), and
+upstream (:func:`alicode_gw.upstream.headers.outbound_headers` builds the headers), and
 the upstream's batch id, URL and credential never come back."""
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ from alicode_gw.batches import store
 from alicode_gw.batches.objects import Batch
 from alicode_gw.errors import UpstreamError
 from alicode_gw.state import RequestContext
-from alicode_gw.upstream.client import outbound_headers, refusal
+from alicode_gw.upstream.client import refusal
 from alicode_gw.upstream.credentials import Credential
+from alicode_gw.upstream.headers import outbound_headers
 
 UPSTREAM_BATCHES = "/v1/messages/batches"
 CREDENTIAL_GONE = (

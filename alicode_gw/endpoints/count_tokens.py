@@ -17,7 +17,8 @@ from alicode_gw.files.inline import inline_request
 from alicode_gw.pipeline import resolve_model, upstream_body
 from alicode_gw.requestbody import read_json
 from alicode_gw.state import RequestContext
-from alicode_gw.upstream.client import Refusal, open_upstream, passed_headers
+from alicode_gw.upstream.client import Refusal, open_upstream
+from alicode_gw.upstream.headers import passed_headers
 from alicode_gw.upstream.relay import read_upstream_json
 
 UPSTREAM_PATH = "/v1/messages/count_tokens"

@@ -1,26 +1,21 @@
-"""Calling the upstream Anthropic API: which headers cross in each direction, and the
-attempt loop that retries on another credential before anything reached the client.
+"""Calling the upstream Anthropic API: the attempt loop that retries on another
+credential before anything reached the client.
 
 A failure one customer's request met cools no shared credential by itself (see
 :mod:`alicode_gw.upstream.pool`): the loop names the customer when it reports one, and
 cools the credential after all when the same request then succeeded elsewhere.
 
-The customer's key, cookies and client-identifying headers never go upstream; the
-upstream credential is added here and nowhere else. Upstream ``anthropic-ratelimit-*``
-headers (they describe the operator's account) never come back.
+Which headers cross in each direction is :mod:`alicode_gw.upstream.headers`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import aiohttp
-from multidict import CIMultiDict, CIMultiDictProxy
 
-from alicode_gw import __version__
 from alicode_gw.errors import (
     OverloadedError,
     RateLimitError,
@@ -29,37 +24,15 @@ from alicode_gw.errors import (
 )
 from alicode_gw.state import RequestContext
 from alicode_gw.upstream.credentials import Credential
+from alicode_gw.upstream.headers import outbound_headers, passed_headers
 from alicode_gw.upstream.outcome import Outcome, classify
 
-# Request headers the client may set that the upstream needs to see.
-FORWARDED_REQUEST_HEADERS = ("anthropic-version", "anthropic-beta", "content-type")
-# The anthropic-version the upstream receives when the client sent none.
-DEFAULT_ANTHROPIC_VERSION = "2023-06-01"
-# Upstream response headers a client may see (besides the body itself).
-PASSED_RESPONSE_HEADERS = ("content-type", "retry-after", "x-should-retry")
-USER_AGENT = f"alicode_gw/{__version__}"
 # Largest error body read from an upstream failure (to classify it).
 ERROR_BODY_LIMIT = 64 * 1024
 REQUEST_CAUSED_MESSAGE = (
     "The upstream failed on every attempt of this request, though not on other"
     " customers' requests; the request itself may be the cause."
 )
-
-
-def outbound_headers(client_headers: Mapping[str, str], credential: Credential) -> dict[str, str]:
-    headers = {"x-api-key": credential.secret, "user-agent": USER_AGENT}
-    for name in FORWARDED_REQUEST_HEADERS:
-        value = client_headers.get(name)
-        if value is not None:
-            headers[name] = value
-    headers.setdefault("content-type", "application/json")
-    headers.setdefault("anthropic-version", DEFAULT_ANTHROPIC_VERSION)
-    headers["accept-encoding"] = "identity"
-    return headers
-
-
-def passed_headers(upstream: CIMultiDictProxy[str] | CIMultiDict[str]) -> dict[str, str]:
-    return {name: upstream[name] for name in PASSED_RESPONSE_HEADERS if name in upstream}
 
 
 @dataclass(slots=True)

@@ -25,11 +25,11 @@ from datetime import UTC, datetime
 import aiohttp
 import asyncpg
 
-from alicode_gw import __version__
 from alicode_gw.errors import ServiceUnavailableError
 from alicode_gw.money.catalog import ModelCatalog
 from alicode_gw.observe.metrics import Metrics
 from alicode_gw.store.unavailable import DATABASE_FAILED
+from alicode_gw.upstream.headers import outbound_headers
 from alicode_gw.upstream.outcome import Outcome, classify
 from alicode_gw.upstream.pool import KeyPool
 
@@ -39,7 +39,6 @@ CUSTOMER = "gateway:models"  # whom the pool charges a failed fetch to
 PAGE_LIMIT = 1000
 MAX_PAGES = 20
 ERROR_BODY_LIMIT = 64 * 1024
-API_VERSION = "2023-06-01"
 
 
 class FetchError(RuntimeError):
@@ -178,12 +177,8 @@ class UpstreamModels:
 
     async def _get(self, query: dict[str, str]) -> object:
         credential = self._keypool.pick()
-        headers = {
-            "x-api-key": credential.secret,
-            "anthropic-version": API_VERSION,
-            "user-agent": f"alicode_gw/{__version__}",
-            "accept-encoding": "identity",  # the session does not decompress
-        }
+        headers = outbound_headers({}, credential)  # the body as sent, no decompression
+        headers.pop("content-type")  # a GET has no body
         try:
             async with self._http.get(
                 self._url + "/v1/models",

@@ -28,7 +28,8 @@ from alicode_gw.errors import (
 )
 from alicode_gw.money.contract import Usage
 from alicode_gw.state import RequestContext
-from alicode_gw.upstream.client import body_read_timeout, passed_headers
+from alicode_gw.upstream.client import body_read_timeout
+from alicode_gw.upstream.headers import passed_headers
 from alicode_gw.upstream.sse import UsageScanner
 
 # Rough characters per generated token, for estimating output of a cut stream.
